@@ -1,0 +1,1 @@
+"""nfflowd data files (default config, bundled conntrack log)."""

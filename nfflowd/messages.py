@@ -1,0 +1,178 @@
+"""Every record that crosses a process boundary, typed and versioned.
+
+This module is the schema: it defines what the stages say to each other and
+nothing else.  It does no I/O and imports no serialiser; :mod:`nfflowd.codec`
+turns these records into bytes and back.
+
+Data flow::
+
+    conntrack event (ConntrackEvent)      ingest    -> correlate
+    correlated flow (FlowRecord)          correlate -> export, mirror
+    in-band marker (Marker)               travels the same links behind the data
+    notice (Notice)                       any stage -> whoever listens (replay, tests)
+
+Records are ``NamedTuple``s: cheap to build, positional on the wire (a msgpack
+array, not a map), and typed for mypy.  A record's wire form is
+``[kind, version, *fields]``; a receiver that meets an unknown kind or version
+counts it and drops it (see :mod:`nfflowd.codec`).
+
+Conventions shared by every stage:
+
+* addresses are packed bytes (4 bytes IPv4, 16 bytes IPv6); ``family`` is 4 or 6;
+* times are integers: nanoseconds since the Unix epoch for events (exact, as the
+  kernel and ``conntrack -o timestamp`` give them), milliseconds for flow records
+  (the resolution of NetFlow v5/v9/IPFIX time fields);
+* a tuple's ports: TCP/UDP/SCTP/DCCP/UDP-Lite carry their ports; ICMP and ICMPv6
+  carry ``sport = id`` and ``dport = type << 8 | code`` (so the tuple stays unique
+  and the NetFlow convention dstport = type*256+code falls out); GRE carries its
+  keys; other protocols 0/0;
+* counters are ``None`` when the kernel did not report them (nf_conntrack_acct off).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import NamedTuple
+
+#: Version of the wire schema; bump when a record's fields change.
+SCHEMA_VERSION = 1
+
+
+class Kind(IntEnum):
+    """Message kinds (first element of every wire message)."""
+
+    EVENT_BATCH = 1
+    FLOW_BATCH = 2
+    MARKER = 3
+    NOTICE = 4
+
+
+class EventType(IntEnum):
+    """Conntrack event types, as ctnetlink and ``conntrack -E`` name them."""
+
+    NEW = 1
+    UPDATE = 2
+    DESTROY = 3
+
+
+class Direction(IntEnum):
+    """Which of a connection's flows a record describes (see correlate.py)."""
+
+    ORIGINAL_IN = 1  # original direction as it arrived at the firewall
+    ORIGINAL_OUT = 2  # original direction as it left (only when NAT changed it)
+    REPLY_IN = 3  # reply direction as it arrived
+
+
+class EndReason(IntEnum):
+    """IPFIX flowEndReason (IANA IE 136)."""
+
+    IDLE_TIMEOUT = 1
+    ACTIVE_TIMEOUT = 2
+    END_OF_FLOW = 3
+    FORCED_END = 4
+    LACK_OF_RESOURCES = 5
+
+
+#: ctnetlink status bits (include/uapi/linux/netfilter/nf_conntrack_common.h).
+IPS_EXPECTED = 1 << 0
+IPS_SEEN_REPLY = 1 << 1
+IPS_ASSURED = 1 << 2
+IPS_CONFIRMED = 1 << 3
+IPS_SRC_NAT = 1 << 4
+IPS_DST_NAT = 1 << 5
+
+
+class ConntrackEvent(NamedTuple):
+    """One conntrack event, from any source (text log, conntrack program, netlink)."""
+
+    type: int  # EventType
+    time_ns: int  # when it happened (timestamp prefix / receive time), ns since epoch
+    family: int  # 4 or 6
+    proto: int  # IP protocol number
+    orig_src: bytes
+    orig_dst: bytes
+    orig_sport: int
+    orig_dport: int
+    reply_src: bytes
+    reply_dst: bytes
+    reply_sport: int
+    reply_dport: int
+    orig_packets: int | None
+    orig_bytes: int | None
+    reply_packets: int | None
+    reply_bytes: int | None
+    ct_id: int | None  # conntrack id (-o id / CTA_ID) when known
+    start_ns: int | None  # kernel start timestamp (CTA_TIMESTAMP_START), ns since epoch
+    stop_ns: int | None  # kernel stop timestamp (CTA_TIMESTAMP_STOP), ns since epoch
+    delta_time: int | None  # seconds the connection lived (text ``delta-time=``)
+    mark: int
+    zone: int
+    status: int  # IPS_* bits when known, else 0
+
+
+class FlowRecord(NamedTuple):
+    """One unidirectional flow, ready for any exporter or the syslog mirror."""
+
+    first_ms: int  # ms since epoch, start of the flow
+    last_ms: int  # ms since epoch, end of the flow
+    family: int  # 4 or 6
+    proto: int
+    src: bytes  # as seen on the wire in this direction
+    dst: bytes
+    sport: int  # 0 for ICMP and portless protocols
+    dport: int  # type*256+code for ICMP/ICMPv6
+    packets: int
+    octets: int
+    post_src: bytes  # the same flow on the other side of the firewall (post-NAT)
+    post_dst: bytes
+    post_sport: int
+    post_dport: int
+    direction: int  # Direction
+    end_reason: int  # EndReason
+    mark: int
+    zone: int
+    ct_id: int  # 0 when unknown
+
+
+class EventBatch(NamedTuple):
+    """A batch of events from one ingest incarnation."""
+
+    sender: str
+    incarnation: int
+    seq: int
+    events: list[ConntrackEvent]
+
+
+class FlowBatch(NamedTuple):
+    """A batch of flow records from one correlate incarnation."""
+
+    sender: str
+    incarnation: int
+    seq: int
+    records: list[FlowRecord]
+
+
+class Marker(NamedTuple):
+    """In-band marker: travels behind the data on every link.
+
+    A terminal stage (export, mirror) that receives it has handled everything
+    sent before it on that path; it then publishes a ``Notice`` with the same
+    token.  ``replay`` uses this to know when a log has been fully delivered.
+    """
+
+    token: str
+
+
+class Notice(NamedTuple):
+    """Out-of-band report from a stage (published, may be dropped)."""
+
+    stage: str
+    token: str
+    counters: dict[str, int]
+
+
+Message = EventBatch | FlowBatch | Marker | Notice
+
+#: Number of fields, used by the codec to validate items cheaply.
+EVENT_FIELDS = len(ConntrackEvent._fields)
+FLOW_FIELDS = len(FlowRecord._fields)
