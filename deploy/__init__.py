@@ -1,0 +1,1 @@
+"""The supervisord configuration shipped with nfflowd (package data)."""

@@ -1,0 +1,221 @@
+"""Where conntrack events come from: a saved log, the conntrack program, the kernel.
+
+Every source has the same shape, so the ingest worker is one loop::
+
+    events = source.read(timeout_s)   # whatever is available now, maybe []
+    source.exhausted                  # a finite source (a saved log) has ended
+    source.counters                   # what it counted (lines, malformed, restarts…)
+
+Bad input never stops a source: a malformed line is logged with its file and
+line number (the first few of them, then powers of two), counted, and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import shlex
+import subprocess
+import time
+from collections.abc import Sequence
+from typing import IO, Protocol
+
+from nfflowd.conntrack.text import ParseError, parse_line
+from nfflowd.messages import ConntrackEvent, EventType
+
+log = logging.getLogger("nfflowd.source")
+
+#: Lines parsed per read() call of a file source (one EventBatch, roughly).
+FILE_CHUNK = 1000
+
+
+class Source(Protocol):
+    exhausted: bool
+    counters: dict[str, int]
+
+    def read(self, timeout_s: float) -> list[ConntrackEvent]: ...
+
+    def close(self) -> None: ...
+
+
+class LineParser:
+    """Text lines -> events, with counting and located error messages."""
+
+    def __init__(self, counters: dict[str, int]) -> None:
+        self.counters = counters
+        counters.setdefault("lines", 0)
+        counters.setdefault("malformed_lines", 0)
+
+    def parse(
+        self, line: str, where: str, out: list[ConntrackEvent], default_type: int = EventType.NEW
+    ) -> None:
+        self.counters["lines"] += 1
+        try:
+            ev = parse_line(line, default_type=default_type)
+        except ParseError as exc:
+            n = self.counters["malformed_lines"] + 1
+            self.counters["malformed_lines"] = n
+            if n <= 10 or n & (n - 1) == 0:
+                log.warning("%s: malformed event line skipped: %s [%d so far]", where, exc, n)
+            return
+        if ev is not None:
+            out.append(ev)
+
+
+class FileSource:
+    """One or more saved ``conntrack -E`` logs, read once, in order."""
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        self.paths = list(paths)
+        self.counters: dict[str, int] = {"files": 0}
+        self.exhausted = not self.paths
+        self._parser = LineParser(self.counters)
+        self._index = 0
+        self._fh: IO[str] | None = None
+        self._lineno = 0
+
+    def _open_next(self) -> bool:
+        while self._index < len(self.paths):
+            path = self.paths[self._index]
+            self._index += 1
+            try:
+                self._fh = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115
+            except OSError as exc:
+                self.counters["unreadable_files"] = self.counters.get("unreadable_files", 0) + 1
+                log.error("%s: cannot read event log: %s", path, exc.strerror)
+                continue
+            self._lineno = 0
+            self.counters["files"] += 1
+            return True
+        self.exhausted = True
+        return False
+
+    def read(self, timeout_s: float) -> list[ConntrackEvent]:
+        out: list[ConntrackEvent] = []
+        if self.exhausted:
+            return out
+        if self._fh is None and not self._open_next():
+            return out
+        fh = self._fh
+        assert fh is not None
+        path = self.paths[self._index - 1]
+        parse = self._parser.parse
+        for _ in range(FILE_CHUNK):
+            line = fh.readline()
+            if not line:
+                fh.close()
+                self._fh = None
+                if self._index >= len(self.paths):
+                    self.exhausted = True
+                break
+            self._lineno += 1
+            parse(line, f"{path}:{self._lineno}", out)
+        return out
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+
+
+class ProgramSource:
+    """The ``conntrack`` program: first its listing (init_format), then its event stream.
+
+    The program is restarted (after a pause that grows to 30 s) when it exits;
+    each restart is counted and logged with the program's last error output.
+    """
+
+    def __init__(self, progname: str, init_format: str, fmt: str) -> None:
+        self.init_argv = [progname, *shlex.split(init_format)] if init_format else []
+        self.argv = [progname, *shlex.split(fmt)]
+        self.counters: dict[str, int] = {"program_starts": 0, "program_exits": 0}
+        self.exhausted = False
+        self._parser = LineParser(self.counters)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._buf = b""
+        self._pending: list[ConntrackEvent] = []
+        self._backoff = 1.0
+        self._next_start = 0.0
+        if self.init_argv:
+            self._pending = self._listing()
+
+    def _listing(self) -> list[ConntrackEvent]:
+        out: list[ConntrackEvent] = []
+        cmd = shlex.join(self.init_argv)
+        try:
+            res = subprocess.run(self.init_argv, capture_output=True, timeout=60, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.error("%s: cannot list open connections: %s", cmd, exc)
+            return out
+        if res.returncode != 0:
+            log.warning("%s exited %d: %s", cmd, res.returncode, res.stderr.decode()[-300:])
+        for n, line in enumerate(res.stdout.decode("utf-8", "replace").splitlines(), 1):
+            self._parser.parse(line, f"{cmd} line {n}", out, EventType.NEW)
+        log.info("%s: %d open connections", cmd, len(out))
+        return out
+
+    def _start(self) -> None:
+        try:
+            self._proc = subprocess.Popen(
+                self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0
+            )
+        except OSError as exc:
+            log.error("%s: cannot start: %s", shlex.join(self.argv), exc.strerror)
+            self._proc = None
+            self._schedule_restart()
+            return
+        self.counters["program_starts"] += 1
+        os.set_blocking(self._proc.stdout.fileno(), False)  # type: ignore[union-attr]
+        log.info("reading events from %s (pid %d)", shlex.join(self.argv), self._proc.pid)
+
+    def _schedule_restart(self) -> None:
+        self._next_start = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, 30.0)
+
+    def read(self, timeout_s: float) -> list[ConntrackEvent]:
+        out, self._pending = self._pending, []
+        if self._proc is None:
+            if time.monotonic() < self._next_start:
+                time.sleep(min(timeout_s, max(0.0, self._next_start - time.monotonic())))
+                return out
+            self._start()
+            if self._proc is None:
+                return out
+        proc = self._proc
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
+        ready, _, _ = select.select([fd], [], [], 0 if out else timeout_s)
+        if not ready:
+            return out
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return out
+        if not chunk:
+            self._on_exit(proc)
+            return out
+        self._backoff = 1.0
+        data = self._buf + chunk
+        lines = data.split(b"\n")
+        self._buf = lines.pop()
+        where = f"{self.argv[0]} output"
+        for line in lines:
+            self._parser.parse(line.decode("utf-8", "replace"), where, out)
+        return out
+
+    def _on_exit(self, proc: subprocess.Popen[bytes]) -> None:
+        rc = proc.wait()
+        err = proc.stderr.read().decode("utf-8", "replace")[-500:] if proc.stderr else ""
+        self.counters["program_exits"] += 1
+        log.error("%s exited with status %d: %s", shlex.join(self.argv), rc, err.strip())
+        self._proc = None
+        self._buf = b""
+        self._schedule_restart()
+
+    def close(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()

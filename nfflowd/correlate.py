@@ -1,0 +1,191 @@
+"""Correlation: conntrack events -> flow records.  Pure; no I/O.
+
+One destroyed connection becomes up to three unidirectional flow records
+(``orig``/``reply`` are the tuples conntrack reports):
+
+1. ORIGINAL_IN  -- the original direction *as it arrived*:
+   ``orig.src:orig.sport -> orig.dst:orig.dport`` with the original counters;
+2. ORIGINAL_OUT -- the original direction *as it left*, only when NAT changed it:
+   ``reply.dst:reply.dport -> reply.src:reply.sport`` with the original counters;
+3. REPLY_IN     -- the reply direction *as it arrived*:
+   ``reply.src:reply.sport -> reply.dst:reply.dport`` with the reply counters.
+
+For source NAT this is exactly the 2009 tool's triplet; it is equally right for
+destination NAT, for both at once, and for no NAT (then two records).  A
+direction whose counters are present and zero yields no record (the reply of
+an unreplied flow); without accounting (counters absent) every direction is
+reported with 0/0.  ICMP/ICMPv6 records carry source port 0 and destination
+port ``type*256+code``; protocols without ports carry 0/0.
+
+Each record also carries the other side of the firewall (``post_*``): for
+ORIGINAL_IN the same packets as they left, for REPLY_IN the reply as it left
+(towards the original source), for ORIGINAL_OUT itself.  NetFlow v9/IPFIX put
+these into postNAT* information elements.
+
+Start time of a connection, in order of preference: the kernel's own start
+timestamp (CTA_TIMESTAMP); the time of the NEW event (matched by conntrack id
+when the source gives one, else by original tuple and zone); ``delta-time``
+seconds before the DESTROY; the DESTROY time itself.  End time: the kernel's
+stop timestamp, else the DESTROY time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nfflowd.messages import ConntrackEvent, Direction, EndReason, EventType, FlowRecord
+
+#: Protocols whose tuples carry real ports (tcp, udp, dccp, sctp, udplite).
+PORT_PROTOCOLS = frozenset({6, 17, 33, 132, 136})
+#: ICMP and ICMPv6: ports are id / type<<8|code (see messages.py).
+ICMP_PROTOCOLS = frozenset({1, 58})
+
+_NEW = EventType.NEW
+_DESTROY = EventType.DESTROY
+_NS_PER_MS = 1_000_000
+_NS_PER_S = 1_000_000_000
+
+TupleKey = tuple[int, int, bytes, bytes, int, int, int]
+
+
+def tuple_key(ev: ConntrackEvent) -> TupleKey:
+    """The identity of a connection when no conntrack id is known."""
+    return (ev.family, ev.proto, ev.orig_src, ev.orig_dst, ev.orig_sport, ev.orig_dport, ev.zone)
+
+
+def is_natted(ev: ConntrackEvent) -> bool:
+    """True when the connection left the firewall with a different tuple than it arrived."""
+    if ev.orig_src != ev.reply_dst or ev.orig_dst != ev.reply_src:
+        return True
+    proto = ev.proto
+    if proto in PORT_PROTOCOLS:
+        return ev.orig_sport != ev.reply_dport or ev.orig_dport != ev.reply_sport
+    if proto in ICMP_PROTOCOLS:
+        return ev.orig_sport != ev.reply_sport  # the echo id, rewritten by NAT when needed
+    return False
+
+
+def flow_records(ev: ConntrackEvent, start_ns: int, end_ns: int) -> list[FlowRecord]:
+    """The flow records of one finished connection (see the module docstring)."""
+    first = start_ns // _NS_PER_MS
+    last = end_ns // _NS_PER_MS
+    if last < first:
+        last = first
+    proto = ev.proto
+    if proto in PORT_PROTOCOLS:
+        o_sport, o_dport, r_sport, r_dport = (
+            ev.orig_sport, ev.orig_dport, ev.reply_sport, ev.reply_dport
+        )  # fmt: skip
+        out_sport, out_dport = ev.reply_dport, ev.reply_sport
+        back_sport, back_dport = ev.orig_dport, ev.orig_sport
+    elif proto in ICMP_PROTOCOLS:
+        o_sport, o_dport, r_sport, r_dport = 0, ev.orig_dport, 0, ev.reply_dport
+        out_sport, out_dport = 0, ev.orig_dport
+        back_sport, back_dport = 0, ev.reply_dport
+    else:
+        o_sport = o_dport = r_sport = r_dport = out_sport = out_dport = 0
+        back_sport = back_dport = 0
+    o_pkts, o_bytes, r_pkts, r_bytes = (
+        ev.orig_packets, ev.orig_bytes, ev.reply_packets, ev.reply_bytes
+    )  # fmt: skip
+    out: list[FlowRecord] = []
+    fam, mark, zone, ctid = ev.family, ev.mark, ev.zone, ev.ct_id or 0
+    end = EndReason.END_OF_FLOW
+    left_src, left_dst = ev.reply_dst, ev.reply_src
+    if o_pkts is None or o_pkts or o_bytes:
+        pk, by = o_pkts or 0, o_bytes or 0
+        out.append(FlowRecord(
+            first, last, fam, proto, ev.orig_src, ev.orig_dst, o_sport, o_dport, pk, by,
+            left_src, left_dst, out_sport, out_dport, Direction.ORIGINAL_IN, end, mark, zone, ctid,
+        ))  # fmt: skip
+        if is_natted(ev):
+            out.append(FlowRecord(
+                first, last, fam, proto, left_src, left_dst, out_sport, out_dport, pk, by,
+                left_src, left_dst, out_sport, out_dport, Direction.ORIGINAL_OUT, end, mark, zone,
+                ctid,
+            ))  # fmt: skip
+    if r_pkts is None or r_pkts or r_bytes:
+        out.append(FlowRecord(
+            first, last, fam, proto, ev.reply_src, ev.reply_dst, r_sport, r_dport,
+            r_pkts or 0, r_bytes or 0, ev.orig_dst, ev.orig_src, back_sport, back_dport,
+            Direction.REPLY_IN, end, mark, zone, ctid,
+        ))  # fmt: skip
+    return out
+
+
+@dataclass
+class CorrelatorCounters:
+    new: int = 0
+    destroy: int = 0
+    update: int = 0
+    destroy_without_new: int = 0
+    new_duplicate: int = 0
+    purged: int = 0
+    records: int = 0
+
+
+@dataclass
+class Correlator:
+    """The open-connection table and the DESTROY -> records step.
+
+    Open connections are keyed by conntrack id when the source reports one,
+    else by :func:`tuple_key`; the value is the start time in ns.  Entries
+    older than *ttl_s* (measured on the events' own clock, so replays of old
+    logs purge as live runs do) are dropped by :meth:`purge`.
+    """
+
+    ttl_s: int = 604800
+    open: dict[object, int] = field(default_factory=dict)
+    counters: CorrelatorCounters = field(default_factory=CorrelatorCounters)
+    clock_ns: int = 0  # the newest event time seen
+
+    def feed(self, ev: ConntrackEvent, out: list[FlowRecord]) -> None:
+        """Apply one event; append the records it completes to *out*."""
+        t = ev.time_ns
+        if t > self.clock_ns:
+            self.clock_ns = t
+        etype = ev.type
+        table = self.open
+        if etype == _NEW:
+            key: object = ev.ct_id if ev.ct_id is not None else tuple_key(ev)
+            if key in table:
+                self.counters.new_duplicate += 1
+            else:
+                table[key] = ev.start_ns if ev.start_ns is not None else t
+            self.counters.new += 1
+            return
+        if etype != _DESTROY:
+            self.counters.update += 1
+            return
+        self.counters.destroy += 1
+        start = None
+        if ev.ct_id is not None:
+            start = table.pop(ev.ct_id, None)
+        if start is None:
+            start = table.pop(tuple_key(ev), None)
+        if ev.start_ns is not None:
+            start = ev.start_ns
+        elif start is None:
+            self.counters.destroy_without_new += 1
+            start = t - ev.delta_time * _NS_PER_S if ev.delta_time is not None else t
+        end = ev.stop_ns if ev.stop_ns is not None else t
+        recs = flow_records(ev, start, end)
+        self.counters.records += len(recs)
+        out.extend(recs)
+
+    def feed_all(self, events: list[ConntrackEvent]) -> list[FlowRecord]:
+        out: list[FlowRecord] = []
+        feed = self.feed
+        for ev in events:
+            feed(ev, out)
+        return out
+
+    def purge(self, now_ns: int | None = None) -> int:
+        """Forget unfinished connections that started more than ttl_s ago."""
+        now = self.clock_ns if now_ns is None else now_ns
+        limit = now - self.ttl_s * _NS_PER_S
+        stale = [k for k, start in self.open.items() if start < limit]
+        for k in stale:
+            del self.open[k]
+        self.counters.purged += len(stale)
+        return len(stale)

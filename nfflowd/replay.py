@@ -1,0 +1,108 @@
+"""``nfflowd replay LOG…``: saved conntrack logs through the real supervised pipeline.
+
+The same four stages run under their own supervisord (in a private run
+directory unless one is given).  Ingest reads the logs and ends them with a
+marker; export and mirror acknowledge the marker with a notice once every
+record before it has been sent.  Replay waits for both notices, stops the
+pipeline in order (draining) and prints what each stage counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import TextIO
+
+import zmq
+
+from nfflowd import codec, control, endpoints
+from nfflowd.config import Settings
+from nfflowd.messages import Notice
+
+EOF_TOKEN = "eof"  # same as nfflowd.workers.ingest.EOF_TOKEN
+TERMINAL = ("export", "mirror")
+
+
+class ReplayError(RuntimeError):
+    pass
+
+
+def replay_settings(settings: Settings, logs: Sequence[str]) -> Settings:
+    paths = tuple(os.path.abspath(p) for p in logs)
+    for p in paths:
+        if not os.path.isfile(p):
+            raise ReplayError(f"{p}: no such event log")
+    source = dataclasses.replace(settings.source, type="file", path=paths)
+    return dataclasses.replace(settings, source=source)
+
+
+def run(
+    settings: Settings,
+    logs: Sequence[str],
+    *,
+    rundir: str | None = None,
+    timeout: float | None = None,
+    out: TextIO | None = None,
+) -> dict[str, dict[str, int]]:
+    """Replay *logs*; return the final counters of each stage (by stage name)."""
+    settings = replay_settings(settings, logs)
+    own_rundir = rundir is None
+    run_dir = tempfile.mkdtemp(prefix="nfflowd-replay-") if rundir is None else rundir
+    endpoints.ensure_rundir(run_dir)
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sub = endpoints.open_socket(ctx, run_dir, "notices", "receiver", hwm=10000)
+    proc = None
+    seen: dict[str, dict[str, int]] = {}
+    ok = False
+    try:
+        proc = control.launch(settings, run_dir, foreground=True)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        next_check = time.monotonic() + 2
+        while not all(s in seen for s in TERMINAL):
+            if deadline is not None and time.monotonic() > deadline:
+                raise ReplayError(f"replay did not complete within {timeout} s (run dir {run_dir})")
+            if proc.poll() is not None:
+                raise ReplayError(f"supervisord exited with status {proc.returncode}")
+            if time.monotonic() > next_check:
+                _fail_on_fatal(run_dir)
+                next_check = time.monotonic() + 2
+            if not sub.poll(200, zmq.POLLIN):
+                continue
+            try:
+                msg = codec.decode(sub.recv())
+            except codec.DecodeError:
+                continue
+            if isinstance(msg, Notice) and msg.token == EOF_TOKEN:
+                seen[msg.stage] = msg.counters
+        control.stop(run_dir)
+        proc.wait(60)
+        ok = True
+        if out is not None:
+            for stage in control.STAGES:
+                counters = " ".join(f"{k}={v}" for k, v in sorted(seen.get(stage, {}).items()))
+                out.write(f"{stage:<9} {counters}\n")
+        return seen
+    finally:
+        sub.close(linger=0)
+        ctx.destroy(linger=0)
+        if proc is not None and proc.poll() is None:
+            try:
+                control.stop(run_dir, timeout=30)
+            except Exception:  # noqa: BLE001 - last resort on an error path
+                proc.terminate()
+            proc.wait(60)
+        if own_rundir and ok and not os.environ.get("NFFLOWD_KEEP_RUNDIR"):
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _fail_on_fatal(rundir: str) -> None:
+    for p in control.processes(rundir):
+        if p["statename"] == "FATAL":
+            raise ReplayError(
+                f"stage {p['name']} is FATAL ({p.get('spawnerr') or 'see its log'}): "
+                f"{os.path.join(rundir, p['name'] + '.log')}"
+            )

@@ -1,0 +1,176 @@
+"""What every stage process shares: settings, logging, signals, notices, counters.
+
+A worker (``nfflowd.workers.*``) is a loop around pure functions; this module
+gives it the process plumbing so the loop stays short.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import struct
+import sys
+import time
+from collections.abc import Mapping
+from types import FrameType
+from typing import Protocol
+
+import zmq
+
+from nfflowd import codec, endpoints
+from nfflowd.config import Settings, load_resolved
+from nfflowd.messages import FlowBatch, FlowRecord, Marker, Notice
+
+SETTINGS_FILE = "settings.json"
+
+log = logging.getLogger("nfflowd")
+
+
+def _count_start(rundir: str, name: str) -> int:
+    """Increment <rundir>/<stage>.starts (how often supervisord started this stage)."""
+    path = os.path.join(rundir, f"{name}.starts")
+    try:
+        with open(path) as fh:
+            n = int(fh.read().strip() or 0) + 1
+    except (OSError, ValueError):
+        n = 1
+    tmp = f"{path}.{os.getpid()}"
+    with open(tmp, "w") as fh:
+        fh.write(f"{n}\n")
+    os.replace(tmp, path)
+    return n
+
+
+class Stage:
+    """Process-level state of one pipeline stage."""
+
+    def __init__(self, name: str, argv: list[str] | None = None) -> None:
+        parser = argparse.ArgumentParser(prog=f"nfflowd.workers.{name}")
+        parser.add_argument("--rundir", required=True, help="nfflowd run directory")
+        args = parser.parse_args(argv)
+        self.name = name
+        self.rundir: str = args.rundir
+        logging.basicConfig(
+            level=os.environ.get("NFFLOWD_LOGLEVEL", "INFO"),
+            stream=sys.stderr,
+            format=f"%(asctime)s {name}[%(process)d] %(levelname)s %(message)s",
+        )
+        self.settings: Settings = load_resolved(os.path.join(self.rundir, SETTINGS_FILE))
+        # A fresh number per start, so receivers can tell a restarted sender apart.
+        self.incarnation = time.time_ns()
+        self.stopping = False
+        self.stop_deadline = 0.0
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._notices = endpoints.open_socket(self.ctx, self.rundir, "notices", "sender", hwm=100)
+        self.malformed: dict[str, int] = {}
+        self.starts = _count_start(self.rundir, name)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        log.info("started (incarnation %d, rundir %s)", self.incarnation, self.rundir)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if not self.stopping:
+            log.info("signal %d: draining, then stopping", signum)
+        self.stopping = True
+        self.stop_deadline = time.monotonic() + float(os.environ.get("NFFLOWD_DRAIN_S", "10"))
+
+    def socket(self, name: str, side: str, *, hwm: int = 1000) -> zmq.Socket[bytes]:
+        return endpoints.open_socket(self.ctx, self.rundir, name, side, hwm=hwm)
+
+    def count_malformed(self, reason: str, detail: str, where: str) -> None:
+        """Count a message that could not be used; log the first few of each reason."""
+        n = self.malformed.get(reason, 0) + 1
+        self.malformed[reason] = n
+        if n <= 5 or n & (n - 1) == 0:
+            log.warning("%s: dropped message (%s): %s [%d so far]", where, reason, detail, n)
+
+    def notify(self, token: str, counters: Mapping[str, int]) -> None:
+        """Publish a notice (dropped when nobody listens)."""
+        merged = dict(counters)
+        for reason, n in self.malformed.items():
+            merged[f"malformed_{reason}"] = n
+        try:
+            self._notices.send(codec.encode(Notice(self.name, token, merged)), zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+
+    def send(self, sock: zmq.Socket[bytes], data: bytes) -> None:
+        """Blocking send that still notices a stop request (backpressure, not loss)."""
+        while True:
+            try:
+                sock.send(data, zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                if self.stopping and time.monotonic() > self.stop_deadline:
+                    raise TimeoutError("downstream did not accept data before the stop deadline")
+                zmq.select([], [sock], [], 0.2)
+
+    def close(self) -> None:
+        self._notices.close(linger=0)
+        self.ctx.destroy(linger=2000)
+
+
+class Sink(Protocol):
+    """What a terminal stage (export, mirror) does with the flow records it receives."""
+
+    def handle(self, records: list[FlowRecord]) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def counters(self) -> dict[str, int]: ...
+
+
+#: A stopping terminal stage waits this long for input to go quiet when no drain marker comes.
+QUIET_S = 0.5
+
+
+def consume(stage: Stage, link: str, sink: Sink) -> None:
+    """The loop of a terminal stage: flow batches in, *sink* does the work.
+
+    Idle input flushes the sink (a partial datagram goes out, buffered lines
+    are written).  A marker flushes and is acknowledged with a notice.  On
+    SIGTERM the loop keeps going until a ``drain`` marker arrives or input has
+    been quiet for QUIET_S, so whatever upstream sent before stopping is
+    delivered.
+    """
+    inp = stage.socket(link, "receiver")
+    last_input = time.monotonic()
+    dirty = False
+    try:
+        while True:
+            if stage.stopping and (
+                time.monotonic() - last_input > QUIET_S or time.monotonic() > stage.stop_deadline
+            ):
+                break
+            if not inp.poll(100, zmq.POLLIN):
+                if dirty:
+                    sink.flush()
+                    dirty = False
+                continue
+            last_input = time.monotonic()
+            data = inp.recv()
+            try:
+                msg = codec.decode(data)
+            except codec.DecodeError as exc:
+                stage.count_malformed(exc.reason, str(exc), f"{link} link")
+                continue
+            if isinstance(msg, FlowBatch):
+                try:
+                    sink.handle(msg.records)
+                except (TypeError, ValueError, AttributeError, struct.error) as exc:
+                    stage.count_malformed("bad_record", repr(exc), f"batch {msg.seq}")
+                dirty = True
+            elif isinstance(msg, Marker):
+                sink.flush()
+                dirty = False
+                stage.notify(msg.token, sink.counters())
+                if msg.token == "drain" and stage.stopping:
+                    break
+            else:
+                stage.count_malformed("unexpected_kind", type(msg).__name__, f"{link} link")
+        sink.flush()
+        log.info("stopped; %s", sink.counters())
+    finally:
+        inp.close(linger=0)
