@@ -1,0 +1,49 @@
+# nfflowd: the two commands of the README, and the pieces they are made of.
+#   make demo   the built-in NAT lab (or, without root/namespaces, the bundled log) -> local collector
+#   make test   everything the tests need (apt packages, the venv), then lint, types and the suite
+
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PYTEST_ARGS ?=
+# Debian packages the demo and the tests use: the kernel's conntrack tools, the collector and
+# decoders that judge our packets, a real syslog daemon, namespaces and NAT.
+APT_PACKAGES := conntrack nfdump tshark rsyslog iproute2 iptables nftables procps iputils-ping kmod
+APT_COMMANDS := conntrack nfcapd nfdump tshark rsyslogd ip iptables nft sysctl ping
+
+.PHONY: demo test sysdeps venv lint unit bench clean
+
+sysdeps:
+	@missing=""; for c in $(APT_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages (missing:$$missing)"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "need root for apt-get; install: $(APT_PACKAGES)"; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: sysdeps venv
+	$(VENV)/bin/nfflowd demo
+
+lint: venv
+	$(VENV)/bin/ruff check nfflowd workers tests bench
+	$(VENV)/bin/ruff format --check nfflowd workers tests bench
+	$(VENV)/bin/mypy
+
+test: sysdeps venv lint
+	$(PY) -m pytest -ra $(PYTEST_ARGS)
+
+unit: venv
+	$(PY) -m pytest -q tests/unit
+
+bench: sysdeps venv
+	$(PY) bench/bench_pipeline.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
