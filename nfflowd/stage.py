@@ -28,6 +28,18 @@ SETTINGS_FILE = "settings.json"
 log = logging.getLogger("nfflowd")
 
 
+def peak_rss_kb() -> int:
+    """This process's peak resident set size (VmHWM), in KiB."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def _count_start(rundir: str, name: str) -> int:
     """Increment <rundir>/<stage>.starts (how often supervisord started this stage)."""
     path = os.path.join(rundir, f"{name}.starts")
@@ -91,6 +103,8 @@ class Stage:
         merged = dict(counters)
         for reason, n in self.malformed.items():
             merged[f"malformed_{reason}"] = n
+        merged["peak_rss_kb"] = peak_rss_kb()
+        merged["starts"] = self.starts
         try:
             self._notices.send(codec.encode(Notice(self.name, token, merged)), zmq.NOBLOCK)
         except zmq.Again:

@@ -12,7 +12,7 @@ import logging
 import time
 
 from nfflowd import codec
-from nfflowd.conntrack.sources import FileSource, ProgramSource, Source
+from nfflowd.conntrack.sources import FileSource, NetlinkSource, ProgramSource, Source
 from nfflowd.config import Settings
 from nfflowd.messages import EventBatch, Marker
 from nfflowd.stage import Stage
@@ -32,8 +32,6 @@ def make_source(settings: Settings) -> Source:
         ct = settings.conntrack
         return ProgramSource(ct.progname, ct.init_format, ct.format)
     if src.type == "netlink":
-        from nfflowd.conntrack.kernel_source import NetlinkSource
-
         return NetlinkSource(src)
     raise ValueError(f"unknown source type {src.type!r}")
 

@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 from typing import IO, Protocol
 
+from nfflowd.config import SourceSettings
 from nfflowd.conntrack.text import ParseError, parse_line
 from nfflowd.messages import ConntrackEvent, EventType
 
@@ -219,3 +220,74 @@ class ProgramSource:
                 self._proc.wait(5)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
+
+
+class NetlinkSource:
+    """The kernel's conntrack events over ctnetlink (see :mod:`nfflowd.conntrack.kernel`).
+
+    The listener subscribes first, then the table is dumped, so a connection
+    opened in between is seen at least once (the correlator counts the
+    duplicate and keeps the first start).  After an overrun (ENOBUFS: the kernel
+    dropped events) the table is dumped again: connections still open are
+    re-learned with their kernel start time; those that ended during the
+    overrun are lost (counted as ``enobufs``) unless reliable mode is on.
+    """
+
+    #: Datagrams read per call; each carries one event, so this bounds a batch.
+    MAX_READS = 2000
+
+    def __init__(self, settings: SourceSettings) -> None:
+        from nfflowd.conntrack import kernel
+
+        self._kernel = kernel
+        if settings.set_sysctls:
+            kernel.set_sysctls(settings.netns, acct=True, timestamp=True)
+        found = kernel.kernel_settings(settings.netns)
+        for key, value in found.items():
+            if value != "1" and not key.endswith("events"):
+                log.warning("%s = %s: see `nfflowd check`", key, value)
+        self.listener = kernel.CtnetlinkListener(
+            netns=settings.netns, rcvbuf=settings.rcvbuf, reliable=settings.reliable
+        )
+        self.netns = settings.netns
+        self.exhausted = False
+        self.counters: dict[str, int] = {"resyncs": 0, "dumped": 0}
+        self._pending = self._dump()
+        log.info(
+            "listening to conntrack events%s (rcvbuf %d, %s mode); %d open connections",
+            f" in netns {settings.netns}" if settings.netns else "",
+            self.listener.rcvbuf,
+            "reliable" if settings.reliable else "default",
+            len(self._pending),
+        )
+
+    def _dump(self) -> list[ConntrackEvent]:
+        try:
+            events = self.listener.dump()
+        except (OSError, TimeoutError) as exc:
+            log.error("conntrack table dump failed: %s", exc)
+            return []
+        self.counters["dumped"] += len(events)
+        return events
+
+    def read(self, timeout_s: float) -> list[ConntrackEvent]:
+        out, self._pending = self._pending, []
+        if not out:
+            select.select([self.listener.fileno()], [], [], timeout_s)
+        out += self.listener.recv_events(self.MAX_READS)
+        if self.listener.take_resync():
+            self.counters["resyncs"] += 1
+            log.warning(
+                "kernel dropped conntrack events (ENOBUFS #%d, rcvbuf now %d): resyncing",
+                self.listener.enobufs,
+                self.listener.rcvbuf,
+            )
+            out += self._dump()
+        c = self.listener.counters
+        self.counters["enobufs"] = self.listener.enobufs
+        self.counters["malformed_messages"] = c.malformed + c.truncated
+        self.counters["truncated_reads"] = self.listener.truncated_reads
+        return out
+
+    def close(self) -> None:
+        self.listener.close()
