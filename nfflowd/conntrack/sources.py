@@ -247,7 +247,10 @@ class NetlinkSource:
             if value != "1" and not key.endswith("events"):
                 log.warning("%s = %s: see `nfflowd check`", key, value)
         self.listener = kernel.CtnetlinkListener(
-            netns=settings.netns, rcvbuf=settings.rcvbuf, reliable=settings.reliable
+            netns=settings.netns,
+            rcvbuf=settings.rcvbuf,
+            reliable=settings.reliable,
+            kernel_time=True,  # CTA_TIMESTAMP_EVENT (kernel >= 6.14) when present
         )
         self.netns = settings.netns
         self.exhausted = False
