@@ -135,6 +135,10 @@ class Sink(Protocol):
 
     def counters(self) -> dict[str, int]: ...
 
+    def pending(self) -> int:
+        """Items held back (e.g. syslog lines while syslog is down); flushed again when idle."""
+        ...
+
 
 #: A stopping terminal stage waits this long for input to go quiet when no drain marker comes.
 QUIET_S = 0.5
@@ -159,7 +163,7 @@ def consume(stage: Stage, link: str, sink: Sink) -> None:
             ):
                 break
             if not inp.poll(100, zmq.POLLIN):
-                if dirty:
+                if dirty or sink.pending():
                     sink.flush()
                     dirty = False
                 continue

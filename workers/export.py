@@ -42,6 +42,9 @@ class Exporter:
     def flush(self) -> None:
         """Every datagram is sent as soon as it is encoded; nothing is held back."""
 
+    def pending(self) -> int:
+        return 0
+
     def counters(self) -> dict[str, int]:
         out = {"records": self.records}
         for i, (enc, coll) in enumerate(self.targets):

@@ -46,6 +46,9 @@ class Mirror:
         for d in self.dispatchers:
             d.flush()
 
+    def pending(self) -> int:
+        return sum(d.pending for d in self.dispatchers if isinstance(d, SyslogDispatcher))
+
     def counters(self) -> dict[str, int]:
         out = {"lines": self.lines}
         for i, d in enumerate(self.dispatchers):

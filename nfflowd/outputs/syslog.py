@@ -1,0 +1,437 @@
+"""The mirror's dispatchers: ``screen`` (stdout/stderr) and ``syslog``.
+
+These replace the 2009 tool's Log::Dispatch configuration (``<ptee><conf>``):
+``Log::Dispatch::Screen`` and ``Log::Dispatch::Syslog`` with ``ident nfflowd``,
+``facility local6``.  Every dispatcher takes whole lines (flow-tools CSV, no
+trailing newline) and never raises from ``emit``/``flush``: failures are
+counted in ``counters`` and reported once in the ``nfflowd.mirror`` log.
+
+Wire format of one syslog message (RFC 3164 section 4.1, "BSD syslog")::
+
+    <PRI>Mmm dd hh:mm:ss ident: line            over a local socket (/dev/log)
+    <PRI>Mmm dd hh:mm:ss HOSTNAME ident: line   over udp:// and tcp://
+
+PRI = facility * 8 + severity (local6.info = 22 * 8 + 6 = 182).  The local form
+is byte for byte what glibc's syslog(3) writes to /dev/log (``"%h %e %T"``
+timestamp, English month, space-padded day, no hostname) and so what
+Log::Dispatch::Syslog sent through Sys::Syslog's default "native" mechanism;
+its ``logopt`` was empty, so the ident has no ``[pid]``.  rsyslog's imuxsock
+does not look for a HOSTNAME on the local socket (it would take one as the tag),
+while on the network RFC 3164 section 4.1.2 requires it, hence the two forms.
+
+Framing: a unix datagram socket carries one message per datagram, like
+syslog(3).  When the path is a SOCK_STREAM socket (connect fails with
+EPROTOTYPE, as glibc detects it) each message ends with a NUL byte, as glibc
+writes it.  ``udp://host:port`` sends one message per datagram.
+``tcp://host:port`` uses RFC 6587 section 3.4.2 non-transparent framing with LF
+as the trailer: it is what rsyslog's omfwd sends by default and what every
+receiver (rsyslog imtcp/imptcp, syslog-ng) accepts without configuration,
+and our lines never contain an LF (an embedded LF or NUL becomes a space).
+
+Delivery: every line goes through a bounded FIFO (``max_buffer`` lines; beyond
+that the oldest are dropped and counted).  A send that fails (no socket,
+refused, peer gone, socket full for ``send_timeout`` seconds) leaves the rest in
+the FIFO; the next ``emit`` (at most every ``retry_interval`` seconds) or any
+``flush`` reconnects and delivers them in order, each exactly once as far as
+the sender can know.  Limits: a datagram a unix socket accepted is delivered;
+over UDP an ICMP port unreachable is checked after every datagram (SO_ERROR),
+which is exact on loopback but can lose the datagrams already in flight to a
+remote server; over TCP a line the kernel accepted after the server died
+without closing is lost, and a line cut by a broken connection is sent again
+whole (the receiver may log the fragment).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, Protocol, TextIO
+from urllib.parse import urlsplit
+
+log = logging.getLogger("nfflowd.mirror")
+
+#: Syslog facility names -> codes (RFC 5424 section 6.2.1 table 1; names as
+#: glibc's <syslog.h>, Sys::Syslog and rsyslog spell them; "security" is glibc's
+#: alias of auth).
+# fmt: off
+FACILITIES: dict[str, int] = {
+    "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "security": 4, "syslog": 5,
+    "lpr": 6, "news": 7, "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11, "ntp": 12,
+    "audit": 13, "alert": 14, "clock": 15,
+    "local0": 16, "local1": 17, "local2": 18, "local3": 19,
+    "local4": 20, "local5": 21, "local6": 22, "local7": 23,
+}
+
+#: Log::Dispatch level names (and their aliases) -> syslog severities (RFC 5424
+#: table 2), as Log::Dispatch::Syslog maps them.
+LEVELS: dict[str, int] = {
+    "emergency": 0, "emerg": 0, "alert": 1, "critical": 2, "crit": 2, "error": 3, "err": 3,
+    "warning": 4, "warn": 4, "notice": 5, "info": 6, "debug": 7,
+}
+# fmt: on
+
+#: C-locale month abbreviations for the RFC 3164 TIMESTAMP (never the host locale).
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+#: Port a ``udp://`` or ``tcp://`` address without one uses (RFC 5426, RFC 6587).
+DEFAULT_PORT = 514
+#: At most one outage warning per dispatcher in this many seconds.
+WARN_INTERVAL_S = 60.0
+
+COUNTER_NAMES = ("lines_sent", "send_errors", "buffered", "dropped", "reconnects", "pending")
+
+
+class Dispatcher(Protocol):
+    """What the mirror stage hands its lines to."""
+
+    counters: dict[str, int]
+
+    def emit(self, lines: Sequence[str]) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ScreenDispatcher:
+    """Writes lines to stdout (or stderr); the stream buffers, ``flush`` pushes them out."""
+
+    def __init__(self, stream: TextIO | None = None, *, stderr: bool = False) -> None:
+        self.stream: TextIO = (
+            stream if stream is not None else (sys.stderr if stderr else sys.stdout)
+        )
+        self.counters: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
+        self._warned = False
+
+    def emit(self, lines: Sequence[str]) -> None:
+        if not lines:
+            return
+        try:
+            self.stream.write("".join(f"{line}\n" for line in lines))
+        except (OSError, ValueError) as exc:  # ValueError: I/O on a closed file
+            self.counters["send_errors"] += 1
+            self.counters["dropped"] += len(lines)
+            self._failed(exc)
+        else:
+            self.counters["lines_sent"] += len(lines)
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except (OSError, ValueError) as exc:
+            self.counters["send_errors"] += 1
+            self._failed(exc)
+
+    def close(self) -> None:
+        """Flushes; the stream belongs to the caller (or is stdout) and stays open."""
+        self.flush()
+
+    def _failed(self, exc: Exception) -> None:
+        if not self._warned:
+            self._warned = True
+            name = getattr(self.stream, "name", repr(self.stream))
+            log.warning("screen dispatcher: cannot write to %s: %s; lines are dropped", name, exc)
+
+
+def parse_address(address: str) -> tuple[str, str, int]:
+    """``/path`` -> ("unix", path, 0); ``udp://h:p`` / ``tcp://h:p`` -> (scheme, host, port)."""
+    if "://" not in address:
+        if not address:
+            raise ValueError("syslog address is empty (use a socket path like /dev/log)")
+        return ("unix", address, 0)
+    parts = urlsplit(address)
+    if parts.scheme not in ("udp", "tcp"):
+        raise ValueError(f"syslog address {address!r}: scheme must be udp:// or tcp://")
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError as exc:
+        raise ValueError(f"syslog address {address!r}: bad port ({exc})") from None
+    if not parts.hostname:
+        raise ValueError(f"syslog address {address!r}: no host")
+    return (parts.scheme, parts.hostname, port)
+
+
+def rfc3164_timestamp(when: float) -> str:
+    """``Mmm dd hh:mm:ss`` in local time, day space-padded (glibc's ``"%h %e %T"``, C locale)."""
+    tm = time.localtime(when)
+    return (
+        f"{MONTHS[tm.tm_mon - 1]} {tm.tm_mday:2d} {tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d}"
+    )
+
+
+def message_prefix(pri: int, ident: str, when: float, hostname: str | None = None) -> bytes:
+    """Everything of a message before the line: ``<PRI>TIMESTAMP [HOSTNAME ]ident: ``."""
+    host = f"{hostname} " if hostname else ""
+    return f"<{pri}>{rfc3164_timestamp(when)} {host}{ident}: ".encode()
+
+
+def clean_line(line: str) -> str:
+    """One message per line: drop a trailing newline, turn embedded LF/NUL into spaces."""
+    return line.rstrip("\r\n").replace("\n", " ").replace("\0", " ")
+
+
+def connected(
+    family: int, stype: int, address: str | tuple[Any, ...], timeout: float
+) -> socket.socket:
+    """A socket connected to *address* (waiting at most *timeout*), or the error."""
+    sock = socket.socket(family, stype)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class SyslogDispatcher:
+    """Sends each line as one BSD-syslog message; holds lines while syslog is unreachable."""
+
+    def __init__(
+        self,
+        address: str = "/dev/log",
+        *,
+        ident: str = "nfflowd",
+        facility: str = "local6",
+        severity: str = "info",
+        max_buffer: int = 100_000,
+        send_timeout: float = 0.5,
+        retry_interval: float = 1.0,
+    ) -> None:
+        fac, sev = facility.lower(), severity.lower()
+        if fac not in FACILITIES:
+            raise ValueError(f"syslog facility {facility!r} unknown; one of {sorted(FACILITIES)}")
+        if sev not in LEVELS:
+            raise ValueError(f"syslog severity {severity!r} unknown; one of {sorted(LEVELS)}")
+        if max_buffer < 1:
+            raise ValueError(f"syslog max_buffer must be at least 1, not {max_buffer}")
+        self.address = address
+        self.kind, self._host, self._port = parse_address(address)
+        self.ident = ident
+        self.pri = FACILITIES[fac] * 8 + LEVELS[sev]
+        self.max_buffer = max_buffer
+        self.send_timeout = send_timeout
+        self.retry_interval = retry_interval
+        self.counters: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
+        self._hostname = (
+            None if self.kind == "unix" else (socket.gethostname().split(".")[0] or "-")
+        )
+        self._queue: deque[bytes] = deque()  # unframed messages, oldest first
+        self._sock: socket.socket | None = None
+        self._stream = False  # framing: NUL (unix stream) or LF (tcp) after each message
+        self._partial: tuple[bytes, int] | None = None  # (framed message, bytes already sent)
+        self._ever_connected = False
+        self._retry_at = 0.0
+        self._outage_since: float | None = None
+        self._last_warning = -WARN_INTERVAL_S
+        self._connect()
+
+    @property
+    def pending(self) -> int:
+        """Lines held for delivery right now."""
+        return len(self._queue) + (self._partial is not None)
+
+    def emit(self, lines: Sequence[str]) -> None:
+        if lines:
+            prefix = message_prefix(self.pri, self.ident, time.time(), self._hostname)
+            self._queue.extend(prefix + clean_line(line).encode() for line in lines)
+            excess = self.pending - self.max_buffer
+            for _ in range(max(0, excess)):
+                self._queue.popleft()
+            self.counters["dropped"] += max(0, excess)
+        self._drain(force=False)
+        self.counters["buffered"] += min(len(lines), self.pending)
+        self.counters["pending"] = self.pending
+
+    def flush(self) -> None:
+        """Try to deliver everything held now (reconnecting if need be)."""
+        self._drain(force=True)
+        self.counters["pending"] = self.pending
+
+    def close(self) -> None:
+        self.flush()
+        if self.pending:
+            log.warning(
+                "syslog %s: closing with %d lines undelivered (%s)",
+                self.address,
+                self.pending,
+                self.counters,
+            )
+        self._disconnect()
+
+    # -- connection ---------------------------------------------------------------------
+
+    def _connect(self) -> bool:
+        try:
+            sock = self._open_socket()
+        except (OSError, UnicodeError) as exc:  # UnicodeError: a host name IDNA rejects
+            self.counters["send_errors"] += 1
+            self._outage(self._describe(exc))
+            return False
+        sock.setblocking(False)
+        self._sock = sock
+        if self._ever_connected:
+            self.counters["reconnects"] += 1
+        self._ever_connected = True
+        return True
+
+    def _open_socket(self) -> socket.socket:
+        timeout = self.send_timeout
+        if self.kind == "unix":
+            try:
+                self._stream = False
+                return connected(socket.AF_UNIX, socket.SOCK_DGRAM, self._host, timeout)
+            except OSError as exc:
+                if exc.errno != errno.EPROTOTYPE:  # EPROTOTYPE: the path is a stream socket
+                    raise
+            self._stream = True
+            return connected(socket.AF_UNIX, socket.SOCK_STREAM, self._host, timeout)
+        self._stream = self.kind == "tcp"
+        stype = socket.SOCK_STREAM if self._stream else socket.SOCK_DGRAM
+        family, _, _, _, sockaddr = socket.getaddrinfo(self._host, self._port, type=stype)[0]
+        return connected(family, stype, sockaddr, timeout)
+
+    def _disconnect(self) -> None:
+        if self._partial is not None:  # resend the cut message whole on the next connection
+            framed, _ = self._partial
+            self._queue.appendleft(framed[:-1])
+            self._partial = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def _peer_alive(self, sock: socket.socket) -> bool:
+        """Stream sockets: has the server closed its end (EOF or reset) since we last sent?"""
+        try:
+            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+
+    # -- delivery -----------------------------------------------------------------------
+
+    def _drain(self, *, force: bool) -> None:
+        if not self.pending:
+            return
+        now = time.monotonic()
+        if not force and now < self._retry_at:
+            return
+        deadline = now + self.send_timeout
+        for attempt in (1, 2):  # a dead connection gets one immediate reconnect
+            if self._sock is None and not self._connect():
+                break
+            assert self._sock is not None
+            if self._stream and not self._peer_alive(self._sock):
+                self._disconnect()
+                if attempt == 1:
+                    continue
+                self._outage("the server closed the connection")
+                break
+            error = self._send_queue(self._sock, deadline)
+            if error is None:
+                self._recovered()
+                break
+            self.counters["send_errors"] += 1
+            if isinstance(error, TimeoutError):
+                self._outage(str(error))
+                break
+            self._disconnect()
+            if attempt == 2:
+                self._outage(self._describe(error))
+
+    def _send_queue(self, sock: socket.socket, deadline: float) -> OSError | None:
+        """Send held messages oldest first until none is left or one fails (returned)."""
+        terminator = b"\0" if self.kind == "unix" else b"\n"
+        check_icmp = self.kind == "udp"
+        while self.pending:
+            if self._partial is None:
+                msg = self._queue[0]
+                framed, done = (msg + terminator, 0) if self._stream else (msg, 0)
+            else:
+                framed, done = self._partial
+            try:
+                sent = sock.send(framed[done:] if done else framed, socket.MSG_NOSIGNAL)
+                if check_icmp:
+                    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    if err:
+                        raise OSError(err, f"{os.strerror(err)} (ICMP error report)")
+            except (BlockingIOError, InterruptedError):
+                if not self._wait_writable(sock, deadline):
+                    return TimeoutError(f"socket full for {self.send_timeout}s")
+                continue
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    if not self._wait_writable(sock, deadline):
+                        return TimeoutError(f"no buffer space (ENOBUFS) for {self.send_timeout}s")
+                    continue
+                if exc.errno == errno.EMSGSIZE and not self._stream:
+                    self._queue.popleft()
+                    self.counters["dropped"] += 1
+                    self.counters["send_errors"] += 1
+                    log.warning(
+                        "syslog %s: a %d-byte message is too long; dropped",
+                        self.address,
+                        len(framed),
+                    )
+                    continue
+                return exc
+            if self._partial is None:
+                self._queue.popleft()
+            if done + sent < len(framed):
+                self._partial = (framed, done + sent)
+                continue
+            self._partial = None
+            self.counters["lines_sent"] += 1
+        return None
+
+    @staticmethod
+    def _wait_writable(sock: socket.socket, deadline: float) -> bool:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        _, writable, _ = select.select([], [sock], [], remaining)
+        return bool(writable)
+
+    # -- reporting ----------------------------------------------------------------------
+
+    def _describe(self, exc: OSError | UnicodeError) -> str:
+        if self.kind == "unix":
+            if isinstance(exc, FileNotFoundError):
+                return f"syslog socket {self._host} does not exist (is a syslog daemon running?)"
+            if isinstance(exc, ConnectionRefusedError):
+                return f"nobody receives on syslog socket {self._host} (syslog daemon stopped?)"
+        if isinstance(exc, OSError) and exc.strerror:
+            return exc.strerror
+        return str(exc)
+
+    def _outage(self, reason: str) -> None:
+        now = time.monotonic()
+        self._retry_at = now + self.retry_interval
+        if self._outage_since is None:
+            self._outage_since = now
+            if now - self._last_warning >= WARN_INTERVAL_S:
+                self._last_warning = now
+                log.warning(
+                    "syslog %s: %s; holding lines (up to %d, oldest dropped beyond) and retrying",
+                    self.address,
+                    reason,
+                    self.max_buffer,
+                )
+
+    def _recovered(self) -> None:
+        if self._outage_since is not None:
+            log.info(
+                "syslog %s: delivering again after %.1fs (%s)",
+                self.address,
+                time.monotonic() - self._outage_since,
+                self.counters,
+            )
+            self._outage_since = None
+        self._retry_at = 0.0
