@@ -1,0 +1,299 @@
+"""Run nfdump's collector ``nfcapd`` on loopback and read back what it stored.
+
+Usage::
+
+    with Nfcapd() as cap:                       # starts, waits until it listens
+        cap.send(datagrams)                     # or: anything sends to cap.port
+        rows = cap.records()                    # stops (flushes), then nfdump -r
+
+``records()`` returns one dict per stored flow with the keys ``src``, ``dst``
+(text, IPv6 compressed), ``sport``, ``dport`` (ICMP as type*256+code), ``proto``,
+``packets``, ``bytes``, ``first_ms``, ``last_ms`` (epoch ms, exact).
+
+How the data is made safe to read (nfcapd 1.7):
+
+* "listening" = a UDP socket owned by the nfcapd process is bound to the port
+  (``/proc/<pid>/fd`` inodes matched against ``/proc/net/udp{,6}``);
+* before stopping, :meth:`sync` sends a sentinel datagram (version 0, which
+  nfcapd counts as a bad packet and ignores) and waits until the socket's
+  receive queue is empty: nfcapd handles datagrams one at a time, so all data
+  queued before the sentinel has been processed.  (On SIGTERM nfcapd drops a
+  datagram it has read but not yet processed; the sentinel takes that risk.)
+* SIGTERM makes nfcapd close and rename its ``nfcapd.current.<pid>`` file to
+  ``nfcapd.YYYYmmddHHMM``; all such files in the directory are read with
+  ``nfdump -q -N -6 -o fmt:...`` under ``TZ=UTC`` (``%ts``/``%te`` have ms;
+  ``-o csv`` has only seconds and 1.7.1's ``%ter`` prints ``ms % 100``).
+"""
+
+from __future__ import annotations
+
+import calendar
+import contextlib
+import ipaddress
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+#: nfdump output format: one flow per line, '|'-separated.
+NFDUMP_FMT = "fmt:%ts|%te|%pr|%sa|%da|%sp|%dp|%pkt|%byt"
+#: Names of the files nfcapd leaves after closing (nfcapd.YYYYmmddHHMM[SS]).
+FINAL_FILE = re.compile(r"^nfcapd\.\d{12}(\d{2})?$")
+SENTINEL = b"\0\0\0\0"  # netflow "version 0": ignored by nfcapd
+
+
+class NfcapdError(RuntimeError):
+    """nfcapd or nfdump misbehaved; the message includes nfcapd's log."""
+
+
+def free_udp_port(host: str = "127.0.0.1") -> int:
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+    return inodes
+
+
+def udp_socket_state(pid: int, port: int) -> tuple[int, int] | None:
+    """(rx_queue bytes, drops) of ``pid``'s UDP socket bound to ``port``, or None."""
+    inodes = _socket_inodes(pid)
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        with contextlib.suppress(OSError), open(table, encoding="ascii") as f:
+            next(f)
+            for line in f:
+                cols = line.split()
+                if int(cols[1].rsplit(":", 1)[1], 16) == port and cols[9] in inodes:
+                    return int(cols[4].split(":")[1], 16), int(cols[12])
+    return None
+
+
+def _parse_time_ms(text: str) -> int:
+    """'YYYY-mm-dd HH:MM:SS.mmm' in UTC -> epoch ms."""
+    day, clock = text.strip().split(" ")
+    hms, ms = clock.split(".")
+    t = time.strptime(f"{day} {hms}", "%Y-%m-%d %H:%M:%S")
+    return calendar.timegm(t) * 1000 + int(ms)
+
+
+def _port(text: str, proto: int) -> int:
+    text = text.strip()
+    if "." in text:  # nfdump prints ICMP's dst port as type.code
+        icmp_type, code = text.split(".")
+        return int(icmp_type) * 256 + int(code)
+    return int(text)
+
+
+def parse_nfdump_line(line: str) -> dict[str, Any]:
+    """One line of ``nfdump -N -6 -o`` :data:`NFDUMP_FMT` as a record dict."""
+    cols = line.split("|")
+    if len(cols) != 9:
+        raise NfcapdError(f"unexpected nfdump line: {line!r}")
+    proto = int(cols[2])
+    return {
+        "src": str(ipaddress.ip_address(cols[3].strip())),
+        "dst": str(ipaddress.ip_address(cols[4].strip())),
+        "sport": _port(cols[5], proto),
+        "dport": _port(cols[6], proto),
+        "proto": proto,
+        "packets": int(cols[7]),
+        "bytes": int(cols[8]),
+        "first_ms": _parse_time_ms(cols[0]),
+        "last_ms": _parse_time_ms(cols[1]),
+    }
+
+
+class Nfcapd:
+    """An nfcapd collecting on ``host``:``port`` into ``directory`` (temp dirs by default)."""
+
+    def __init__(
+        self,
+        directory: str | Path | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        timeout: float = 10.0,
+        nfcapd: str = "nfcapd",
+        nfdump: str = "nfdump",
+    ) -> None:
+        self.host = host
+        self.port = port or 0
+        self.timeout = timeout
+        self.nfcapd = nfcapd
+        self.nfdump = nfdump
+        self._own_dir = directory is None
+        self.directory = Path(directory or tempfile.mkdtemp(prefix="nfb-nfcapd-"))
+        self._log = tempfile.NamedTemporaryFile(prefix="nfb-nfcapd-", suffix=".log")  # noqa: SIM115
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._tx: socket.socket | None = None
+        self._fixed_port = port is not None
+
+    # -- lifecycle -------------------------------------------------------------
+    def __enter__(self) -> Nfcapd:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def log(self) -> str:
+        return Path(self._log.name).read_text(errors="replace")
+
+    def start(self) -> None:
+        if shutil.which(self.nfcapd) is None:
+            raise NfcapdError(f"{self.nfcapd} not found")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for attempt in range(5):
+            if not self._fixed_port:
+                self.port = free_udp_port(self.host)
+            cmd = [self.nfcapd, "-b", self.host, "-p", str(self.port), "-w", str(self.directory)]
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
+            )
+            if self._wait_listening():
+                return
+            if self._fixed_port or "in use" not in self.log() or attempt == 4:
+                raise NfcapdError(f"nfcapd did not start listening: {cmd}\n{self.log()}")
+
+    def _wait_listening(self) -> bool:
+        assert self.proc is not None
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            if udp_socket_state(self.proc.pid, self.port) is not None:
+                return True
+            time.sleep(0.01)
+        self._terminate()
+        raise NfcapdError(
+            f"nfcapd not listening on {self.port} after {self.timeout}s\n{self.log()}"
+        )
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def _state(self) -> tuple[int, int]:
+        assert self.proc is not None
+        state = udp_socket_state(self.proc.pid, self.port)
+        if state is None:
+            raise NfcapdError(f"nfcapd's socket on port {self.port} is gone\n{self.log()}")
+        return state
+
+    def wait_drained(self) -> None:
+        """Wait until nfcapd has read every datagram queued on its socket."""
+        deadline = time.monotonic() + self.timeout
+        while self._state()[0] != 0:
+            if time.monotonic() > deadline:
+                raise NfcapdError(f"nfcapd did not drain its socket in {self.timeout}s")
+            time.sleep(0.005)
+
+    def drops(self) -> int:
+        """Datagrams the kernel dropped on nfcapd's socket (receive buffer full)."""
+        return self._state()[1]
+
+    def send(self, datagrams: Iterable[bytes], *, window: int = 32) -> None:
+        """Send datagrams to nfcapd, pausing every ``window`` until it has read them."""
+        if self._tx is None:
+            fam = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+            self._tx = socket.socket(fam, socket.SOCK_DGRAM)
+        for i, d in enumerate(datagrams, 1):
+            self._tx.sendto(d, (self.host, self.port))
+            if i % window == 0:
+                self.wait_drained()
+
+    def sync(self) -> None:
+        """Make sure everything sent to nfcapd so far has been processed."""
+        self.send([SENTINEL])
+        self.wait_drained()
+
+    def stop(self) -> None:
+        """Process everything sent so far, then SIGTERM (nfcapd closes its file)."""
+        if not self.running:
+            return
+        self.sync()
+        drops = self.drops()
+        self._terminate()
+        if drops:
+            raise NfcapdError(f"nfcapd's socket dropped {drops} datagrams")
+
+    def _terminate(self) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(self.timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(self.timeout)
+                raise NfcapdError(f"nfcapd ignored SIGTERM\n{self.log()}") from None
+
+    def close(self) -> None:
+        """Stop nfcapd if still running and remove temporary files."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(NfcapdError):
+                self._terminate()
+        if self._tx is not None:
+            self._tx.close()
+            self._tx = None
+        self._log.close()
+        if self._own_dir:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    # -- reading ---------------------------------------------------------------
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.directory.iterdir() if FINAL_FILE.match(p.name))
+
+    def _nfdump(self, *args: str) -> Iterator[str]:
+        if self.running:
+            self.stop()
+        env = dict(os.environ, TZ="UTC")
+        for path in self.files():
+            res = subprocess.run(
+                [self.nfdump, "-r", str(path), *args],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=self.timeout * 6,
+                check=False,
+            )
+            if res.returncode != 0:
+                raise NfcapdError(f"nfdump -r {path} failed: {res.stderr}")
+            yield from (ln for ln in res.stdout.splitlines() if ln.strip())
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every flow stored, in arrival order (stops nfcapd first if running)."""
+        return [parse_nfdump_line(ln) for ln in self._nfdump("-q", "-N", "-6", "-o", NFDUMP_FMT)]
+
+    def stats(self) -> dict[str, int]:
+        """``nfdump -I`` counters summed over the files (e.g. "Sequence failures")."""
+        out: dict[str, int] = {}
+        for ln in self._nfdump("-I"):
+            key, _, value = ln.partition(":")
+            with contextlib.suppress(ValueError):
+                out[key.strip()] = out.get(key.strip(), 0) + int(value.strip())
+        return out
