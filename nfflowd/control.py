@@ -72,12 +72,18 @@ def is_running(rundir: str) -> bool:
     return bool(state.get("statename") == "RUNNING")
 
 
-def supervisord_command(conf: str, foreground: bool) -> list[str]:
+def supervisord_command(conf: str, foreground: bool, *, silent: bool = False) -> list[str]:
     cmd = [sys.executable, "-m", "supervisor.supervisord", "-c", conf]
-    return [*cmd, "-n"] if foreground else cmd
+    if foreground:
+        cmd.append("-n")
+    if silent:
+        cmd.append("-s")  # log to its logfile only, not to our stdout
+    return cmd
 
 
-def launch(settings: Settings, rundir: str, *, foreground: bool) -> subprocess.Popen[bytes] | None:
+def launch(
+    settings: Settings, rundir: str, *, foreground: bool, silent: bool = False
+) -> subprocess.Popen[bytes] | None:
     """Start supervisord for *rundir*; refuse when one is already running there.
 
     In the foreground the supervisord process is returned (the caller waits for
@@ -87,7 +93,7 @@ def launch(settings: Settings, rundir: str, *, foreground: bool) -> subprocess.P
         raise ControlError(f"nfflowd is already running for {os.path.abspath(rundir)}")
     conf = prepare(settings, rundir)
     env = dict(os.environ, NFFLOWD_RUNDIR=os.path.abspath(rundir), NFFLOWD_PYTHON=sys.executable)
-    cmd = supervisord_command(conf, foreground)
+    cmd = supervisord_command(conf, foreground, silent=silent)
     if foreground:
         proc = subprocess.Popen(cmd, env=env)
         wait_until_up(rundir, proc)
@@ -144,12 +150,17 @@ def stop(rundir: str, *, timeout: float = 120) -> None:
     pid = supervisord_pid(rundir)
     proxy.supervisor.shutdown()
     deadline = time.monotonic() + timeout
-    while pid and time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
+    while pid and _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    """True while *pid* runs (a zombie, e.g. our own exited child, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def supervisord_pid(rundir: str) -> int:

@@ -59,7 +59,7 @@ def run(
     seen: dict[str, dict[str, int]] = {}
     ok = False
     try:
-        proc = control.launch(settings, run_dir, foreground=True)
+        proc = control.launch(settings, run_dir, foreground=True, silent=True)
         deadline = None if timeout is None else time.monotonic() + timeout
         next_check = time.monotonic() + 2
         while not all(s in seen for s in TERMINAL):

@@ -1,0 +1,484 @@
+"""The lab's traffic mix: what it sends, what the firewall should make of it.
+
+:func:`run_mix` starts one endpoint program per end namespace (``ip netns exec NS
+python -m nfflowd.lab_traffic SPEC``); each binds its listeners, then on command
+runs its flows, reports the ports it used, waits, and on a second command closes
+its TCP connections with FIN.  Between the two the caller can look at the
+firewall's conntrack table while every connection is still alive.
+
+Payload sizes are exact at L4 level (TCP/UDP payload, ICMP echo data, bytes after
+the GRE header).  A request starts with :data:`HEADER` (inside the counted bytes)
+telling the responder how long it is and how much to answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import select
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nfflowd.lab import Lab
+
+HEADER = b"NFL %08d %08d\n"  # request length, reply length (22 bytes, ASCII)
+HEADER_LEN = 22
+#: RFC 792 / RFC 4443 echo request/reply: type, code, checksum, identifier, sequence.
+ICMP_ECHO = struct.Struct("!BBHHH")
+#: RFC 2784 GRE header without options: C/reserved/version bits, protocol type.
+GRE_HEADER = struct.Struct("!HH")
+GRE_PROTO = 0x88B5  # IEEE 802 local experimental EtherType: nobody decapsulates it
+ECHO_TYPES = {4: (8, 0), 6: (128, 129)}  # family -> (request type, reply type)
+PROTO = {"tcp": 6, "udp": 17, "udp-unreplied": 17, "gre": 47}
+STEP_TIMEOUT = 10.0
+
+
+class LabError(RuntimeError):
+    """Something in the lab failed; the message names the command or endpoint."""
+
+
+@dataclass(frozen=True)
+class Flow:
+    """One connection of the mix, as the initiating endpoint runs it."""
+
+    name: str
+    kind: str  # tcp | udp | udp-unreplied | icmp | gre
+    family: int
+    src: str  # initiator's address
+    dst: str  # where the initiator sends
+    dport: int = 0
+    send: int = 0  # payload bytes initiator -> responder (per message for datagrams)
+    recv: int = 0  # payload bytes back (per message for datagrams)
+    count: int = 1  # messages each way (datagram kinds)
+    initiator: str = "client"  # or "server"
+    snat_to: str = ""  # the firewall rewrites the source to this
+    dnat_to: str = ""  # the firewall rewrites the destination to this (and dnat_port)
+    dnat_port: int = 0
+
+
+@dataclass(frozen=True)
+class Expected:
+    """A connection as the fw's conntrack must show it.
+
+    Ports follow :mod:`nfflowd.messages`: ICMP/ICMPv6 sport=id, dport=type<<8|code;
+    GRE (version 0, no keys) 0/0.
+    """
+
+    name: str
+    family: int
+    proto: int
+    nat: str  # snat | dnat | none
+    orig_src: str
+    orig_dst: str
+    orig_sport: int
+    orig_dport: int
+    reply_src: str
+    reply_dst: str
+    reply_sport: int
+    reply_dport: int
+    payload_orig: int  # L4 payload bytes, original direction
+    payload_reply: int
+    packets_orig: int | None  # exact for datagram protocols, None for TCP
+    packets_reply: int | None
+
+    @property
+    def replied(self) -> bool:
+        return self.payload_reply > 0
+
+    def wire_bytes(self) -> tuple[int, int] | None:
+        """Exact conntrack byte counters (L3 lengths) for datagram flows, else None."""
+        if self.packets_orig is None or self.packets_reply is None:
+            return None
+        l3 = 20 if self.family == 4 else 40
+        l4 = 4 if self.proto == 47 else 8
+        return (
+            self.payload_orig + self.packets_orig * (l3 + l4),
+            self.payload_reply + self.packets_reply * (l3 + l4),
+        )
+
+
+def mix(lab: Lab) -> list[Flow]:
+    """The traffic mix, in the order it runs."""
+    c4, n4, s4, p4 = lab.client4, lab.client4_nonat, lab.server4, lab.fw_pub4
+    c6, n6, s6, p6 = lab.client6, lab.client6_nonat, lab.server6, lab.fw_pub6
+    return [
+        Flow("tcp4-snat", "tcp", 4, c4, s4, 5001, 1000, 5000, snat_to=p4),
+        Flow("tcp4-nonat", "tcp", 4, n4, s4, 5001, 2000, 3000),
+        Flow("udp4-snat", "udp", 4, c4, s4, 5001, 100, 300, count=2, snat_to=p4),
+        Flow("udp4-unreplied", "udp-unreplied", 4, c4, s4, lab.drop_port, 200, snat_to=p4),
+        Flow("icmp4-snat", "icmp", 4, c4, s4, 0, 56, 56, count=3, snat_to=p4),
+        Flow("gre4-snat", "gre", 4, c4, s4, 0, 64, 128, count=2, snat_to=p4),
+        Flow("tcp6-snat", "tcp", 6, c6, s6, 5001, 1500, 4000, snat_to=p6),
+        Flow("tcp6-nonat", "tcp", 6, n6, s6, 5001, 700, 1200),
+        Flow("icmp6-snat", "icmp", 6, c6, s6, 0, 56, 56, count=3, snat_to=p6),
+        Flow(
+            "tcp4-dnat",
+            "tcp",
+            4,
+            s4,
+            p4,
+            lab.fwd_port,
+            600,
+            2500,
+            initiator="server",
+            dnat_to=c4,
+            dnat_port=lab.fwd_to_port,
+        ),
+    ]
+
+
+def listeners(flows: list[Flow], role: str) -> list[tuple[str, int, str, int, int]]:
+    """(kind, family, address, port, messages) the ``role`` endpoint must serve."""
+    served: dict[tuple[str, int, str, int], int] = {}
+    for f in flows:
+        if f.initiator == role or f.kind not in ("tcp", "udp", "gre"):
+            continue
+        key = (f.kind, f.family, f.dnat_to or f.dst, f.dnat_port or f.dport)
+        served[key] = served.get(key, 0) + (1 if f.kind == "tcp" else f.count)
+    return [(*k, n) for k, n in served.items()]
+
+
+def expected(f: Flow, ident: int) -> Expected:
+    """What conntrack must show for flow ``f`` run from local port (or ICMP id) ``ident``."""
+    if f.kind == "icmp":
+        req, rep = ECHO_TYPES[f.family]
+        proto = 1 if f.family == 4 else 58
+        ports = (ident, req << 8, ident, rep << 8)
+    elif f.kind == "gre":
+        proto, ports = 47, (0, 0, 0, 0)
+    else:
+        proto, ports = PROTO[f.kind], (ident, f.dport, f.dnat_port or f.dport, ident)
+    reply_src, reply_dst = (f.dnat_to or f.dst), (f.snat_to or f.src)
+    nat = "snat" if f.snat_to else "dnat" if f.dnat_to else "none"
+    datagrams = f.kind != "tcp"
+    n_reply = f.count if f.recv else 0
+    return Expected(
+        f.name,
+        f.family,
+        proto,
+        nat,
+        f.src,
+        f.dst,
+        ports[0],
+        ports[1],
+        reply_src,
+        reply_dst,
+        ports[2],
+        ports[3],
+        f.send * f.count,
+        f.recv * n_reply,
+        f.count if datagrams else None,
+        n_reply if datagrams else None,
+    )
+
+
+def describe(flows: list[Expected]) -> str:
+    """A human table of the mix."""
+    rows = [f"{'name':<15} {'nat':<5} original tuple -> reply tuple   payload orig/reply"]
+    for e in flows:
+        rows.append(
+            f"{e.name:<15} {e.nat:<5} {e.orig_src}:{e.orig_sport} > {e.orig_dst}:{e.orig_dport}"
+            f" -> {e.reply_src}:{e.reply_sport} > {e.reply_dst}:{e.reply_dport}"
+            f"   {e.payload_orig}/{e.payload_reply}"
+        )
+    return "\n".join(rows)
+
+
+# --- orchestrator (runs in the caller) -------------------------------------------------
+
+
+class _Endpoint:
+    """One endpoint program in a namespace, driven line by line."""
+
+    def __init__(self, ns: str, spec: dict[str, object]) -> None:
+        self.ns = ns
+        pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(
+            os.environ, PYTHONPATH=pkg_parent + os.pathsep + os.environ.get("PYTHONPATH", "")
+        )
+        args = ["ip", "netns", "exec", ns, sys.executable, "-m", "nfflowd.lab_traffic"]
+        pipe = subprocess.PIPE
+        self.proc = subprocess.Popen(
+            [*args, json.dumps(spec)], stdin=pipe, stdout=pipe, stderr=pipe, env=env
+        )
+        self.buf = b""
+
+    def say(self, word: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(word.encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def expect(self, word: str, timeout: float = STEP_TIMEOUT) -> str:
+        assert self.proc.stdout is not None
+        fd, deadline = self.proc.stdout.fileno(), time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise LabError(f"endpoint in {self.ns}: no {word!r} within {timeout}s")
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise LabError(f"endpoint in {self.ns} failed (waiting for {word!r}): {self.err()}")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        head, _, rest = line.decode().partition(" ")
+        if head != word:
+            raise LabError(f"endpoint in {self.ns}: expected {word!r}, got {line!r}")
+        return rest
+
+    def err(self) -> str:
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        assert self.proc.stderr is not None
+        return self.proc.stderr.read().decode(errors="replace").strip()[-2000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(5)
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def run_mix(lab: Lab, before_close: Callable[[], object] | None = None) -> list[Expected]:
+    """Run the mix between ``lab``'s client and server; see :func:`nfflowd.lab.traffic`."""
+    flows = mix(lab)
+    roles = {"client": lab.client, "server": lab.server}
+    eps: dict[str, _Endpoint] = {}
+    try:
+        for role, ns in roles.items():
+            spec = {
+                "listen": listeners(flows, role),
+                "run": [asdict(f) for f in flows if f.initiator == role],
+            }
+            eps[role] = _Endpoint(ns, spec)
+        for ep in eps.values():
+            ep.expect("ready")
+        idents: dict[str, int] = {}
+        for ep in eps.values():
+            ep.say("go")
+            idents.update(json.loads(ep.expect("exchanged")))
+        if before_close is not None:
+            before_close()
+        for ep in eps.values():
+            ep.say("close")
+        for ep in eps.values():
+            ep.expect("done")
+    finally:
+        for ep in eps.values():
+            ep.stop()
+    return [expected(f, idents[f.name]) for f in flows]
+
+
+# --- endpoint program (runs inside a namespace) -----------------------------------------
+
+
+def _request(send: int, recv: int) -> bytes:
+    if send < HEADER_LEN:
+        raise ValueError(f"request of {send} bytes cannot hold the {HEADER_LEN}-byte header")
+    return (HEADER % (send, recv)).ljust(send, b"r")
+
+
+def _header(data: bytes) -> tuple[int, int]:
+    fields = data[:HEADER_LEN].split()
+    if len(fields) != 3 or fields[0] != b"NFL":
+        raise ValueError(f"bad request header {data[:HEADER_LEN]!r}")
+    return int(fields[1]), int(fields[2])
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(min(65536, n - len(data)))
+        if not chunk:
+            raise ConnectionError(f"peer closed after {len(data)} of {n} bytes")
+        data += chunk
+    return data
+
+
+def _expect_eof(sock: socket.socket) -> None:
+    extra = sock.recv(65536)
+    if extra:
+        raise ConnectionError(f"{len(extra)} unexpected bytes before FIN")
+
+
+def _checksum(data: bytes) -> int:
+    """RFC 1071 Internet checksum."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(int(v) for v in struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _fam(family: int) -> socket.AddressFamily:
+    return socket.AF_INET if family == 4 else socket.AF_INET6
+
+
+def _serve(kind: str, family: int, addr: str, port: int, n: int) -> None:
+    if kind == "gre":
+        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, 47)
+    else:
+        stype = socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM
+        sock = socket.socket(_fam(family), stype)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((addr, port))
+    sock.settimeout(STEP_TIMEOUT * 3)
+    if kind == "tcp":
+        sock.listen(16)
+
+    def one_tcp(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(STEP_TIMEOUT * 3)
+            size, reply = _header(_recv_exactly(conn, HEADER_LEN))
+            _recv_exactly(conn, size - HEADER_LEN)
+            conn.sendall(b"a" * reply)
+            _expect_eof(conn)
+
+    def loop() -> None:
+        workers, handled = [], 0
+        while handled < n:
+            handled += 1
+            if kind == "tcp":
+                conn, _peer = sock.accept()
+                workers.append(threading.Thread(target=_guard, args=(one_tcp, conn)))
+                workers[-1].start()
+            elif kind == "udp":
+                data, peer = sock.recvfrom(65536)
+                sock.sendto(b"a" * _header(data)[1], peer)
+            else:  # GRE over IPv4: the raw socket hands us the IP header too (RFC 791 IHL)
+                data, peer = sock.recvfrom(65536)
+                ihl = (data[0] & 0x0F) * 4
+                _flags, proto = GRE_HEADER.unpack_from(data, ihl)
+                if proto != GRE_PROTO:
+                    handled -= 1
+                    continue
+                reply = _header(data[ihl + GRE_HEADER.size :])[1]
+                sock.sendto(GRE_HEADER.pack(0, GRE_PROTO) + b"a" * reply, peer)
+        for w in workers:
+            w.join(STEP_TIMEOUT * 3)
+        sock.close()
+
+    _THREADS.append(threading.Thread(target=_guard, args=(loop,)))
+
+
+def _run_flow(f: Flow, keep: list[socket.socket]) -> int:
+    fam = _fam(f.family)
+    if f.kind == "tcp":
+        sock = socket.socket(fam, socket.SOCK_STREAM)
+        sock.settimeout(STEP_TIMEOUT)
+        sock.bind((f.src, 0))
+        sock.connect((f.dst, f.dport))
+        sock.sendall(_request(f.send, f.recv))
+        _recv_exactly(sock, f.recv)
+        keep.append(sock)
+        return int(sock.getsockname()[1])
+    if f.kind in ("udp", "udp-unreplied"):
+        with socket.socket(fam, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(STEP_TIMEOUT)
+            sock.bind((f.src, 0))
+            for _ in range(f.count):
+                sock.sendto(_request(f.send, f.recv), (f.dst, f.dport))
+                if f.kind == "udp" and len(sock.recv(65536)) != f.recv:
+                    raise ConnectionError(f"{f.name}: reply of unexpected size")
+            return int(sock.getsockname()[1])
+    if f.kind == "gre":
+        with socket.socket(socket.AF_INET, socket.SOCK_RAW, 47) as sock:
+            sock.settimeout(STEP_TIMEOUT)
+            sock.bind((f.src, 0))
+            for _ in range(f.count):
+                sock.sendto(GRE_HEADER.pack(0, GRE_PROTO) + _request(f.send, f.recv), (f.dst, 0))
+                while True:
+                    data, peer = sock.recvfrom(65536)
+                    ihl = (data[0] & 0x0F) * 4
+                    if peer[0] == f.dst and GRE_HEADER.unpack_from(data, ihl)[1] == GRE_PROTO:
+                        break
+                if len(data) - ihl - GRE_HEADER.size != f.recv:
+                    raise ConnectionError(f"{f.name}: reply of unexpected size")
+            return 0
+    # ICMP / ICMPv6 echo on a raw socket (the kernel fills in the ICMPv6 checksum)
+    req, rep = ECHO_TYPES[f.family]
+    ident = random.randrange(1, 0xFFFF)
+    with socket.socket(fam, socket.SOCK_RAW, 1 if f.family == 4 else 58) as sock:
+        sock.settimeout(STEP_TIMEOUT)
+        sock.bind((f.src, 0))
+        for seq in range(1, f.count + 1):
+            data = b"p" * f.send
+            csum = _checksum(ICMP_ECHO.pack(req, 0, 0, ident, seq) + data) if f.family == 4 else 0
+            sock.sendto(ICMP_ECHO.pack(req, 0, csum, ident, seq) + data, (f.dst, 0))
+            while True:
+                pkt = sock.recv(65536)
+                off = (pkt[0] & 0x0F) * 4 if f.family == 4 else 0
+                typ, _code, _csum, rid, rseq = ICMP_ECHO.unpack_from(pkt, off)
+                if (typ, rid, rseq) == (rep, ident, seq):
+                    break
+    return ident
+
+
+_THREADS: list[threading.Thread] = []
+_ERRORS: list[str] = []
+
+
+def _guard(fn: Callable[..., None], *args: object) -> None:
+    try:
+        fn(*args)
+    except Exception as exc:
+        _ERRORS.append(f"{type(exc).__name__}: {exc}")
+
+
+def _line(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _await(word: str) -> None:
+    got = sys.stdin.readline().strip()
+    if got != word:
+        raise SystemExit(f"endpoint: expected {word!r} on stdin, got {got!r}")
+
+
+def endpoint(spec: dict[str, Any]) -> int:
+    """The program ``run_mix`` starts in a namespace (protocol: see the module docstring)."""
+    for kind, family, addr, port, n in spec["listen"]:
+        _serve(str(kind), int(family), str(addr), int(port), int(n))
+    for t in _THREADS:
+        t.start()
+    _line("ready")
+    _await("go")
+    keep: list[socket.socket] = []
+    idents: dict[str, int] = {}
+    for item in spec["run"]:
+        f = Flow(**item)
+        idents[f.name] = _run_flow(f, keep)
+    _line("exchanged " + json.dumps(idents))
+    _await("close")
+    for sock in keep:
+        with sock:
+            sock.shutdown(socket.SHUT_WR)
+            _expect_eof(sock)
+    for t in _THREADS:
+        t.join(STEP_TIMEOUT)
+        if t.is_alive():
+            _ERRORS.append(f"listener {t.name} still waiting after {STEP_TIMEOUT}s")
+    if _ERRORS:
+        sys.stderr.write("\n".join(_ERRORS) + "\n")
+        return 1
+    _line("done")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(endpoint(json.loads(sys.argv[1])))
