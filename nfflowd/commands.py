@@ -17,13 +17,13 @@ from nfflowd.config import ConfigError, Settings, load
 UNIT_NAME = "nfflowd.service"
 
 
-def _load(config: str | None) -> Settings | None:
+def _load(config: str | None, *, quiet: bool = False) -> Settings | None:
     try:
         settings = load(config)
     except ConfigError as exc:
         sys.stderr.write(f"nfflowd: configuration error: {exc}\n")
         return None
-    for note in settings.notes:
+    for note in () if quiet else settings.notes:
         sys.stderr.write(f"nfflowd: note: {note}\n")
     return settings
 
@@ -129,7 +129,7 @@ def cmd_check(config: str | None, foreground: bool, args: list[str]) -> int:
     p = argparse.ArgumentParser(prog="nfflowd check")
     p.add_argument("--json", action="store_true")
     ns = p.parse_args(args)
-    settings = _load(config)
+    settings = _load(config, quiet=True)
     if settings is None:
         return 1
     findings = (

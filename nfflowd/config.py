@@ -695,6 +695,8 @@ def to_dict(s: Settings) -> dict[str, Any]:
 
 def from_dict(d: Mapping[str, Any]) -> Settings:
     """The inverse of :func:`to_dict`; checks every field's type (not its range)."""
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"expected a mapping of settings, got {_show(d)}")
     d = dict(d)
     schema = d.pop("schema", SCHEMA)
     if schema != SCHEMA:

@@ -8,20 +8,27 @@ from nfflowd.config import Settings
 from nfflowd.formats.flowtools_csv import format_line
 from nfflowd.formats.uptime import host_boot_ms
 from nfflowd.messages import FlowRecord
-from nfflowd.outputs.syslog import Dispatcher, ScreenDispatcher, SyslogDispatcher
+from nfflowd.outputs.syslog import LEVELS, Dispatcher, ScreenDispatcher, SyslogDispatcher
 from nfflowd.stage import Stage, consume
 
 log = logging.getLogger("nfflowd.mirror")
+
+#: Flow lines are logged at this level (syslog priority local6.info by default).
+LINE_LEVEL = "info"
 
 
 def make_dispatchers(settings: Settings) -> list[Dispatcher]:
     out: list[Dispatcher] = []
     for d in settings.mirror.dispatchers:
+        if LEVELS[d.min_level] < LEVELS[LINE_LEVEL]:
+            log.warning("dispatcher %s: min_level %s is above %s: it gets no flow lines",
+                        d.name, d.min_level, LINE_LEVEL)  # fmt: skip
+            continue
         if d.kind == "screen":
             out.append(ScreenDispatcher(stderr=d.stderr))
         elif d.kind == "syslog":
             out.append(
-                SyslogDispatcher(d.address, ident=d.ident, facility=d.facility, severity="info")
+                SyslogDispatcher(d.address, ident=d.ident, facility=d.facility, severity=LINE_LEVEL)
             )
         else:
             raise SystemExit(f"dispatcher {d.name}: unknown kind {d.kind!r}")

@@ -521,6 +521,9 @@ def test_dump_and_load_resolved(tmp_path: Path) -> None:
     assert (info.value.path, info.value.line) == (str(target), 3)
     with pytest.raises(ConfigError, match="cannot read"):
         config.load_resolved(str(tmp_path / "absent.json"))
+    target.write_text("[1, 2]\n")
+    with pytest.raises(ConfigError, match="expected a mapping of settings"):
+        config.load_resolved(str(target))
 
 
 def test_stage_sections_show_which_stages_a_change_touches() -> None:
