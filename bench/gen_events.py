@@ -91,8 +91,15 @@ def _conn(rnd: random.Random, cid: int, t_us: int) -> Conn:
     return Conn(cid, t_us, new, destroy, n)
 
 
-def generate(path: str, events: int, *, seed: int = 1, open_conns: int = 20000,
-             start_s: int = 1_764_000_000, rate: int = 50_000) -> int:
+def generate(
+    path: str,
+    events: int,
+    *,
+    seed: int = 1,
+    open_conns: int = 20000,
+    start_s: int = 1_764_000_000,
+    rate: int = 50_000,
+) -> int:
     """Write the log; return the number of flow records it must produce."""
     rnd = random.Random(seed)
     t_us = start_s * 1_000_000

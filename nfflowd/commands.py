@@ -37,14 +37,15 @@ def cmd_start(config: str | None, foreground: bool, args: list[str]) -> int:
             sys.stderr.write(f"nfflowd: {level}: {text}\n")
     rundir = settings.daemon.rundir
     try:
-        proc = control.launch(settings, rundir, foreground=foreground)
+        if not foreground:
+            control.launch_daemon(settings, rundir)
+            print(f"nfflowd started (run directory {rundir})")
+            return 0
+        proc = control.launch_foreground(settings, rundir)
     except control.ControlError as exc:
         sys.stderr.write(f"nfflowd: {exc}\n")
         return 1
-    if proc is None:
-        print(f"nfflowd started (run directory {rundir})")
-        return 0
-    stopping = []
+    stopping: list[int] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         if not stopping:
@@ -84,7 +85,9 @@ def cmd_reload(config: str | None, foreground: bool, args: list[str]) -> int:
         sys.stderr.write(f"nfflowd: not running (run directory {rundir}); nothing to reload\n")
         return 1
     changed = control.reload(settings, rundir)
-    print("restarted: " + (", ".join(changed) if changed else "nothing (no stage's settings changed)"))
+    print(
+        "restarted: " + (", ".join(changed) if changed else "nothing (no stage's settings changed)")
+    )
     return 0
 
 
@@ -121,7 +124,9 @@ def cmd_install(config: str | None, foreground: bool, args: list[str]) -> int:
     path = os.path.join(unit_dir, UNIT_NAME)
     with open(path, "w") as fh:
         fh.write(unit_text(config))
-    print(f"wrote {path}\nenable it with: systemctl daemon-reload && systemctl enable --now nfflowd")
+    print(
+        f"wrote {path}\nenable it with: systemctl daemon-reload && systemctl enable --now nfflowd"
+    )
     return 0
 
 
@@ -160,7 +165,9 @@ def cmd_check(config: str | None, foreground: bool, args: list[str]) -> int:
 def cmd_replay(config: str | None, foreground: bool, args: list[str]) -> int:
     p = argparse.ArgumentParser(prog="nfflowd replay")
     p.add_argument("logs", nargs="+", metavar="LOG")
-    p.add_argument("--rundir", default=None, help="run directory (default: a private temporary one)")
+    p.add_argument(
+        "--rundir", default=None, help="run directory (default: a private temporary one)"
+    )
     p.add_argument("--timeout", type=float, default=None)
     ns = p.parse_args(args)
     settings = _load(config)

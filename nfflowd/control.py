@@ -81,28 +81,35 @@ def supervisord_command(conf: str, foreground: bool, *, silent: bool = False) ->
     return cmd
 
 
-def launch(
-    settings: Settings, rundir: str, *, foreground: bool, silent: bool = False
-) -> subprocess.Popen[bytes] | None:
-    """Start supervisord for *rundir*; refuse when one is already running there.
-
-    In the foreground the supervisord process is returned (the caller waits for
-    it); otherwise supervisord daemonizes and None is returned once it answers.
-    """
+def _prepare_launch(settings: Settings, rundir: str) -> tuple[str, dict[str, str]]:
     if is_running(rundir):
         raise ControlError(f"nfflowd is already running for {os.path.abspath(rundir)}")
     conf = prepare(settings, rundir)
     env = dict(os.environ, NFFLOWD_RUNDIR=os.path.abspath(rundir), NFFLOWD_PYTHON=sys.executable)
-    cmd = supervisord_command(conf, foreground, silent=silent)
-    if foreground:
-        proc = subprocess.Popen(cmd, env=env)
-        wait_until_up(rundir, proc)
-        return proc
+    return conf, env
+
+
+def launch_foreground(
+    settings: Settings, rundir: str, *, silent: bool = False
+) -> subprocess.Popen[bytes]:
+    """Start supervisord for *rundir* as our child (``-n``); return once it answers.
+
+    Refuses when a supervisord already runs for that run directory.
+    """
+    conf, env = _prepare_launch(settings, rundir)
+    proc = subprocess.Popen(supervisord_command(conf, True, silent=silent), env=env)
+    wait_until_up(rundir, proc)
+    return proc
+
+
+def launch_daemon(settings: Settings, rundir: str) -> None:
+    """Start supervisord for *rundir* as a daemon; return once it answers."""
+    conf, env = _prepare_launch(settings, rundir)
+    cmd = supervisord_command(conf, False)
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if res.returncode != 0:
         raise ControlError(f"supervisord failed to start: {res.stderr.strip() or res.stdout}")
     wait_until_up(rundir, None)
-    return None
 
 
 def wait_until_up(rundir: str, proc: subprocess.Popen[bytes] | None, timeout: float = 20) -> None:

@@ -15,6 +15,7 @@ import os
 import tempfile
 import time
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from nfflowd import control, lab, replay
@@ -57,7 +58,7 @@ def show(cap: Nfcapd, rundir: str) -> None:
         print(f"{first:<23} {r['proto']:>5}  {src:>22} -> {dst:<22} "
               f"{r['packets']:>7} {r['bytes']:>8}")  # fmt: skip
     out = os.path.join(rundir, "mirror.out")
-    lines = open(out).read().splitlines() if os.path.exists(out) else []
+    lines = Path(out).read_text().splitlines() if os.path.exists(out) else []
     print(f"\n== nfflowd's own flow-tools CSV lines (what syslog gets): {len(lines)} ==")
     print("unix_secs,unix_nsecs,sysuptime,exaddr,dpkts,doctets,first,last,srcaddr,dstaddr,"
           "nexthop,input,output,srcport,dstport,prot,tos,tcp_flags")  # fmt: skip
@@ -85,7 +86,7 @@ def lab_demo(rundir: str) -> int:
         )
         print(f"lab up: {the_lab.client} -> {the_lab.fw} (NAT) -> {the_lab.server}; "
               f"nfflowd reads {the_lab.fw}'s conntrack over ctnetlink")  # fmt: skip
-        proc = control.launch(settings, rundir, foreground=True, silent=True)
+        proc = control.launch_foreground(settings, rundir, silent=True)
         try:
             time.sleep(1.0)  # the ingest stage subscribes and dumps the table
             flows = lab.traffic(the_lab)

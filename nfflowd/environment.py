@@ -55,8 +55,11 @@ def source_findings(settings: Settings) -> list[Finding]:
         ct = settings.conntrack
         prog = shutil.which(ct.progname)
         if prog is None:
-            out.append(("error", f"conntrack program {ct.progname!r} not found in PATH "
-                                 "(install conntrack-tools, or use <source> type netlink)"))  # fmt: skip
+            text = (
+                f"conntrack program {ct.progname!r} not found in PATH "
+                "(install conntrack-tools, or use <source> type netlink)"
+            )
+            out.append(("error", text))
         else:
             out.append(("ok", f"conntrack program: {prog}"))
         args = shlex.split(ct.format)
@@ -81,8 +84,11 @@ def mirror_findings(settings: Settings) -> list[Finding]:
         try:
             mode = os.stat(d.address).st_mode
         except OSError:
-            out.append(("warning", f"dispatcher {d.name}: syslog socket {d.address} missing "
-                                   "(is a syslog daemon running?); lines are buffered meanwhile"))  # fmt: skip
+            text = (
+                f"dispatcher {d.name}: syslog socket {d.address} missing "
+                "(is a syslog daemon running?); lines are buffered meanwhile"
+            )
+            out.append(("warning", text))
             continue
         if not stat.S_ISSOCK(mode):
             out.append(("warning", f"dispatcher {d.name}: {d.address} is not a socket"))

@@ -59,7 +59,7 @@ def run(
     seen: dict[str, dict[str, int]] = {}
     ok = False
     try:
-        proc = control.launch(settings, run_dir, foreground=True, silent=True)
+        proc = control.launch_foreground(settings, run_dir, silent=True)
         deadline = None if timeout is None else time.monotonic() + timeout
         next_check = time.monotonic() + 2
         while not all(s in seen for s in TERMINAL):
@@ -92,7 +92,7 @@ def run(
         if proc is not None and proc.poll() is None:
             try:
                 control.stop(run_dir, timeout=30)
-            except Exception:  # noqa: BLE001 - last resort on an error path
+            except Exception:
                 proc.terminate()
             proc.wait(60)
         if own_rundir and ok and not os.environ.get("NFFLOWD_KEEP_RUNDIR"):

@@ -7,6 +7,7 @@ gives it the process plumbing so the loop stays short.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -105,10 +106,8 @@ class Stage:
             merged[f"malformed_{reason}"] = n
         merged["peak_rss_kb"] = peak_rss_kb()
         merged["starts"] = self.starts
-        try:
+        with contextlib.suppress(zmq.Again):
             self._notices.send(codec.encode(Notice(self.name, token, merged)), zmq.NOBLOCK)
-        except zmq.Again:
-            pass
 
     def send(self, sock: zmq.Socket[bytes], data: bytes) -> None:
         """Blocking send that still notices a stop request (backpressure, not loss)."""
@@ -118,7 +117,9 @@ class Stage:
                 return
             except zmq.Again:
                 if self.stopping and time.monotonic() > self.stop_deadline:
-                    raise TimeoutError("downstream did not accept data before the stop deadline")
+                    raise TimeoutError(
+                        "downstream did not accept data before the stop deadline"
+                    ) from None
                 zmq.select([], [sock], [], 0.2)
 
     def close(self) -> None:

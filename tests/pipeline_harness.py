@@ -49,7 +49,9 @@ def write_config(
     return path
 
 
-def nfflowd(*args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
+def nfflowd(
+    *args: str, timeout: float = 300, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     """Run the real command line (`python -m nfflowd.cli`)."""
     res = subprocess.run(
         [sys.executable, "-m", "nfflowd.cli", *args],
@@ -60,7 +62,9 @@ def nfflowd(*args: str, timeout: float = 300, check: bool = True) -> subprocess.
         check=False,
     )
     if check and res.returncode != 0:
-        raise AssertionError(f"nfflowd {' '.join(args)} -> {res.returncode}\n{res.stdout}\n{res.stderr}")
+        raise AssertionError(
+            f"nfflowd {' '.join(args)} -> {res.returncode}\n{res.stdout}\n{res.stderr}"
+        )
     return res
 
 

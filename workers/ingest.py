@@ -12,8 +12,8 @@ import logging
 import time
 
 from nfflowd import codec
-from nfflowd.conntrack.sources import FileSource, NetlinkSource, ProgramSource, Source
 from nfflowd.config import Settings
+from nfflowd.conntrack.sources import FileSource, NetlinkSource, ProgramSource, Source
 from nfflowd.messages import EventBatch, Marker
 from nfflowd.stage import Stage
 

@@ -107,7 +107,9 @@ def test_no_nat_gives_two_records() -> None:
 def test_unreplied_flow_has_no_reply_record() -> None:
     orig = ("10.0.1.2", "203.0.113.2", 40002, 9999)
     reply = ("203.0.113.2", "203.0.113.1", 9999, 40002)
-    out = flow_records(ev(EventType.DESTROY, 5, orig, reply, proto=17, counters=(3, 84, 0, 0)), 0, 0)
+    out = flow_records(
+        ev(EventType.DESTROY, 5, orig, reply, proto=17, counters=(3, 84, 0, 0)), 0, 0
+    )
     assert [view(r)[-1] for r in out] == ["ORIGINAL_IN", "ORIGINAL_OUT"]
 
 
