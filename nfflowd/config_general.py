@@ -1,9 +1,10 @@
 """Configuration files -> a plain tree with line numbers; mostly Config::General syntax.
 
 :func:`read` picks the format by extension: ``.yml``/``.yaml`` YAML, ``.json``
-JSON, ``.toml`` TOML, anything else Config::General; :func:`merge` lays one tree
-over another as the 2009 tool did.  Nothing here knows what the keys mean (that
-is :mod:`nfflowd.config`).
+JSON, ``.toml`` TOML (all three read by :mod:`nfflowd.config_formats`, home of
+the :class:`Document` tree), anything else Config::General; :func:`merge` lays
+one tree over another as the 2009 tool did.  Nothing here knows what the keys
+mean (that is :mod:`nfflowd.config`).
 
 The 2009 tool read its file with Config::Any (``use_ext``), which hands ``.conf``
 files to Config::General 2.x with ``-ForceArray => 1`` and every other option at
@@ -35,20 +36,17 @@ map their own path to the first element's line and each index to its element's.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
-#: A position in the tree: block and key names, list indexes.
-Key = tuple[str | int, ...]
-#: Where something was written: (file or None for a string, 1-based line).
-Origin = tuple[str | None, int]
+from nfflowd.config_formats import DATA_EXTENSIONS, decode, read_data
+from nfflowd.config_formats import Document as Document
+from nfflowd.config_formats import Key as Key
+from nfflowd.config_formats import Origin as Origin
+from nfflowd.config_formats import ParseError as ParseError
 
 _BLOCK_START = re.compile(r"^<([^/].*)>$")
 _BLOCK_END = re.compile(r"^</(.+?)>$")
@@ -59,32 +57,6 @@ _INCLUDE = re.compile(r"^\s*<<include\s+(.+?)>>\s*$", re.IGNORECASE)
 _COMMENT = re.compile(r"(?<!\\)#.*$")
 _SPLIT = re.compile(r"\s*=\s*|\s+")
 _FORCE_ARRAY = re.compile(r"^\[\s*(.+?)\s*\]$")
-
-
-class ParseError(Exception):
-    """Bad Config::General syntax at *file*:*line*."""
-
-    def __init__(
-        self, message: str, file: str | None, line: int | None, key: Key | None = None
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.file = file
-        self.line = line or None
-        self.key = key
-
-    def __str__(self) -> str:
-        where = ":".join(str(p) for p in (self.file, self.line) if p is not None)
-        return f"{where}: {self.message}" if where else self.message
-
-
-@dataclass
-class Document:
-    """A parsed file: the tree (str / list / dict values), origins, parser notes."""
-
-    tree: dict[str, Any]
-    origins: dict[Key, Origin]
-    notes: list[tuple[Origin, str]]
 
 
 @dataclass
@@ -199,15 +171,6 @@ class _Reader:
             self.notes.append(
                 ((file, c_comment), "C comment /* is never closed: rest of file ignored")
             )
-
-
-def decode(data: bytes, path: str | None) -> str:
-    """UTF-8 text of a configuration file; a bad byte is a ParseError naming its line."""
-    try:
-        return data.decode("utf-8").removeprefix("\ufeff")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise ParseError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", path, line) from None
 
 
 def _split(text: str) -> tuple[str, str]:
@@ -335,79 +298,11 @@ def parse_file(path: str) -> Document:
 def read(path: str) -> Document:
     """Read *path* in the format its extension names; the root maps to ``(path, 0)``."""
     ext = os.path.splitext(path)[1].lower()
-    if ext not in (".yml", ".yaml", ".json", ".toml"):
-        doc = parse_file(path)
-        doc.origins[()] = (path, 0)
-        return doc
-    try:
-        with open(path, "rb") as fh:
-            text = decode(fh.read(), path)
-    except OSError as exc:
-        raise ParseError(f"cannot read: {exc.strerror}", path, None) from None
-    origins: dict[Key, Origin] = {(): (path, 0)}
-    try:
-        if ext == ".toml":
-            tree: Any = tomllib.loads(text)
-        elif ext == ".json":
-            tree = json.loads(text)
-            _yaml_origins_if_same(text, tree, path, origins)
-        else:
-            tree = yaml.load(text, Loader=yaml.SafeLoader)
-            _yaml_origins(yaml.compose(text, Loader=yaml.SafeLoader), (), path, origins)
-    except tomllib.TOMLDecodeError as exc:
-        m = re.search(r"\s*\(at line (\d+), column \d+\)", str(exc))
-        msg = str(exc)[: m.start()] if m else str(exc)
-        raise ParseError(f"TOML syntax: {msg}", path, int(m[1]) if m else None) from None
-    except json.JSONDecodeError as exc:
-        raise ParseError(f"JSON syntax: {exc.msg}", path, exc.lineno) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ParseError(f"YAML syntax: {problem}", path, mark.line + 1 if mark else None) from None
-    tree = {} if tree is None else tree
-    if not isinstance(tree, dict):
-        raise ParseError(
-            f"expected a mapping of blocks at the top, got {type(tree).__name__}", path, 1
-        )
-    _check_keys(tree, (), origins)
-    return Document(tree, origins, [])
-
-
-def _yaml_origins(node: yaml.Node | None, path: Key, file: str, out: dict[Key, Origin]) -> None:
-    if isinstance(node, yaml.MappingNode):
-        for knode, vnode in node.value:
-            if isinstance(knode, yaml.ScalarNode):
-                child = (*path, knode.value)
-                _yaml_origins(vnode, child, file, out)
-                out[child] = (file, knode.start_mark.line + 1)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            out[(*path, i)] = (file, item.start_mark.line + 1)
-            _yaml_origins(item, (*path, i), file, out)
-
-
-def _yaml_origins_if_same(text: str, tree: Any, file: str, out: dict[Key, Origin]) -> None:
-    """JSON reports no positions; when the text reads the same as YAML, use YAML's."""
-    try:
-        if yaml.load(text, Loader=yaml.SafeLoader) == tree:
-            _yaml_origins(yaml.compose(text, Loader=yaml.SafeLoader), (), file, out)
-    except yaml.YAMLError:
-        pass
-
-
-def _check_keys(tree: Any, path: Key, origins: dict[Key, Origin]) -> None:
-    if isinstance(tree, list):
-        for i, item in enumerate(tree):
-            _check_keys(item, (*path, i), origins)
-    elif isinstance(tree, dict):
-        for k, v in tree.items():
-            if not isinstance(k, str):
-                at = (*path, str(k))
-                file, line = next(
-                    origins[at[:n]] for n in range(len(at), -1, -1) if at[:n] in origins
-                )
-                raise ParseError(f"keys must be text, got {k!r}", file, line, path)
-            _check_keys(v, (*path, k), origins)
+    if ext in DATA_EXTENSIONS:
+        return read_data(path, ext)
+    doc = parse_file(path)
+    doc.origins[()] = (path, 0)
+    return doc
 
 
 def merge(base: Document, over: Document) -> Document:

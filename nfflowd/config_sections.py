@@ -1,0 +1,390 @@
+"""Validation of each section of the merged configuration tree into :mod:`nfflowd.settings`.
+
+One function per block (``<source>``, ``<conntrack>``, ``<ct2ft>``, ``<export>`` with
+the 2009 tool's ``<flow_send>``, ``<ptee><conf>``, ``<daemon>``); :func:`validate`
+runs them in that order.  The policy on unknown keys and the error format are
+described in :mod:`nfflowd.config`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import shlex
+from typing import Any
+
+from nfflowd.config_general import Key
+from nfflowd.outputs.syslog import FACILITIES, LEVELS, parse_address
+from nfflowd.settings import (
+    _V,
+    Collector,
+    ConntrackSettings,
+    Ct2ftSettings,
+    DaemonSettings,
+    Dispatcher,
+    ExportSettings,
+    MirrorSettings,
+    Settings,
+    SourceSettings,
+    _int,
+    _show,
+    _suggest,
+)
+
+#: The 2009 tool's message (bin/nfflowd gd_preconfig) when flow_send args is not three values.
+FLOW_SEND_ARGS_ERROR = (
+    "You must supply three arguments for flow_send: source addr, dest addr, dest port"
+)
+OBSOLETE = "is no longer needed (nfflowd sends NetFlow itself)"
+SOURCE_TYPES = ("netlink", "conntrack", "file")
+NETFLOW_VERSIONS = (5, 9, 10)
+#: Log::Dispatch level names, least severe first; flow lines are logged at "notice".
+LEVEL_ORDER = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+DISPATCHER_CLASSES = {
+    "Log::Dispatch::Screen": "screen",
+    "screen": "screen",
+    "Log::Dispatch::Syslog": "syslog",
+    "syslog": "syslog",
+}
+#: Keys of a dispatcher block: ours, and Log::Dispatch's we accept but do not use.
+COMMON_KEYS = ("class", "min_level", "format")
+KIND_KEYS = {"screen": ("stderr",), "syslog": ("ident", "facility", "address", "socket")}
+IGNORED_KEYS = {
+    "screen": ("max_level", "callbacks", "newline", "utf8"),
+    "syslog": ("max_level", "callbacks", "newline", "logopt", "lock"),
+}
+SECTIONS = {
+    "source": ("type", "path", "netns", "rcvbuf", "reliable", "set_sysctls"),
+    "conntrack": ("progname", "init_format", "format"),
+    "ct2ft": ("ttl",),
+    "export": ("exaddr", "engine_type", "engine_id", "version", "collector"),
+    "flow_send": ("args", "progname", "format"),
+    "flow_import": None,  # obsolete: anything goes
+    "ptee": ("conf",),
+    "daemon": ("rundir",),
+}
+COLLECTOR_KEYS = ("address", "port", "version", "source")
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)i?b?\s*$", re.IGNORECASE)
+
+
+def _source(v: _V) -> SourceSettings:
+    k: Key = ("source",)
+    v.block(k, SECTIONS["source"])
+    kind = v.text((*k, "type"), "conntrack")
+    if kind not in SOURCE_TYPES:
+        raise v.expected((*k, "type"), f"one of {', '.join(SOURCE_TYPES)}", kind)
+    pk = (*k, "path")
+    plist = isinstance(v.get(pk), list)
+    paths = tuple(v.text((*pk, i) if plist else pk, "") for i in range(len(v.many(pk))))
+    if kind == "file" and not paths:
+        raise v.error(
+            (*k, "type"),
+            "expected at least one `path` (a saved `conntrack -E -o "
+            "timestamp` log) with type file, got none",
+        )
+    netns = v.one((*k, "netns"))
+    if netns is not None:
+        netns = v.text((*k, "netns"), "")
+        if not (os.path.isabs(netns) or re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", netns)):
+            raise v.expected(
+                (*k, "netns"), "a namespace name (ip netns) or an absolute path", netns
+            )
+    rcvbuf = _size(v, (*k, "rcvbuf"))
+    out = SourceSettings(
+        kind,
+        paths,
+        netns,
+        rcvbuf,
+        v.boolean((*k, "reliable"), False),
+        v.boolean((*k, "set_sysctls"), False),
+    )
+    for key in ("rcvbuf", "reliable"):
+        if kind != "netlink" and v.user_set((*k, key)):
+            v.note((*k, key), f"<source> {key} is only used with type netlink")
+    if kind != "file" and paths:
+        v.note((*k, "path"), "<source> path is only used with type file")
+    return out
+
+
+def _size(v: _V, key: Key) -> int:
+    value = v.one(key)
+    if value is None:
+        return SourceSettings.rcvbuf
+    m = _SIZE.match(str(value)) if not isinstance(value, bool) else None
+    n = int(m[1]) << {"": 0, "k": 10, "m": 20, "g": 30}[m[2].lower()] if m else -1
+    if not 4096 <= n <= 2**31 - 1:
+        raise v.expected(
+            key, "a buffer size in bytes, 4096..2147483647 (suffix K/M/G allowed)", value
+        )
+    return n
+
+
+def _conntrack(v: _V) -> ConntrackSettings:
+    k: Key = ("conntrack",)
+    v.block(k, SECTIONS["conntrack"])
+    prog = v.text((*k, "progname"), "conntrack")
+    fields = []
+    for name, default in (("init_format", "-L"), ("format", ConntrackSettings.format)):
+        text = v.text((*k, name), default, empty=True)
+        try:
+            args = shlex.split(text)
+        except ValueError as exc:
+            raise v.expected((*k, name), f"program arguments ({exc})", text) from None
+        fields.append(text)
+    if not {"-E", "--event"} & set(args):
+        v.note((*k, "format"), "<conntrack> format has no -E: conntrack lists its table and exits")
+    return ConntrackSettings(prog, fields[0], fields[1])
+
+
+def _ct2ft(v: _V) -> Ct2ftSettings:
+    k: Key = ("ct2ft", "ttl")
+    v.block(k[:1], SECTIONS["ct2ft"])
+    if v.one(k) in (0, "0", ""):  # the 2009 tool: `ttl || 604800`
+        v.note(k, "ttl 0 means the default, 604800 s, as in the 2009 tool")
+        return Ct2ftSettings()
+    return Ct2ftSettings(v.integer(k, 604800, 1, 2**31 - 1, "a whole number of seconds"))
+
+
+def _export(v: _V) -> ExportSettings:
+    k: Key = ("export",)
+    v.block(k, SECTIONS["export"])
+    fs = v.block(("flow_send",), SECTIONS["flow_send"])
+    for key in ("progname", "format"):
+        if v.user_set(("flow_send", key)):
+            v.note(("flow_send", key), f"<flow_send> {key} {OBSOLETE}")
+    if v.get(("flow_import",), v.user) is not None:
+        v.block(("flow_import",), None)
+        v.note(("flow_import",), f"<flow_import> {OBSOLETE}")
+    version = _version(v, (*k, "version"), 5)
+    collectors: list[Collector] = []
+    exaddr = "0.0.0.0"
+    if "args" in fs:
+        args, ak = v.many(("flow_send", "args")), ("flow_send", "args")
+        if len(args) != 3:
+            hint = " (one `args` line each)" if len(args) == 1 and " " in str(args[0]) else ""
+            raise v.error(ak, f"{FLOW_SEND_ARGS_ERROR}; got {_show(args)}{hint}")
+        sub = [(*ak, i) for i in range(3)]
+        exaddr = v.address(sub[0], args[0])
+        port = _int(args[2])
+        if port is None or not 1 <= port <= 65535:
+            raise v.expected(sub[2], "a collector port number (1..65535)", args[2])
+        collectors.append(_collector(v, sub[1], v.address(sub[1], args[1]), port, 5, exaddr))
+    ck = (*k, "collector")
+    blocks = v.many(ck)
+    for i, block in enumerate(blocks):
+        bk = (*ck, i) if isinstance(v.get(ck), list) else ck
+        if not isinstance(block, dict):
+            raise v.expected(bk, "a <collector> block (address, port, version, source)", block)
+        v.block(bk, COLLECTOR_KEYS)
+        if "address" not in block or "port" not in block:
+            raise v.error(bk, "expected `address` and `port` in <collector>")
+        src = v.one((*bk, "source"))
+        collectors.append(
+            _collector(
+                v,
+                bk,
+                v.address((*bk, "address"), v.one((*bk, "address"))),
+                v.integer((*bk, "port"), 0, 1, 65535, "a collector port number"),
+                _version(v, (*bk, "version"), version),
+                None if src is None else v.address((*bk, "source"), src),
+            )
+        )
+    if v.one((*k, "exaddr")) is not None:
+        exaddr = v.address((*k, "exaddr"), v.one((*k, "exaddr")))
+    if not collectors:
+        v.note(
+            None,
+            "no collector configured (no <flow_send> args, no <export><collector>): "
+            "flow records are only mirrored",
+        )
+    return ExportSettings(
+        exaddr,
+        v.integer((*k, "engine_type"), 0, 0, 255, "a NetFlow engine type"),
+        v.integer((*k, "engine_id"), 0, 0, 255, "a NetFlow engine id"),
+        tuple(collectors),
+    )
+
+
+def _version(v: _V, key: Key, default: int) -> int:
+    value = v.one(key)
+    if value is None:
+        return default
+    if _int(value) not in NETFLOW_VERSIONS:
+        raise v.expected(key, "a NetFlow version: 5, 9 or 10 (IPFIX)", value)
+    return int(value)
+
+
+def _collector(v: _V, key: Key, addr: str, port: int, version: int, src: str | None) -> Collector:
+    if src is not None and ipaddress.ip_address(src).version != ipaddress.ip_address(addr).version:
+        raise v.error(
+            key, f"source address {src} and collector address {addr} are of different IP versions"
+        )
+    return Collector(addr, port, version, src)
+
+
+def _mirror(v: _V) -> MirrorSettings:
+    v.block(("ptee",), SECTIONS["ptee"])
+    k: Key = ("ptee", "conf")
+    conf = v.block(k, None)
+    for name, value in conf.items():
+        if name not in ("dispatchers", "format") and not _is_block(value):
+            raise v.error(
+                (*k, name),
+                "unknown key in <conf>"
+                + _suggest(name, ["dispatchers", "format"])
+                + " (valid: dispatchers, format, and one block per dispatcher)",
+            )
+    if v.user_set((*k, "format")):
+        v.note((*k, "format"), "Log::Dispatch::Config format patterns are ignored")
+    names = v.many((*k, "dispatchers"))
+    many = isinstance(v.get((*k, "dispatchers")), list)
+    out: list[Dispatcher] = []
+    for i, name in enumerate(names):
+        nk = (*k, "dispatchers", i) if many else (*k, "dispatchers")
+        if not isinstance(name, str) or not name.strip():
+            raise v.expected(nk, "a dispatcher name", name)
+        if any(d.name == name for d in out):
+            v.note(nk, f"dispatcher {name!r} is listed twice; once is enough")
+            continue
+        if not _is_block(conf.get(name)):
+            raise v.error(
+                nk, f"dispatcher {name!r} is listed but there is no <{name}> block in <ptee><conf>"
+            )
+        out.append(_dispatcher(v, (*k, name), name))
+    for name, value in conf.items():
+        if _is_block(value) and name not in names and v.user_set((*k, name)):
+            v.note((*k, name), f"<{name}> is not listed in `dispatchers`: ignored")
+    return MirrorSettings(tuple(out))
+
+
+def _is_block(value: Any) -> bool:
+    return isinstance(value, dict) or (
+        isinstance(value, list) and bool(value) and all(isinstance(b, dict) for b in value)
+    )
+
+
+def _dispatcher(v: _V, k: Key, name: str) -> Dispatcher:
+    v.block(k, None)  # a repeated block becomes one first
+    cls = v.text((*k, "class"), "")
+    kind = DISPATCHER_CLASSES.get(cls)
+    if kind is None:
+        raise v.error(
+            (*k, "class"),
+            f"unknown dispatcher class {cls!r}; expected one of {', '.join(DISPATCHER_CLASSES)}",
+        )
+    ignored = IGNORED_KEYS[kind]
+    v.block(k, COMMON_KEYS + KIND_KEYS[kind] + ignored)
+    for key in ignored:
+        if v.get((*k, key)) is not None:
+            v.note((*k, key), f"dispatcher {name}: Log::Dispatch parameter {key!r} is ignored")
+    level = _level(v, (*k, "min_level"))
+    if LEVEL_ORDER.index(level) > LEVEL_ORDER.index("notice"):
+        v.note(
+            (*k, "min_level"),
+            f"dispatcher {name}: min_level {level} is above notice, the "
+            "level the 2009 tool logged flow lines at",
+        )
+    fmt = v.text((*k, "format"), "csv")
+    if "%" in fmt:
+        v.note(
+            (*k, "format"),
+            f"dispatcher {name}: Log::Dispatch::Config format pattern "
+            "ignored; lines are flow-tools CSV",
+        )
+        fmt = "csv"
+    elif fmt not in ("csv", "json"):
+        raise v.expected((*k, "format"), "csv or json", fmt)
+    if kind == "screen":
+        if v.get((*k, "stderr")) is None:
+            v.note(k, f"dispatcher {name}: no stderr: writing to stderr (Log::Dispatch::Screen)")
+        return Dispatcher(
+            name, kind, stderr=v.boolean((*k, "stderr"), True), min_level=level, format=fmt
+        )
+    facility = v.text((*k, "facility"), "user").lower().removeprefix("log_")
+    if facility not in FACILITIES:
+        raise v.expected(
+            (*k, "facility"),
+            "a syslog facility (" + ", ".join(FACILITIES) + ")",
+            v.one((*k, "facility")),
+        )
+    if v.get((*k, "facility")) is None:
+        v.note(k, f"dispatcher {name}: no facility: using user (Log::Dispatch::Syslog)")
+    return Dispatcher(
+        name,
+        kind,
+        ident=v.text((*k, "ident"), "nfflowd"),
+        facility=facility,
+        min_level=level,
+        address=_syslog_address(v, k),
+        format=fmt,
+    )
+
+
+def _level(v: _V, key: Key) -> str:
+    value = v.one(key)
+    if value is None:
+        return "debug"
+    n = _int(value)
+    if n is not None and 0 <= n < len(LEVEL_ORDER):
+        return LEVEL_ORDER[n]
+    word = str(value).lower()
+    if isinstance(value, str) and word in LEVELS:
+        return next(lv for lv in LEVEL_ORDER if LEVELS[lv] == LEVELS[word])
+    raise v.expected(key, "a Log::Dispatch level (" + ", ".join(LEVEL_ORDER) + ")", value)
+
+
+def _syslog_address(v: _V, k: Key) -> str:
+    """Our ``address``, or Log::Dispatch::Syslog's ``socket`` (Sys::Syslog setlogsock)."""
+    address, sock = v.one((*k, "address")), v.get((*k, "socket"))
+    akey = (*k, "address" if sock is None else "socket")
+    if address is not None and sock is not None:
+        raise v.error(akey, "give either address or socket, not both")
+    if sock is not None:
+        items = (
+            sock
+            if isinstance(sock, list)
+            else [sock.get("type"), sock.get("path")]
+            if isinstance(sock, dict)
+            else [sock]
+        )
+        kind = str(items[0]).lower()
+        if kind in ("native", "unix", "stream"):
+            address = items[1] if len(items) > 1 and items[1] else "/dev/log"
+        elif kind in ("udp", "inet", "tcp") and not isinstance(sock, dict):
+            address = f"{'tcp' if kind == 'tcp' else 'udp'}://localhost:514"
+        elif kind in ("udp", "inet", "tcp"):
+            host, port = str(sock.get("host") or "localhost"), sock.get("port") or 514
+            host = f"[{host}]" if ":" in host else host
+            address = f"{'tcp' if kind == 'tcp' else 'udp'}://{host}:{port}"
+        else:
+            raise v.expected(
+                (*k, "socket"),
+                "a Sys::Syslog socket type nfflowd supports (native, unix, stream, udp, inet, tcp)",
+                sock,
+            )
+    address = "/dev/log" if address is None else str(address)
+    try:
+        parse_address(address)
+    except ValueError as exc:
+        raise v.expected(
+            akey, f"a socket path or udp://HOST:PORT or tcp://HOST:PORT ({exc})", address
+        ) from None
+    if "://" not in address and not os.path.isabs(address):
+        raise v.expected(akey, "an absolute socket path (such as /dev/log)", address)
+    return address
+
+
+def _daemon(v: _V) -> DaemonSettings:
+    v.block(("daemon",), SECTIONS["daemon"])
+    rundir = v.text(("daemon", "rundir"), "/run/nfflowd")
+    if not os.path.isabs(rundir):
+        raise v.expected(("daemon", "rundir"), "an absolute directory path", rundir)
+    return DaemonSettings(os.path.normpath(rundir))
+
+
+def validate(v: _V, path: str | None) -> Settings:
+    """Every section of *v*'s tree, in order, into :class:`Settings` (*path*: the file read)."""
+    source, conntrack, ct2ft = _source(v), _conntrack(v), _ct2ft(v)
+    export, mirror, daemon = _export(v), _mirror(v), _daemon(v)
+    return Settings(source, conntrack, ct2ft, export, mirror, daemon, path, tuple(v.notes))
