@@ -98,16 +98,29 @@ def _parse_templates(
 ) -> int:
     """Store the template records of one (options) template set; returns how many."""
     n = 0
-    head = OPTIONS_TEMPLATE_HEADER if options else TEMPLATE_HEADER
-    while end - off >= head.size and any(data[off:end]):
-        tid, count, *scope = head.unpack_from(data, off)
-        if tid < MIN_DATA_SET_ID:
-            raise ValueError(f"offset {off}: template id {tid} below {MIN_DATA_SET_ID}")
-        off += head.size
-        if count == 0 and not options:  # template withdrawal (§8.1)
+    set_id = OPTIONS_TEMPLATE_SET_ID if options else TEMPLATE_SET_ID
+    while end - off >= TEMPLATE_HEADER.size and any(data[off:end]):
+        tid, count = TEMPLATE_HEADER.unpack_from(data, off)
+        if count == 0 and (tid == set_id or tid >= MIN_DATA_SET_ID):
+            # withdrawal of one template, or of all (template id = set id), §8.1
+            if tid == set_id:  # all data templates (2) or all options templates (3)
+                for key, t in list(templates.items()):
+                    if key[0] == domain and (t.scope_count > 0) == options:
+                        del templates[key]
             templates.pop((domain, tid), None)
+            off += TEMPLATE_HEADER.size
             n += 1
             continue
+        if tid < MIN_DATA_SET_ID:
+            raise ValueError(f"offset {off}: template id {tid} below {MIN_DATA_SET_ID}")
+        scope_count = 0
+        if options:
+            if end - off < OPTIONS_TEMPLATE_HEADER.size:
+                raise ValueError(f"offset {off}: options template {tid} truncated")
+            scope_count = OPTIONS_TEMPLATE_HEADER.unpack_from(data, off)[2]
+            off += OPTIONS_TEMPLATE_HEADER.size
+        else:
+            off += TEMPLATE_HEADER.size
         fields = []
         for _ in range(count):
             if end - off < FIELD_SPECIFIER.size:
@@ -122,7 +135,6 @@ def _parse_templates(
                 off += ENTERPRISE.size
                 fid &= ~ENTERPRISE_BIT
             fields.append(Field(fid, flen, pen))
-        scope_count = scope[0] if scope else 0
         if scope_count > count:
             raise ValueError(f"offset {off}: template {tid}: scope count {scope_count} > {count}")
         templates[(domain, tid)] = compile_template(tid, fields, scope_count)

@@ -215,9 +215,12 @@ def compile_template(
     fields: Sequence[Field],
     scope_count: int = 0,
     names: Sequence[str] | None = None,
+    *,
+    opaque: int = 0,
 ) -> Template:
     """A decoder for records of ``fields``: known unsigned/time elements become ints
-    (also in reduced-size encoding, RFC 7011 §6.2), everything else bytes."""
+    (also in reduced-size encoding, RFC 7011 §6.2), everything else bytes, as are
+    the first ``opaque`` fields (v9 option scopes, whose types are no elements)."""
     codes: list[str] = []
     to_int: list[int] = []
     numeric_at: set[int] = set()
@@ -225,7 +228,7 @@ def compile_template(
     for i, f in enumerate(fields):
         if f.length == VARIABLE_LENGTH:
             variable = True
-        ie = None if f.enterprise else BY_ID.get(f.id)
+        ie = None if f.enterprise or i < opaque else BY_ID.get(f.id)
         numeric = ie is not None and not ie.type.endswith("Address")
         numeric = numeric and f.length != VARIABLE_LENGTH
         if numeric:

@@ -22,9 +22,10 @@ flowEndMilliseconds 153 (u64 epoch ms) rather than FIRST_SWITCHED 22 /
 LAST_SWITCHED 21.  nfdump 1.7 (``src/netflow/netflow_v9.c``) reads 152/153 as
 the flow's times verbatim, so they decode exactly to the ms; with 21/22 it would
 compute ``1000 * unix_secs - sysUptime + FIRST``, which needs the header's
-sysUptime chosen to make up for the missing sub-second export time.  tshark and
-the ``netflow`` package decode 152/153 in v9 as well.  The header's sysUptime is
-the host's uptime (``now - boot``) mod 2**32, informational only.
+sysUptime chosen to make up for the missing sub-second export time.  tshark
+decodes 152/153 in v9 as well (the ``netflow`` package 0.12 knows 152 but not
+153 in v9).  The header's sysUptime is the host's uptime (``now - boot``) mod
+2**32, informational only.
 
 IPv6 ICMP: v9 has no icmpTypeCodeIPv6 (139 is IPFIX-only and nfdump's v9 table
 lacks it, so ICMPv6 would decode with port 0); RFC 3954's ICMP_TYPE (32) is
@@ -142,7 +143,7 @@ def _parse_options(data: bytes, off: int, end: int, source: int, templates: Temp
         off += scope_len + opt_len
         scoped = compile_template(tid, opts)
         templates[(source, tid)] = compile_template(
-            tid, fields + opts, len(fields), names + list(scoped.names)
+            tid, fields + opts, len(fields), names + list(scoped.names), opaque=len(fields)
         )
         n += 1
     return n
@@ -241,8 +242,9 @@ class V9Encoder:
     Templates go into the first packet after construction (an export restart)
     and again in every ``template_refresh_packets``-th packet or once
     ``template_refresh_seconds`` have passed, whichever comes first (RFC 3954
-    §5.2: templates are refreshed periodically); a value <= 0 disables that
-    trigger.  Records that cannot be encoded (family not 4/6, address of the
+    §9: a Collector expires templates that are not refreshed in time, and over
+    UDP it only ever learns them from such refreshes); a value <= 0 disables
+    that trigger.  Records that cannot be encoded (family not 4/6, address of the
     wrong length, value out of range) are skipped and counted in ``invalid``.
     Other counters: ``datagrams``, ``records``, ``template_sends``.
     """
@@ -268,7 +270,8 @@ class V9Encoder:
             templates=FLOW_TEMPLATES, sys_uptime=0, unix_secs=0, sequence=0, source_id=0
         )[HEADER_SIZE:]
         limit = mtu & ~3  # flowsets end 4-byte aligned
-        least = HEADER_SIZE + len(self._template_flowset) + FLOWSET_HEADER_SIZE + RECORD_V6.size
+        one = FLOWSET_HEADER_SIZE + RECORD_V6.size
+        least = HEADER_SIZE + len(self._template_flowset) + one + _pad(one)
         if not least <= limit or mtu > 0xFFFF:
             raise ValueError(f"mtu {mtu}: must be within {least}..65535")
         self.mtu = mtu
