@@ -25,11 +25,11 @@ from typing import Any
 
 import pytest
 from netflow.v5 import V5ExportPacket  # type: ignore[import-untyped]
-from nfcapd_harness import Nfcapd, NfcapdError
 
 from nfflowd.formats import netflow_v5 as v5
 from nfflowd.formats.uptime import host_boot_ms
 from nfflowd.messages import FlowRecord
+from nfflowd.nfcapd import Nfcapd, NfcapdError
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 GOLDEN = Path(__file__).parent.parent / "data" / "v5"

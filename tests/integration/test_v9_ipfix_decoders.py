@@ -33,12 +33,12 @@ from typing import Any
 
 import pytest
 from netflow.ipfix import IPFIXExportPacket  # type: ignore[import-untyped]
-from nfcapd_harness import Nfcapd, free_udp_port, parse_nfdump_line
 
 from nfflowd.formats import ipfix, netflow_v9
 from nfflowd.formats import ipfix_ies as ies
 from nfflowd.formats.uptime import host_boot_ms
 from nfflowd.messages import FlowRecord
+from nfflowd.nfcapd import Nfcapd, free_udp_port, parse_nfdump_line
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 DATA = Path(__file__).parent.parent / "data"

@@ -297,9 +297,6 @@ wait_destroys events-noacct-ts-ext-id.txt
 settle
 stop_listeners
 
-# The listeners' trailers went to stderr; keep them in one file of their own.
-for f in "$TMP"/events-*.err; do
-    printf '# %s\n' "$(basename "$f" .err)"
-    cat "$f"
-done >"$OUT/trailers-stderr.txt"
+# The listeners' trailers went to stderr; keep them (in file-name order) in a file of their own.
+cat "$TMP"/events-*.err >"$OUT/trailers-stderr.txt"
 echo "captured into $OUT"

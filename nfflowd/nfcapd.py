@@ -1,4 +1,7 @@
-"""Run nfdump's collector ``nfcapd`` on loopback and read back what it stored.
+"""A private nfdump collector (``nfcapd``) on loopback, and what it stored.
+
+Used by ``nfflowd demo``, the benchmarks and the tests: nfdump is the
+independent judge of the NetFlow nfflowd sends.
 
 Usage::
 
@@ -133,12 +136,14 @@ class Nfcapd:
         timeout: float = 10.0,
         nfcapd: str = "nfcapd",
         nfdump: str = "nfdump",
+        extra_args: list[str] | None = None,
     ) -> None:
         self.host = host
         self.port = port or 0
         self.timeout = timeout
         self.nfcapd = nfcapd
         self.nfdump = nfdump
+        self.extra_args = list(extra_args or [])  # e.g. ["-B", "8388608"] for benchmarks
         self._own_dir = directory is None
         self.directory = Path(directory or tempfile.mkdtemp(prefix="nfb-nfcapd-"))
         self._log = tempfile.NamedTemporaryFile(prefix="nfb-nfcapd-", suffix=".log")  # noqa: SIM115
@@ -170,7 +175,8 @@ class Nfcapd:
         for attempt in range(5):
             if not self._fixed_port:
                 self.port = free_udp_port(self.host)
-            cmd = [self.nfcapd, "-b", self.host, "-p", str(self.port), "-w", str(self.directory)]
+            cmd = [self.nfcapd, "-b", self.host, "-p", str(self.port), "-w", str(self.directory),
+                   *self.extra_args]  # fmt: skip
             self.proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
             )
