@@ -58,7 +58,16 @@ SECTIONS = {
     "source": ("type", "path", "netns", "rcvbuf", "reliable", "set_sysctls"),
     "conntrack": ("progname", "init_format", "format"),
     "ct2ft": ("ttl",),
-    "export": ("exaddr", "engine_type", "engine_id", "version", "collector"),
+    "export": (
+        "exaddr",
+        "engine_type",
+        "engine_id",
+        "version",
+        "collector",
+        "observation_domain",
+        "template_refresh_packets",
+        "template_refresh_seconds",
+    ),
     "flow_send": ("args", "progname", "format"),
     "flow_import": None,  # obsolete: anything goes
     "ptee": ("conf",),
@@ -203,6 +212,9 @@ def _export(v: _V) -> ExportSettings:
         v.integer((*k, "engine_type"), 0, 0, 255, "a NetFlow engine type"),
         v.integer((*k, "engine_id"), 0, 0, 255, "a NetFlow engine id"),
         tuple(collectors),
+        v.integer((*k, "observation_domain"), 0, 0, 2**32 - 1, "an observation domain id"),
+        v.integer((*k, "template_refresh_packets"), 20, 0, 2**31, "a number of datagrams"),
+        v.integer((*k, "template_refresh_seconds"), 1800, 0, 2**31, "a number of seconds"),
     )
 
 

@@ -25,8 +25,10 @@ the fw namespace, unchanged in the initial one); ``nf_conntrack_max`` is not wri
 outside the initial namespace and is left alone.  The lab shortens the timeouts so
 that a finished connection is destroyed (DESTROY event) within a few seconds: a TCP
 connection closed with FIN stays in TIME_WAIT for ``nf_conntrack_tcp_timeout_time_wait``
-(2 s here instead of 120 s) and is then reaped by the conntrack garbage collector;
-:func:`flush` (``conntrack -F``) destroys everything at once.
+(2 s here instead of 120 s), UDP/ICMP/GRE entries live 3 s after their last packet.
+An expired entry is destroyed when the kernel's garbage collector gets to it (up to
+a minute later) or at once when the table is listed: :func:`expire`.  :func:`flush`
+(``conntrack -F``) destroys everything, expired or not.
 
 Traffic: :mod:`nfflowd.lab_traffic`.
 """
@@ -38,17 +40,18 @@ import contextlib
 import os
 import shutil
 import signal
+import string
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import IO
 
 from nfflowd.lab_traffic import Expected, LabError, describe, run_mix
 
 __all__ = ["Expected", "Lab", "LabError", "available", "down", "flush", "main", "running"]
-__all__ += ["capture", "listing", "traffic", "up"]
+__all__ += ["capture", "expire", "listing", "traffic", "up"]
 
 DEFAULT_PREFIX = "nfflowd-lab-"
 ROLES = ("client", "fw", "server")
@@ -75,18 +78,21 @@ FW_SYSCTLS = {
     "net.netfilter.nf_conntrack_generic_timeout": "3",
 }
 
+#: The longest of those timeouts (s): every lab entry has expired this long after the mix.
+MAX_TIMEOUT = 3.0
+
 NO_DAD = ("net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
 
 FW_RULESET = """\
 table inet nfflowd_lab {
     chain prerouting {
         type nat hook prerouting priority dstnat; policy accept;
-        iifname "wan0" ip daddr {fw_pub4} tcp dport {fwd_port} dnat ip to {client4}:{fwd_to_port}
+        iifname "wan0" ip daddr $fw_pub4 tcp dport $fwd_port dnat ip to $client4:$fwd_to_port
     }
     chain postrouting {
         type nat hook postrouting priority srcnat; policy accept;
-        oifname "wan0" ip saddr {client4} masquerade
-        oifname "wan0" ip6 saddr {client6} masquerade
+        oifname "wan0" ip saddr $client4 masquerade
+        oifname "wan0" ip6 saddr $client6 masquerade
     }
 }
 """
@@ -95,7 +101,7 @@ SERVER_RULESET = """\
 table inet nfflowd_lab {
     chain input {
         type filter hook input priority filter; policy accept;
-        udp dport {drop_port} drop
+        udp dport $drop_port drop
     }
 }
 """
@@ -171,11 +177,9 @@ def _topology(lab: Lab) -> list[list[str]]:
         [*s, "addr", "add", f"{lab.server4}/24", "dev", "eth0"],
         [*s, "addr", "add", f"{lab.server6}/64", "dev", "eth0", "nodad"],
     ]
-    for ns, dev in ((c, "lo"), (c, "eth0"), (f, "lo"), (f, "lan0"), (f, "wan0")):
-        cmds.append([*ns, "link", "set", dev, "up"])
+    links = ((c, "lo"), (c, "eth0"), (f, "lo"), (f, "lan0"), (f, "wan0"), (s, "lo"), (s, "eth0"))
+    cmds += [[*ns, "link", "set", dev, "up"] for ns, dev in links]
     cmds += [
-        [*s, "link", "set", "lo", "up"],
-        [*s, "link", "set", "eth0", "up"],
         [*c, "route", "add", "default", "via", lab.fw_priv4],
         [*c, "-6", "route", "add", "default", "via", lab.fw_priv6],
         [*s, "route", "add", "10.0.1.0/24", "via", lab.fw_pub4],
@@ -185,18 +189,7 @@ def _topology(lab: Lab) -> list[list[str]]:
 
 
 def _ruleset(template: str, lab: Lab) -> str:
-    # str.format would trip over nft's braces; the placeholders are few and fixed.
-    values = {
-        "fw_pub4": lab.fw_pub4,
-        "fwd_port": str(lab.fwd_port),
-        "client4": lab.client4,
-        "fwd_to_port": str(lab.fwd_to_port),
-        "client6": lab.client6,
-        "drop_port": str(lab.drop_port),
-    }
-    for key, value in values.items():
-        template = template.replace("{" + key + "}", value)
-    return template
+    return string.Template(template).substitute(asdict(lab))  # $names: Lab fields
 
 
 def _wait_link_local(lab: Lab, timeout: float = 5.0) -> None:
@@ -227,8 +220,8 @@ def up(prefix: str = DEFAULT_PREFIX) -> Lab:
     try:
         for ns in lab.namespaces:
             _run(["ip", "netns", "add", ns])
-            # Link-local addresses would stay tentative (DAD) for ~2 s and the first
-            # IPv6 packets through the lab would wait for a TCP retransmission.
+            # No duplicate address detection: addresses are usable at once, not
+            # "tentative" for a second or two (every address here is unique anyway).
             _run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", *NO_DAD])
         for cmd in _topology(lab):
             _run(cmd)
@@ -241,7 +234,8 @@ def up(prefix: str = DEFAULT_PREFIX) -> Lab:
         _run(["ip", "netns", "exec", lab.fw, "sysctl", "-q", "-w", *settings])
         _wait_link_local(lab)
     except BaseException:
-        down(lab)
+        with contextlib.suppress(LabError):  # the original error matters more
+            down(lab)
         raise
     return lab
 
@@ -288,16 +282,26 @@ def traffic(lab: Lab, before_close: Callable[[], object] | None = None) -> list[
 
 def flush(lab: Lab) -> None:
     """Destroy every conntrack entry of the fw namespace (each gives a DESTROY event)."""
-    for family in ("ipv4", "ipv6"):
-        _run(["ip", "netns", "exec", lab.fw, "conntrack", "-F", "-f", family])
+    _run(["ip", "netns", "exec", lab.fw, "conntrack", "-F"])
 
 
 def listing(lab: Lab) -> str:
-    """The fw's conntrack table with counters (``conntrack -L -o extended,id``), both families."""
-    return "".join(
-        _run(["ip", "netns", "exec", lab.fw, "conntrack", "-L", "-f", fam, "-o", "extended,id"])
-        for fam in ("ipv4", "ipv6")
-    )
+    """The fw's conntrack table with counters: ``conntrack -L -o extended,id`` (both families).
+
+    Listing also makes the kernel destroy the entries whose timeout has passed.
+    """
+    return _run(["ip", "netns", "exec", lab.fw, "conntrack", "-L", "-o", "extended,id"])
+
+
+def expire(lab: Lab) -> None:
+    """Destroy the fw's entries whose timeout has passed, now.
+
+    The kernel reaps expired entries (and sends DESTROY) lazily: its garbage
+    collector is one worker for all namespaces whose interval adapts to the average
+    timeout of the entries it sees (1 s up to a minute), so a lab entry can outlive
+    its timeout by tens of seconds.  A table dump kills the expired entries it meets.
+    """
+    listing(lab)
 
 
 def _subscribed(pid: int) -> bool:
@@ -312,8 +316,10 @@ def _subscribed(pid: int) -> bool:
     with contextlib.suppress(OSError), open(f"/proc/{pid}/net/netlink") as fh:
         for line in fh.readlines()[1:]:
             cols = line.split()  # sk Eth Pid Groups Rmem Wmem Dump Locks Drops Inode
-            if len(cols) >= 10 and cols[1] == str(NETLINK_NETFILTER) and cols[9] in inodes:
-                return int(cols[3], 16) != 0
+            # conntrack -E also owns a socket without groups: look for one with groups
+            ours = len(cols) >= 10 and cols[1] == str(NETLINK_NETFILTER) and cols[9] in inodes
+            if ours and int(cols[3], 16):
+                return True
     return False
 
 
@@ -331,6 +337,8 @@ def capture(lab: Lab, out: IO[bytes], options: str = "timestamp,id") -> Iterator
         deadline = time.monotonic() + 10
         while not _subscribed(proc.pid):
             if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                proc.wait(5)
                 err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
                 raise LabError(f"{' '.join(args)}: did not start listening: {err.strip()}")
             time.sleep(0.01)
@@ -373,41 +381,40 @@ USAGE = "python -m nfflowd.lab {up|traffic|flush|down|capture DIR} [--prefix P]"
 
 
 def _write_capture(lab: Lab, directory: str) -> list[Expected]:
-    """Golden data: two event captures, the listing before the close, then a flush."""
+    """Golden data: two event captures around the mix, the table before the close.
+
+    Entries end by their (shortened) timeouts, reaped by :func:`expire`; a final
+    :func:`flush` destroys whatever would be left.
+    """
     os.makedirs(directory, exist_ok=True)
     plain = os.path.join(directory, "lab-events.log")
     ext = os.path.join(directory, "lab-events-extended.log")
-    lst = os.path.join(directory, "lab-listing.txt")
     with (
         open(plain, "wb") as fp,
         open(ext, "wb") as fe,
+        open(os.path.join(directory, "lab-listing.txt"), "w") as fl,
         capture(lab, fp),
         capture(lab, fe, "timestamp,extended,id"),
     ):
-        expected = traffic(lab, lambda: _save(lst, listing(lab)))
+        expected = traffic(lab, lambda: fl.write(listing(lab)))
+        ended = time.monotonic()
+        while not _all_destroyed([plain, ext], len(expected)):
+            if time.monotonic() > ended + 20:
+                raise LabError(f"no DESTROY for every connection in {plain} after 20s")
+            if time.monotonic() > ended + MAX_TIMEOUT:
+                expire(lab)
+            time.sleep(0.2)
         flush(lab)
-        _wait_destroyed([plain, ext], len(expected))
     return expected
 
 
-def _save(path: str, text: str) -> None:
-    with open(path, "w") as fh:
-        fh.write(text)
-
-
-def _wait_destroyed(paths: list[str], at_least: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        counts = []
-        for p in paths:
-            with open(p) as fh:
-                text = fh.read()
-            counts.append((text.count("[NEW]"), text.count("[DESTROY]")))
-        if all(new >= at_least and gone >= new for new, gone in counts):
-            return
-        if time.monotonic() > deadline:
-            raise LabError(f"events incomplete after {timeout}s: (NEW, DESTROY) = {counts}")
-        time.sleep(0.05)
+def _all_destroyed(paths: list[str], at_least: int) -> bool:
+    for path in paths:
+        with open(path) as fh:
+            text = fh.read()
+        if not at_least <= text.count("[NEW]") <= text.count("[DESTROY]"):
+            return False
+    return True
 
 
 def main(argv: list[str]) -> int:

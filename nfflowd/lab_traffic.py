@@ -39,7 +39,9 @@ GRE_HEADER = struct.Struct("!HH")
 GRE_PROTO = 0x88B5  # IEEE 802 local experimental EtherType: nobody decapsulates it
 ECHO_TYPES = {4: (8, 0), 6: (128, 129)}  # family -> (request type, reply type)
 PROTO = {"tcp": 6, "udp": 17, "udp-unreplied": 17, "gre": 47}
-STEP_TIMEOUT = 10.0
+STEP_TIMEOUT = 10.0  # the orchestrator's wait for each line of an endpoint
+IO_TIMEOUT = 3.0  # an endpoint's wait for one answer (the lab answers in milliseconds)
+LISTEN_TIMEOUT = 20.0  # a listener's wait for its next client
 
 
 class LabError(RuntimeError):
@@ -110,6 +112,7 @@ def mix(lab: Lab) -> list[Flow]:
     """The traffic mix, in the order it runs."""
     c4, n4, s4, p4 = lab.client4, lab.client4_nonat, lab.server4, lab.fw_pub4
     c6, n6, s6, p6 = lab.client6, lab.client6_nonat, lab.server6, lab.fw_pub6
+    fwd, to, srv = lab.fwd_port, lab.fwd_to_port, "server"
     return [
         Flow("tcp4-snat", "tcp", 4, c4, s4, 5001, 1000, 5000, snat_to=p4),
         Flow("tcp4-nonat", "tcp", 4, n4, s4, 5001, 2000, 3000),
@@ -121,17 +124,7 @@ def mix(lab: Lab) -> list[Flow]:
         Flow("tcp6-nonat", "tcp", 6, n6, s6, 5001, 700, 1200),
         Flow("icmp6-snat", "icmp", 6, c6, s6, 0, 56, 56, count=3, snat_to=p6),
         Flow(
-            "tcp4-dnat",
-            "tcp",
-            4,
-            s4,
-            p4,
-            lab.fwd_port,
-            600,
-            2500,
-            initiator="server",
-            dnat_to=c4,
-            dnat_port=lab.fwd_to_port,
+            "tcp4-dnat", "tcp", 4, s4, p4, fwd, 600, 2500, initiator=srv, dnat_to=c4, dnat_port=to
         ),
     ]
 
@@ -159,26 +152,10 @@ def expected(f: Flow, ident: int) -> Expected:
         proto, ports = PROTO[f.kind], (ident, f.dport, f.dnat_port or f.dport, ident)
     reply_src, reply_dst = (f.dnat_to or f.dst), (f.snat_to or f.src)
     nat = "snat" if f.snat_to else "dnat" if f.dnat_to else "none"
-    datagrams = f.kind != "tcp"
     n_reply = f.count if f.recv else 0
-    return Expected(
-        f.name,
-        f.family,
-        proto,
-        nat,
-        f.src,
-        f.dst,
-        ports[0],
-        ports[1],
-        reply_src,
-        reply_dst,
-        ports[2],
-        ports[3],
-        f.send * f.count,
-        f.recv * n_reply,
-        f.count if datagrams else None,
-        n_reply if datagrams else None,
-    )
+    counts = (f.count, n_reply) if f.kind != "tcp" else (None, None)
+    head = (f.name, f.family, proto, nat, f.src, f.dst, *ports[:2], reply_src, reply_dst)
+    return Expected(*head, *ports[2:], f.send * f.count, f.recv * n_reply, *counts)
 
 
 def describe(flows: list[Expected]) -> str:
@@ -214,8 +191,11 @@ class _Endpoint:
 
     def say(self, word: str) -> None:
         assert self.proc.stdin is not None
-        self.proc.stdin.write(word.encode() + b"\n")
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(word.encode() + b"\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            raise LabError(f"endpoint in {self.ns} exited before {word!r}: {self.err()}") from None
 
     def expect(self, word: str, timeout: float = STEP_TIMEOUT) -> str:
         assert self.proc.stdout is not None
@@ -223,7 +203,10 @@ class _Endpoint:
         while b"\n" not in self.buf:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
-                raise LabError(f"endpoint in {self.ns}: no {word!r} within {timeout}s")
+                self.proc.kill()
+                raise LabError(
+                    f"endpoint in {self.ns}: no {word!r} within {timeout}s: {self.err()}"
+                )
             chunk = os.read(fd, 65536)
             if not chunk:
                 raise LabError(f"endpoint in {self.ns} failed (waiting for {word!r}): {self.err()}")
@@ -336,13 +319,13 @@ def _serve(kind: str, family: int, addr: str, port: int, n: int) -> None:
         sock = socket.socket(_fam(family), stype)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((addr, port))
-    sock.settimeout(STEP_TIMEOUT * 3)
+    sock.settimeout(LISTEN_TIMEOUT)
     if kind == "tcp":
         sock.listen(16)
 
     def one_tcp(conn: socket.socket) -> None:
         with conn:
-            conn.settimeout(STEP_TIMEOUT * 3)
+            conn.settimeout(LISTEN_TIMEOUT)
             size, reply = _header(_recv_exactly(conn, HEADER_LEN))
             _recv_exactly(conn, size - HEADER_LEN)
             conn.sendall(b"a" * reply)
@@ -354,7 +337,7 @@ def _serve(kind: str, family: int, addr: str, port: int, n: int) -> None:
             handled += 1
             if kind == "tcp":
                 conn, _peer = sock.accept()
-                workers.append(threading.Thread(target=_guard, args=(one_tcp, conn)))
+                workers.append(threading.Thread(target=_guard, args=(one_tcp, conn), daemon=True))
                 workers[-1].start()
             elif kind == "udp":
                 data, peer = sock.recvfrom(65536)
@@ -369,17 +352,17 @@ def _serve(kind: str, family: int, addr: str, port: int, n: int) -> None:
                 reply = _header(data[ihl + GRE_HEADER.size :])[1]
                 sock.sendto(GRE_HEADER.pack(0, GRE_PROTO) + b"a" * reply, peer)
         for w in workers:
-            w.join(STEP_TIMEOUT * 3)
+            w.join(LISTEN_TIMEOUT)
         sock.close()
 
-    _THREADS.append(threading.Thread(target=_guard, args=(loop,)))
+    _THREADS.append(threading.Thread(target=_guard, args=(loop,), daemon=True))
 
 
 def _run_flow(f: Flow, keep: list[socket.socket]) -> int:
     fam = _fam(f.family)
     if f.kind == "tcp":
         sock = socket.socket(fam, socket.SOCK_STREAM)
-        sock.settimeout(STEP_TIMEOUT)
+        sock.settimeout(IO_TIMEOUT)
         sock.bind((f.src, 0))
         sock.connect((f.dst, f.dport))
         sock.sendall(_request(f.send, f.recv))
@@ -388,7 +371,7 @@ def _run_flow(f: Flow, keep: list[socket.socket]) -> int:
         return int(sock.getsockname()[1])
     if f.kind in ("udp", "udp-unreplied"):
         with socket.socket(fam, socket.SOCK_DGRAM) as sock:
-            sock.settimeout(STEP_TIMEOUT)
+            sock.settimeout(IO_TIMEOUT)
             sock.bind((f.src, 0))
             for _ in range(f.count):
                 sock.sendto(_request(f.send, f.recv), (f.dst, f.dport))
@@ -397,7 +380,7 @@ def _run_flow(f: Flow, keep: list[socket.socket]) -> int:
             return int(sock.getsockname()[1])
     if f.kind == "gre":
         with socket.socket(socket.AF_INET, socket.SOCK_RAW, 47) as sock:
-            sock.settimeout(STEP_TIMEOUT)
+            sock.settimeout(IO_TIMEOUT)
             sock.bind((f.src, 0))
             for _ in range(f.count):
                 sock.sendto(GRE_HEADER.pack(0, GRE_PROTO) + _request(f.send, f.recv), (f.dst, 0))
@@ -413,7 +396,7 @@ def _run_flow(f: Flow, keep: list[socket.socket]) -> int:
     req, rep = ECHO_TYPES[f.family]
     ident = random.randrange(1, 0xFFFF)
     with socket.socket(fam, socket.SOCK_RAW, 1 if f.family == 4 else 58) as sock:
-        sock.settimeout(STEP_TIMEOUT)
+        sock.settimeout(IO_TIMEOUT)
         sock.bind((f.src, 0))
         for seq in range(1, f.count + 1):
             data = b"p" * f.send
@@ -462,7 +445,10 @@ def endpoint(spec: dict[str, Any]) -> int:
     idents: dict[str, int] = {}
     for item in spec["run"]:
         f = Flow(**item)
-        idents[f.name] = _run_flow(f, keep)
+        try:
+            idents[f.name] = _run_flow(f, keep)
+        except OSError as exc:
+            raise SystemExit(f"{f.name}: {f.src} -> {f.dst} {f.kind}: {exc!r}") from exc
     _line("exchanged " + json.dumps(idents))
     _await("close")
     for sock in keep:
@@ -470,9 +456,9 @@ def endpoint(spec: dict[str, Any]) -> int:
             sock.shutdown(socket.SHUT_WR)
             _expect_eof(sock)
     for t in _THREADS:
-        t.join(STEP_TIMEOUT)
+        t.join(IO_TIMEOUT)
         if t.is_alive():
-            _ERRORS.append(f"listener {t.name} still waiting after {STEP_TIMEOUT}s")
+            _ERRORS.append(f"listener {t.name} still waiting after {IO_TIMEOUT}s")
     if _ERRORS:
         sys.stderr.write("\n".join(_ERRORS) + "\n")
         return 1

@@ -78,6 +78,9 @@ class ExportSettings:
     engine_type: int = 0
     engine_id: int = 0
     collectors: tuple[Collector, ...] = ()
+    observation_domain: int = 0  # NetFlow v9 source id / IPFIX observation domain id
+    template_refresh_packets: int = 20  # re-send templates every N datagrams (v9/IPFIX) ...
+    template_refresh_seconds: int = 1800  # ... and every T seconds, whichever comes first
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 def root_capability_missing() -> str | None:
     if os.geteuid() != 0:
         return "needs root (network namespaces, conntrack)"
-    for tool in ("ip", "conntrack", "iptables"):
+    for tool in ("ip", "conntrack", "nft"):
         if shutil.which(tool) is None:
             return f"needs the {tool!r} program (make test installs it)"
     return None
