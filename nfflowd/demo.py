@@ -90,9 +90,12 @@ def lab_demo(rundir: str) -> int:
         try:
             time.sleep(1.0)  # the ingest stage subscribes and dumps the table
             flows = lab.traffic(the_lab)
-            lab.flush(the_lab)
             print(f"traffic: {len(flows)} connections ({', '.join(f.name for f in flows)})")
-            time.sleep(2.0)
+            # let the connections end by themselves (TIME_WAIT, UDP/ICMP/GRE timeouts: 3 s)
+            time.sleep(3.5)
+            lab.expire(the_lab)
+            lab.flush(the_lab)  # anything still open
+            time.sleep(1.0)
         finally:
             control.stop(rundir)
             proc.wait(60)
