@@ -13,7 +13,7 @@ DEFAULT_CONFIG = "/etc/nfflowd.conf"
 USAGE = """\
 Usage: nfflowd [ -c file ] [ -f ] { start | stop | restart | reload | install | check | help | version }
        nfflowd [ -c file ] replay LOG...
-       nfflowd lab { up | traffic | down }
+       nfflowd lab { up | traffic | flush | down | capture DIR } [--prefix P]
        nfflowd demo
   -c file     Specify configuration file (instead of /etc/nfflowd.conf)
   -f          Run in the foreground (don't detach)

@@ -12,9 +12,9 @@ prefix and the ``[USERSPACE]`` suffix).  The kernel's ``/proc/net/nf_conntrack``
     TAIL        = [ASSURED]|[OFFLOAD]|[HW_OFFLOAD] mark= secmark= secctx= zone= delta-time=
                   [start=DATE] [stop=DATE] helper= use= id= labels= [USERSPACE] portid= progname=
 
-Everything up to the end of the reply tuple is matched by one compiled regular
-expression (the fast path); the few tail fields are tokenised.  A line the
-expression does not match is re-examined piece by piece only to say where and why
+A whole line is matched by one compiled regular expression (the fast path); a tail
+whose fields are not in conntrack's order is tokenised instead (same results).  A line
+the expression does not match is re-examined piece by piece, only to say where and why
 (:class:`ParseError`).  Conventions of the result (see :mod:`nfflowd.messages`):
 
 * ``time_ns`` comes from the ``-o timestamp`` prefix, converted exactly (integer
@@ -120,11 +120,13 @@ _PIECES = (
     _Piece(rf"(?:(?P<l3>ipv4|ipv6){_SP}(?P<l3n>\d{{1,2}}){_SPE})?", "'ipv4 2' or 'ipv6 10'"),
     _Piece(rf"(?P<l4>[a-z][a-z0-9]{{0,15}}){_SP}(?P<l4n>\d{{1,3}}){_SPE}", "protocol ('tcp 6')"),
     _Piece(rf"(?:\d{{1,10}}{_SPE})?(?:[A-Z][A-Z0-9_]{{0,31}}{_SPE})?", "timeout and state"),
-    _Piece(rf"src=(?P<os>\S+){_SP}dst=(?P<od>\S+){_SPE}", "original tuple 'src=A dst=A'"),
+    _Piece(rf"src=(?P<os>\S+){_SPE}", "original tuple 'src=ADDRESS'"),
+    _Piece(rf"dst=(?P<od>\S+){_SPE}", "original tuple 'dst=ADDRESS'"),
     _Piece(rf"(?:{_ports('o')}{_SPE})?(?:zone-orig=(?P<oz>\d{{1,5}}){_SPE})?", "ports"),
     _Piece(rf"(?:packets=(?P<op>\d{{1,20}}){_SP}bytes=(?P<ob>\d{{1,20}}){_SPE})?", "counters"),
     _Piece(rf"(?P<unrep>\[UNREPLIED\]{_SPE})?", "'[UNREPLIED]'"),
-    _Piece(rf"src=(?P<rs>\S+){_SP}dst=(?P<rd>\S+)", "reply tuple 'src=A dst=A'"),
+    _Piece(r"src=(?P<rs>\S+)", "reply tuple 'src=ADDRESS'"),
+    _Piece(rf"{_SP}dst=(?P<rd>\S+)", "reply tuple 'dst=ADDRESS'"),
     _Piece(rf"(?:{_SP}{_ports('r')})?(?:{_SP}zone-reply=(?P<rz>\d{{1,5}}))?", "ports"),
     _Piece(rf"(?:{_SP}packets=(?P<rp>\d{{1,20}}){_SP}bytes=(?P<rb>\d{{1,20}}))?", "counters"),
     # The usual tail, in the order conntrack prints it; anything else lands in "rest" and
@@ -296,7 +298,7 @@ def _tail(
                 k, _, v = tokens[j].partition("=")
                 if k in _TUPLE_VALUES and not re.fullmatch(_TUPLE_VALUES[k], v, re.ASCII):
                     raise _tail_error(m, tokens, j, k, f"bad value {_show(v)}")
-            raise _tail_error(m, tokens, i - 1, key, "tuple field out of place")
+            raise _tail_error(m, tokens, i - 1, key, "malformed or misplaced tuple field")
         elif not eq and (tok in _MISPLACED or not _FLAG_WORD.fullmatch(tok)):
             raise _tail_error(m, tokens, i - 1, None, f"unexpected {_show(tok)}")
     ct_id, mark, zone, delta = values
@@ -312,7 +314,10 @@ def _show(text: str, limit: int = 40) -> str:
 
 
 def _error(m: re.Match[str], group: str, reason: str) -> ParseError:
-    return ParseError(reason, column=m.start(group) + 1, field=_GROUP_FIELDS.get(group, group))
+    """An error at a matched group; the column is that of its "key=value" token."""
+    field = _GROUP_FIELDS.get(group, group)
+    column = m.start(group) + 1 - (len(field) + 1 if field in _TUPLE_VALUES else 0)
+    return ParseError(reason, column=column, field=field)
 
 
 #: Regex group -> the field it holds, for messages ("o"/"r": original/reply tuple).
@@ -365,6 +370,9 @@ def _diagnose(line: str) -> ParseError | None:
         return ParseError("XML output (conntrack -o xml) is not supported", column=1)
     if text.startswith("-"):
         return ParseError("'conntrack -o save' output is not supported", column=1)
+    brk = re.search(r"[\r\n]", line.rstrip("\r\n"))
+    if brk:
+        return ParseError("line break inside the line", column=brk.start() + 1)
     pos = 0
     for k, piece in enumerate(_PIECES):
         m = _prefix(k).match(line)

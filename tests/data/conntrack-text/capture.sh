@@ -17,8 +17,9 @@ OUT=$(realpath "${1:-$(dirname "$0")}")
 TMP=$(mktemp -d /tmp/nfa-cap.XXXXXX)
 PIDS=()
 
+HOLD=
 cleanup() {
-    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}" $HOLD; do kill -KILL "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     ip netns del "$NS" 2>/dev/null || true
     umount /etc 2>/dev/null || true
@@ -221,7 +222,7 @@ def main(phase: str) -> None:
 main(sys.argv[1])
 EOF
 
-listen() {  # listen FILE ARGS...: start `conntrack -E ARGS` in the namespace, stdout+stderr to FILE
+listen() {  # listen FILE ARGS...: start `conntrack -E ARGS` in the namespace, stdout to FILE
     local f=$1
     shift
     # not via nsx: $! must be conntrack itself (ip netns exec execs it), not a subshell
@@ -260,7 +261,15 @@ listing() {  # listing FILE ARGS...: `conntrack -L ARGS`, stdout then stderr (th
     cat "$TMP/listing.err" >>"$OUT/$f"
 }
 
-settle() { sleep 0.3; }  # let the listeners subscribe / print before the next step
+wait_listening() {  # until every listener has its netlink socket (deadline 10 s)
+    local p deadline=$((SECONDS + 10))
+    for p in "${PIDS[@]}"; do
+        until find "/proc/$p/fd" -lname 'socket:*' 2>/dev/null | grep -q .; do
+            [ $SECONDS -lt $deadline ] || { echo "conntrack -E did not start" >&2; exit 1; }
+            sleep 0.05
+        done
+    done
+}
 
 # --- phase 1: accounting and timestamps on --------------------------------------------
 nsx sysctl -q -w net.netfilter.nf_conntrack_acct=1 net.netfilter.nf_conntrack_timestamp=1
@@ -268,10 +277,10 @@ listen events-acct-ts-ext-id.txt -o timestamp,extended,id
 listen events-acct-plain.txt
 listen events-acct-ts.txt -o timestamp
 listen events-acct-id-ktimestamp-labels-userspace.txt -o id,ktimestamp,labels,userspace
-settle
+wait_listening
 ip netns exec "$NS" python3 "$TMP/traffic.py" hold 4 &
 HOLD=$!
-sleep 0.5
+sleep 0.5  # the held connection comes first in the logs
 nsx python3 "$TMP/traffic.py" full
 listing list-acct-plain.txt
 listing list-acct-ext-id.txt -o extended,id
@@ -282,19 +291,17 @@ nsx conntrack -D -p udp --dport 5003 >/dev/null 2>&1 || true  # DESTROY [USERSPA
 wait "$HOLD"
 wait_destroys events-acct-ts-ext-id.txt
 nsx conntrack -F >/dev/null 2>&1 || true
-settle
 stop_listeners
 
 # --- phase 2: accounting and timestamps off --------------------------------------------
 nsx sysctl -q -w net.netfilter.nf_conntrack_acct=0 net.netfilter.nf_conntrack_timestamp=0
 listen events-noacct-ts-ext-id.txt -o timestamp,extended,id
 listen events-noacct-plain.txt
-settle
+wait_listening
 nsx python3 "$TMP/traffic.py" basic
 listing list-noacct-plain.txt
 listing list-noacct-ext-id.txt -o extended,id
 wait_destroys events-noacct-ts-ext-id.txt
-settle
 stop_listeners
 
 # The listeners' trailers went to stderr; keep them (in file-name order) in a file of their own.
