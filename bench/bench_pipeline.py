@@ -55,9 +55,12 @@ def main() -> None:
         t1 = time.perf_counter()
         counters = replay.run(settings, [str(log)], rundir=rundir)
         elapsed = time.perf_counter() - t1
-        stored = len(cap.records())
-    with open(os.path.join(rundir, "mirror.out")) as fh:
-        mirrored = sum(1 for _ in fh)
+        stored = cap.stats().get("Flows", -1)
+    mirrored = 0
+    for name in os.listdir(rundir):  # supervisord rotates the screen output (mirror.out.N)
+        if name.startswith("mirror.out"):
+            with open(os.path.join(rundir, name), "rb") as fh:
+                mirrored += fh.read().count(b"\n")  # a line split by rotation counts once
     exp = counters.get("export", {})
     v4_expected = exp.get("records", 0) - exp.get("c0_skipped_ipv6", 0)
     print(f"replay wall time (incl. supervisord start/stop): {elapsed:.2f} s")

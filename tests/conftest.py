@@ -12,6 +12,12 @@ import os
 import shutil
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# No timing in tests: hypothesis' per-example deadline would make a busy 2-core CI
+# machine fail property tests for being slow, not wrong.
+settings.register_profile("nfflowd", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("nfflowd")
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
