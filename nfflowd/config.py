@@ -187,12 +187,12 @@ def load_resolved(path: str) -> Settings:
 def stage_sections(s: Settings) -> dict[str, dict[str, Any]]:
     """Per stage, the settings it depends on: a stage whose part changed must restart."""
     d = to_dict(s)
-    ingest = {"source": d["source"]}
+    ingest: dict[str, Any] = {"source": d["source"], "active_timeout": s.export.active_timeout}
     if s.source.type == "conntrack":
         ingest["conntrack"] = d["conntrack"]
     return {
         "ingest": ingest,
-        "correlate": {"ct2ft": d["ct2ft"]},
+        "correlate": {"ct2ft": d["ct2ft"], "active_timeout": s.export.active_timeout},
         "export": {"export": d["export"]},
         "mirror": {"mirror": d["mirror"], "exaddr": s.export.exaddr},
     }

@@ -67,6 +67,7 @@ SECTIONS = {
         "observation_domain",
         "template_refresh_packets",
         "template_refresh_seconds",
+        "active_timeout",
     ),
     "flow_send": ("args", "progname", "format"),
     "flow_import": None,  # obsolete: anything goes
@@ -215,6 +216,7 @@ def _export(v: _V) -> ExportSettings:
         v.integer((*k, "observation_domain"), 0, 0, 2**32 - 1, "an observation domain id"),
         v.integer((*k, "template_refresh_packets"), 20, 0, 2**31, "a number of datagrams"),
         v.integer((*k, "template_refresh_seconds"), 1800, 0, 2**31, "a number of seconds"),
+        v.integer((*k, "active_timeout"), 0, 0, 2**31, "a number of seconds (0 = off)"),
     )
 
 

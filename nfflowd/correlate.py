@@ -65,8 +65,21 @@ def is_natted(ev: ConntrackEvent) -> bool:
     return False
 
 
-def flow_records(ev: ConntrackEvent, start_ns: int, end_ns: int) -> list[FlowRecord]:
-    """The flow records of one finished connection (see the module docstring)."""
+Counters = tuple[int | None, int | None, int | None, int | None]
+
+
+def flow_records(
+    ev: ConntrackEvent,
+    start_ns: int,
+    end_ns: int,
+    counters: Counters | None = None,
+    end: int = EndReason.END_OF_FLOW,
+) -> list[FlowRecord]:
+    """The flow records of one connection (see the module docstring).
+
+    *counters* (orig packets, orig bytes, reply packets, reply bytes) replace the
+    event's own, e.g. the deltas of an active-timeout report.
+    """
     first = start_ns // _NS_PER_MS
     last = end_ns // _NS_PER_MS
     if last < first:
@@ -85,12 +98,11 @@ def flow_records(ev: ConntrackEvent, start_ns: int, end_ns: int) -> list[FlowRec
     else:
         o_sport = o_dport = r_sport = r_dport = out_sport = out_dport = 0
         back_sport = back_dport = 0
-    o_pkts, o_bytes, r_pkts, r_bytes = (
+    o_pkts, o_bytes, r_pkts, r_bytes = counters or (
         ev.orig_packets, ev.orig_bytes, ev.reply_packets, ev.reply_bytes
     )  # fmt: skip
     out: list[FlowRecord] = []
     fam, mark, zone, ctid = ev.family, ev.mark, ev.zone, ev.ct_id or 0
-    end = EndReason.END_OF_FLOW
     left_src, left_dst = ev.reply_dst, ev.reply_src
     if o_pkts is None or o_pkts or o_bytes:
         pk, by = o_pkts or 0, o_bytes or 0
@@ -113,6 +125,18 @@ def flow_records(ev: ConntrackEvent, start_ns: int, end_ns: int) -> list[FlowRec
     return out
 
 
+def _deltas(ev: ConntrackEvent, reported: list[int]) -> Counters:
+    """The event's counters minus what was already reported (None stays None)."""
+    if ev.orig_packets is None:
+        return (None, None, None, None)
+    return (
+        ev.orig_packets - reported[2],
+        (ev.orig_bytes or 0) - reported[3],
+        (ev.reply_packets or 0) - reported[4],
+        (ev.reply_bytes or 0) - reported[5],
+    )
+
+
 @dataclass
 class CorrelatorCounters:
     new: int = 0
@@ -122,6 +146,7 @@ class CorrelatorCounters:
     new_duplicate: int = 0
     purged: int = 0
     records: int = 0
+    interim_reports: int = 0
 
 
 @dataclass
@@ -129,13 +154,23 @@ class Correlator:
     """The open-connection table and the DESTROY -> records step.
 
     Open connections are keyed by conntrack id when the source reports one,
-    else by :func:`tuple_key`; the value is the start time in ns.  Entries
-    older than *ttl_s* (measured on the events' own clock, so replays of old
-    logs purge as live runs do) are dropped by :meth:`purge`.
+    else by :func:`tuple_key`; the value is the start time in ns (an int: the
+    common case stays small), or, once a long connection has been reported by
+    the active timeout, a list ``[start_ns, last_report_ns, orig_packets,
+    orig_bytes, reply_packets, reply_bytes]`` of what was reported so far.
+    Entries older than *ttl_s* (measured on the events' own clock, so replays
+    of old logs purge as live runs do) are dropped by :meth:`purge`.
+
+    Active timeout (*active_timeout_s* > 0): an event that carries counters for
+    an open connection (an entry of a periodic kernel dump, an UPDATE) whose
+    last report is at least that old yields records with the counter deltas
+    since then (end reason ACTIVE_TIMEOUT); the DESTROY yields the remainder.
+    The records of one connection add up exactly to the kernel's final counters.
     """
 
     ttl_s: int = 604800
-    open: dict[object, int] = field(default_factory=dict)
+    active_timeout_s: int = 0
+    open: dict[object, int | list[int]] = field(default_factory=dict)
     counters: CorrelatorCounters = field(default_factory=CorrelatorCounters)
     clock_ns: int = 0  # the newest event time seen
 
@@ -146,30 +181,58 @@ class Correlator:
             self.clock_ns = t
         etype = ev.type
         table = self.open
-        if etype == _NEW:
+        if etype != _DESTROY:
             key: object = ev.ct_id if ev.ct_id is not None else tuple_key(ev)
-            if key in table:
+            entry = table.get(key)
+            if etype == _NEW:
+                self.counters.new += 1
+                if entry is None:
+                    table[key] = ev.start_ns if ev.start_ns is not None else t
+                    return
                 self.counters.new_duplicate += 1
             else:
-                table[key] = ev.start_ns if ev.start_ns is not None else t
-            self.counters.new += 1
-            return
-        if etype != _DESTROY:
-            self.counters.update += 1
+                self.counters.update += 1
+                if entry is None:
+                    return
+            if self.active_timeout_s and ev.orig_packets is not None:
+                self._maybe_report(key, entry, ev, out)
             return
         self.counters.destroy += 1
-        start = None
+        entry = None
         if ev.ct_id is not None:
-            start = table.pop(ev.ct_id, None)
-        if start is None:
-            start = table.pop(tuple_key(ev), None)
-        if ev.start_ns is not None:
-            start = ev.start_ns
-        elif start is None:
-            self.counters.destroy_without_new += 1
-            start = t - ev.delta_time * _NS_PER_S if ev.delta_time is not None else t
+            entry = table.pop(ev.ct_id, None)
+        if entry is None:
+            entry = table.pop(tuple_key(ev), None)
         end = ev.stop_ns if ev.stop_ns is not None else t
-        recs = flow_records(ev, start, end)
+        if isinstance(entry, list):  # reported before: the remainder since the last report
+            recs = flow_records(ev, entry[1], end, _deltas(ev, entry))
+        else:
+            start = entry
+            if ev.start_ns is not None:
+                start = ev.start_ns
+            elif start is None:
+                self.counters.destroy_without_new += 1
+                start = t - ev.delta_time * _NS_PER_S if ev.delta_time is not None else t
+            recs = flow_records(ev, start, end)
+        self.counters.records += len(recs)
+        out.extend(recs)
+
+    def _maybe_report(
+        self, key: object, entry: int | list[int], ev: ConntrackEvent, out: list[FlowRecord]
+    ) -> None:
+        """Active timeout: report a long connection's counter deltas since its last report."""
+        now = ev.time_ns
+        if isinstance(entry, list):
+            start, since = entry[0], entry[1]
+        else:
+            start = since = ev.start_ns if ev.start_ns is not None else entry
+        if now - since < self.active_timeout_s * _NS_PER_S:
+            return
+        base = entry if isinstance(entry, list) else [start, since, 0, 0, 0, 0]
+        recs = flow_records(ev, since, now, _deltas(ev, base), EndReason.ACTIVE_TIMEOUT)
+        self.open[key] = [start, now, ev.orig_packets or 0, ev.orig_bytes or 0,
+                          ev.reply_packets or 0, ev.reply_bytes or 0]  # fmt: skip
+        self.counters.interim_reports += 1
         self.counters.records += len(recs)
         out.extend(recs)
 
@@ -184,7 +247,7 @@ class Correlator:
         """Forget unfinished connections that started more than ttl_s ago."""
         now = self.clock_ns if now_ns is None else now_ns
         limit = now - self.ttl_s * _NS_PER_S
-        stale = [k for k, start in self.open.items() if start < limit]
+        stale = [k for k, v in self.open.items() if (v if isinstance(v, int) else v[1]) < limit]
         for k in stale:
             del self.open[k]
         self.counters.purged += len(stale)

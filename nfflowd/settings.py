@@ -81,6 +81,7 @@ class ExportSettings:
     observation_domain: int = 0  # NetFlow v9 source id / IPFIX observation domain id
     template_refresh_packets: int = 20  # re-send templates every N datagrams (v9/IPFIX) ...
     template_refresh_seconds: int = 1800  # ... and every T seconds, whichever comes first
+    active_timeout: int = 0  # s; connections open longer are reported periodically (0 = off)
 
 
 @dataclass(frozen=True)

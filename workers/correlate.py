@@ -26,7 +26,9 @@ QUIET_S = 0.5
 
 def main(argv: list[str] | None = None) -> int:
     stage = Stage("correlate", argv)
-    corr = Correlator(ttl_s=stage.settings.ct2ft.ttl)
+    corr = Correlator(
+        ttl_s=stage.settings.ct2ft.ttl, active_timeout_s=stage.settings.export.active_timeout
+    )
     inp = stage.socket("events", "receiver")
     outs = [stage.socket("flows.export", "sender"), stage.socket("flows.mirror", "sender")]
     seq = 0

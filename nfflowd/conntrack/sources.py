@@ -236,7 +236,7 @@ class NetlinkSource:
     #: Datagrams read per call; each carries one event, so this bounds a batch.
     MAX_READS = 2000
 
-    def __init__(self, settings: SourceSettings) -> None:
+    def __init__(self, settings: SourceSettings, *, dump_interval_s: float = 0.0) -> None:
         from nfflowd.conntrack import kernel
 
         self._kernel = kernel
@@ -254,7 +254,9 @@ class NetlinkSource:
         )
         self.netns = settings.netns
         self.exhausted = False
-        self.counters: dict[str, int] = {"resyncs": 0, "dumped": 0}
+        self.counters: dict[str, int] = {"resyncs": 0, "dumped": 0, "periodic_dumps": 0}
+        self.dump_interval_s = dump_interval_s
+        self._next_dump = time.monotonic() + dump_interval_s
         self._pending = self._dump()
         log.info(
             "listening to conntrack events%s (rcvbuf %d, %s mode); %d open connections",
@@ -278,6 +280,11 @@ class NetlinkSource:
         if not out:
             select.select([self.listener.fileno()], [], [], timeout_s)
         out += self.listener.recv_events(self.MAX_READS)
+        if self.dump_interval_s and time.monotonic() >= self._next_dump:
+            # the counters of open connections, for the active timeout (see correlate.py)
+            self._next_dump = time.monotonic() + self.dump_interval_s
+            self.counters["periodic_dumps"] += 1
+            out += self._dump()
         if self.listener.take_resync():
             self.counters["resyncs"] += 1
             log.warning(

@@ -182,3 +182,36 @@ def test_tuple_match_without_id_and_ttl_purge() -> None:
     assert len(c.open) == 2 and c.counters.purged == 1
     c.feed(ev(EventType.DESTROY, 110, other, ("74.125.6.225", "192.76.7.154", 80, 1111)), out)
     assert out[0].first_ms == 50_000 and len(c.open) == 1
+
+
+def test_active_timeout_interim_records_add_up_to_the_final_counters() -> None:
+    c = Correlator(active_timeout_s=5)
+    out: list[FlowRecord] = []
+    c.feed(ev(EventType.NEW, 0, SNAT_ORIG, SNAT_REPLY, counters=None, ct_id=9), out)
+    # periodic kernel dumps: (orig pkts, orig bytes, reply pkts, reply bytes) so far
+    for t, cnt in [(3, (5, 500, 4, 4000)), (6, (10, 1000, 8, 8000)), (9, (12, 1200, 8, 8000)),
+                   (12, (20, 2000, 15, 15000))]:  # fmt: skip
+        c.feed(ev(EventType.NEW, t, SNAT_ORIG, SNAT_REPLY, counters=cnt, ct_id=9), out)
+    interim = list(out)
+    # reported at 6 s (>= 5 s since the start) and at 12 s (>= 5 s since 6 s), not at 3 or 9
+    assert {(r.first_ms, r.last_ms) for r in interim} == {(0, 6000), (6000, 12000)}
+    assert all(r.end_reason == 2 for r in interim)  # IPFIX flowEndReason: active timeout
+    c.feed(ev(EventType.DESTROY, 14, SNAT_ORIG, SNAT_REPLY, counters=(21, 2100, 17, 17100),
+              ct_id=9), out)  # fmt: skip
+    final = out[len(interim) :]
+    assert {(r.first_ms, r.last_ms, r.end_reason) for r in final} == {(12000, 14000, 3)}
+    for direction, (pk, by) in {1: (21, 2100), 2: (21, 2100), 3: (17, 17100)}.items():
+        mine = [r for r in out if r.direction == direction]
+        assert (sum(r.packets for r in mine), sum(r.octets for r in mine)) == (pk, by)
+    assert c.open == {} and c.counters.interim_reports == 2
+
+
+def test_active_timeout_skips_directions_without_new_traffic() -> None:
+    c = Correlator(active_timeout_s=1)
+    out: list[FlowRecord] = []
+    c.feed(ev(EventType.NEW, 0, SNAT_ORIG, SNAT_REPLY, counters=None, ct_id=3), out)
+    c.feed(ev(EventType.NEW, 2, SNAT_ORIG, SNAT_REPLY, counters=(4, 400, 0, 0), ct_id=3), out)
+    assert [Direction(r.direction).name for r in out] == ["ORIGINAL_IN", "ORIGINAL_OUT"]
+    out.clear()
+    c.feed(ev(EventType.DESTROY, 3, SNAT_ORIG, SNAT_REPLY, counters=(4, 400, 0, 0), ct_id=3), out)
+    assert out == []  # everything was reported already
