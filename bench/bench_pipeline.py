@@ -21,11 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nfflowd.nfcapd import Nfcapd
-
 from bench.gen_events import generate
 from nfflowd import replay
 from nfflowd.config import Collector, Dispatcher, load
+from nfflowd.nfcapd import Nfcapd
 
 
 def main() -> None:
