@@ -1,0 +1,128 @@
+"""Every verb of the command line, against a real supervisord."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nfflowd import control
+from tests.pipeline_harness import GOLDEN, nfflowd, write_config
+
+
+def pids(rundir: Path) -> dict[str, int]:
+    return {p["name"]: p["pid"] for p in control.processes(str(rundir))}
+
+
+def wait_all_running(rundir: Path, timeout: float = 20) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if control.is_running(str(rundir)):
+            infos = control.processes(str(rundir))
+            if len(infos) == 4 and all(p["statename"] == "RUNNING" for p in infos):
+                return {p["name"]: p["pid"] for p in infos}
+        time.sleep(0.1)
+    raise AssertionError("stages did not all reach RUNNING")
+
+
+def config(tmp_path: Path, engine_id: int = 0) -> Path:
+    return write_config(
+        tmp_path / "nfflowd.conf", collector_port=None, syslog_socket=None,
+        rundir=tmp_path / "run", screen=True,
+        extra=(f"<source>\n  type file\n  path {GOLDEN / 'lab-events.log'}\n</source>\n"
+               f"<export>\n  engine_id {engine_id}\n</export>\n"),
+    )  # fmt: skip
+
+
+def test_help_and_version() -> None:
+    out = nfflowd("help").stdout
+    assert "Usage: nfflowd [ -c file ] [ -f ]" in out and "replay" in out
+    assert nfflowd("version").stdout.startswith("nfflowd ")
+    bad = nfflowd("frobnicate", check=False)
+    assert bad.returncode == 2 and "unknown command" in bad.stderr
+
+
+@pytest.mark.timeout(180)
+def test_start_check_reload_restart_stop(tmp_path: Path) -> None:
+    conf = config(tmp_path)
+    run = tmp_path / "run"
+    assert "started" in nfflowd("-c", str(conf), "start").stdout
+    try:
+        before = wait_all_running(run)
+        # a second start for the same run directory is refused
+        again = nfflowd("-c", str(conf), "start", check=False)
+        assert again.returncode == 1 and "already running" in again.stderr
+        check = nfflowd("-c", str(conf), "check").stdout
+        for stage, pid in before.items():
+            assert f"stage    {stage:<10} RUNNING   pid {pid}" in check
+        # supervisorctl on the rendered config sees the group
+        status = subprocess.run(
+            [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(run / "supervisord.conf"),
+             "status"], capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert status.stdout.count("nfflowd:") == 4 and "RUNNING" in status.stdout
+        # reload restarts only the stage whose settings changed
+        config(tmp_path, engine_id=7)
+        assert "restarted: export" in nfflowd("-c", str(conf), "reload").stdout
+        after = wait_all_running(run)
+        assert after["export"] != before["export"]
+        assert {s: after[s] for s in ("ingest", "correlate", "mirror")} == {
+            s: before[s] for s in ("ingest", "correlate", "mirror")
+        }
+        assert "nothing" in nfflowd("-c", str(conf), "reload").stdout
+        # restart replaces every stage
+        nfflowd("-c", str(conf), "restart")
+        renewed = wait_all_running(run)
+        assert all(renewed[s] != after[s] for s in renewed)
+    finally:
+        nfflowd("-c", str(conf), "stop", check=False)
+    assert not control.is_running(str(run))
+    assert "not running" in nfflowd("-c", str(conf), "stop").stdout
+
+
+@pytest.mark.timeout(120)
+def test_foreground_start_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    conf = config(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nfflowd.cli", "-c", str(conf), "-f", "start"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_all_running(tmp_path / "run")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    assert not control.is_running(str(tmp_path / "run"))
+    # everything the file source read was mirrored before the stages exited
+    lines = (tmp_path / "run" / "mirror.out").read_text().splitlines()
+    assert len(lines) == len((GOLDEN / "lab-expected.csv").read_text().splitlines())
+
+
+def test_install_writes_a_systemd_unit(tmp_path: Path) -> None:
+    conf = config(tmp_path)
+    out = nfflowd("-c", str(conf), "install", "--root", str(tmp_path / "root")).stdout
+    unit = (tmp_path / "root" / "etc/systemd/system/nfflowd.service").read_text()
+    assert f"-c {conf} -f start" in unit and "ExecReload=" in unit and "[Install]" in unit
+    assert "systemctl" in out
+
+
+def test_check_reports_config_errors_with_place(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.conf"
+    bad.write_text("<flow_send>\n  args 10.0.0.1\n  args 10.0.0.2\n</flow_send>\n")
+    res = nfflowd("-c", str(bad), "check", check=False)
+    assert res.returncode == 1
+    assert str(bad) in res.stderr and "three arguments for flow_send" in res.stderr
+
+
+def test_check_explains_the_seed_minus_n(tmp_path: Path) -> None:
+    conf = tmp_path / "old.conf"
+    conf.write_text("<conntrack>\n  format -E -e NEW,DESTROY -o timestamp -n\n</conntrack>\n")
+    out = nfflowd("-c", str(conf), "check", check=False).stdout
+    assert "-n means --src-nat" in out
