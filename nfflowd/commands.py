@@ -32,7 +32,9 @@ def cmd_start(config: str | None, foreground: bool, args: list[str]) -> int:
     settings = _load(config)
     if settings is None:
         return 1
-    for level, text in environment.source_findings(settings) + environment.kernel_findings():
+    for level, text in environment.source_findings(settings) + environment.kernel_findings(
+        settings
+    ):
         if level in ("warning", "error"):
             sys.stderr.write(f"nfflowd: {level}: {text}\n")
     rundir = settings.daemon.rundir
@@ -143,7 +145,7 @@ def cmd_check(config: str | None, foreground: bool, args: list[str]) -> int:
         + environment.source_findings(settings)
         + environment.export_findings(settings)
         + environment.mirror_findings(settings)
-        + environment.kernel_findings()
+        + environment.kernel_findings(settings)
     )
     rundir = settings.daemon.rundir
     stages = control.processes(rundir) if control.is_running(rundir) else []

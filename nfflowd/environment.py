@@ -23,28 +23,46 @@ KERNEL_SWITCHES = {
 Finding = tuple[str, str]  # (level: "ok" | "note" | "warning" | "error", text)
 
 
-def read_sysctl(name: str) -> str | None:
-    try:
-        with open(os.path.join(SYSCTL_DIR, name)) as fh:
-            return fh.read().strip()
-    except OSError:
-        return None
+def read_sysctls(netns: str | None = None) -> dict[str, str | None]:
+    """The kernel switches as seen in *netns* (None: ours); a missing one is None."""
+    if netns is not None:
+        from nfflowd.conntrack.kernel import kernel_settings
+
+        try:
+            found = kernel_settings(netns)
+        except OSError:
+            return dict.fromkeys(KERNEL_SWITCHES)
+        return {k.rsplit(".", 1)[-1]: v for k, v in found.items()}
+    out: dict[str, str | None] = {}
+    for name in KERNEL_SWITCHES:
+        try:
+            with open(os.path.join(SYSCTL_DIR, name)) as fh:
+                out[name] = fh.read().strip()
+        except OSError:
+            out[name] = None
+    return out
 
 
-def kernel_findings() -> list[Finding]:
+def kernel_findings(settings: Settings | None = None) -> list[Finding]:
+    """The kernel switches where the source reads (its ``<source> netns``, else here)."""
+    netns = settings.source.netns if settings is not None else None
+    where = f" (netns {netns})" if netns else ""
+    values = read_sysctls(netns)
+    if all(v is None for v in values.values()):
+        return [("warning", f"net.netfilter switches not found{where}: is nf_conntrack loaded?")]
     out: list[Finding] = []
-    if not os.path.isdir(SYSCTL_DIR):
-        return [("warning", f"{SYSCTL_DIR} missing: is nf_conntrack loaded in this namespace?")]
     for name, meaning in KERNEL_SWITCHES.items():
-        value = read_sysctl(name)
+        value = values.get(name)
         if value is None:
-            out.append(("warning", f"net.netfilter.{name}: not present ({meaning})"))
-        elif name == "nf_conntrack_events":
-            level = "ok" if value in ("1", "2") else "warning"
-            out.append((level, f"net.netfilter.{name} = {value}: {meaning}"))
+            out.append(("warning", f"net.netfilter.{name}{where}: not present ({meaning})"))
+            continue
+        good = value in ("1", "2") if name == "nf_conntrack_events" else value == "1"
+        if not good and settings is not None and settings.source.set_sysctls:
+            level = "note"
+            meaning += "; <source> set_sysctls 1 turns it on at start"
         else:
-            level = "ok" if value == "1" else "warning"
-            out.append((level, f"net.netfilter.{name} = {value}: {meaning}"))
+            level = "ok" if good else "warning"
+        out.append((level, f"net.netfilter.{name}{where} = {value}: {meaning}"))
     return out
 
 
