@@ -25,6 +25,8 @@ from nfflowd.config import Settings, load_resolved
 from nfflowd.messages import FlowBatch, FlowRecord, Marker, Notice
 
 SETTINGS_FILE = "settings.json"
+#: A stopping stage waits this long for its input to go quiet when no drain marker comes.
+QUIET_S = 0.5
 
 log = logging.getLogger("nfflowd")
 
@@ -89,6 +91,17 @@ class Stage:
         self.stopping = True
         self.stop_deadline = time.monotonic() + float(os.environ.get("NFFLOWD_DRAIN_S", "10"))
 
+    def done_draining(self, last_input: float) -> bool:
+        """True once a stop was asked and input has been quiet (or the deadline passed).
+
+        A stage that is told to stop keeps handling what still arrives, so what
+        upstream sent before stopping is not lost.
+        """
+        if not self.stopping:
+            return False
+        now = time.monotonic()
+        return now - last_input > QUIET_S or now > self.stop_deadline
+
     def socket(self, name: str, side: str, *, hwm: int = 1000) -> zmq.Socket[bytes]:
         return endpoints.open_socket(self.ctx, self.rundir, name, side, hwm=hwm)
 
@@ -141,10 +154,6 @@ class Sink(Protocol):
         ...
 
 
-#: A stopping terminal stage waits this long for input to go quiet when no drain marker comes.
-QUIET_S = 0.5
-
-
 def consume(stage: Stage, link: str, sink: Sink) -> None:
     """The loop of a terminal stage: flow batches in, *sink* does the work.
 
@@ -159,9 +168,7 @@ def consume(stage: Stage, link: str, sink: Sink) -> None:
     dirty = False
     try:
         while True:
-            if stage.stopping and (
-                time.monotonic() - last_input > QUIET_S or time.monotonic() > stage.stop_deadline
-            ):
+            if stage.done_draining(last_input):
                 break
             if not inp.poll(100, zmq.POLLIN):
                 if dirty or sink.pending():

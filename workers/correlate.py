@@ -20,8 +20,6 @@ from nfflowd.stage import Stage
 log = logging.getLogger("nfflowd.correlate")
 
 PURGE_INTERVAL_S = 60.0
-#: A stopping correlate waits this long for input to go quiet when no drain marker comes.
-QUIET_S = 0.5
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,9 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     last_input = time.monotonic()
     try:
         while True:
-            if stage.stopping and (
-                time.monotonic() - last_input > QUIET_S or time.monotonic() > stage.stop_deadline
-            ):
+            if stage.done_draining(last_input):
                 break
             if not inp.poll(200, zmq.POLLIN):
                 if time.monotonic() >= next_purge:
