@@ -126,7 +126,9 @@ class ProgramSource:
     each restart is counted and logged with the program's last error output.
     """
 
-    def __init__(self, progname: str, init_format: str, fmt: str) -> None:
+    def __init__(
+        self, progname: str, init_format: str, fmt: str, *, restart_delay_s: float = 1.0
+    ) -> None:
         self.init_argv = [progname, *shlex.split(init_format)] if init_format else []
         self.argv = [progname, *shlex.split(fmt)]
         self.counters: dict[str, int] = {"program_starts": 0, "program_exits": 0}
@@ -135,7 +137,8 @@ class ProgramSource:
         self._proc: subprocess.Popen[bytes] | None = None
         self._buf = b""
         self._pending: list[ConntrackEvent] = []
-        self._backoff = 1.0
+        self._first_backoff = restart_delay_s
+        self._backoff = restart_delay_s
         self._next_start = 0.0
         if self.init_argv:
             self._pending = self._listing()
@@ -195,7 +198,7 @@ class ProgramSource:
         if not chunk:
             self._on_exit(proc)
             return out
-        self._backoff = 1.0
+        self._backoff = self._first_backoff
         data = self._buf + chunk
         lines = data.split(b"\n")
         self._buf = lines.pop()

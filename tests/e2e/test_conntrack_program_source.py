@@ -1,0 +1,82 @@
+"""`<source> type conntrack`: the 2009 way (the conntrack program's text), in the live lab.
+
+nfflowd runs the program named in `<conntrack> progname` with `init_format`
+(the listing of open connections) and `format` (the event stream), as the seed
+did.  To read the lab firewall's table from the root namespace the program is
+`ip` and its arguments enter the namespace first.  Also: the program dying is
+restarted by the source (counted), not the whole stage.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from nfflowd import lab as labmod
+from nfflowd.conntrack.sources import ProgramSource
+from nfflowd.nfcapd import Nfcapd
+from tests.e2e.conftest import lab_prefix
+from tests.pipeline_harness import nfflowd, write_config
+
+
+@pytest.mark.root
+@pytest.mark.timeout(120)
+def test_conntrack_program_source_in_the_lab(tmp_path: Path, lab_ready: None) -> None:
+    rundir = tmp_path / "run"
+    with labmod.running(lab_prefix("prog")) as lab, Nfcapd() as cap:
+        conf = write_config(
+            tmp_path / "nfflowd.conf", collector_port=cap.port, syslog_socket=None,
+            rundir=rundir, screen=True,
+            extra=(
+                "<source>\n  type conntrack\n</source>\n"
+                "<conntrack>\n  progname ip\n"
+                f"  init_format netns exec {lab.fw} conntrack -L\n"
+                f"  format netns exec {lab.fw} conntrack -E -e NEW,DESTROY -o timestamp,id\n"
+                "</conntrack>\n"
+            ),
+        )  # fmt: skip
+        nfflowd("-c", str(conf), "start")
+        try:
+            time.sleep(1.5)  # the program starts and subscribes
+            flows = labmod.traffic(lab)
+            time.sleep(3.5)
+            labmod.expire(lab)
+            labmod.flush(lab)
+            time.sleep(1.0)
+        finally:
+            nfflowd("-c", str(conf), "stop", check=False)
+        stored = cap.records()
+    lines = (rundir / "mirror.out").read_text().splitlines()
+    # every connection of the mix: 3 records when NATed and replied, 2 without NAT / reply
+    expected = sum((3 if f.nat != "none" else 2) - (0 if f.replied else 1) for f in flows)
+    assert len(lines) == expected
+    v4 = [f for f in flows if f.family == 4]
+    assert len(stored) == sum((3 if f.nat != "none" else 2) - (0 if f.replied else 1) for f in v4)
+    protos = Counter(r["proto"] for r in stored)
+    assert protos[6] and protos[17] and protos[1] and protos[47]
+
+
+def test_program_source_restarts_a_dead_program(tmp_path: Path) -> None:
+    """The program exits after one line: the source logs, counts and runs it again."""
+    script = tmp_path / "fake-conntrack"
+    script.write_text(
+        "#!/bin/sh\n"
+        "echo '[1795714525.646611]\t[DESTROY] udp      17 src=10.0.1.2 dst=203.0.113.2 "
+        "sport=1 dport=2 packets=1 bytes=28 src=203.0.113.2 dst=10.0.1.2 sport=2 dport=1 "
+        "packets=1 bytes=28 id=5'\n"
+        "echo 'garbage line' \n"
+        "exit 3\n"
+    )
+    script.chmod(0o755)
+    src = ProgramSource(str(script), "", "-E", restart_delay_s=0.05)
+    events = []
+    deadline = time.monotonic() + 10
+    while src.counters["program_starts"] < 3 and time.monotonic() < deadline:
+        events += src.read(0.1)
+    src.close()
+    assert src.counters["program_starts"] >= 3 and src.counters["program_exits"] >= 2
+    assert len(events) >= 2 and all(e.ct_id == 5 for e in events)
+    assert src.counters["malformed_lines"] >= 2
