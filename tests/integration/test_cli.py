@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -53,6 +54,11 @@ def test_start_check_reload_restart_stop(tmp_path: Path) -> None:
     assert "started" in nfflowd("-c", str(conf), "start").stdout
     try:
         before = wait_all_running(run)
+        # no other local user may reach the endpoints or supervisord's socket
+        assert stat.S_IMODE(run.stat().st_mode) == 0o700
+        sockets = [*run.glob("*.ipc"), run / "supervisor.sock"]
+        assert len(sockets) >= 4
+        assert all(stat.S_IMODE(s.stat().st_mode) & 0o077 == 0 for s in sockets), sockets
         # a second start for the same run directory is refused
         again = nfflowd("-c", str(conf), "start", check=False)
         assert again.returncode == 1 and "already running" in again.stderr
