@@ -1,0 +1,165 @@
+"""Lossless links between stages: numbered batches, acknowledgements, resend, de-duplication.
+
+One module, pure (no sockets), so the protocol can be tested as a state machine.
+
+Per link (ingest -> correlate, correlate -> export, correlate -> mirror)::
+
+    sender                                   receiver
+    Outbox.add(batch) -> seq                 Inbox.accept(incarnation, seq) -> new or duplicate
+      keeps the encoded batch until ...      ... its effects are durable downstream, then
+    Outbox.ack(upto)  <------- Ack(upto) ---  acknowledges cumulatively (Acker)
+    Outbox.pending()  <------ Hello(inc) ---  a (re)started receiver says hello (every second,
+      resends every unacknowledged batch      which doubles as a heartbeat)
+
+* A batch is identified by (sender incarnation, seq): the incarnation is the
+  sender's start time in ns, seq counts from 1 per incarnation.  That pair is the
+  record identity that makes duplicates detectable.
+* A receiver de-duplicates: a batch already accepted from the same incarnation is
+  dropped and counted; a new incarnation (the sender restarted) starts afresh.
+* Acknowledgements are end to end: export and mirror acknowledge a flow batch
+  once it is sent to the collectors / delivered to every dispatcher; correlate
+  acknowledges an event batch once every flow batch derived from it (and from the
+  batches before it) is acknowledged by both export and mirror (:class:`Ledger`).
+  So a batch is released by ingest only when its records have left nfflowd.
+* Bounded memory: an outbox holds at most *limit* batches; a stage whose outbox is
+  full stops taking input (backpressure), down to ingest, whose kernel socket
+  buffer, reliable mode and resync then take over.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Outbox:
+    """Sender side of one link."""
+
+    limit: int = 1000
+    next_seq: int = 1
+    unacked: OrderedDict[int, bytes] = field(default_factory=OrderedDict)
+    acked_upto: int = 0
+    resent: int = 0
+    peer: int = 0  # incarnation of the receiver last heard from
+
+    def full(self) -> bool:
+        return len(self.unacked) >= self.limit
+
+    def add(self, payload: bytes) -> int:
+        """Keep *payload* (an encoded batch carrying the returned seq) until acknowledged."""
+        seq = self.next_seq
+        self.next_seq += 1
+        self.unacked[seq] = payload
+        return seq
+
+    def reserve(self) -> int:
+        """The seq the next :meth:`add` will use (to build the batch that carries it)."""
+        return self.next_seq
+
+    def ack(self, upto: int) -> int:
+        """Release every batch up to *upto*; return how many were released."""
+        released = 0
+        while self.unacked:
+            seq = next(iter(self.unacked))
+            if seq > upto:
+                break
+            del self.unacked[seq]
+            released += 1
+        self.acked_upto = max(self.acked_upto, upto)
+        return released
+
+    def hello(self, receiver_incarnation: int) -> list[bytes]:
+        """A receiver said hello: if it is a new one, everything unacknowledged goes again."""
+        if receiver_incarnation == self.peer:
+            return []
+        self.peer = receiver_incarnation
+        self.resent += len(self.unacked)
+        return list(self.unacked.values())
+
+
+@dataclass
+class Inbox:
+    """Receiver side of one link: accepts each (incarnation, seq) once."""
+
+    incarnation: int = 0
+    contiguous: int = 0  # every seq <= this was accepted
+    ahead: set[int] = field(default_factory=set)  # accepted seqs above `contiguous`
+    duplicates: int = 0
+    stale: int = 0  # batches from an older sender incarnation
+    restarts: int = 0  # sender incarnations seen after the first
+
+    def accept(self, incarnation: int, seq: int) -> bool:
+        """True when the batch is new; False (counted) when it was seen before."""
+        if incarnation != self.incarnation:
+            if incarnation < self.incarnation:
+                self.stale += 1
+                return False
+            if self.incarnation:
+                self.restarts += 1
+            self.incarnation, self.contiguous, self.ahead = incarnation, 0, set()
+        if seq <= self.contiguous or seq in self.ahead:
+            self.duplicates += 1
+            return False
+        if seq == self.contiguous + 1:
+            self.contiguous = seq
+            while self.contiguous + 1 in self.ahead:
+                self.contiguous += 1
+                self.ahead.discard(self.contiguous)
+        else:
+            self.ahead.add(seq)
+        return True
+
+
+@dataclass
+class Acker:
+    """What a terminal receiver acknowledges: seqs whose effects are durable, cumulatively."""
+
+    done: set[int] = field(default_factory=set)
+    upto: int = 0
+    incarnation: int = 0
+
+    def reset(self, incarnation: int) -> None:
+        self.incarnation, self.done, self.upto = incarnation, set(), 0
+
+    def durable(self, seq: int) -> int:
+        """Mark *seq* durable; return the new cumulative acknowledgement."""
+        self.done.add(seq)
+        while self.upto + 1 in self.done:
+            self.upto += 1
+            self.done.discard(self.upto)
+        return self.upto
+
+
+@dataclass
+class Ledger:
+    """Correlate's bookkeeping: which event batches may be acknowledged to ingest.
+
+    Every accepted event batch is recorded with the seq of the flow batch it
+    produced (0 when it produced none).  An event batch is acknowledged once it
+    and every earlier one are covered: its flow batch (if any) acknowledged by
+    every output.
+    """
+
+    outputs: tuple[str, ...] = ("export", "mirror")
+    entries: deque[tuple[int, int]] = field(default_factory=deque)  # (event seq, flow seq)
+    acked: dict[str, int] = field(default_factory=dict)  # output -> flow seq acked upto
+    event_acked: int = 0
+
+    def record(self, event_seq: int, flow_seq: int) -> None:
+        self.entries.append((event_seq, flow_seq))
+
+    def output_acked(self, output: str, upto: int) -> None:
+        self.acked[output] = max(self.acked.get(output, 0), upto)
+
+    def ackable(self) -> int:
+        """The cumulative event seq that can be acknowledged now (0: none yet)."""
+        floor = min(self.acked.get(o, 0) for o in self.outputs)
+        while self.entries and self.entries[0][1] <= floor:
+            self.event_acked = self.entries.popleft()[0]
+        return self.event_acked
+
+    def reset(self) -> None:
+        """The event sender restarted: its old batches will never be acknowledged."""
+        self.entries.clear()
+        self.event_acked = 0
