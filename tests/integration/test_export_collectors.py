@@ -1,0 +1,220 @@
+"""The export stage with several NetFlow v9 / IPFIX collectors at once, judged by nfdump.
+
+1. ``nfflowd replay`` of the lab's captured conntrack log through the real supervised
+   pipeline into a v9 nfcapd and an IPFIX nfcapd at the same time: each stores every
+   record of tests/data/golden/lab-expected.csv (IPv6 included, which v5 cannot carry),
+   with the NAT translations the golden README promises; so does the JSON mirror.
+2. A collector restart in mid-stream, through :class:`Exporter` (workers/export.py)
+   with ``template_refresh_packets 2``: while the collectors are down the sends are
+   refused and counted; once they are back they decode again from the next datagram
+   carrying the templates, which is at most one datagram later.
+
+Needs nfcapd and nfdump, not root.  Outside CI the tests skip when they are missing;
+under ``CI=true`` a missing program fails.
+"""
+
+from __future__ import annotations
+
+import importlib
+import ipaddress
+import os
+import shutil
+import struct
+import subprocess
+from collections import Counter
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nfflowd.config import Collector, ExportSettings
+from nfflowd.conntrack.text import parse_line
+from nfflowd.correlate import Correlator
+from nfflowd.formats import json_lines
+from nfflowd.messages import FlowRecord
+from nfflowd.nfcapd import Nfcapd, free_udp_port, parse_nfdump_line
+from tests.pipeline_harness import GOLDEN, csv_key, nfdump_key, nfflowd
+
+# workers/ is installed as nfflowd.workers; mypy checks it as `workers`, not under that name
+export_mod: Any = importlib.import_module("nfflowd.workers.export")
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+LOG = GOLDEN / "lab-events.log"
+EXPECTED = GOLDEN / "lab-expected.csv"
+VERSIONS = {"v9": 9, "ipfix": 10}
+#: nfdump output: the base fields, then the post-NAT fields and the direction.
+NFDUMP_FMT = "fmt:%ts|%te|%pr|%sa|%da|%sp|%dp|%pkt|%byt|%xsa|%xda|%xsp|%xdp|%dir"
+
+pytestmark = pytest.mark.skipif(
+    not IN_CI and not (shutil.which("nfcapd") and shutil.which("nfdump")),
+    reason="outside CI: nfcapd/nfdump (nfdump package) not installed",
+)
+
+
+def nat_rows(cap: Nfcapd) -> list[tuple[Any, ...]]:
+    """(nfdump_key..., post src, post dst, post sport, post dport, direction) per record."""
+    cap.stop()
+    rows = []
+    for path in cap.files():
+        res = subprocess.run(
+            ["nfdump", "-r", str(path), "-q", "-N", "-6", "-o", NFDUMP_FMT],
+            capture_output=True, text=True, timeout=60, check=True, env=dict(os.environ, TZ="UTC"),
+        )  # fmt: skip
+        for line in res.stdout.splitlines():
+            cols = [c.strip() for c in line.split("|")]
+            base = nfdump_key(parse_nfdump_line("|".join(cols[:9])))
+            rows.append((*base, cols[9], cols[10], int(cols[11]), int(cols[12]), cols[13]))
+    return rows
+
+
+def golden_nat(fmt: str) -> list[tuple[tuple[str, str, int, int], tuple[Any, ...], str]]:
+    """(record, its post-NAT side, direction) for connections of tests/data/golden/README.txt.
+
+    tcp4-snat, tcp4-dnat (the port forward), tcp4-nonat, tcp6-snat (NAT66); ``fmt`` v9,
+    ipfix or json.  nfdump 1.7's IPFIX table has no 281/282, so there an IPv6 post-NAT
+    address shows as 0.0.0.0.
+    """
+    c, s, pub, n = "10.0.1.2", "203.0.113.2", "203.0.113.1", "10.0.1.3"
+    c6, s6, pub6 = "fd00:1::2", "2001:db8:1::2", "2001:db8:1::1"
+
+    def v6(src: str, dst: str) -> tuple[str, str]:
+        return (src, dst) if fmt != "ipfix" else ("0.0.0.0", "0.0.0.0")
+
+    return [
+        ((c, s, 42995, 5001), (pub, s, 42995, 5001), "I"),  # SNAT: leaves as the fw
+        ((pub, s, 42995, 5001), (pub, s, 42995, 5001), "E"),
+        ((s, pub, 5001, 42995), (s, c, 5001, 42995), "I"),  # the reply goes back to c
+        ((s, pub, 60689, 8080), (s, c, 60689, 80), "I"),  # DNAT: forwarded to c:80
+        ((s, c, 60689, 80), (s, c, 60689, 80), "E"),
+        ((c, s, 80, 60689), (pub, s, 8080, 60689), "I"),  # the answer leaves as pub:8080
+        ((n, s, 53761, 5001), (n, s, 53761, 5001), "I"),  # no NAT
+        ((c6, s6, 33755, 5001), (*v6(pub6, s6), 33755, 5001), "I"),  # NAT66
+        ((s6, pub6, 5001, 33755), (*v6(s6, c6), 5001, 33755), "I"),
+    ]  # fmt: skip
+
+
+@pytest.mark.timeout(180)
+def test_replay_into_v9_and_ipfix_collectors_at_once(tmp_path: Path) -> None:
+    rundir = tmp_path / "run"
+    with Nfcapd() as v9cap, Nfcapd() as ipfixcap:
+        collectors = "".join(
+            f"  <collector>\n    address 127.0.0.1\n    port {cap.port}\n"
+            f"    version {version}\n  </collector>\n"
+            for cap, version in ((v9cap, 9), (ipfixcap, 10))
+        )
+        conf = tmp_path / "nfflowd.conf"
+        conf.write_text(
+            f"<export>\n  exaddr 127.0.0.1\n{collectors}</export>\n"
+            "<ptee>\n  <conf>\n    dispatchers screen\n    <screen>\n"
+            "      class Log::Dispatch::Screen\n      stderr 0\n      format json\n"
+            f"    </screen>\n  </conf>\n</ptee>\n<daemon>\n  rundir {rundir}\n</daemon>\n"
+        )
+        res = nfflowd("-c", str(conf), "replay", "--rundir", str(rundir), str(LOG))
+        got = {"v9": nat_rows(v9cap), "ipfix": nat_rows(ipfixcap)}
+    expected = [csv_key(x) for x in EXPECTED.read_text().splitlines() if x.strip()]
+    assert len(expected) == 27
+    want = Counter(k[:9] for k in expected)
+    for fmt, rows in got.items():
+        # every record, IPv4 and IPv6, times to the ms
+        assert len(rows) == len(expected), fmt
+        assert Counter(r[:9] for r in rows) == want, fmt
+        # a few records of the golden README's table, their post-NAT side included
+        for (src, dst, sport, dport), post, direction in golden_nat(fmt):
+            mine = [r for r in rows if r[2:6] == (src, dst, sport, dport)]
+            assert [r[9:] for r in mine] == [(*post, direction)], (fmt, src, dst, sport, dport)
+    assert "export" in res.stdout
+    # the JSON mirror has every record too, and every post-NAT address (281/282 included)
+    lines = [json_lines.parse_line(x) for x in (rundir / "mirror.out").read_text().splitlines()]
+    assert Counter(
+        (j["first_ms"], j["last_ms"], j["src"], j["dst"], j["sport"], j["dport"], j["proto"],
+         j["packets"], j["bytes"])
+        for j in lines
+    ) == want  # fmt: skip
+    assert {j["exaddr"] for j in lines} == {"127.0.0.1"}
+    for (src, dst, sport, dport), post, direction in golden_nat("json"):
+        (j,) = [j for j in lines if (j["src"], j["dst"], j["sport"], j["dport"]) == (
+            src, dst, sport, dport)]  # fmt: skip
+        assert (j["post_src"], j["post_dst"], j["post_sport"], j["post_dport"]) == post
+        assert (j["direction"] == "original_out") == (direction == "E")
+
+
+# -- 2. a collector restart in mid-stream -----------------------------------------------------
+
+
+def golden_records() -> list[FlowRecord]:
+    """The flow records of the captured lab log (27: IPv4 and IPv6)."""
+    corr = Correlator()
+    out: list[FlowRecord] = []
+    for line in LOG.read_text().splitlines():
+        ev = parse_line(line)
+        if ev is not None:
+            corr.feed(ev, out)
+    return out
+
+
+def record_key(r: FlowRecord) -> tuple[Any, ...]:
+    """A record as nfdump_key() shows it."""
+    return (r.first_ms, r.last_ms, str(ipaddress.ip_address(r.src)),
+            str(ipaddress.ip_address(r.dst)), r.sport, r.dport, r.proto, r.packets,
+            r.octets)  # fmt: skip
+
+
+def has_templates(fmt: str, datagram: bytes) -> bool:
+    """Whether the first set is a template set (v9: flowset id 0 after the 20-byte header,
+    RFC 3954 section 5.1; IPFIX: set id 2 after the 16-byte header, RFC 7011 section 3.3)."""
+    return bool(struct.unpack_from("!H", datagram, 20 if fmt == "v9" else 16)[0] in (0, 2))
+
+
+@pytest.mark.timeout(120)
+def test_restarted_collectors_decode_again_after_the_template_refresh() -> None:
+    records = golden_records()
+    assert len(records) == 27
+    ports = {fmt: free_udp_port() for fmt in VERSIONS}
+    settings = ExportSettings(
+        collectors=tuple(Collector("127.0.0.1", ports[f], v) for f, v in VERSIONS.items()),
+        template_refresh_packets=2,
+        template_refresh_seconds=0,
+    )
+    exporter = export_mod.Exporter(settings)
+    sent: dict[str, list[bytes]] = {fmt: [] for fmt in VERSIONS}
+    for fmt, (_enc, coll) in zip(VERSIONS, exporter.targets, strict=True):
+        real_send = coll.send
+
+        def send(datagram: bytes, fmt: str = fmt, real_send: Any = real_send) -> bool:
+            sent[fmt].append(datagram)
+            return bool(real_send(datagram))
+
+        coll.send = send
+
+    def run(batch: list[FlowRecord]) -> None:
+        for r in batch:  # one record per call: one datagram per collector
+            n = {fmt: len(sent[fmt]) for fmt in VERSIONS}
+            exporter.handle([r])
+            assert all(len(sent[fmt]) == n[fmt] + 1 for fmt in VERSIONS)
+
+    up, down = 8, 3  # records sent before the restart, and while the collectors are down
+    with ExitStack() as stack:
+        first = {f: stack.enter_context(Nfcapd(port=p)) for f, p in ports.items()}
+        run(records[:up])
+        before = {f: [nfdump_key(r) for r in cap.records()] for f, cap in first.items()}
+    run(records[up : up + down])  # nobody listens: lost, and refused once the ICMP is back
+    refused = exporter.counters()
+    with ExitStack() as stack:
+        second = {f: stack.enter_context(Nfcapd(port=p)) for f, p in ports.items()}
+        run(records[up + down :])
+        after = {f: [nfdump_key(r) for r in cap.records()] for f, cap in second.items()}
+
+    keys = [record_key(r) for r in records]
+    for i, fmt in enumerate(VERSIONS):
+        assert before[fmt] == keys[:up], fmt  # the first datagram carries the templates
+        assert refused[f"c{i}_refused"] >= 1, (fmt, refused)
+        restart = up + down
+        # `template_refresh_packets 2`: templates in datagrams 0, 2, 4, ...
+        templates = [has_templates(fmt, d) for d in sent[fmt]]
+        assert templates == [i % 2 == 0 for i in range(len(records))], fmt
+        first_template = restart + templates[restart:].index(True)
+        assert first_template == restart + 1, fmt  # so one datagram is undecodable
+        # every record from that datagram on is decoded; none of the earlier ones
+        assert after[fmt] == keys[first_template:], (fmt, first_template)
+        assert exporter.counters()[f"c{i}_datagrams_sent"] == len(records), fmt
