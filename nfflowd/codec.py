@@ -17,12 +17,12 @@ from nfflowd.messages import (
     EVENT_FIELDS,
     FLOW_FIELDS,
     SCHEMA_VERSION,
+    Ack,
     ConntrackEvent,
     EventBatch,
     FlowBatch,
     FlowRecord,
     Kind,
-    Marker,
     Message,
     Notice,
 )
@@ -44,15 +44,11 @@ def _pack(obj: object) -> bytes:
 def encode(msg: Message) -> bytes:
     """Serialise one message."""
     if isinstance(msg, EventBatch):
-        return _pack(
-            (Kind.EVENT_BATCH, SCHEMA_VERSION, msg.sender, msg.incarnation, msg.seq, msg.events)
-        )
+        return _pack((Kind.EVENT_BATCH, SCHEMA_VERSION, *msg))
     if isinstance(msg, FlowBatch):
-        return _pack(
-            (Kind.FLOW_BATCH, SCHEMA_VERSION, msg.sender, msg.incarnation, msg.seq, msg.records)
-        )
-    if isinstance(msg, Marker):
-        return _pack((Kind.MARKER, SCHEMA_VERSION, msg.token))
+        return _pack((Kind.FLOW_BATCH, SCHEMA_VERSION, *msg))
+    if isinstance(msg, Ack):
+        return _pack((Kind.ACK, SCHEMA_VERSION, *msg))
     if isinstance(msg, Notice):
         return _pack((Kind.NOTICE, SCHEMA_VERSION, msg.stage, msg.token, msg.counters))
     raise TypeError(f"not a message: {type(msg).__name__}")
@@ -84,25 +80,33 @@ def decode(data: bytes) -> Message:
 
 
 def _event_batch(obj: Sequence[Any]) -> Message:
-    if len(obj) != 6:
-        raise DecodeError("malformed", "event batch: expected 6 elements")
-    events = _items(obj[5], EVENT_FIELDS, "events")
+    if len(obj) != 7:
+        raise DecodeError("malformed", "event batch: expected 7 elements")
+    events = _items(obj[6], EVENT_FIELDS, "events")
     return EventBatch(
-        str(obj[2]), int(obj[3]), int(obj[4]), [ConntrackEvent._make(e) for e in events]
+        str(obj[2]),
+        int(obj[3]),
+        int(obj[4]),
+        int(obj[5]),
+        [ConntrackEvent._make(e) for e in events],
     )
 
 
 def _flow_batch(obj: Sequence[Any]) -> Message:
-    if len(obj) != 6:
-        raise DecodeError("malformed", "flow batch: expected 6 elements")
-    records = _items(obj[5], FLOW_FIELDS, "records")
-    return FlowBatch(str(obj[2]), int(obj[3]), int(obj[4]), [FlowRecord._make(r) for r in records])
+    if len(obj) != 7:
+        raise DecodeError("malformed", "flow batch: expected 7 elements")
+    records = _items(obj[6], FLOW_FIELDS, "records")
+    return FlowBatch(
+        str(obj[2]), int(obj[3]), int(obj[4]), int(obj[5]), [FlowRecord._make(r) for r in records]
+    )
 
 
-def _marker(obj: Sequence[Any]) -> Message:
-    if len(obj) != 3 or not isinstance(obj[2], str):
-        raise DecodeError("malformed", "marker: expected [kind, version, token]")
-    return Marker(obj[2])
+def _ack(obj: Sequence[Any]) -> Message:
+    if len(obj) != 6 or not all(isinstance(x, int) for x in obj[3:]):
+        raise DecodeError(
+            "malformed", "ack: expected [kind, version, stage, inc, sender inc, upto]"
+        )
+    return Ack(str(obj[2]), obj[3], obj[4], obj[5])
 
 
 def _notice(obj: Sequence[Any]) -> Message:
@@ -114,6 +118,6 @@ def _notice(obj: Sequence[Any]) -> Message:
 _DECODERS = {
     Kind.EVENT_BATCH: _event_batch,
     Kind.FLOW_BATCH: _flow_batch,
-    Kind.MARKER: _marker,
+    Kind.ACK: _ack,
     Kind.NOTICE: _notice,
 }

@@ -72,7 +72,7 @@ SECTIONS = {
     "flow_send": ("args", "progname", "format"),
     "flow_import": None,  # obsolete: anything goes
     "ptee": ("conf",),
-    "daemon": ("rundir",),
+    "daemon": ("rundir", "max_unacked"),
 }
 COLLECTOR_KEYS = ("address", "port", "version", "source")
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)i?b?\s*$", re.IGNORECASE)
@@ -394,7 +394,10 @@ def _daemon(v: _V) -> DaemonSettings:
     rundir = v.text(("daemon", "rundir"), "/run/nfflowd")
     if not os.path.isabs(rundir):
         raise v.expected(("daemon", "rundir"), "an absolute directory path", rundir)
-    return DaemonSettings(os.path.normpath(rundir))
+    return DaemonSettings(
+        os.path.normpath(rundir),
+        v.integer(("daemon", "max_unacked"), 64, 1, 1_000_000, "a number of batches"),
+    )
 
 
 def validate(v: _V, path: str | None) -> Settings:

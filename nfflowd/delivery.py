@@ -89,8 +89,13 @@ class Inbox:
     stale: int = 0  # batches from an older sender incarnation
     restarts: int = 0  # sender incarnations seen after the first
 
-    def accept(self, incarnation: int, seq: int) -> bool:
-        """True when the batch is new; False (counted) when it was seen before."""
+    def accept(self, incarnation: int, seq: int, acked: int = 0) -> bool:
+        """True when the batch is new; False (counted) when it was seen before.
+
+        *acked* is the sender's cumulative acknowledgement carried by the batch:
+        nothing at or below it will ever come again, so a receiver that joins
+        mid-stream (restarted) starts counting from there.
+        """
         if incarnation != self.incarnation:
             if incarnation < self.incarnation:
                 self.stale += 1
@@ -98,6 +103,12 @@ class Inbox:
             if self.incarnation:
                 self.restarts += 1
             self.incarnation, self.contiguous, self.ahead = incarnation, 0, set()
+        if acked > self.contiguous:
+            self.contiguous = acked
+            self.ahead = {s for s in self.ahead if s > acked}
+            while self.contiguous + 1 in self.ahead:
+                self.contiguous += 1
+                self.ahead.discard(self.contiguous)
         if seq <= self.contiguous or seq in self.ahead:
             self.duplicates += 1
             return False

@@ -8,10 +8,12 @@
 
 All endpoints are ``ipc://`` files inside the run directory, which is created
 mode 0700 so no other local user can connect to them, inject flow data or read
-it.  Receivers of data bind (they own the queue); senders connect, so a
-restarted sender reconnects by itself.  The notices socket is bound by whoever
-listens (``nfflowd replay``); stages connect a PUB socket to it and a notice
-with no listener is dropped, by design.
+it.  The three data links are DEALER <-> DEALER pairs: batches go one way,
+acknowledgements (``Ack``) come back on the same connection (see
+nfflowd.delivery).  Receivers bind; senders connect, so a restarted stage on
+either side is reconnected by ZeroMQ by itself.  The notices socket is bound
+by whoever listens (``nfflowd replay``); stages connect a PUB socket to it and
+a notice with no listener is dropped, by design.
 """
 
 from __future__ import annotations
@@ -36,12 +38,12 @@ class Endpoint:
 
 
 TABLE: Final[tuple[Endpoint, ...]] = (
-    Endpoint("events", "events.ipc", "ingest", zmq.PUSH, "correlate", zmq.PULL, "receiver",
-             "EventBatch, Marker"),
-    Endpoint("flows.export", "flows-export.ipc", "correlate", zmq.PUSH, "export", zmq.PULL,
-             "receiver", "FlowBatch, Marker"),
-    Endpoint("flows.mirror", "flows-mirror.ipc", "correlate", zmq.PUSH, "mirror", zmq.PULL,
-             "receiver", "FlowBatch, Marker"),
+    Endpoint("events", "events.ipc", "ingest", zmq.DEALER, "correlate", zmq.DEALER, "receiver",
+             "EventBatch ->, <- Ack"),
+    Endpoint("flows.export", "flows-export.ipc", "correlate", zmq.DEALER, "export", zmq.DEALER,
+             "receiver", "FlowBatch ->, <- Ack"),
+    Endpoint("flows.mirror", "flows-mirror.ipc", "correlate", zmq.DEALER, "mirror", zmq.DEALER,
+             "receiver", "FlowBatch ->, <- Ack"),
     Endpoint("notices", "notices.ipc", "*", zmq.PUB, "listener", zmq.SUB, "receiver", "Notice"),
 )  # fmt: skip
 
@@ -68,10 +70,8 @@ def open_socket(
     ep = BY_NAME[name]
     sock = ctx.socket(ep.sender_type if side == "sender" else ep.receiver_type)
     sock.setsockopt(zmq.LINGER, 2000)
-    if sock.socket_type in (zmq.PUSH, zmq.PUB):
-        sock.setsockopt(zmq.SNDHWM, hwm)
-    else:
-        sock.setsockopt(zmq.RCVHWM, hwm)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.RCVHWM, hwm)
     if sock.socket_type == zmq.SUB:
         sock.setsockopt(zmq.SUBSCRIBE, b"")
     addr = address(rundir, name)

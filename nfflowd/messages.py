@@ -6,9 +6,9 @@ turns these records into bytes and back.
 
 Data flow::
 
-    conntrack event (ConntrackEvent)      ingest    -> correlate
-    correlated flow (FlowRecord)          correlate -> export, mirror
-    in-band marker (Marker)               travels the same links behind the data
+    conntrack event (ConntrackEvent)      ingest    -> correlate   (in an EventBatch)
+    correlated flow (FlowRecord)          correlate -> export, mirror (in a FlowBatch)
+    acknowledgement (Ack)                 the reverse of each link (see nfflowd.delivery)
     notice (Notice)                       any stage -> whoever listens (replay, tests)
 
 Records are ``NamedTuple``s: cheap to build, positional on the wire (a msgpack
@@ -35,7 +35,7 @@ from enum import IntEnum
 from typing import NamedTuple
 
 #: Version of the wire schema; bump when a record's fields change.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class Kind(IntEnum):
@@ -43,7 +43,7 @@ class Kind(IntEnum):
 
     EVENT_BATCH = 1
     FLOW_BATCH = 2
-    MARKER = 3
+    ACK = 3
     NOTICE = 4
 
 
@@ -140,6 +140,7 @@ class EventBatch(NamedTuple):
     sender: str
     incarnation: int
     seq: int
+    acked: int  # every seq <= acked is acknowledged already (a receiver's floor)
     events: list[ConntrackEvent]
 
 
@@ -149,18 +150,22 @@ class FlowBatch(NamedTuple):
     sender: str
     incarnation: int
     seq: int
+    acked: int  # every seq <= acked is acknowledged already (a receiver's floor)
     records: list[FlowRecord]
 
 
-class Marker(NamedTuple):
-    """In-band marker: travels behind the data on every link.
+class Ack(NamedTuple):
+    """Receiver -> sender on the same link: "batches of yours up to *upto* are durable".
 
-    A terminal stage (export, mirror) that receives it has handled everything
-    sent before it on that path; it then publishes a ``Notice`` with the same
-    token.  ``replay`` uses this to know when a log has been fully delivered.
+    Sent after batches and every second, so it doubles as a hello and a
+    heartbeat: a sender that hears from a receiver incarnation it did not know
+    resends every batch still unacknowledged (see :mod:`nfflowd.delivery`).
     """
 
-    token: str
+    stage: str  # the receiving stage
+    incarnation: int  # the receiver's incarnation
+    sender_incarnation: int  # whose batches are acknowledged (0: none seen yet)
+    upto: int  # every batch with seq <= upto is durable downstream
 
 
 class Notice(NamedTuple):
@@ -171,7 +176,7 @@ class Notice(NamedTuple):
     counters: dict[str, int]
 
 
-Message = EventBatch | FlowBatch | Marker | Notice
+Message = EventBatch | FlowBatch | Ack | Notice
 
 #: Number of fields, used by the codec to validate items cheaply.
 EVENT_FIELDS = len(ConntrackEvent._fields)

@@ -1,10 +1,11 @@
 """``nfflowd replay LOG…``: saved conntrack logs through the real supervised pipeline.
 
 The same four stages run under their own supervisord (in a private run
-directory unless one is given).  Ingest reads the logs and ends them with a
-marker; export and mirror acknowledge the marker with a notice once every
-record before it has been sent.  Replay waits for both notices, stops the
-pipeline in order (draining) and prints what each stage counted.
+directory unless one is given).  Ingest reads the logs; every batch is
+acknowledged end to end once its records have been exported and mirrored, and
+when the logs are exhausted and everything is acknowledged ingest publishes an
+``eof`` notice.  Replay waits for it, stops the pipeline in order and prints
+what each stage counted (their ``final`` notices).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from nfflowd.config import Settings
 from nfflowd.messages import Notice
 
 EOF_TOKEN = "eof"  # same as nfflowd.workers.ingest.EOF_TOKEN
-TERMINAL = ("export", "mirror")
 
 
 class ReplayError(RuntimeError):
@@ -62,7 +62,8 @@ def run(
         proc = control.launch_foreground(settings, run_dir, silent=True)
         deadline = None if timeout is None else time.monotonic() + timeout
         next_check = time.monotonic() + 2
-        while not all(s in seen for s in TERMINAL):
+        finished = False
+        while not finished:
             if deadline is not None and time.monotonic() > deadline:
                 raise ReplayError(f"replay did not complete within {timeout} s (run dir {run_dir})")
             if proc.poll() is not None:
@@ -76,10 +77,18 @@ def run(
                 msg = codec.decode(sub.recv())
             except codec.DecodeError:
                 continue
-            if isinstance(msg, Notice) and msg.token == EOF_TOKEN:
+            if isinstance(msg, Notice):
                 seen[msg.stage] = msg.counters
+                finished = msg.stage == "ingest" and msg.token == EOF_TOKEN
         control.stop(run_dir)
         proc.wait(60)
+        while sub.poll(200, zmq.POLLIN):  # the stages' final notices
+            try:
+                msg = codec.decode(sub.recv())
+            except codec.DecodeError:
+                continue
+            if isinstance(msg, Notice):
+                seen[msg.stage] = msg.counters
         ok = True
         if out is not None:
             for stage in control.STAGES:

@@ -104,6 +104,7 @@ class MirrorSettings:
 @dataclass(frozen=True)
 class DaemonSettings:
     rundir: str = "/run/nfflowd"
+    max_unacked: int = 64  # batches a link keeps until acknowledged (the memory bound)
 
 
 @dataclass(frozen=True)

@@ -11,21 +11,19 @@ import contextlib
 import logging
 import os
 import signal
-import struct
 import sys
 import time
 from collections.abc import Mapping
 from types import FrameType
-from typing import Protocol
 
 import zmq
 
 from nfflowd import codec, endpoints
 from nfflowd.config import Settings, load_resolved
-from nfflowd.messages import FlowBatch, FlowRecord, Marker, Notice
+from nfflowd.messages import Notice
 
 SETTINGS_FILE = "settings.json"
-#: A stopping stage waits this long for its input to go quiet when no drain marker comes.
+#: A stopping stage keeps working until its input has been quiet this long.
 QUIET_S = 0.5
 
 log = logging.getLogger("nfflowd")
@@ -123,7 +121,7 @@ class Stage:
             self._notices.send(codec.encode(Notice(self.name, token, merged)), zmq.NOBLOCK)
 
     def send(self, sock: zmq.Socket[bytes], data: bytes) -> None:
-        """Blocking send that still notices a stop request (backpressure, not loss)."""
+        """Blocking send that still notices a stop deadline (backpressure, not loss)."""
         while True:
             try:
                 sock.send(data, zmq.NOBLOCK)
@@ -138,65 +136,3 @@ class Stage:
     def close(self) -> None:
         self._notices.close(linger=0)
         self.ctx.destroy(linger=2000)
-
-
-class Sink(Protocol):
-    """What a terminal stage (export, mirror) does with the flow records it receives."""
-
-    def handle(self, records: list[FlowRecord]) -> None: ...
-
-    def flush(self) -> None: ...
-
-    def counters(self) -> dict[str, int]: ...
-
-    def pending(self) -> int:
-        """Items held back (e.g. syslog lines while syslog is down); flushed again when idle."""
-        ...
-
-
-def consume(stage: Stage, link: str, sink: Sink) -> None:
-    """The loop of a terminal stage: flow batches in, *sink* does the work.
-
-    Idle input flushes the sink (a partial datagram goes out, buffered lines
-    are written).  A marker flushes and is acknowledged with a notice.  On
-    SIGTERM the loop keeps going until a ``drain`` marker arrives or input has
-    been quiet for QUIET_S, so whatever upstream sent before stopping is
-    delivered.
-    """
-    inp = stage.socket(link, "receiver")
-    last_input = time.monotonic()
-    dirty = False
-    try:
-        while True:
-            if stage.done_draining(last_input):
-                break
-            if not inp.poll(100, zmq.POLLIN):
-                if dirty or sink.pending():
-                    sink.flush()
-                    dirty = False
-                continue
-            last_input = time.monotonic()
-            data = inp.recv()
-            try:
-                msg = codec.decode(data)
-            except codec.DecodeError as exc:
-                stage.count_malformed(exc.reason, str(exc), f"{link} link")
-                continue
-            if isinstance(msg, FlowBatch):
-                try:
-                    sink.handle(msg.records)
-                except (TypeError, ValueError, AttributeError, struct.error) as exc:
-                    stage.count_malformed("bad_record", repr(exc), f"batch {msg.seq}")
-                dirty = True
-            elif isinstance(msg, Marker):
-                sink.flush()
-                dirty = False
-                stage.notify(msg.token, sink.counters())
-                if msg.token == "drain" and stage.stopping:
-                    break
-            else:
-                stage.count_malformed("unexpected_kind", type(msg).__name__, f"{link} link")
-        sink.flush()
-        log.info("stopped; %s", sink.counters())
-    finally:
-        inp.close(linger=0)

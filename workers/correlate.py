@@ -1,8 +1,11 @@
 """Stage 2, correlate: ``events`` link -> open-connection table -> ``flows.*`` links.
 
-The pure work is :class:`nfflowd.correlate.Correlator`; this loop only moves
-batches.  Markers are forwarded to both outputs after the records before
-them, so a terminal stage that sees a marker has seen all of its data.
+The pure work is :class:`nfflowd.correlate.Correlator`; this loop moves batches
+and acknowledgements.  Each event batch yields at most one flow batch, sent to
+export and mirror with the same seq; the :class:`~nfflowd.delivery.Ledger`
+acknowledges an event batch to ingest once both have acknowledged its flow
+batch (and every earlier one).  While either output holds ``max_unacked``
+unacknowledged batches, correlate stops reading events (backpressure).
 """
 
 from __future__ import annotations
@@ -14,72 +17,107 @@ import zmq
 
 from nfflowd import codec
 from nfflowd.correlate import Correlator
-from nfflowd.messages import EventBatch, FlowBatch, Marker
+from nfflowd.delivery import Ledger
+from nfflowd.links import Inlet, Outlet
+from nfflowd.messages import EventBatch, FlowBatch
 from nfflowd.stage import Stage
 
 log = logging.getLogger("nfflowd.correlate")
 
 PURGE_INTERVAL_S = 60.0
+NOTICE_INTERVAL_S = 1.0
 
 
 def main(argv: list[str] | None = None) -> int:
     stage = Stage("correlate", argv)
-    corr = Correlator(
-        ttl_s=stage.settings.ct2ft.ttl, active_timeout_s=stage.settings.export.active_timeout
-    )
-    inp = stage.socket("events", "receiver")
-    outs = [stage.socket("flows.export", "sender"), stage.socket("flows.mirror", "sender")]
-    seq = 0
+    settings = stage.settings
+    corr = Correlator(ttl_s=settings.ct2ft.ttl, active_timeout_s=settings.export.active_timeout)
+    inlet = Inlet(stage, "events")
+    limit = settings.daemon.max_unacked
+    outs = {"export": Outlet(stage, "flows.export", limit),
+            "mirror": Outlet(stage, "flows.mirror", limit)}  # fmt: skip
+    ledger = Ledger(outputs=tuple(outs))
+    poller = zmq.Poller()
+    poller.register(inlet.sock, zmq.POLLIN)
+    for out in outs.values():
+        poller.register(out.sock, zmq.POLLIN)
     next_purge = time.monotonic() + PURGE_INTERVAL_S
+    next_notice = 0.0
     last_input = time.monotonic()
+
+    def ack_ingest() -> None:
+        inlet.ack(min(ledger.ackable(), inlet.inbox.contiguous))
+
+    def counters() -> dict[str, int]:
+        c = corr.counters
+        merged = {"new": c.new, "destroy": c.destroy, "update": c.update,
+                  "records": c.records, "open": len(corr.open), "purged": c.purged,
+                  "destroy_without_new": c.destroy_without_new,
+                  "interim_reports": c.interim_reports, **inlet.counters()}  # fmt: skip
+        for out in outs.values():
+            merged.update(out.counters())
+        return merged
+
     try:
         while True:
-            if stage.done_draining(last_input):
+            idle = all(out.idle() for out in outs.values())
+            if stage.done_draining(last_input) and (idle or time.monotonic() > stage.stop_deadline):
                 break
-            if not inp.poll(200, zmq.POLLIN):
-                if time.monotonic() >= next_purge:
-                    n = corr.purge()
-                    if n:
-                        log.info("purged %d unfinished connections older than the ttl", n)
-                    next_purge = time.monotonic() + PURGE_INTERVAL_S
+            inlet.heartbeat()
+            now = time.monotonic()
+            if now >= next_notice:
+                stage.notify("stats", counters())
+                next_notice = now + NOTICE_INTERVAL_S
+            if now >= next_purge:
+                if n := corr.purge():
+                    log.info("purged %d unfinished connections older than the ttl", n)
+                next_purge = now + PURGE_INTERVAL_S
+            # backpressure: while an output is full, events wait (only acks are read)
+            blocked = any(out.full() for out in outs.values())
+            poller.modify(inlet.sock, 0 if blocked else zmq.POLLIN)
+            ready = dict(poller.poll(100))
+            acked = False
+            for name, out in outs.items():
+                if out.sock in ready:
+                    newest = out.poll_acks()
+                    if newest is not None:
+                        ledger.output_acked(name, newest)
+                        acked = True
+            if acked:
+                ack_ingest()
+            if inlet.sock not in ready:
+                continue
+            before = inlet.inbox.incarnation
+            msg = inlet.receive()
+            if msg is None:
                 continue
             last_input = time.monotonic()
-            data = inp.recv()
-            try:
-                msg = codec.decode(data)
-            except codec.DecodeError as exc:
-                stage.count_malformed(exc.reason, str(exc), "events link")
-                continue
-            if isinstance(msg, EventBatch):
-                try:
-                    records = corr.feed_all(msg.events)
-                except (TypeError, ValueError, AttributeError) as exc:
-                    stage.count_malformed("bad_event", repr(exc), f"batch {msg.seq}")
-                    continue
-                if records:
-                    seq += 1
-                    payload = codec.encode(FlowBatch("correlate", stage.incarnation, seq, records))
-                    for sock in outs:
-                        stage.send(sock, payload)
-            elif isinstance(msg, Marker):
-                payload = codec.encode(msg)
-                for sock in outs:
-                    stage.send(sock, payload)
-                c = corr.counters
-                stage.notify(
-                    msg.token,
-                    {"new": c.new, "destroy": c.destroy, "records": c.records,
-                     "open": len(corr.open), "destroy_without_new": c.destroy_without_new},
-                )  # fmt: skip
-                if msg.token == "drain" and stage.stopping:
-                    break
-            else:
+            if inlet.inbox.incarnation != before:
+                ledger.reset()  # ingest restarted: its old batches will not be acknowledged
+            if not isinstance(msg, EventBatch):
                 stage.count_malformed("unexpected_kind", type(msg).__name__, "events link")
-        log.info("stopped; %s, %d still open", corr.counters, len(corr.open))
+                continue
+            try:
+                records = corr.feed_all(msg.events)
+            except (TypeError, ValueError, AttributeError) as exc:
+                stage.count_malformed("bad_event", repr(exc), f"batch {msg.seq}")
+                records = []
+            flow_seq = 0
+            if records:
+                flow_seq = outs["export"].outbox.reserve()
+                floor = min(out.outbox.acked_upto for out in outs.values())
+                batch = FlowBatch("correlate", stage.incarnation, flow_seq, floor, records)
+                data = codec.encode(batch)
+                for out in outs.values():
+                    out.send_encoded(flow_seq, data)
+            ledger.record(msg.seq, flow_seq)
+            ack_ingest()
+        stage.notify("final", counters())
+        log.info("stopped; %s", counters())
     finally:
-        inp.close(linger=0)
-        for sock in outs:
-            sock.close(linger=5000)
+        inlet.sock.close(linger=0)
+        for out in outs.values():
+            out.sock.close(linger=1000)
         stage.close()
     return 0
 

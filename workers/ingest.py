@@ -1,27 +1,35 @@
 """Stage 1, ingest: conntrack events from a source -> ``events`` link.
 
-Batches are sent as soon as a read returns (so live latency stays low) and
-are at most one read's worth (so memory stays bounded).  A finite source (a
-saved log) ends with a ``Marker`` that is re-sent every second, so a marker
-lost in a restarted downstream stage is still delivered.
+A batch is what one read of the source returns (bounded), sent at once so live
+latency stays low.  Every batch is kept until correlate acknowledges it, which
+it does only once the batch's records have left nfflowd (end to end); while
+``max_unacked`` batches wait, ingest stops reading (backpressure: the kernel
+socket buffer, reliable mode and resync dumps take over).  For a saved log the
+position after the last acknowledged batch is checkpointed in the run
+directory, so a restarted ingest resumes there instead of starting over.  When
+a saved log is exhausted and everything is acknowledged, ingest publishes an
+``eof`` notice (``nfflowd replay`` waits for it).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 
-from nfflowd import codec
 from nfflowd.config import Settings
 from nfflowd.conntrack.sources import FileSource, NetlinkSource, ProgramSource, Source
-from nfflowd.messages import EventBatch, Marker
+from nfflowd.links import Outlet
+from nfflowd.messages import EventBatch
 from nfflowd.stage import Stage
 
 log = logging.getLogger("nfflowd.ingest")
 
-#: The marker token a finished saved log produces; ``replay`` waits for it.
+#: The notice token of a finished saved log; ``replay`` waits for it.
 EOF_TOKEN = "eof"
-MARKER_INTERVAL_S = 1.0
+CHECKPOINT = "ingest.checkpoint"
+NOTICE_INTERVAL_S = 1.0
 
 
 def dump_interval(active_timeout_s: int) -> float:
@@ -36,10 +44,33 @@ def dump_interval(active_timeout_s: int) -> float:
     return float(min(60, max(1, active_timeout_s // 4)))
 
 
-def make_source(settings: Settings) -> Source:
+def load_checkpoint(rundir: str, paths: tuple[str, ...]) -> tuple[int, int] | None:
+    """Where a previous incarnation got to in these logs (None: start from the beginning)."""
+    try:
+        with open(os.path.join(rundir, CHECKPOINT)) as fh:
+            data = json.load(fh)
+        if data["paths"] == list(paths):
+            return (int(data["index"]), int(data["offset"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def save_checkpoint(rundir: str, paths: tuple[str, ...], position: tuple[int, int]) -> None:
+    path = os.path.join(rundir, CHECKPOINT)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump({"paths": list(paths), "index": position[0], "offset": position[1]}, fh)
+    os.replace(tmp, path)
+
+
+def make_source(settings: Settings, rundir: str) -> Source:
     src = settings.source
     if src.type == "file":
-        return FileSource(src.path)
+        resume = load_checkpoint(rundir, src.path)
+        if resume is not None:
+            log.info("resuming the saved log(s) at file %d offset %d", *resume)
+        return FileSource(src.path, resume=resume)
     if src.type == "conntrack":
         ct = settings.conntrack
         return ProgramSource(ct.progname, ct.init_format, ct.format)
@@ -50,29 +81,47 @@ def make_source(settings: Settings) -> Source:
 
 def main(argv: list[str] | None = None) -> int:
     stage = Stage("ingest", argv)
-    source = make_source(stage.settings)
-    out = stage.socket("events", "sender")
-    seq = 0
-    sent_events = 0
-    next_marker = 0.0
+    settings = stage.settings
+    source = make_source(settings, stage.rundir)
+    out = Outlet(stage, "events", settings.daemon.max_unacked)
+    positions: dict[int, tuple[int, int]] = {}  # batch seq -> file position after it
+    sent = 0
+    next_notice = 0.0
+
+    def counters() -> dict[str, int]:
+        return {"events": sent, **source.counters, **out.counters()}
+
     try:
-        while not stage.stopping:
-            events = source.read(0.2)
-            if events:
-                seq += 1
-                sent_events += len(events)
-                stage.send(out, codec.encode(EventBatch("ingest", stage.incarnation, seq, events)))
-            elif source.exhausted and time.monotonic() >= next_marker:
-                stage.send(out, codec.encode(Marker(EOF_TOKEN)))
-                stage.notify(EOF_TOKEN, {"events": sent_events, **source.counters})
-                next_marker = time.monotonic() + MARKER_INTERVAL_S
-                time.sleep(0.05)
-        # Stopping: whatever was read is already sent; tell downstream to drain.
-        stage.send(out, codec.encode(Marker("drain")))
-        log.info("stopped after %d events; %s", sent_events, source.counters)
+        while True:
+            acked = out.poll_acks()
+            if acked is not None and positions:
+                done = [seq for seq in positions if seq <= acked]
+                if done:
+                    save_checkpoint(stage.rundir, settings.source.path, positions[max(done)])
+                    for seq in done:
+                        del positions[seq]
+            if stage.stopping and (out.idle() or time.monotonic() > stage.stop_deadline):
+                break
+            if time.monotonic() >= next_notice:
+                finished = source.exhausted and out.idle()
+                stage.notify(EOF_TOKEN if finished else "stats", counters())
+                next_notice = time.monotonic() + NOTICE_INTERVAL_S
+            if stage.stopping or out.full() or source.exhausted:
+                out.sock.poll(100)  # wait for acknowledgements
+                continue
+            events = source.read(0.1)
+            if not events:
+                continue
+            sent += len(events)
+            inc = stage.incarnation
+            seq = out.send(lambda seq, acked: EventBatch("ingest", inc, seq, acked, events))  # noqa: B023
+            if isinstance(source, FileSource):
+                positions[seq] = source.position()
+        stage.notify("final", counters())
+        log.info("stopped after %d events; %s", sent, counters())
     finally:
         source.close()
-        out.close(linger=5000)
+        out.sock.close(linger=1000)
         stage.close()
     return 0
 

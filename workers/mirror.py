@@ -17,9 +17,10 @@ from collections.abc import Callable, Sequence
 from nfflowd.config import Settings
 from nfflowd.formats import flowtools_csv, json_lines
 from nfflowd.formats.uptime import host_boot_ms
+from nfflowd.links import consume
 from nfflowd.messages import FlowRecord
 from nfflowd.outputs.syslog import LEVELS, Dispatcher, ScreenDispatcher, SyslogDispatcher
-from nfflowd.stage import Stage, consume
+from nfflowd.stage import Stage
 
 log = logging.getLogger("nfflowd.mirror")
 

@@ -65,23 +65,43 @@ class LineParser:
 
 
 class FileSource:
-    """One or more saved ``conntrack -E`` logs, read once, in order."""
+    """One or more saved ``conntrack -E`` logs, read once, in order.
 
-    def __init__(self, paths: Sequence[str]) -> None:
+    :meth:`position` says where the next read starts (file index, byte offset);
+    a source built with ``resume=`` such a position continues from there, which
+    is how a restarted ingest resumes a replay after the last acknowledged batch.
+    """
+
+    def __init__(self, paths: Sequence[str], resume: tuple[int, int] | None = None) -> None:
         self.paths = list(paths)
         self.counters: dict[str, int] = {"files": 0}
         self.exhausted = not self.paths
         self._parser = LineParser(self.counters)
         self._index = 0
-        self._fh: IO[str] | None = None
+        self._fh: IO[bytes] | None = None
         self._lineno = 0
+        if resume is not None:
+            index, offset = resume
+            self._index = index
+            if index >= len(self.paths):
+                self.exhausted = True
+            elif self._open_next() and offset:
+                assert self._fh is not None
+                self._lineno = self._fh.read(offset).count(b"\n")
+                self.counters["resumed_at_line"] = self._lineno
+
+    def position(self) -> tuple[int, int]:
+        """(file index, byte offset) where the next read starts."""
+        if self._fh is None:
+            return (self._index, 0)
+        return (self._index - 1, self._fh.tell())
 
     def _open_next(self) -> bool:
         while self._index < len(self.paths):
             path = self.paths[self._index]
             self._index += 1
             try:
-                self._fh = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115
+                self._fh = open(path, "rb")  # noqa: SIM115 - kept open across reads
             except OSError as exc:
                 self.counters["unreadable_files"] = self.counters.get("unreadable_files", 0) + 1
                 log.error("%s: cannot read event log: %s", path, exc.strerror)
@@ -111,7 +131,7 @@ class FileSource:
                     self.exhausted = True
                 break
             self._lineno += 1
-            parse(line, f"{path}:{self._lineno}", out)
+            parse(line.decode("utf-8", "replace"), f"{path}:{self._lineno}", out)
         return out
 
     def close(self) -> None:

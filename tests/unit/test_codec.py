@@ -12,12 +12,12 @@ from hypothesis import strategies as st
 from nfflowd import codec
 from nfflowd.messages import (
     SCHEMA_VERSION,
+    Ack,
     ConntrackEvent,
     EventBatch,
     FlowBatch,
     FlowRecord,
     Kind,
-    Marker,
     Notice,
 )
 
@@ -31,9 +31,9 @@ RECORD = FlowRecord(1, 2, 4, 6, b"\n\0\1\2", b"\xcb\0q\2", 40000, 80, 10, 2**40,
 @pytest.mark.parametrize(
     "msg",
     [
-        EventBatch("ingest", 7, 1, [EVENT, EVENT]),
-        FlowBatch("correlate", 8, 2, [RECORD]),
-        Marker("eof"),
+        EventBatch("ingest", 7, 1, 0, [EVENT, EVENT]),
+        FlowBatch("correlate", 8, 2, 1, [RECORD]),
+        Ack("export", 5, 7, 42),
         Notice("export", "eof", {"records": 3}),
     ],
 )
@@ -43,7 +43,7 @@ def test_round_trip(msg: object) -> None:
 
 
 def test_event_fields_keep_their_types() -> None:
-    back = codec.decode(codec.encode(EventBatch("ingest", 1, 1, [EVENT])))
+    back = codec.decode(codec.encode(EventBatch("ingest", 1, 1, 0, [EVENT])))
     assert isinstance(back, EventBatch)
     ev = back.events[0]
     assert isinstance(ev, ConntrackEvent) and ev.orig_src == b"\n\0\1\2" and ev.start_ns is None
@@ -53,8 +53,9 @@ def test_event_fields_keep_their_types() -> None:
     ("data", "reason"),
     [
         (msgpack.packb([99, SCHEMA_VERSION, "x"]), "unknown_kind"),
-        (msgpack.packb([Kind.MARKER, SCHEMA_VERSION + 1, "x"]), "unknown_version"),
-        (msgpack.packb([Kind.EVENT_BATCH, SCHEMA_VERSION, "i", 1, 1, [[1, 2]]]), "malformed"),
+        (msgpack.packb([Kind.ACK, SCHEMA_VERSION + 1, "x", 1, 2, 3]), "unknown_version"),
+        (msgpack.packb([Kind.ACK, SCHEMA_VERSION, "x", 1, "two", 3]), "malformed"),
+        (msgpack.packb([Kind.EVENT_BATCH, SCHEMA_VERSION, "i", 1, 1, 0, [[1, 2]]]), "malformed"),
         (msgpack.packb({"kind": 1}), "malformed"),
         (b"\xc1\xc1\xc1", "malformed"),
         (b"", "malformed"),

@@ -437,7 +437,7 @@ def check_valid(ev: ConntrackEvent) -> None:
     assert ev.delta_time is None or 0 <= ev.delta_time < 2**64
     assert 0 <= ev.mark < 2**32 and 0 <= ev.zone <= 0xFFFF and 0 <= ev.time_ns < 2**64
     assert ev.status & ~(IPS_SEEN_REPLY | IPS_ASSURED | IPS_OFFLOAD | IPS_HW_OFFLOAD) == 0
-    batch = EventBatch("test", 1, 1, [ev])
+    batch = EventBatch("test", 1, 1, 0, [ev])
     assert codec.decode(codec.encode(batch)) == batch
 
 

@@ -1,0 +1,225 @@
+"""The socket side of :mod:`nfflowd.delivery`: a stage's outgoing and incoming links.
+
+:class:`Outlet` (sender) keeps every batch until the receiver acknowledges it and
+resends what is unacknowledged when a new receiver incarnation says hello.
+:class:`Inlet` (receiver) de-duplicates batches and sends ``Ack`` messages — after
+batches and once a second, which makes them a heartbeat too.  Acks are sent
+without blocking and may be dropped: they are cumulative, the next one covers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import struct
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import zmq
+
+from nfflowd import codec
+from nfflowd.delivery import Inbox, Outbox
+from nfflowd.messages import Ack, EventBatch, FlowBatch, FlowRecord, Message
+from nfflowd.stage import Stage
+
+log = logging.getLogger("nfflowd")
+
+HEARTBEAT_S = 1.0
+
+Batch = EventBatch | FlowBatch
+
+
+class Outlet:
+    """Sender side of a link."""
+
+    def __init__(self, stage: Stage, name: str, limit: int) -> None:
+        self.stage = stage
+        self.name = name
+        self.sock = stage.socket(name, "sender")
+        self.outbox = Outbox(limit=limit)
+        self.acks_seen = 0
+
+    def full(self) -> bool:
+        return self.outbox.full()
+
+    def idle(self) -> bool:
+        """Everything sent was acknowledged."""
+        return not self.outbox.unacked
+
+    def send(self, build: Callable[[int, int], Message]) -> int:
+        """Build the batch for (next seq, acked so far), keep it, send it; return its seq."""
+        seq = self.outbox.reserve()
+        data = codec.encode(build(seq, self.outbox.acked_upto))
+        self.outbox.add(data)
+        self.stage.send(self.sock, data)
+        return seq
+
+    def send_encoded(self, seq: int, data: bytes) -> None:
+        """Keep and send an already encoded batch carrying *seq* (the same batch on several
+        outlets: their seqs advance in lockstep)."""
+        if seq != self.outbox.reserve():
+            raise RuntimeError(
+                f"{self.name}: batch seq {seq} out of step ({self.outbox.reserve()})"
+            )
+        self.outbox.add(data)
+        self.stage.send(self.sock, data)
+
+    def poll_acks(self) -> int | None:
+        """Handle every Ack waiting on the socket; return the newest cumulative ack (or None)."""
+        newest = None
+        while True:
+            try:
+                data = self.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return newest
+            try:
+                msg = codec.decode(data)
+            except codec.DecodeError as exc:
+                self.stage.count_malformed(exc.reason, str(exc), f"{self.name} acks")
+                continue
+            if not isinstance(msg, Ack):
+                self.stage.count_malformed("unexpected_kind", type(msg).__name__, self.name)
+                continue
+            self.acks_seen += 1
+            if msg.sender_incarnation == self.stage.incarnation:
+                self.outbox.ack(msg.upto)
+                newest = msg.upto if newest is None else max(newest, msg.upto)
+            for data in self.outbox.hello(msg.incarnation):
+                self.stage.send(self.sock, data)
+
+    def counters(self) -> dict[str, int]:
+        return {
+            f"{self.name}_unacked": len(self.outbox.unacked),
+            f"{self.name}_resent": self.outbox.resent,
+        }
+
+
+class Inlet:
+    """Receiver side of a link."""
+
+    def __init__(self, stage: Stage, name: str) -> None:
+        self.stage = stage
+        self.name = name
+        self.sock = stage.socket(name, "receiver")
+        self.inbox = Inbox()
+        self.upto = 0  # what we acknowledge to the current sender incarnation
+        self._next_heartbeat = 0.0
+
+    def receive(self) -> Batch | None:
+        """The next new batch, or None (nothing waiting, a duplicate, or a bad message)."""
+        try:
+            data = self.sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+        try:
+            msg = codec.decode(data)
+        except codec.DecodeError as exc:
+            self.stage.count_malformed(exc.reason, str(exc), f"{self.name} link")
+            return None
+        if not isinstance(msg, (EventBatch, FlowBatch)):
+            self.stage.count_malformed("unexpected_kind", type(msg).__name__, f"{self.name} link")
+            return None
+        before = self.inbox.incarnation
+        if not self.inbox.accept(msg.incarnation, msg.seq, msg.acked):
+            self.ack(self.upto)  # the sender may have missed our ack: say it again
+            return None
+        if self.inbox.incarnation != before:
+            self.upto = 0  # a new sender incarnation: its seqs start again
+        return msg
+
+    def ack(self, upto: int) -> None:
+        """Acknowledge every batch up to *upto* of the current sender (non-blocking)."""
+        self.upto = max(self.upto, upto)
+        msg = Ack(self.stage.name, self.stage.incarnation, self.inbox.incarnation, self.upto)
+        # no sender connected, or its queue is full: the next ack covers this one
+        with contextlib.suppress(zmq.Again):
+            self.sock.send(codec.encode(msg), zmq.NOBLOCK)
+        self._next_heartbeat = time.monotonic() + HEARTBEAT_S
+
+    def heartbeat(self) -> None:
+        """Say hello / repeat the last ack once a second."""
+        if time.monotonic() >= self._next_heartbeat:
+            self.ack(self.upto)
+
+    def counters(self) -> dict[str, int]:
+        return {
+            f"{self.name}_duplicates": self.inbox.duplicates,
+            f"{self.name}_sender_restarts": self.inbox.restarts,
+        }
+
+
+class Sink(Protocol):
+    """What a terminal stage (export, mirror) does with the flow records it receives."""
+
+    def handle(self, records: list[FlowRecord]) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def counters(self) -> dict[str, int]: ...
+
+    def pending(self) -> int:
+        """Items not yet delivered (e.g. syslog lines while syslog is down)."""
+        ...
+
+
+NOTICE_INTERVAL_S = 1.0
+
+
+def consume(stage: Stage, link: str, sink: Sink) -> None:
+    """The loop of a terminal stage: flow batches in, *sink* does the work, acks go back.
+
+    A batch is acknowledged once the sink has nothing pending (every record
+    sent to the collectors / every line delivered), so what a crash or an
+    outage holds back is resent by correlate.  Idle input flushes the sink.  On
+    SIGTERM the loop keeps going until input has been quiet for QUIET_S (or the
+    deadline), so whatever upstream sent before stopping is delivered.  Counters
+    are published as notices once a second and at exit.
+    """
+    inlet = Inlet(stage, link)
+    last_input = time.monotonic()
+    next_notice = 0.0
+    dirty = False
+    unacked = False
+
+    def counters() -> dict[str, int]:
+        return {**sink.counters(), **inlet.counters()}
+
+    try:
+        while not stage.done_draining(last_input):
+            inlet.heartbeat()
+            if time.monotonic() >= next_notice:
+                stage.notify("stats", counters())
+                next_notice = time.monotonic() + NOTICE_INTERVAL_S
+            if not inlet.sock.poll(100, zmq.POLLIN):
+                if dirty or sink.pending():
+                    sink.flush()
+                    dirty = False
+                if unacked and not sink.pending():
+                    inlet.ack(inlet.inbox.contiguous)
+                    unacked = False
+                continue
+            last_input = time.monotonic()
+            msg = inlet.receive()
+            if msg is None:
+                continue
+            if not isinstance(msg, FlowBatch):
+                stage.count_malformed("unexpected_kind", type(msg).__name__, f"{link} link")
+                continue
+            try:
+                sink.handle(msg.records)
+            except (TypeError, ValueError, AttributeError, struct.error) as exc:
+                # resending a bad batch cannot help: count it, acknowledge it, go on
+                stage.count_malformed("bad_record", repr(exc), f"batch {msg.seq}")
+            dirty = True
+            if sink.pending():
+                unacked = True
+            else:
+                inlet.ack(inlet.inbox.contiguous)
+        sink.flush()
+        if not sink.pending():
+            inlet.ack(inlet.inbox.contiguous)
+        stage.notify("final", counters())
+        log.info("stopped; %s", counters())
+    finally:
+        inlet.sock.close(linger=1000)
