@@ -15,6 +15,7 @@ Usage: nfflowd [ -c file ] [ -f ] { start | stop | restart | reload | install | 
        nfflowd [ -c file ] replay LOG...
        nfflowd lab { up | traffic | flush | down | capture DIR } [--prefix P]
        nfflowd demo
+       nfflowd decode FILE|- [--json]
   -c file     Specify configuration file (instead of /etc/nfflowd.conf)
   -f          Run in the foreground (don't detach)
   start       Starts a new nfflowd if there isn't one running already
@@ -26,12 +27,13 @@ Usage: nfflowd [ -c file ] [ -f ] { start | stop | restart | reload | install | 
   replay      Feed saved `conntrack -E` logs through the pipeline; exits when all is delivered
   lab         The built-in NAT lab (network namespaces) used by the demo and tests
   demo        Run nfflowd on the embedded default and show what a collector received
+  decode      Decode NetFlow v5/v9/IPFIX datagrams (hex lines or a pcap/pcapng capture)
   help        Display this usage info
   version     Display the version of nfflowd
 """
 
 VERBS = ("start", "stop", "restart", "reload", "install", "check", "help", "version",
-         "replay", "lab", "demo")  # fmt: skip
+         "replay", "lab", "demo", "decode")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     if ns.verb == "version":
         print(f"nfflowd {__version__}")
         return 0
+    if ns.verb == "decode":
+        from nfflowd import decode
+
+        return decode.main(ns.args)
     if ns.verb == "lab":
         from nfflowd import lab
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from nfflowd.delivery import Recent
 from nfflowd.messages import ConntrackEvent, Direction, EndReason, EventType, FlowRecord
 
 #: Protocols whose tuples carry real ports (tcp, udp, dccp, sctp, udplite).
@@ -147,6 +148,7 @@ class CorrelatorCounters:
     purged: int = 0
     records: int = 0
     interim_reports: int = 0
+    replayed: int = 0  # events of connections already closed (a re-read after a restart)
 
 
 @dataclass
@@ -173,6 +175,7 @@ class Correlator:
     open: dict[object, int | list[int]] = field(default_factory=dict)
     counters: CorrelatorCounters = field(default_factory=CorrelatorCounters)
     clock_ns: int = 0  # the newest event time seen
+    closed: Recent = field(default_factory=Recent)  # conntrack ids lately destroyed
 
     def feed(self, ev: ConntrackEvent, out: list[FlowRecord]) -> None:
         """Apply one event; append the records it completes to *out*."""
@@ -181,6 +184,9 @@ class Correlator:
             self.clock_ns = t
         etype = ev.type
         table = self.open
+        if ev.ct_id is not None and ev.ct_id in self.closed:
+            self.counters.replayed += 1  # ids are not reused while in this window
+            return
         if etype != _DESTROY:
             key: object = ev.ct_id if ev.ct_id is not None else tuple_key(ev)
             entry = table.get(key)
@@ -200,6 +206,7 @@ class Correlator:
         self.counters.destroy += 1
         entry = None
         if ev.ct_id is not None:
+            self.closed.add(ev.ct_id)
             entry = table.pop(ev.ct_id, None)
         if entry is None:
             entry = table.pop(tuple_key(ev), None)

@@ -174,3 +174,35 @@ class Ledger:
         """The event sender restarted: its old batches will never be acknowledged."""
         self.entries.clear()
         self.event_acked = 0
+
+
+@dataclass
+class Recent:
+    """A bounded memory of identities seen lately (oldest forgotten first).
+
+    Used where a crash makes a resend unavoidable: correlate remembers the
+    conntrack ids it closed (a restarted ingest re-reads a few batches), export
+    and mirror remember the record identities they delivered (a restarted
+    correlate recomputes a few batches).  Record identity: (conntrack id,
+    direction, last ms, end reason) — the start is left out because a restarted
+    correlate may know it less exactly (see the README).
+    """
+
+    size: int = 65536
+    seen: set[object] = field(default_factory=set)
+    order: deque[object] = field(default_factory=deque)
+    hits: int = 0
+
+    def add(self, key: object) -> bool:
+        """Remember *key*; False (counted) when it was already there."""
+        if key in self.seen:
+            self.hits += 1
+            return False
+        self.seen.add(key)
+        self.order.append(key)
+        if len(self.order) > self.size:
+            self.seen.discard(self.order.popleft())
+        return True
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.seen

@@ -19,7 +19,7 @@ from typing import Protocol
 import zmq
 
 from nfflowd import codec
-from nfflowd.delivery import Inbox, Outbox
+from nfflowd.delivery import Inbox, Outbox, Recent
 from nfflowd.messages import Ack, EventBatch, FlowBatch, FlowRecord, Message
 from nfflowd.stage import Stage
 
@@ -177,13 +177,14 @@ def consume(stage: Stage, link: str, sink: Sink) -> None:
     are published as notices once a second and at exit.
     """
     inlet = Inlet(stage, link)
+    delivered = Recent(size=262144)  # record identities lately delivered
     last_input = time.monotonic()
     next_notice = 0.0
     dirty = False
     unacked = False
 
     def counters() -> dict[str, int]:
-        return {**sink.counters(), **inlet.counters()}
+        return {**sink.counters(), **inlet.counters(), "duplicate_records": delivered.hits}
 
     try:
         while not stage.done_draining(last_input):
@@ -206,8 +207,10 @@ def consume(stage: Stage, link: str, sink: Sink) -> None:
             if not isinstance(msg, FlowBatch):
                 stage.count_malformed("unexpected_kind", type(msg).__name__, f"{link} link")
                 continue
+            add = delivered.add
+            records = [r for r in msg.records if not r[18] or add((r[18], r[14], r[1], r[15]))]
             try:
-                sink.handle(msg.records)
+                sink.handle(records)
             except (TypeError, ValueError, AttributeError, struct.error) as exc:
                 # resending a bad batch cannot help: count it, acknowledge it, go on
                 stage.count_malformed("bad_record", repr(exc), f"batch {msg.seq}")

@@ -1,7 +1,9 @@
 """supervisord restarts a stage killed with SIGKILL in the middle of a replay.
 
-Here the replay must recover and complete, and report the restart; that no
-record is lost across such kills is a later, stricter requirement.
+The replay completes, reports the restart, and loses no record: every batch
+is kept until acknowledged end to end and resent to a restarted stage;
+duplicates a crash makes unavoidable are removed by record identity and stay
+within 0.1 %.
 """
 
 from __future__ import annotations
@@ -68,6 +70,5 @@ def test_killed_stage_is_restarted_and_replay_completes(tmp_path: Path, victim: 
     report = {line.split()[0]: line for line in out.splitlines() if line.strip()}
     assert "starts=2" in report[victim], report  # the replay reports the restart
     lines = len((rundir / "mirror.out").read_text().splitlines())
-    assert lines > 0
-    # losses across a kill are reported, not hidden: the mirror said how many lines it wrote
     print(f"{victim} killed: {lines} of {expected} lines mirrored")
+    assert expected <= lines <= expected * 1.001
