@@ -177,7 +177,7 @@ def consume(stage: Stage, link: str, sink: Sink) -> None:
     are published as notices once a second and at exit.
     """
     inlet = Inlet(stage, link)
-    delivered = Recent(size=262144)  # record identities lately delivered
+    delivered = Recent(size=131072)  # > max_unacked x records per batch
     last_input = time.monotonic()
     next_notice = 0.0
     dirty = False
