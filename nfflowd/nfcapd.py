@@ -291,6 +291,13 @@ class Nfcapd:
                 raise NfcapdError(f"nfdump -r {path} failed: {res.stderr}")
             yield from (ln for ln in res.stdout.splitlines() if ln.strip())
 
+    def rows(self, fmt: str) -> list[list[str]]:
+        """Every stored flow as the '|'-separated columns of ``nfdump -o fmt`` (e.g. with the
+        NAT fields ``%xsa %xda %xsp %xdp``); stops nfcapd first if running."""
+        return [
+            [c.strip() for c in ln.split("|")] for ln in self._nfdump("-q", "-N", "-6", "-o", fmt)
+        ]
+
     def records(self) -> list[dict[str, Any]]:
         """Every flow stored, in arrival order (stops nfcapd first if running)."""
         return [parse_nfdump_line(ln) for ln in self._nfdump("-q", "-N", "-6", "-o", NFDUMP_FMT)]

@@ -6,9 +6,11 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+from nfflowd import control
 from nfflowd.formats import flowtools_csv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,3 +93,16 @@ def is_ipv4(text: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def wait_all_running(rundir: Path | str, timeout: float = 20) -> dict[str, int]:
+    """Until supervisord runs the four stages, all RUNNING; their pids."""
+    rundir = Path(rundir)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if control.is_running(str(rundir)):
+            infos = control.processes(str(rundir))
+            if len(infos) == 4 and all(p["statename"] == "RUNNING" for p in infos):
+                return {p["name"]: p["pid"] for p in infos}
+        time.sleep(0.1)
+    raise AssertionError("stages did not all reach RUNNING")

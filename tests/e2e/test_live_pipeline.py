@@ -28,7 +28,7 @@ from nfflowd.correlate import Correlator
 from nfflowd.messages import FlowRecord
 from nfflowd.nfcapd import Nfcapd
 from tests.e2e.conftest import lab_prefix
-from tests.pipeline_harness import csv_key, nfflowd, write_config
+from tests.pipeline_harness import csv_key, nfflowd, wait_all_running, write_config
 
 #: conntrack -E stamps events when it reads them; the kernel stamps them when they happen.
 TIME_SLACK_MS = 100
@@ -67,17 +67,6 @@ def key(
     return (src, sport, dst, dport, proto, pk, by)
 
 
-def wait_running(rundir: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if control.is_running(rundir):
-            states = {p["name"]: p["statename"] for p in control.processes(rundir)}
-            if len(states) == 4 and set(states.values()) == {"RUNNING"}:
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"stages not RUNNING after {timeout} s")
-
-
 @pytest.mark.root
 @pytest.mark.timeout(120)
 def test_live_lab_through_the_kernel(
@@ -100,7 +89,7 @@ def test_live_lab_through_the_kernel(
         def start_nfflowd() -> None:
             started_ms.append(time.time_ns() // 1_000_000)
             nfflowd("-c", str(conf), "start")
-            wait_running(str(rundir))
+            wait_all_running(rundir)
 
         try:
             with open(events, "wb") as fh, labmod.capture(lab, fh, "timestamp,ktimestamp,id"):

@@ -30,7 +30,6 @@ import calendar
 import ipaddress
 import os
 import shutil
-import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -42,7 +41,7 @@ from nfflowd import control
 from nfflowd import lab as labmod
 from nfflowd.formats import json_lines
 from nfflowd.nfcapd import Nfcapd, free_udp_port, parse_nfdump_line
-from tests.pipeline_harness import nfflowd
+from tests.pipeline_harness import nfflowd, wait_all_running
 
 #: nfdump output: the base fields, the NAT fields, direction, end reason, time received.
 NFDUMP_FMT = "fmt:%ts|%te|%pr|%sa|%da|%sp|%dp|%pkt|%byt|%xsa|%xda|%xsp|%xdp|%dir|%end|%tr"
@@ -73,17 +72,6 @@ def config_text(rundir: Path, fw: str, v9: int, ipfix: int, dead: int) -> str:
         "      format json\n    </screen>\n  </conf>\n</ptee>\n"
         f"<daemon>\n    rundir {rundir}\n</daemon>\n"
     )
-
-
-def wait_running(rundir: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if control.is_running(rundir):
-            states = {p["name"]: p["statename"] for p in control.processes(rundir)}
-            if len(states) == 4 and set(states.values()) == {"RUNNING"}:
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"stages not RUNNING after {timeout} s")
 
 
 def wait_lines(path: Path, n: int, timeout: float = 15) -> None:
@@ -138,24 +126,17 @@ def addr(text: str) -> str:
 
 
 def nfdump_rows(cap: Nfcapd) -> list[dict[str, Any]]:
-    cap.stop()
     out = []
-    for path in cap.files():
-        res = subprocess.run(
-            ["nfdump", "-r", str(path), "-q", "-N", "-6", "-o", NFDUMP_FMT],
-            capture_output=True, text=True, timeout=60, check=True, env=dict(os.environ, TZ="UTC"),
+    for cols in cap.rows(NFDUMP_FMT):
+        rec = parse_nfdump_line("|".join(cols[:9]))
+        rec["row"] = (
+            rec["src"], rec["dst"], rec["sport"], rec["dport"], rec["proto"], rec["packets"],
+            rec["bytes"], addr(cols[9]), addr(cols[10]), int(cols[11]), int(cols[12]),
+            cols[13],
         )  # fmt: skip
-        for line in res.stdout.splitlines():
-            cols = [c.strip() for c in line.split("|")]
-            rec = parse_nfdump_line("|".join(cols[:9]))
-            rec["row"] = (
-                rec["src"], rec["dst"], rec["sport"], rec["dport"], rec["proto"], rec["packets"],
-                rec["bytes"], addr(cols[9]), addr(cols[10]), int(cols[11]), int(cols[12]),
-                cols[13],
-            )  # fmt: skip
-            rec["end"] = int(cols[14])
-            rec["received_ms"] = utc_ms(cols[15])
-            out.append(rec)
+        rec["end"] = int(cols[14])
+        rec["received_ms"] = utc_ms(cols[15])
+        out.append(rec)
     return out
 
 
@@ -218,7 +199,7 @@ def test_live_lab_to_v9_ipfix_and_a_dead_collector(
         conf.write_text(config_text(rundir, lab.fw, v9cap.port, ipfixcap.port, dead))
         try:
             nfflowd("-c", str(conf), "start")
-            wait_running(str(rundir))
+            wait_all_running(rundir)
             n = 0
             for i in range(2):
                 events = tmp_path / f"conntrack-E-{i}.log"

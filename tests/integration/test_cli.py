@@ -6,28 +6,16 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from nfflowd import control
-from tests.pipeline_harness import GOLDEN, nfflowd, write_config
+from tests.pipeline_harness import GOLDEN, nfflowd, wait_all_running, write_config
 
 
 def pids(rundir: Path) -> dict[str, int]:
     return {p["name"]: p["pid"] for p in control.processes(str(rundir))}
-
-
-def wait_all_running(rundir: Path, timeout: float = 20) -> dict[str, int]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if control.is_running(str(rundir)):
-            infos = control.processes(str(rundir))
-            if len(infos) == 4 and all(p["statename"] == "RUNNING" for p in infos):
-                return {p["name"]: p["pid"] for p in infos}
-        time.sleep(0.1)
-    raise AssertionError("stages did not all reach RUNNING")
 
 
 def config(tmp_path: Path, engine_id: int = 0) -> Path:

@@ -20,7 +20,6 @@ import ipaddress
 import os
 import shutil
 import struct
-import subprocess
 from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
@@ -54,17 +53,10 @@ pytestmark = pytest.mark.skipif(
 
 def nat_rows(cap: Nfcapd) -> list[tuple[Any, ...]]:
     """(nfdump_key..., post src, post dst, post sport, post dport, direction) per record."""
-    cap.stop()
     rows = []
-    for path in cap.files():
-        res = subprocess.run(
-            ["nfdump", "-r", str(path), "-q", "-N", "-6", "-o", NFDUMP_FMT],
-            capture_output=True, text=True, timeout=60, check=True, env=dict(os.environ, TZ="UTC"),
-        )  # fmt: skip
-        for line in res.stdout.splitlines():
-            cols = [c.strip() for c in line.split("|")]
-            base = nfdump_key(parse_nfdump_line("|".join(cols[:9])))
-            rows.append((*base, cols[9], cols[10], int(cols[11]), int(cols[12]), cols[13]))
+    for cols in cap.rows(NFDUMP_FMT):
+        base = nfdump_key(parse_nfdump_line("|".join(cols[:9])))
+        rows.append((*base, cols[9], cols[10], int(cols[11]), int(cols[12]), cols[13]))
     return rows
 
 

@@ -170,20 +170,13 @@ def nfdump_expected(fmt: str, r: FlowRecord) -> tuple[Any, ...]:
 
 
 def nfdump_rows(cap: Nfcapd) -> list[tuple[Any, ...]]:
-    cap.stop()
     rows = []
-    for path in cap.files():
-        res = subprocess.run(
-            ["nfdump", "-r", str(path), "-q", "-N", "-6", "-o", NFDUMP_FMT],
-            capture_output=True, text=True, timeout=60, check=True, env=dict(os.environ, TZ="UTC"),
-        )  # fmt: skip
-        for line in res.stdout.splitlines():
-            cols = [c.strip() for c in line.split("|")]
-            b = parse_nfdump_line("|".join(cols[:9]))
-            rows.append((b["src"], b["dst"], b["sport"], b["dport"], b["proto"], b["packets"],
-                         b["bytes"], b["first_ms"], b["last_ms"], cols[9], cols[10],
-                         int(cols[11]), int(cols[12]), cols[13], int(cols[14]), int(cols[15]),
-                         int(cols[16])))  # fmt: skip
+    for cols in cap.rows(NFDUMP_FMT):
+        b = parse_nfdump_line("|".join(cols[:9]))
+        rows.append((b["src"], b["dst"], b["sport"], b["dport"], b["proto"], b["packets"],
+                     b["bytes"], b["first_ms"], b["last_ms"], cols[9], cols[10],
+                     int(cols[11]), int(cols[12]), cols[13], int(cols[14]), int(cols[15]),
+                     int(cols[16])))  # fmt: skip
     return rows
 
 
