@@ -13,9 +13,6 @@ Outside CI each decoder's test skips when its program is missing; under
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
 import struct
 import subprocess
 import time
@@ -30,25 +27,10 @@ from nfflowd.formats import netflow_v5 as v5
 from nfflowd.formats.uptime import host_boot_ms
 from nfflowd.messages import FlowRecord
 from nfflowd.nfcapd import Nfcapd, NfcapdError
+from tests.addresses import a, needs, txt
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
 GOLDEN = Path(__file__).parent.parent / "data" / "v5"
 DAY = 86_400_000
-
-
-def needs(*programs: str) -> pytest.MarkDecorator:
-    missing = [p for p in programs if shutil.which(p) is None]
-    return pytest.mark.skipif(
-        bool(missing) and not IN_CI, reason=f"outside CI: {', '.join(missing)} not installed"
-    )
-
-
-def a(text: str) -> bytes:
-    return socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
-
-
-def txt(b: bytes) -> str:
-    return socket.inet_ntop(socket.AF_INET6 if len(b) == 16 else socket.AF_INET, b)
 
 
 def rec(first: int, last: int, src: str, dst: str, sport: int, dport: int, packets: int,

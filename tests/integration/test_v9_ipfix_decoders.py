@@ -21,8 +21,6 @@ from __future__ import annotations
 import calendar
 import json
 import os
-import shutil
-import socket
 import struct
 import subprocess
 import time
@@ -39,29 +37,14 @@ from nfflowd.formats import ipfix_ies as ies
 from nfflowd.formats.uptime import host_boot_ms
 from nfflowd.messages import FlowRecord
 from nfflowd.nfcapd import Nfcapd, free_udp_port, parse_nfdump_line
+from tests.addresses import a, needs, txt
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
 DATA = Path(__file__).parent.parent / "data"
 DAY = 86_400_000
 FORMATS = ["v9", "ipfix"]
 #: nfdump output with the NAT, direction, end-reason and interface fields.
 NFDUMP_FMT = "fmt:%ts|%te|%pr|%sa|%da|%sp|%dp|%pkt|%byt|%xsa|%xda|%xsp|%xdp|%dir|%end|%in|%out"
 Encoder = netflow_v9.V9Encoder | ipfix.IpfixEncoder
-
-
-def needs(*programs: str) -> pytest.MarkDecorator:
-    missing = [p for p in programs if shutil.which(p) is None]
-    return pytest.mark.skipif(
-        bool(missing) and not IN_CI, reason=f"outside CI: {', '.join(missing)} not installed"
-    )
-
-
-def a(text: str) -> bytes:
-    return socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
-
-
-def txt(b: bytes) -> str:
-    return socket.inet_ntop(socket.AF_INET6 if len(b) == 16 else socket.AF_INET, b)
 
 
 def make_encoder(fmt: str, **kw: Any) -> Encoder:

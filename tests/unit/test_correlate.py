@@ -6,13 +6,9 @@ import socket
 
 from nfflowd.correlate import Correlator, flow_records, is_natted
 from nfflowd.messages import ConntrackEvent, Direction, EventType, FlowRecord
+from tests.addresses import a
 
 S = 1_000_000_000
-
-
-def a(text: str) -> bytes:
-    fam = socket.AF_INET6 if ":" in text else socket.AF_INET
-    return socket.inet_pton(fam, text)
 
 
 def ev(

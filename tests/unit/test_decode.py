@@ -25,6 +25,7 @@ from nfflowd.decode import Decoded, decode_stream
 from nfflowd.formats import ipfix, netflow_v9
 from nfflowd.formats import ipfix_ies as ies
 from nfflowd.formats.ipfix_ies import IE
+from tests.addresses import a
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 DATA = Path(__file__).parent.parent / "data"
@@ -285,10 +286,6 @@ def test_mutated_datagrams_never_crash(datagrams: list[bytes]) -> None:
 
 
 # -- captures written here -----------------------------------------------------------------
-
-
-def a(text: str) -> bytes:
-    return socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
 
 
 def udp_ip(src: str, dst: str, sport: int, dport: int, payload: bytes) -> tuple[int, bytes]:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from nfflowd.formats.flowtools_csv import FIELDS, format_line, parse_line
 from nfflowd.messages import FlowRecord
+from tests.addresses import a
 
 DAY = 86_400_000
 
@@ -22,10 +21,6 @@ SEED_LINES = [
 SEED_END_MS = 1248952480737  # unix_secs.unix_nsecs at ms resolution
 SEED_BOOT_MS = SEED_END_MS - 279737  # sysuptime 279737 at the flow's end
 SEED_START_MS = SEED_BOOT_MS + 136315
-
-
-def a(text: str) -> bytes:
-    return socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
 
 
 def rec(

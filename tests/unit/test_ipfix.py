@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import struct
 from pathlib import Path
 from typing import Any
@@ -15,15 +14,12 @@ from hypothesis import strategies as st
 from nfflowd.formats import ipfix
 from nfflowd.formats import ipfix_ies as ies
 from nfflowd.messages import FlowRecord
+from tests.addresses import a
 
 GOLDEN = Path(__file__).parent.parent / "data" / "ipfix"
 NOW_NS = 1_795_713_184_334_567_890
 NOW = NOW_NS // 1_000_000
 SECS = NOW_NS // 1_000_000_000
-
-
-def a(text: str) -> bytes:
-    return socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
 
 
 def rec(

@@ -19,13 +19,10 @@ from nfflowd.formats import flowtools_csv, json_lines
 from nfflowd.formats.json_lines import KEYS, format_line, iso_ms, parse_line
 from nfflowd.messages import Direction, EndReason, FlowRecord
 from nfflowd.outputs.syslog import Dispatcher, ScreenDispatcher
+from tests.addresses import a
 
 # workers/ is installed as nfflowd.workers; mypy checks it as `workers`, not under that name
 mirror_mod: Any = importlib.import_module("nfflowd.workers.mirror")
-
-
-def a(text: str) -> bytes:
-    return ipaddress.ip_address(text).packed
 
 
 #: The SNAT connection tcp4-snat of tests/data/golden, its ORIGINAL_IN record.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,16 +15,13 @@ from hypothesis import strategies as st
 from nfflowd.formats import netflow_v5 as v5
 from nfflowd.formats.uptime import UPTIME_MAX, clamp_span, host_boot_ms, uptime_base
 from nfflowd.messages import FlowRecord
+from tests.addresses import a
 
 GOLDEN = Path(__file__).parent.parent / "data" / "v5"
 NOW_NS = 1_795_713_184_334_567_890
 NOW = NOW_NS // 1_000_000
 BOOT = 1_795_712_176_000
 DAY = 86_400_000
-
-
-def a(text: str) -> bytes:
-    return socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
 
 
 def rec(
