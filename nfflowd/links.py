@@ -30,6 +30,26 @@ HEARTBEAT_S = 1.0
 Batch = EventBatch | FlowBatch
 
 
+class _Empty(Exception):
+    """Nothing (usable) waiting on the socket."""
+
+
+def _next_message(stage: Stage, sock: zmq.Socket[bytes], where: str) -> Message | None:
+    """Read one message without blocking; a bad one is counted and gives None.
+
+    Raises :class:`_Empty` when nothing is waiting.
+    """
+    try:
+        data = sock.recv(zmq.NOBLOCK)
+    except zmq.Again:
+        raise _Empty from None
+    try:
+        return codec.decode(data)
+    except codec.DecodeError as exc:
+        stage.count_malformed(exc.reason, str(exc), where)
+        return None
+
+
 class Outlet:
     """Sender side of a link."""
 
@@ -70,13 +90,10 @@ class Outlet:
         newest = None
         while True:
             try:
-                data = self.sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
+                msg = _next_message(self.stage, self.sock, f"{self.name} acks")
+            except _Empty:
                 return newest
-            try:
-                msg = codec.decode(data)
-            except codec.DecodeError as exc:
-                self.stage.count_malformed(exc.reason, str(exc), f"{self.name} acks")
+            if msg is None:
                 continue
             if not isinstance(msg, Ack):
                 self.stage.count_malformed("unexpected_kind", type(msg).__name__, self.name)
@@ -109,13 +126,10 @@ class Inlet:
     def receive(self) -> Batch | None:
         """The next new batch, or None (nothing waiting, a duplicate, or a bad message)."""
         try:
-            data = self.sock.recv(zmq.NOBLOCK)
-        except zmq.Again:
+            msg = _next_message(self.stage, self.sock, f"{self.name} link")
+        except _Empty:
             return None
-        try:
-            msg = codec.decode(data)
-        except codec.DecodeError as exc:
-            self.stage.count_malformed(exc.reason, str(exc), f"{self.name} link")
+        if msg is None:
             return None
         if not isinstance(msg, (EventBatch, FlowBatch)):
             self.stage.count_malformed("unexpected_kind", type(msg).__name__, f"{self.name} link")

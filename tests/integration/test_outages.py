@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from bench.gen_events import generate
+from nfflowd import control
 from tests.pipeline_harness import write_config
 from tests.rsyslog_harness import RsyslogHarness
 
@@ -53,6 +54,8 @@ def test_syslog_down_for_ten_seconds_loses_nothing(tmp_path: Path) -> None:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+            if (rundir / "supervisor.sock").exists() and control.is_running(str(rundir)):
+                control.stop(str(rundir), timeout=30)  # the killed CLI's supervisord
         assert proc.returncode == 0, err
         queue = int(Path("/proc/sys/net/unix/max_dgram_qlen").read_text())
         syslog.lines(expected - queue - 1, timeout=60)

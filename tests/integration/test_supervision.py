@@ -66,6 +66,8 @@ def test_killed_stage_is_restarted_and_replay_completes(tmp_path: Path, victim: 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        if (rundir / "supervisor.sock").exists() and control.is_running(str(rundir)):
+            control.stop(str(rundir), timeout=30)  # the killed CLI's supervisord
     assert proc.returncode == 0, err
     report = {line.split()[0]: line for line in out.splitlines() if line.strip()}
     assert "starts=2" in report[victim], report  # the replay reports the restart
