@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import struct
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ import zmq
 from nfflowd import codec
 from nfflowd.delivery import Inbox, Outbox, Recent
 from nfflowd.messages import Ack, EventBatch, FlowBatch, FlowRecord, Message
+from nfflowd.persist import Slots
 from nfflowd.stage import Stage
 
 log = logging.getLogger("nfflowd")
@@ -113,15 +115,26 @@ class Outlet:
 
 
 class Inlet:
-    """Receiver side of a link."""
+    """Receiver side of a link.
 
-    def __init__(self, stage: Stage, name: str) -> None:
+    With *position* (a terminal stage), what it acknowledges is also stored in
+    a :class:`~nfflowd.persist.Slots` file: a restarted stage starts from there,
+    so its first hello acknowledges what its previous incarnation delivered and
+    the sender resends only the rest (instead of everything it still held).
+    """
+
+    def __init__(self, stage: Stage, name: str, *, position: Slots | None = None) -> None:
         self.stage = stage
         self.name = name
         self.sock = stage.socket(name, "receiver")
         self.inbox = Inbox()
         self.upto = 0  # what we acknowledge to the current sender incarnation
         self._next_heartbeat = 0.0
+        self.position = position
+        if position is not None and position[0]:
+            self.inbox.incarnation, self.upto = position[0], position[1]
+            self.inbox.contiguous = self.upto
+            log.info("%s: resuming after batch %d of sender %d", name, self.upto, position[0])
 
     def receive(self) -> Batch | None:
         """The next new batch, or None (nothing waiting, a duplicate, or a bad message)."""
@@ -145,6 +158,8 @@ class Inlet:
     def ack(self, upto: int) -> None:
         """Acknowledge every batch up to *upto* of the current sender (non-blocking)."""
         self.upto = max(self.upto, upto)
+        if self.position is not None:
+            self.position[0], self.position[1] = self.inbox.incarnation, self.upto
         msg = Ack(self.stage.name, self.stage.incarnation, self.inbox.incarnation, self.upto)
         # no sender connected, or its queue is full: the next ack covers this one
         with contextlib.suppress(zmq.Again):
@@ -183,18 +198,20 @@ NOTICE_INTERVAL_S = 1.0
 def consume(stage: Stage, link: str, sink: Sink) -> None:
     """The loop of a terminal stage: flow batches in, *sink* does the work, acks go back.
 
-    A batch is acknowledged once the sink has nothing pending (every record
-    sent to the collectors / every line delivered), so what a crash or an
-    outage holds back is resent by correlate.  Idle input flushes the sink.  On
+    A batch is acknowledged once the sink has flushed it and has nothing
+    pending (every record sent to the collectors / every line delivered), so
+    what a crash or an outage holds back is resent by correlate.  The
+    acknowledged position is kept in ``<rundir>/<link>.position`` so a
+    restarted stage does not deliver again what its predecessor had.  On
     SIGTERM the loop keeps going until input has been quiet for QUIET_S (or the
     deadline), so whatever upstream sent before stopping is delivered.  Counters
     are published as notices once a second and at exit.
     """
-    inlet = Inlet(stage, link)
+    position = Slots(os.path.join(stage.rundir, f"{link}.position"), 2)
+    inlet = Inlet(stage, link, position=position)
     delivered = Recent(size=131072)  # > max_unacked x records per batch
     last_input = time.monotonic()
     next_notice = 0.0
-    dirty = False
     unacked = False
 
     def counters() -> dict[str, int]:
@@ -207,9 +224,8 @@ def consume(stage: Stage, link: str, sink: Sink) -> None:
                 stage.notify("stats", counters())
                 next_notice = time.monotonic() + NOTICE_INTERVAL_S
             if not inlet.sock.poll(100, zmq.POLLIN):
-                if dirty or sink.pending():
+                if sink.pending():
                     sink.flush()
-                    dirty = False
                 if unacked and not sink.pending():
                     inlet.ack(inlet.inbox.contiguous)
                     unacked = False
@@ -228,7 +244,8 @@ def consume(stage: Stage, link: str, sink: Sink) -> None:
             except (TypeError, ValueError, AttributeError, struct.error) as exc:
                 # resending a bad batch cannot help: count it, acknowledge it, go on
                 stage.count_malformed("bad_record", repr(exc), f"batch {msg.seq}")
-            dirty = True
+            if not sink.pending():  # else an outage: the idle path retries, less often
+                sink.flush()
             if sink.pending():
                 unacked = True
             else:
@@ -240,3 +257,4 @@ def consume(stage: Stage, link: str, sink: Sink) -> None:
         log.info("stopped; %s", counters())
     finally:
         inlet.sock.close(linger=1000)
+        position.close()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from typing import Protocol
 
+from nfflowd import persist
 from nfflowd.config import Collector, ExportSettings
 from nfflowd.formats.ipfix import IpfixEncoder
 from nfflowd.formats.netflow_v5 import V5Encoder
@@ -18,9 +20,39 @@ from nfflowd.stage import Stage
 
 log = logging.getLogger("nfflowd.export")
 
+#: In the run directory: (stream identity, sequence number) per collector.
+SEQUENCE_FILE = "export.sequence"
+
 
 class Encoder(Protocol):
+    sequence: int
+
     def encode(self, records: Sequence[FlowRecord], now_ns: int) -> list[bytes]: ...
+
+
+#: Collectors whose sequence numbers ``<rundir>/export.sequence`` can keep.
+MAX_STREAMS = 64
+
+
+def stream_identity(exp: ExportSettings, c: Collector) -> int:
+    """What makes a stream of datagrams one sequence space for a collector."""
+    domain = exp.observation_domain if c.version != 5 else (exp.engine_type << 8 | exp.engine_id)
+    return persist.identity(f"{c.address}:{c.port}/v{c.version}/{c.source}/{domain}")
+
+
+def restore_sequences(slots: persist.Slots, streams: Sequence[tuple[int, Encoder]]) -> int:
+    """Give each (identity, encoder) the sequence its previous incarnation left, then
+    rewrite the table for exactly these streams.  Returns how many were restored."""
+    old = {slots[2 * i]: slots[2 * i + 1] for i in range(slots.count // 2) if slots[2 * i]}
+    restored = 0
+    for i in range(slots.count // 2):
+        slots[2 * i] = slots[2 * i + 1] = 0
+    for i, (ident, enc) in enumerate(streams[: slots.count // 2]):
+        if ident in old:
+            enc.sequence = old[ident]
+            restored += 1
+        slots[2 * i], slots[2 * i + 1] = ident, enc.sequence
+    return restored
 
 
 def make_encoder(exp: ExportSettings, c: Collector) -> Encoder:
@@ -40,20 +72,37 @@ class Exporter:
     """Encodes flow records for every collector and sends them; one slow or dead collector
     costs the others nothing but a failed non-blocking send."""
 
-    def __init__(self, exp: ExportSettings) -> None:
+    def __init__(self, exp: ExportSettings, sequences: persist.Slots | None = None) -> None:
+        """*sequences*: where each collector's sequence number survives a restart, so a
+        collector sees the stream go on (templates are sent again, as at any start)."""
         self.targets: list[tuple[Encoder, UdpCollector]] = [
             (make_encoder(exp, c), UdpCollector(c.address, c.port, source=c.source))
             for c in exp.collectors
         ]
         if not self.targets:
             log.warning("no collector configured: flow records are only mirrored")
+        if len(self.targets) > MAX_STREAMS:
+            log.warning("more than %d collectors: sequence numbers of the others restart at 0",
+                        MAX_STREAMS)  # fmt: skip
         self.records = 0
+        self.sequences = sequences
+        if sequences is not None:
+            idents = [stream_identity(exp, c) for c in exp.collectors]
+            streams = [(ident, enc) for ident, (enc, _) in zip(idents, self.targets, strict=True)]
+            if restore_sequences(sequences, streams):
+                log.info("sequence numbers go on from %s",
+                         [enc.sequence for enc, _ in self.targets])  # fmt: skip
 
     def handle(self, records: list[FlowRecord]) -> None:
         self.records += len(records)
         now = time.time_ns()
-        for enc, coll in self.targets:
-            for datagram in enc.encode(records, now):
+        slots = self.sequences
+        for i, (enc, coll) in enumerate(self.targets):
+            datagrams = enc.encode(records, now)
+            if slots is not None and i < MAX_STREAMS:
+                # stored before sending: after a crash the stream skips ahead, never back
+                slots[2 * i + 1] = enc.sequence
+            for datagram in datagrams:
                 coll.send(datagram)
 
     def flush(self) -> None:
@@ -76,9 +125,11 @@ class Exporter:
 
 def main(argv: list[str] | None = None) -> int:
     stage = Stage("export", argv)
+    sequences = persist.Slots(os.path.join(stage.rundir, SEQUENCE_FILE), 2 * MAX_STREAMS)
     try:
-        consume(stage, "flows.export", Exporter(stage.settings.export))
+        consume(stage, "flows.export", Exporter(stage.settings.export, sequences))
     finally:
+        sequences.close()
         stage.close()
     return 0
 
