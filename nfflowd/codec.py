@@ -93,11 +93,18 @@ def _event_batch(obj: Sequence[Any]) -> Message:
 
 
 def _flow_batch(obj: Sequence[Any]) -> Message:
-    if len(obj) != 7:
-        raise DecodeError("malformed", "flow batch: expected 7 elements")
-    records = _items(obj[6], FLOW_FIELDS, "records")
+    if len(obj) != 9:
+        raise DecodeError("malformed", "flow batch: expected 9 elements")
+    records = _items(obj[8], FLOW_FIELDS, "records")
+    new = tuple.__new__  # what FlowRecord._make does, without re-checking the length
     return FlowBatch(
-        str(obj[2]), int(obj[3]), int(obj[4]), int(obj[5]), [FlowRecord._make(r) for r in records]
+        str(obj[2]),
+        int(obj[3]),
+        int(obj[4]),
+        int(obj[5]),
+        int(obj[6]),
+        int(obj[7]),
+        [new(FlowRecord, r) for r in records],
     )
 
 

@@ -35,7 +35,7 @@ from enum import IntEnum
 from typing import NamedTuple
 
 #: Version of the wire schema; bump when a record's fields change.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class Kind(IntEnum):
@@ -145,12 +145,20 @@ class EventBatch(NamedTuple):
 
 
 class FlowBatch(NamedTuple):
-    """A batch of flow records from one correlate incarnation."""
+    """A batch of flow records from one correlate incarnation.
+
+    *origin_incarnation*/*origin_seq* name the event batch it was computed from
+    (each event batch yields at most one flow batch): a restarted correlate that
+    recomputes a batch from the same event batch is recognised by the receivers,
+    which drop the copy (record identity: see the README, "Crash isolation").
+    """
 
     sender: str
     incarnation: int
     seq: int
     acked: int  # every seq <= acked is acknowledged already (a receiver's floor)
+    origin_incarnation: int  # the ingest incarnation of the event batch ...
+    origin_seq: int  # ... and its seq
     records: list[FlowRecord]
 
 

@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             if records:
                 flow_seq = outs["export"].outbox.reserve()
                 floor = min(out.outbox.acked_upto for out in outs.values())
-                batch = FlowBatch("correlate", stage.incarnation, flow_seq, floor, records)
+                batch = FlowBatch("correlate", stage.incarnation, flow_seq, floor,
+                                  msg.incarnation, msg.seq, records)  # fmt: skip
                 data = codec.encode(batch)
                 for out in outs.values():
                     out.send_encoded(flow_seq, data)

@@ -13,11 +13,11 @@ a saved log is exhausted and everything is acknowledged, ingest publishes an
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 
+from nfflowd import persist
 from nfflowd.config import Settings
 from nfflowd.conntrack.sources import FileSource, NetlinkSource, ProgramSource, Source
 from nfflowd.links import Outlet
@@ -44,30 +44,32 @@ def dump_interval(active_timeout_s: int) -> float:
     return float(min(60, max(1, active_timeout_s // 4)))
 
 
-def load_checkpoint(rundir: str, paths: tuple[str, ...]) -> tuple[int, int] | None:
+def open_checkpoint(rundir: str) -> persist.Slots:
+    """Slots: (identity of the log paths, file index, byte offset)."""
+    return persist.Slots(os.path.join(rundir, CHECKPOINT), 3)
+
+
+def load_checkpoint(slots: persist.Slots, paths: tuple[str, ...]) -> tuple[int, int] | None:
     """Where a previous incarnation got to in these logs (None: start from the beginning)."""
-    try:
-        with open(os.path.join(rundir, CHECKPOINT)) as fh:
-            data = json.load(fh)
-        if data["paths"] == list(paths):
-            return (int(data["index"]), int(data["offset"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    return None
+    if slots[0] != persist.identity("\0".join(paths)):
+        return None
+    return (slots[1], slots[2])
 
 
-def save_checkpoint(rundir: str, paths: tuple[str, ...], position: tuple[int, int]) -> None:
-    path = os.path.join(rundir, CHECKPOINT)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump({"paths": list(paths), "index": position[0], "offset": position[1]}, fh)
-    os.replace(tmp, path)
+def save_checkpoint(
+    slots: persist.Slots, paths: tuple[str, ...], position: tuple[int, int]
+) -> None:
+    """Three memory stores (see nfflowd.persist); the identity last, so a torn update
+    can only point at an older position of the same logs or at none."""
+    slots[0] = 0
+    slots[1], slots[2] = position
+    slots[0] = persist.identity("\0".join(paths))
 
 
-def make_source(settings: Settings, rundir: str) -> Source:
+def make_source(settings: Settings, checkpoint: persist.Slots) -> Source:
     src = settings.source
     if src.type == "file":
-        resume = load_checkpoint(rundir, src.path)
+        resume = load_checkpoint(checkpoint, src.path)
         if resume is not None:
             log.info("resuming the saved log(s) at file %d offset %d", *resume)
         return FileSource(src.path, resume=resume)
@@ -82,7 +84,8 @@ def make_source(settings: Settings, rundir: str) -> Source:
 def main(argv: list[str] | None = None) -> int:
     stage = Stage("ingest", argv)
     settings = stage.settings
-    source = make_source(settings, stage.rundir)
+    checkpoint = open_checkpoint(stage.rundir)
+    source = make_source(settings, checkpoint)
     out = Outlet(stage, "events", settings.daemon.max_unacked)
     positions: dict[int, tuple[int, int]] = {}  # batch seq -> file position after it
     sent = 0
@@ -97,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             if acked is not None and positions:
                 done = [seq for seq in positions if seq <= acked]
                 if done:
-                    save_checkpoint(stage.rundir, settings.source.path, positions[max(done)])
+                    save_checkpoint(checkpoint, settings.source.path, positions[max(done)])
                     for seq in done:
                         del positions[seq]
             if stage.stopping and (out.idle() or time.monotonic() > stage.stop_deadline):
@@ -121,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("stopped after %d events; %s", sent, counters())
     finally:
         source.close()
+        checkpoint.close()
         out.sock.close(linger=1000)
         stage.close()
     return 0

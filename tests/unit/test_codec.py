@@ -32,7 +32,7 @@ RECORD = FlowRecord(1, 2, 4, 6, b"\n\0\1\2", b"\xcb\0q\2", 40000, 80, 10, 2**40,
     "msg",
     [
         EventBatch("ingest", 7, 1, 0, [EVENT, EVENT]),
-        FlowBatch("correlate", 8, 2, 1, [RECORD]),
+        FlowBatch("correlate", 8, 2, 1, 5, 3, [RECORD]),
         Ack("export", 5, 7, 42),
         Notice("export", "eof", {"records": 3}),
     ],
