@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 APT_PACKAGES := conntrack nfdump tshark rsyslog iproute2 iptables nftables procps iputils-ping kmod
 APT_COMMANDS := conntrack nfcapd nfdump tshark rsyslogd ip iptables nft sysctl ping
 
-.PHONY: demo test sysdeps venv lint unit bench clean
+.PHONY: demo test sysdeps venv lint unit bench bundle clean
 
 sysdeps:
 	@missing=""; for c in $(APT_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
@@ -44,6 +44,22 @@ unit: venv
 
 bench: sysdeps venv
 	$(PY) bench/bench_pipeline.py
+
+# The single-file bundle (README "Single-file bundle"): a shiv zipapp of nfflowd and the
+# manylinux wheels of every [project] dependency, run by a bare `python3`.  Compiled wheels are
+# per Python version: it is built for the venv's X.Y unless BUNDLE_PYTHON names another.
+# -E exports the extracted site-packages in PYTHONPATH, so the `python3 -m ...` that start
+# supervisord and the stages find nfflowd and its dependencies too.
+DIST          ?= dist
+BUNDLE_BUILD  ?= build/bundle
+BUNDLE_PYTHON ?= $(shell $(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+
+bundle: venv
+	rm -rf $(BUNDLE_BUILD) && mkdir -p $(BUNDLE_BUILD) $(DIST)
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w $(BUNDLE_BUILD) .
+	$(PY) -m shiv -q --compressed --reproducible -E -e nfflowd.bundle:main \
+	  -p '/usr/bin/env python$(BUNDLE_PYTHON)' -o $(DIST)/nfflowd.pyz \
+	  --only-binary=:all: --python-version $(BUNDLE_PYTHON) $(BUNDLE_BUILD)/nfflowd-*.whl
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

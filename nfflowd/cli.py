@@ -12,9 +12,11 @@ DEFAULT_CONFIG = "/etc/nfflowd.conf"
 
 USAGE = """\
 Usage: nfflowd [ -c file ] [ -f ] { start | stop | restart | reload | install | check | help | version }
+       nfflowd [ -c file ] status [--json] [--rundir DIR]
        nfflowd [ -c file ] replay LOG...
        nfflowd lab { up | traffic | flush | down | capture DIR } [--prefix P]
        nfflowd demo
+       nfflowd keygen DIR
        nfflowd decode FILE|- [--json]
   -c file     Specify configuration file (instead of /etc/nfflowd.conf)
   -f          Run in the foreground (don't detach)
@@ -24,16 +26,18 @@ Usage: nfflowd [ -c file ] [ -f ] { start | stop | restart | reload | install | 
   reload      Re-reads the configuration; restarts only the stages whose settings changed
   install     Setup nfflowd to run automatically after reboot (systemd unit) [--root DIR]
   check       Check the configuration file and report the daemon and kernel state
+  status      Each stage's state and counters; exit 3 when nfflowd is not running
   replay      Feed saved `conntrack -E` logs through the pipeline; exits when all is delivered
   lab         The built-in NAT lab (network namespaces) used by the demo and tests
   demo        Run nfflowd on the embedded default and show what a collector received
+  keygen      Write CURVE keys for links between hosts (tcp://) and say where each goes
   decode      Decode NetFlow v5/v9/IPFIX datagrams (hex lines or a pcap/pcapng capture)
   help        Display this usage info
   version     Display the version of nfflowd
 """
 
 VERBS = ("start", "stop", "restart", "reload", "install", "check", "help", "version",
-         "replay", "lab", "demo", "decode")  # fmt: skip
+         "replay", "lab", "demo", "decode", "status", "keygen")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,6 +31,7 @@ from importlib import resources
 from typing import Any
 
 from nfflowd import config_general as cg
+from nfflowd.config_links import stage_links
 from nfflowd.config_sections import FLOW_SEND_ARGS_ERROR as FLOW_SEND_ARGS_ERROR
 from nfflowd.config_sections import SECTIONS, validate
 from nfflowd.settings import _V, _at, _dotted, _show, _suggest
@@ -41,6 +42,8 @@ from nfflowd.settings import Ct2ftSettings as Ct2ftSettings
 from nfflowd.settings import DaemonSettings as DaemonSettings
 from nfflowd.settings import Dispatcher as Dispatcher
 from nfflowd.settings import ExportSettings as ExportSettings
+from nfflowd.settings import LinkSettings as LinkSettings
+from nfflowd.settings import MetricsSettings as MetricsSettings
 from nfflowd.settings import MirrorSettings as MirrorSettings
 from nfflowd.settings import Settings as Settings
 from nfflowd.settings import SourceSettings as SourceSettings
@@ -144,17 +147,23 @@ def _build(tp: Any, value: Any, key: str) -> Any:
     return value
 
 
-def dump_resolved(s: Settings, path: str) -> None:
-    """Write *s* as JSON to *path* atomically (temp file, fsync, rename), mode 0600."""
+def dump_resolved(s: Settings, path: str, *, group: int | None = None) -> None:
+    """Write *s* as JSON to *path* atomically (temp file, fsync, rename), mode 0600.
+
+    With *group* (``<daemon> user``'s group, see nfflowd.privileges) root:*group*
+    0640 instead: the unprivileged stages read the file, only root writes it.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".settings.", suffix=".tmp", dir=directory)
     try:
+        if group is not None:
+            os.fchown(fd, -1, group)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(to_dict(s), fh, indent=2, sort_keys=True)
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
+        os.chmod(tmp, 0o600 if group is None else 0o640)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -190,9 +199,12 @@ def stage_sections(s: Settings) -> dict[str, dict[str, Any]]:
     ingest: dict[str, Any] = {"source": d["source"], "active_timeout": s.export.active_timeout}
     if s.source.type == "conntrack":
         ingest["conntrack"] = d["conntrack"]
-    return {
+    out = {
         "ingest": ingest,
         "correlate": {"ct2ft": d["ct2ft"], "active_timeout": s.export.active_timeout},
         "export": {"export": d["export"]},
         "mirror": {"mirror": d["mirror"], "exaddr": s.export.exaddr},
     }
+    for stage, part in out.items():
+        part["links"] = stage_links(s.links, stage)
+    return out

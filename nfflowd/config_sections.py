@@ -1,9 +1,9 @@
 """Validation of each section of the merged configuration tree into :mod:`nfflowd.settings`.
 
 One function per block (``<source>``, ``<conntrack>``, ``<ct2ft>``, ``<export>`` with
-the 2009 tool's ``<flow_send>``, ``<ptee><conf>``, ``<daemon>``); :func:`validate`
-runs them in that order.  The policy on unknown keys and the error format are
-described in :mod:`nfflowd.config`.
+the 2009 tool's ``<flow_send>``, ``<ptee><conf>``, ``<daemon>``, ``<metrics>`` (in
+:mod:`nfflowd.config_metrics`)); :func:`validate` runs them in that order.  The policy
+on unknown keys and the error format are described in :mod:`nfflowd.config`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,10 @@ import shlex
 from typing import Any
 
 from nfflowd.config_general import Key
+from nfflowd.config_links import KEYS as LINKS_KEYS
+from nfflowd.config_links import daemon_stages, links_section
+from nfflowd.config_metrics import KEYS as METRICS_KEYS
+from nfflowd.config_metrics import metrics_section
 from nfflowd.outputs.syslog import FACILITIES, LEVELS, parse_address
 from nfflowd.settings import (
     _V,
@@ -72,7 +76,9 @@ SECTIONS = {
     "flow_send": ("args", "progname", "format"),
     "flow_import": None,  # obsolete: anything goes
     "ptee": ("conf",),
-    "daemon": ("rundir", "max_unacked"),
+    "daemon": ("rundir", "max_unacked", "stages", "user"),
+    "links": LINKS_KEYS,  # nfflowd.config_links
+    "metrics": METRICS_KEYS,
 }
 COLLECTOR_KEYS = ("address", "port", "version", "source")
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)i?b?\s*$", re.IGNORECASE)
@@ -397,11 +403,27 @@ def _daemon(v: _V) -> DaemonSettings:
     return DaemonSettings(
         os.path.normpath(rundir),
         v.integer(("daemon", "max_unacked"), 64, 1, 1_000_000, "a number of batches"),
+        daemon_stages(v),
+        _daemon_user(v),
     )
+
+
+_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,30}[$]?$")  # shadow's default NAME_REGEX
+
+
+def _daemon_user(v: _V) -> str | None:
+    """A name, not a uid (useradd and supervisord's ``user=`` take names); whether it
+    exists is for ``check``/``start`` on the host that runs the stages."""
+    name = v.text(("daemon", "user"), "") if v.one(("daemon", "user")) is not None else None
+    if name is not None and not _USER.match(name):
+        raise v.expected(("daemon", "user"), "a user name (a-z, 0-9, _ and -)", name)
+    return name
 
 
 def validate(v: _V, path: str | None) -> Settings:
     """Every section of *v*'s tree, in order, into :class:`Settings` (*path*: the file read)."""
     source, conntrack, ct2ft = _source(v), _conntrack(v), _ct2ft(v)
     export, mirror, daemon = _export(v), _mirror(v), _daemon(v)
-    return Settings(source, conntrack, ct2ft, export, mirror, daemon, path, tuple(v.notes))
+    metrics, links = metrics_section(v), links_section(v, daemon.stages)
+    notes = tuple(v.notes)
+    return Settings(source, conntrack, ct2ft, export, mirror, daemon, path, notes, metrics, links)

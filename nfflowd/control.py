@@ -8,6 +8,7 @@ run directory (mode 0700, like the directory itself).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -17,14 +18,16 @@ from typing import Any
 
 from supervisor.xmlrpc import SupervisorTransport
 
-from nfflowd import endpoints
+from nfflowd import endpoints, privileges
 from nfflowd.config import Settings, dump_resolved, load_resolved, stage_sections
-from nfflowd.stage import SETTINGS_FILE
+from nfflowd.stage import SETTINGS_FILE, STATS_DIR
 
 GROUP = "nfflowd"
 #: Pipeline order: stopping in this order lets every stage drain into the next.
 STAGES = ("ingest", "correlate", "export", "mirror")
 CONF_NAME = "supervisord.conf"
+#: The Prometheus endpoint's program (``<metrics> listen``); outside the group, see below.
+METRICS = "metrics"
 
 
 class ControlError(RuntimeError):
@@ -46,15 +49,116 @@ def render(rundir: str, python: str | None = None) -> str:
 
 
 def prepare(settings: Settings, rundir: str) -> str:
-    """Create the run directory, write settings.json and supervisord.conf; return the conf path."""
-    path = endpoints.ensure_rundir(rundir)
-    dump_resolved(settings, os.path.join(path, SETTINGS_FILE))
+    """Create the run directory, write settings.json and supervisord.conf; return the conf path.
+
+    With ``<daemon> user`` (and root) the run directory is laid out for that user
+    first (:mod:`nfflowd.privileges`).
+    """
+    acct = _account(settings)
+    group = acct.gid if acct is not None else None
+    path = os.path.abspath(rundir)
+    text = select_stages(render(path), settings.daemon.stages)
+    text = run_as(text + _metrics_program(settings, path), acct.name if acct else None)
+    was_shared = privileges.shared_group(path) is not None
+    path = endpoints.ensure_rundir(path, group)
+    if acct is not None or was_shared:
+        privileges.sanitize(path, text)  # before root writes there
+    dump_resolved(settings, os.path.join(path, SETTINGS_FILE), group=group)
     conf = os.path.join(path, CONF_NAME)
     tmp = conf + ".tmp"
     with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
-        fh.write(render(path))
+        fh.write(text)
     os.replace(tmp, conf)
+    stats = os.path.join(path, STATS_DIR)
+    os.makedirs(stats, mode=0o700, exist_ok=True)
+    for name in os.listdir(stats):  # a previous run's reports: not this run's counters
+        os.unlink(os.path.join(stats, name))
+    if acct is not None:
+        privileges.settle(path, acct, text, stats)
     return conf
+
+
+def _account(settings: Settings) -> privileges.Account | None:
+    try:
+        return privileges.account_for(settings.daemon.user)
+    except privileges.PrivilegeError as exc:
+        raise ControlError(str(exc)) from None
+
+
+def run_as(conf: str, user: str | None) -> str:
+    """*conf* (rendered) with ``user=USER`` in every program section but ingest's.
+
+    The programs of :data:`nfflowd.privileges.UNPRIVILEGED` (a ``metrics`` program
+    too, when present): supervisord, root, starts them as *user*.  None: *conf*
+    unchanged.  It also sets every ``*logfile_maxbytes`` to 0: supervisord's
+    rotation renames a log and opens its name afresh, in a directory *user* can
+    create entries in, so a symlink planted there in between would have root
+    write where the user chose; ``logrotate`` with ``copytruncate`` (the rule
+    ``nfflowd install`` writes) rotates in place instead.
+    """
+    if user is None:
+        return conf
+    out: list[str] = []
+    for line in conf.splitlines(keepends=True):
+        program = re.match(r"\[program:([^\]]+)\]", line)
+        if re.match(r"(stdout_|stderr_)?logfile_maxbytes=", line):
+            line = line.partition("=")[0] + "=0\n"
+        out.append(line)
+        if program and program.group(1) in privileges.UNPRIVILEGED:
+            out.append(f"user={user}\n")
+    return "".join(out)
+
+
+def select_stages(conf: str, stages: tuple[str, ...]) -> str:
+    """*conf* (a rendered supervisord.conf) with only the stage programs in *stages*.
+
+    For hosts that run part of the pipeline (``<daemon> stages``; the links between
+    hosts are tcp://).  Drops the ``[program:X]`` sections of the other stages and
+    their names from the group's ``programs=`` line; anything else is kept as is.
+    """
+    dropped = {f"[program:{s}]" for s in STAGES if s not in stages}
+    out: list[str] = []
+    keep = True
+    for line in conf.splitlines(keepends=True):
+        if line.startswith("["):
+            keep = line.strip() not in dropped
+        if keep and line.startswith("programs="):
+            names = [n.strip() for n in line.partition("=")[2].split(",")]
+            kept = [n for n in names if n not in STAGES or n in stages]
+            line = "programs=" + ",".join(kept) + "\n"
+        if keep:
+            out.append(line)
+    return "".join(out)
+
+
+def _metrics_program(settings: Settings, rundir: str, python: str | None = None) -> str:
+    """``[program:metrics]`` when ``<metrics> listen`` is set, else "".
+
+    It is its own supervisord group, not one of ``nfflowd``'s: the group is the
+    pipeline (``nfflowd:*`` in supervisorctl, the stages of ``check``/``reload``),
+    and a metrics endpoint that cannot bind its port must not look like a
+    broken pipeline.  ``nfflowd stop`` still ends it: supervisord's shutdown
+    stops every program.
+    """
+    if settings.metrics.address is None:
+        return ""
+    rundir = os.path.abspath(rundir)
+    return f"""
+[program:{METRICS}]
+; added because <metrics> listen {settings.metrics.listen} is set
+command={python or sys.executable} -m nfflowd.workers.metrics --rundir {rundir}
+priority=400
+autostart=true
+autorestart=true
+startsecs=1
+startretries=5
+stopsignal=TERM
+stopwaitsecs=5
+redirect_stderr=true
+stdout_logfile={rundir}/metrics.log
+stdout_logfile_maxbytes=1MB
+stdout_logfile_backups=1
+"""
 
 
 def rpc(rundir: str) -> Any:
@@ -133,6 +237,14 @@ def processes(rundir: str) -> list[dict[str, Any]]:
     return infos
 
 
+def metrics_process(rundir: str) -> dict[str, Any] | None:
+    """supervisord's view of the metrics program (None when it has none)."""
+    for p in rpc(rundir).supervisor.getAllProcessInfo():
+        if p["group"] == METRICS and p["name"] == METRICS:
+            return dict(p)
+    return None
+
+
 def start_count(rundir: str, stage: str) -> int:
     try:
         with open(os.path.join(rundir, f"{stage}.starts")) as fh:
@@ -145,7 +257,8 @@ def _stop_process(proxy: Any, stage: str) -> None:
     try:
         proxy.supervisor.stopProcess(f"{GROUP}:{stage}", True)
     except xmlrpc.client.Fault as fault:
-        if "NOT_RUNNING" not in fault.faultString:
+        # BAD_NAME: a stage this host does not run (<daemon> stages)
+        if "NOT_RUNNING" not in fault.faultString and "BAD_NAME" not in fault.faultString:
             raise
 
 
@@ -181,8 +294,9 @@ def reload(settings: Settings, rundir: str) -> list[str]:
     """Apply new settings: restart only the stages whose settings changed; return their names."""
     old = load_resolved(os.path.join(rundir, SETTINGS_FILE))
     before, after = stage_sections(old), stage_sections(settings)
-    changed = [s for s in STAGES if before.get(s) != after.get(s)]
-    dump_resolved(settings, os.path.join(rundir, SETTINGS_FILE))
+    changed = [s for s in old.daemon.stages if before.get(s) != after.get(s)]
+    group = privileges.shared_group(rundir)  # as the running stages were started
+    dump_resolved(settings, os.path.join(rundir, SETTINGS_FILE), group=group)
     proxy = rpc(rundir)
     for stage in changed:
         _stop_process(proxy, stage)

@@ -11,6 +11,7 @@ import shlex
 import shutil
 import stat
 
+from nfflowd import curve, endpoints, privileges
 from nfflowd.config import Settings
 
 SYSCTL_DIR = "/proc/sys/net/netfilter"
@@ -122,3 +123,81 @@ def export_findings(settings: Settings) -> list[Finding]:
             out.append(("note", "NetFlow v5 cannot carry IPv6: IPv6 flows are counted "
                                 "(skipped_ipv6) and only mirrored"))  # fmt: skip
     return out
+
+
+def link_findings(settings: Settings) -> list[Finding]:
+    """Each tcp:// link a stage of this host uses: its CURVE keys (an error here makes
+    ``start`` refuse) and how many peers its receiver refused so far."""
+    out: list[Finding] = []
+    links = settings.links
+    for link in links.addresses:
+        for stage in settings.daemon.stages:
+            side = endpoints.side_of(link.name, stage)
+            if side is None:
+                continue
+            role = "sends to" if side == "sender" else "receives (binds)"
+            where = f"link {link.name}: {stage} {role} {link.address}"
+            issues = curve.problems(links.curve_dir, side) if links.curve_dir else ["no curve_dir"]
+            out += [("error", f"{where}: {p}") for p in issues]
+            if not issues:
+                out.append(("ok", f"{where}, CURVE keys in {links.curve_dir}"))
+            refused = curve.refused_count(settings.daemon.rundir, link.name)
+            if side == "receiver" and refused:
+                out.append((
+                    "warning",
+                    f"link {link.name}: {refused} connection attempts refused (peers without "
+                    f"an admitted CURVE key; see {stage}.log)",
+                ))  # fmt: skip
+    return out
+
+
+def privilege_findings(settings: Settings, *, probe: bool = True) -> list[Finding]:
+    """``<daemon> user``: set, existing, usable from here (an error makes ``start`` refuse).
+
+    Unset while running as root: a recommendation.  Set: the user must exist, we
+    must be able to switch to it (root), and it must be able to run this
+    interpreter and reach the run directory (*probe*: really tried as that user).
+    """
+    user = settings.daemon.user
+    if user is None:
+        if os.geteuid() != 0:
+            return []
+        return [("note", "correlate, export and mirror run as root: set `<daemon> user "
+                         "nfflowd` so only ingest keeps root (nfflowd install creates the "
+                         "user); see README, Least privilege")]  # fmt: skip
+    try:
+        acct = privileges.account_for(user)
+    except privileges.PrivilegeError as exc:
+        return [("error", str(exc))]
+    if acct is None:
+        return [("note", f"<daemon> user {user}: we already run as {user}, nothing to switch")]
+    out: list[Finding] = [("ok", f"<daemon> user {user} (uid {acct.uid}): correlate, export, "
+                                 "mirror and metrics run as it, ingest as root")]  # fmt: skip
+    sharers = privileges.group_sharers(acct)
+    if sharers:
+        out.append(("warning", f"<daemon> user {user}: its group (gid {acct.gid}) also holds "
+                               f"{', '.join(sharers)}, who could enter the run directory; "
+                               "give it a group of its own"))  # fmt: skip
+    m = settings.metrics
+    lowest = _unprivileged_port_start()
+    if m.address is not None and m.port < lowest:
+        out.append(("error", f"<metrics> listen {m.listen}: the metrics program runs as {user} "
+                             f"and cannot bind a port below {lowest}"))  # fmt: skip
+    links = settings.links
+    readable = [links.curve_dir] if links.addresses and links.curve_dir else []
+    problem = privileges.probe(acct, settings.daemon.rundir, readable) if probe else None
+    if problem:
+        out.append((
+            "error",
+            f"<daemon> user {user} cannot run the stages: {problem} (install nfflowd "
+            "where that user can read it, e.g. a venv under /opt)",
+        ))  # fmt: skip
+    return out
+
+
+def _unprivileged_port_start() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as fh:
+            return int(fh.read().strip())
+    except (OSError, ValueError):
+        return 1024

@@ -105,6 +105,44 @@ class MirrorSettings:
 class DaemonSettings:
     rundir: str = "/run/nfflowd"
     max_unacked: int = 64  # batches a link keeps until acknowledged (the memory bound)
+    # the stages supervisord runs on this host (nfflowd.endpoints.STAGES, pipeline order)
+    stages: tuple[str, ...] = ("ingest", "correlate", "export", "mirror")
+    # every program but ingest runs as this user (nfflowd.privileges); None: as the invoker
+    user: str | None = None
+
+
+@dataclass(frozen=True)
+class LinkAddress:
+    name: str  # an endpoint name of nfflowd.endpoints.TABLE
+    address: str  # tcp://HOST:PORT
+
+
+@dataclass(frozen=True)
+class LinkSettings:
+    """``<links>``: data links moved from the run directory to tcp:// (nfflowd.config_links)."""
+
+    addresses: tuple[LinkAddress, ...] = ()
+    curve_dir: str | None = None  # CURVE keys (nfflowd keygen); required by any tcp link
+
+    def address(self, name: str) -> str | None:
+        """The tcp:// address of link *name*, or None (its ipc:// file)."""
+        return next((a.address for a in self.addresses if a.name == name), None)
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """The Prometheus endpoint (``<metrics> listen HOST:PORT``); off while address is None."""
+
+    address: str | None = None
+    port: int = 9464
+
+    @property
+    def listen(self) -> str:
+        """HOST:PORT as written in the configuration ([v6]:PORT); "" when off."""
+        if self.address is None:
+            return ""
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -117,6 +155,8 @@ class Settings:
     daemon: DaemonSettings
     path: str | None = None  # the file read (None: defaults only)
     notes: tuple[str, ...] = ()  # informational messages, e.g. obsolete keys
+    metrics: MetricsSettings = MetricsSettings()
+    links: LinkSettings = LinkSettings()
 
 
 # ---------------------------------------------------------------- validation helpers

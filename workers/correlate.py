@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         merged = {"new": c.new, "destroy": c.destroy, "update": c.update,
                   "records": c.records, "open": len(corr.open), "purged": c.purged,
                   "destroy_without_new": c.destroy_without_new,
-                  "interim_reports": c.interim_reports, **inlet.counters()}  # fmt: skip
+                  "interim_reports": c.interim_reports, "new_duplicate": c.new_duplicate,
+                  "replayed": c.replayed, "newest_event_ms": corr.clock_ns // 1_000_000,
+                  "pending_batches": len(ledger.entries), **inlet.counters()}  # fmt: skip
         for out in outs.values():
             merged.update(out.counters())
         return merged

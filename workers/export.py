@@ -114,7 +114,8 @@ class Exporter:
     def counters(self) -> dict[str, int]:
         out = {"records": self.records}
         for i, (enc, coll) in enumerate(self.targets):
-            for name in ("skipped_ipv6", "invalid", "datagrams", "template_sends", "split"):
+            for name in ("records", "skipped_ipv6", "invalid", "datagrams", "template_sends",
+                         "split", "clamped"):  # fmt: skip
                 value = getattr(enc, name, None)
                 if isinstance(value, int):
                     out[f"c{i}_{name}"] = value
