@@ -23,6 +23,7 @@ import zmq
 from nfflowd import codec, control, endpoints
 from nfflowd.config import Settings
 from nfflowd.messages import Notice
+from nfflowd.settings import DaemonSettings, LinkSettings
 
 EOF_TOKEN = "eof"  # same as nfflowd.workers.ingest.EOF_TOKEN
 
@@ -37,7 +38,9 @@ def replay_settings(settings: Settings, logs: Sequence[str]) -> Settings:
         if not os.path.isfile(p):
             raise ReplayError(f"{p}: no such event log")
     source = dataclasses.replace(settings.source, type="file", path=paths)
-    return dataclasses.replace(settings, source=source)
+    # a replay runs the whole pipeline here, whatever this host's part of a split one is
+    daemon = dataclasses.replace(settings.daemon, stages=DaemonSettings().stages)
+    return dataclasses.replace(settings, source=source, daemon=daemon, links=LinkSettings())
 
 
 def run(

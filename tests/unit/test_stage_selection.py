@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from nfflowd import config, control
+from nfflowd.replay import replay_settings
+from nfflowd.settings import LinkAddress, LinkSettings
 
 
 def parsed(text: str) -> configparser.RawConfigParser:
@@ -63,3 +65,19 @@ def test_prepare_writes_the_selection(tmp_path: Path) -> None:
     conf = control.prepare(s, str(tmp_path / "run"))
     cp = parsed(Path(conf).read_text())
     assert programs(cp) == ["ingest"] and cp.get("group:nfflowd", "programs") == "ingest"
+
+
+def test_a_replay_runs_every_stage_here_whatever_the_split(tmp_path: Path) -> None:
+    """A host configured for only part of a split pipeline still replays through all four."""
+    log = tmp_path / "events.log"
+    log.write_text("")
+    base = config.load(None)
+    split = dataclasses.replace(
+        base,
+        daemon=dataclasses.replace(base.daemon, stages=("ingest",)),
+        links=LinkSettings((LinkAddress("events", "tcp://203.0.113.1:5701"),), "/keys"),
+    )
+    replayed = replay_settings(split, [str(log)])
+    assert replayed.daemon.stages == ("ingest", "correlate", "export", "mirror")
+    assert replayed.links.address("events") is None
+    assert replayed.source.type == "file"
