@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from nfflowd import codec
 from nfflowd.delivery import Inbox, Outbox, Recent
@@ -61,6 +62,12 @@ class Outlet:
         self.sock = stage.socket(name, "sender")
         self.outbox = Outbox(limit=limit)
         self.acks_seen = 0
+        self.reconnects = 0
+        # A connection that breaks (a tcp reset; a receiver restart) may lose batches
+        # in flight.  After a reconnection the receiver's next Ack is treated as a
+        # hello, so everything unacknowledged goes again (receivers de-duplicate).
+        self._monitor = self.sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        self._disconnected = False
 
     def full(self) -> bool:
         return self.outbox.full()
@@ -87,8 +94,22 @@ class Outlet:
         self.outbox.add(data)
         self.stage.send(self.sock, data)
 
+    def _watch_connection(self) -> None:
+        while True:
+            try:
+                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                self._disconnected = True
+            elif event["event"] == zmq.EVENT_CONNECTED and self._disconnected:
+                self._disconnected = False
+                self.reconnects += 1
+                self.outbox.peer = 0  # the next Ack resends what is unacknowledged
+
     def poll_acks(self) -> int | None:
         """Handle every Ack waiting on the socket; return the newest cumulative ack (or None)."""
+        self._watch_connection()
         newest = None
         while True:
             try:
@@ -111,6 +132,7 @@ class Outlet:
         return {
             f"{self.name}_unacked": len(self.outbox.unacked),
             f"{self.name}_resent": self.outbox.resent,
+            f"{self.name}_reconnects": self.reconnects,
         }
 
 
