@@ -76,7 +76,7 @@ SECTIONS = {
     "flow_send": ("args", "progname", "format"),
     "flow_import": None,  # obsolete: anything goes
     "ptee": ("conf",),
-    "daemon": ("rundir", "max_unacked", "stages", "user"),
+    "daemon": ("rundir", "max_unacked", "stages", "user", "correlators", "exporters"),
     "links": LINKS_KEYS,  # nfflowd.config_links
     "metrics": METRICS_KEYS,
 }
@@ -405,7 +405,17 @@ def _daemon(v: _V) -> DaemonSettings:
         v.integer(("daemon", "max_unacked"), 64, 1, 1_000_000, "a number of batches"),
         daemon_stages(v),
         _daemon_user(v),
+        *_daemon_shards(v),
     )
+
+
+def _daemon_shards(v: _V) -> tuple[int, int]:
+    """``correlators N`` and ``exporters M`` (M <= N: an exporter is fed by correlators)."""
+    n = v.integer(("daemon", "correlators"), 1, 1, 64, "a number of correlate processes")
+    m = v.integer(("daemon", "exporters"), 1, 1, 64, "a number of export processes")
+    if m > n:
+        raise v.expected(("daemon", "exporters"), f"at most `correlators` ({n})", str(m))
+    return n, m
 
 
 _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,30}[$]?$")  # shadow's default NAME_REGEX

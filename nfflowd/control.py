@@ -18,7 +18,7 @@ from typing import Any
 
 from supervisor.xmlrpc import SupervisorTransport
 
-from nfflowd import endpoints, privileges
+from nfflowd import endpoints, privileges, shards
 from nfflowd.config import Settings, dump_resolved, load_resolved, stage_sections
 from nfflowd.stage import SETTINGS_FILE, STATS_DIR
 
@@ -58,6 +58,7 @@ def prepare(settings: Settings, rundir: str) -> str:
     group = acct.gid if acct is not None else None
     path = os.path.abspath(rundir)
     text = select_stages(render(path), settings.daemon.stages)
+    text = shards.programs(text, settings.daemon.correlators, settings.daemon.exporters)
     text = run_as(text + _metrics_program(settings, path), acct.name if acct else None)
     was_shared = privileges.shared_group(path) is not None
     path = endpoints.ensure_rundir(path, group)
@@ -253,13 +254,20 @@ def start_count(rundir: str, stage: str) -> int:
         return 0
 
 
+def _names(proxy: Any, stage: str) -> list[str]:
+    """The supervisord process names of *stage*: ``correlate``, or its shards
+    ``correlate-0`` ... (nfflowd.shards); none when this host does not run it."""
+    return [p["name"] for p in proxy.supervisor.getAllProcessInfo()
+            if p["group"] == GROUP and shards.stage_of(p["name"]) == stage]  # fmt: skip
+
+
 def _stop_process(proxy: Any, stage: str) -> None:
-    try:
-        proxy.supervisor.stopProcess(f"{GROUP}:{stage}", True)
-    except xmlrpc.client.Fault as fault:
-        # BAD_NAME: a stage this host does not run (<daemon> stages)
-        if "NOT_RUNNING" not in fault.faultString and "BAD_NAME" not in fault.faultString:
-            raise
+    for name in _names(proxy, stage):
+        try:
+            proxy.supervisor.stopProcess(f"{GROUP}:{name}", True)
+        except xmlrpc.client.Fault as fault:
+            if "NOT_RUNNING" not in fault.faultString:
+                raise
 
 
 def stop(rundir: str, *, timeout: float = 120) -> None:
@@ -301,5 +309,6 @@ def reload(settings: Settings, rundir: str) -> list[str]:
     for stage in changed:
         _stop_process(proxy, stage)
     for stage in reversed(changed):
-        proxy.supervisor.startProcess(f"{GROUP}:{stage}", True)
+        for name in _names(proxy, stage):
+            proxy.supervisor.startProcess(f"{GROUP}:{name}", True)
     return changed

@@ -23,6 +23,7 @@ a notice with no listener is dropped, by design.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 from dataclasses import dataclass
@@ -67,16 +68,27 @@ STAGES: Final[tuple[str, ...]] = tuple(
 LINKS: Final[tuple[str, ...]] = tuple(e.name for e in TABLE if e.sender_type == zmq.DEALER)
 
 
+def endpoint(name: str) -> Endpoint:
+    """The table entry of *name*; a shard's link (``events.1``, nfflowd.shards) is its
+    base endpoint with its own ipc file (``events-1.ipc``)."""
+    base, _, num = name.rpartition(".")
+    if base in BY_NAME and num.isdigit() and int(num) > 0:
+        ep = BY_NAME[base]
+        stem, dot, ext = ep.filename.rpartition(".")
+        return dataclasses.replace(ep, name=name, filename=f"{stem}-{int(num)}{dot}{ext}")
+    return BY_NAME[name]
+
+
 def address(rundir: str, name: str, links: LinkSettings | None = None) -> str:
     """The address of endpoint *name*: its ``<links>`` tcp:// address, else its ``ipc://``
     file in *rundir*."""
     tcp = links.address(name) if links is not None else None
-    return tcp or "ipc://" + os.path.join(os.path.abspath(rundir), BY_NAME[name].filename)
+    return tcp or "ipc://" + os.path.join(os.path.abspath(rundir), endpoint(name).filename)
 
 
 def side_of(name: str, stage: str) -> str | None:
     """Which side ("sender"/"receiver") of endpoint *name* *stage* is (None: neither)."""
-    ep = BY_NAME[name]
+    ep = endpoint(name)
     return "sender" if ep.sender == stage else "receiver" if ep.receiver == stage else None
 
 
@@ -132,7 +144,7 @@ def open_socket(
     With *links* (the settings' ``<links>``), a link given a tcp:// address is
     opened there, with CURVE keys from ``curve_dir`` (:func:`nfflowd.curve.secure`).
     """
-    ep = BY_NAME[name]
+    ep = endpoint(name)
     sock = ctx.socket(ep.sender_type if side == "sender" else ep.receiver_type)
     sock.setsockopt(zmq.LINGER, 2000)
     sock.setsockopt(zmq.SNDHWM, hwm)

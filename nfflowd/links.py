@@ -14,13 +14,13 @@ import logging
 import os
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from nfflowd import codec
+from nfflowd import codec, shards
 from nfflowd.delivery import Inbox, Outbox, Recent
 from nfflowd.messages import Ack, EventBatch, FlowBatch, FlowRecord, Message
 from nfflowd.persist import Slots
@@ -130,9 +130,9 @@ class Outlet:
 
     def counters(self) -> dict[str, int]:
         return {
-            f"{self.name}_unacked": len(self.outbox.unacked),
-            f"{self.name}_resent": self.outbox.resent,
-            f"{self.name}_reconnects": self.reconnects,
+            f"{shards.base_link(self.name)}_unacked": len(self.outbox.unacked),
+            f"{shards.base_link(self.name)}_resent": self.outbox.resent,
+            f"{shards.base_link(self.name)}_reconnects": self.reconnects,
         }
 
 
@@ -195,8 +195,8 @@ class Inlet:
 
     def counters(self) -> dict[str, int]:
         return {
-            f"{self.name}_duplicates": self.inbox.duplicates,
-            f"{self.name}_sender_restarts": self.inbox.restarts,
+            f"{shards.base_link(self.name)}_duplicates": self.inbox.duplicates,
+            f"{shards.base_link(self.name)}_sender_restarts": self.inbox.restarts,
         }
 
 
@@ -217,62 +217,96 @@ class Sink(Protocol):
 NOTICE_INTERVAL_S = 1.0
 
 
-def consume(stage: Stage, link: str, sink: Sink) -> None:
+class _Input:
+    """One incoming link of a terminal stage, with what survives a restart."""
+
+    def __init__(self, stage: Stage, link: str) -> None:
+        self.position = Slots(os.path.join(stage.rundir, f"{link}.position"), 2)
+        self.inlet = Inlet(stage, link, position=self.position)
+        # origins (ingest incarnation, event seq) of the batches delivered lately: far
+        # more than a restarted correlate can recompute (ingest resends <= max_unacked)
+        self.delivered = Recent(size=16384)
+        self.skipped_records = 0
+        self.unacked = False  # delivered batches wait for the sink's pending lines
+
+    def ack(self, sink: Sink) -> None:
+        if sink.pending():
+            self.unacked = True
+        else:
+            self.inlet.ack(self.inlet.inbox.contiguous)
+            self.unacked = False
+
+    def close(self) -> None:
+        self.inlet.sock.close(linger=1000)
+        self.position.close()
+
+
+def consume(stage: Stage, links: Sequence[str], sink: Sink) -> None:
     """The loop of a terminal stage: flow batches in, *sink* does the work, acks go back.
 
-    A batch is acknowledged once the sink has flushed it and has nothing
-    pending (every record sent to the collectors / every line delivered), so
-    what a crash or an outage holds back is resent by correlate.  The
-    acknowledged position is kept in ``<rundir>/<link>.position`` so a
-    restarted stage does not deliver again what its predecessor had.  On
-    SIGTERM the loop keeps going until input has been quiet for QUIET_S (or the
-    deadline), so whatever upstream sent before stopping is delivered.  Counters
-    are published as notices once a second and at exit.
+    *links*: one per correlator feeding this stage (one unless sharded).  A
+    batch is acknowledged once the sink has flushed it and has nothing pending
+    (every record sent to the collectors / every line delivered), so what a
+    crash or an outage holds back is resent by correlate.  The acknowledged
+    position is kept in ``<rundir>/<link>.position`` so a restarted stage does
+    not deliver again what its predecessor had.  On SIGTERM the loop keeps
+    going until input has been quiet for QUIET_S (or the deadline), so whatever
+    upstream sent before stopping is delivered.  Counters are published as
+    notices once a second and at exit (summed over the links).
     """
-    position = Slots(os.path.join(stage.rundir, f"{link}.position"), 2)
-    inlet = Inlet(stage, link, position=position)
-    # origins (ingest incarnation, event seq) of the batches delivered lately: far
-    # more than a restarted correlate can recompute (ingest resends <= max_unacked)
-    delivered = Recent(size=16384)
-    skipped_records = 0
+    inputs: list[_Input] = []
+    try:
+        for link in links:
+            inputs.append(_Input(stage, link))
+        _consume(stage, inputs, sink)
+    finally:
+        for inp in inputs:
+            inp.close()
+
+
+def _consume(stage: Stage, inputs: list[_Input], sink: Sink) -> None:
+    by_sock = {inp.inlet.sock: inp for inp in inputs}
+    poller = zmq.Poller()
+    for sock in by_sock:
+        poller.register(sock, zmq.POLLIN)
     last_input = time.monotonic()
     next_notice = 0.0
-    unacked = False
 
     def counters() -> dict[str, int]:
-        return {
-            **sink.counters(),
-            **inlet.counters(),
-            "duplicate_batches": delivered.hits,
-            "duplicate_records": skipped_records,
-        }
+        out = dict(sink.counters())
+        for inp in inputs:
+            for k, v in inp.inlet.counters().items():
+                out[k] = out.get(k, 0) + v
+        out["duplicate_batches"] = sum(inp.delivered.hits for inp in inputs)
+        out["duplicate_records"] = sum(inp.skipped_records for inp in inputs)
+        return out
 
-    try:
-        while not stage.done_draining(last_input):
-            inlet.heartbeat()
-            if time.monotonic() >= next_notice:
-                stage.notify("stats", counters())
-                next_notice = time.monotonic() + NOTICE_INTERVAL_S
-            if not inlet.sock.poll(100, zmq.POLLIN):
-                if sink.pending():
-                    sink.flush()
-                if unacked and not sink.pending():
-                    inlet.ack(inlet.inbox.contiguous)
-                    unacked = False
-                continue
-            last_input = time.monotonic()
-            msg = inlet.receive()
+    while not stage.done_draining(last_input):
+        for inp in inputs:
+            inp.inlet.heartbeat()
+        if time.monotonic() >= next_notice:
+            stage.notify("stats", counters())
+            next_notice = time.monotonic() + NOTICE_INTERVAL_S
+        ready = dict(poller.poll(100))
+        if not ready:
+            if sink.pending():
+                sink.flush()
+            for inp in inputs:
+                if inp.unacked:
+                    inp.ack(sink)
+            continue
+        last_input = time.monotonic()
+        for sock in ready:
+            inp = by_sock[sock]
+            msg = inp.inlet.receive()
             if msg is None:
                 continue
             if not isinstance(msg, FlowBatch):
-                stage.count_malformed("unexpected_kind", type(msg).__name__, f"{link} link")
+                stage.count_malformed("unexpected_kind", type(msg).__name__, inp.inlet.name)
                 continue
-            if not delivered.add((msg.origin_incarnation, msg.origin_seq)):
-                skipped_records += len(msg.records)  # recomputed by a restarted correlate
-                if sink.pending():
-                    unacked = True
-                else:
-                    inlet.ack(inlet.inbox.contiguous)
+            if not inp.delivered.add((msg.origin_incarnation, msg.origin_seq)):
+                inp.skipped_records += len(msg.records)  # recomputed by a restarted correlate
+                inp.ack(sink)
                 continue
             try:
                 sink.handle(msg.records)
@@ -281,15 +315,9 @@ def consume(stage: Stage, link: str, sink: Sink) -> None:
                 stage.count_malformed("bad_record", repr(exc), f"batch {msg.seq}")
             if not sink.pending():  # else an outage: the idle path retries, less often
                 sink.flush()
-            if sink.pending():
-                unacked = True
-            else:
-                inlet.ack(inlet.inbox.contiguous)
-        sink.flush()
-        if not sink.pending():
-            inlet.ack(inlet.inbox.contiguous)
-        stage.notify("final", counters())
-        log.info("stopped; %s", counters())
-    finally:
-        inlet.sock.close(linger=1000)
-        position.close()
+            inp.ack(sink)
+    sink.flush()
+    for inp in inputs:
+        inp.ack(sink)
+    stage.notify("final", counters())
+    log.info("stopped; %s", counters())

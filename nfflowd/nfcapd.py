@@ -289,7 +289,10 @@ class Nfcapd:
             )
             if res.returncode != 0:
                 raise NfcapdError(f"nfdump -r {path} failed: {res.stderr}")
-            yield from (ln for ln in res.stdout.splitlines() if ln.strip())
+            # an empty file (nfcapd rotates every interval, busy or not) says so in words
+            yield from (
+                ln for ln in res.stdout.splitlines() if ln.strip() and ln != "No matching flows"
+            )
 
     def rows(self, fmt: str) -> list[list[str]]:
         """Every stored flow as the '|'-separated columns of ``nfdump -o fmt`` (e.g. with the

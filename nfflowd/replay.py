@@ -20,7 +20,7 @@ from typing import TextIO
 
 import zmq
 
-from nfflowd import codec, control, endpoints
+from nfflowd import codec, control, endpoints, shards
 from nfflowd.config import Settings
 from nfflowd.messages import Notice
 from nfflowd.settings import DaemonSettings, LinkSettings
@@ -94,9 +94,11 @@ def run(
                 seen[msg.stage] = msg.counters
         ok = True
         if out is not None:
-            for stage in control.STAGES:
-                counters = " ".join(f"{k}={v}" for k, v in sorted(seen.get(stage, {}).items()))
-                out.write(f"{stage:<9} {counters}\n")
+            order = {s: i for i, s in enumerate(control.STAGES)}
+            names = set(control.STAGES) - {shards.stage_of(n) for n in seen} | set(seen)
+            for name in sorted(names, key=lambda n: (order.get(shards.stage_of(n), 9), n)):
+                counters = " ".join(f"{k}={v}" for k, v in sorted(seen.get(name, {}).items()))
+                out.write(f"{name:<11} {counters}\n")
         return seen
     finally:
         sub.close(linger=0)

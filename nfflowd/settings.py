@@ -109,6 +109,8 @@ class DaemonSettings:
     stages: tuple[str, ...] = ("ingest", "correlate", "export", "mirror")
     # every program but ingest runs as this user (nfflowd.privileges); None: as the invoker
     user: str | None = None
+    correlators: int = 1  # correlate processes (shards by connection, nfflowd.shards)
+    exporters: int = 1  # export processes (each fed by correlators i with i % M == its number)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Any
 
 import zmq
 
-from nfflowd import codec, endpoints
+from nfflowd import codec, endpoints, shards
 from nfflowd.config import Settings, load_resolved
 from nfflowd.messages import Notice
 
@@ -132,7 +132,12 @@ class Stage:
     def __init__(self, name: str, argv: list[str] | None = None) -> None:
         parser = argparse.ArgumentParser(prog=f"nfflowd.workers.{name}")
         parser.add_argument("--rundir", required=True, help="nfflowd run directory")
+        parser.add_argument(
+            "--shard", type=int, default=None, help="<daemon> correlators/exporters"
+        )
         args = parser.parse_args(argv)
+        self.shard: int | None = args.shard
+        name = shards.process_name(name, self.shard)
         self.name = name
         self.rundir: str = args.rundir
         logging.basicConfig(

@@ -15,7 +15,7 @@ import time
 
 import zmq
 
-from nfflowd import codec
+from nfflowd import codec, shards
 from nfflowd.correlate import Correlator
 from nfflowd.delivery import Ledger
 from nfflowd.links import Inlet, Outlet
@@ -32,10 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     stage = Stage("correlate", argv)
     settings = stage.settings
     corr = Correlator(ttl_s=settings.ct2ft.ttl, active_timeout_s=settings.export.active_timeout)
-    inlet = Inlet(stage, "events")
+    shard = stage.shard or 0
+    inlet = Inlet(stage, shards.link("events", shard))
     limit = settings.daemon.max_unacked
-    outs = {"export": Outlet(stage, "flows.export", limit),
-            "mirror": Outlet(stage, "flows.mirror", limit)}  # fmt: skip
+    outs = {"export": Outlet(stage, shards.link("flows.export", shard), limit),
+            "mirror": Outlet(stage, shards.link("flows.mirror", shard), limit)}  # fmt: skip
     ledger = Ledger(outputs=tuple(outs))
     poller = zmq.Poller()
     poller.register(inlet.sock, zmq.POLLIN)

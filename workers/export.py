@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
 from collections.abc import Sequence
 from typing import Protocol
 
-from nfflowd import persist
+from nfflowd import persist, shards
 from nfflowd.config import Collector, ExportSettings
 from nfflowd.formats.ipfix import IpfixEncoder
 from nfflowd.formats.netflow_v5 import V5Encoder
@@ -124,11 +125,27 @@ class Exporter:
         return out
 
 
+def shard_settings(exp: ExportSettings, shard: int) -> ExportSettings:
+    """Exporter *shard* is an exporter of its own to the collectors: engine id (v5) and
+    observation domain / source id (v9, IPFIX) offset by its number, its own sequences."""
+    if shard == 0:
+        return exp
+    domain = (exp.observation_domain + shard) & 0xFFFFFFFF
+    engine_id = (exp.engine_id + shard) & 0xFF
+    return dataclasses.replace(exp, engine_id=engine_id, observation_domain=domain)
+
+
 def main(argv: list[str] | None = None) -> int:
     stage = Stage("export", argv)
-    sequences = persist.Slots(os.path.join(stage.rundir, SEQUENCE_FILE), 2 * MAX_STREAMS)
+    shard = stage.shard or 0
+    daemon = stage.settings.daemon
+    feeds = shards.correlators_of(shard, daemon.correlators, daemon.exporters)
+    seq_file = SEQUENCE_FILE if stage.shard is None else f"{stage.name}.sequence"
+    sequences = persist.Slots(os.path.join(stage.rundir, seq_file), 2 * MAX_STREAMS)
     try:
-        consume(stage, "flows.export", Exporter(stage.settings.export, sequences))
+        exp = shard_settings(stage.settings.export, shard)
+        links = [shards.link("flows.export", i) for i in feeds]
+        consume(stage, links, Exporter(exp, sequences))
     finally:
         sequences.close()
         stage.close()

@@ -16,8 +16,11 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import deque
 
-from nfflowd import persist
+import zmq
+
+from nfflowd import persist, shards
 from nfflowd.config import Settings
 from nfflowd.conntrack.sources import FileSource, NetlinkSource, ProgramSource, Source
 from nfflowd.links import Outlet
@@ -86,46 +89,66 @@ def main(argv: list[str] | None = None) -> int:
     settings = stage.settings
     checkpoint = open_checkpoint(stage.rundir)
     source = make_source(settings, checkpoint)
-    out = Outlet(stage, "events", settings.daemon.max_unacked)
-    positions: dict[int, tuple[int, int]] = {}  # batch seq -> file position after it
+    n = settings.daemon.correlators
+    outs = [Outlet(stage, shards.link("events", i), settings.daemon.max_unacked) for i in range(n)]
+    poller = zmq.Poller()
+    for out in outs:
+        poller.register(out.sock, zmq.POLLIN)
+    # file position after each read, with the seq of the batch it gave each correlator
+    # (0: none); the checkpoint moves once every one of them is acknowledged
+    reads: deque[tuple[tuple[int, int], list[int]]] = deque()
     sent = 0
     next_notice = 0.0
 
     def counters() -> dict[str, int]:
-        return {"events": sent, **source.counters, **out.counters()}
+        merged: dict[str, int] = {"events": sent, **source.counters}
+        for out in outs:
+            for k, v in out.counters().items():
+                merged[k] = merged.get(k, 0) + v
+        return merged
+
+    def acknowledged(seqs: list[int]) -> bool:
+        return all(seq <= out.outbox.acked_upto for seq, out in zip(seqs, outs, strict=True))
 
     try:
         while True:
-            acked = out.poll_acks()
-            if acked is not None and positions:
-                done = [seq for seq in positions if seq <= acked]
-                if done:
-                    save_checkpoint(checkpoint, settings.source.path, positions[max(done)])
-                    for seq in done:
-                        del positions[seq]
-            if stage.stopping and (out.idle() or time.monotonic() > stage.stop_deadline):
+            for out in outs:
+                out.poll_acks()
+            done = None
+            while reads and acknowledged(reads[0][1]):
+                done = reads.popleft()[0]
+            if done is not None:
+                save_checkpoint(checkpoint, settings.source.path, done)
+            idle = all(out.idle() for out in outs)
+            if stage.stopping and (idle or time.monotonic() > stage.stop_deadline):
                 break
             if time.monotonic() >= next_notice:
-                finished = source.exhausted and out.idle()
+                finished = source.exhausted and idle
                 stage.notify(EOF_TOKEN if finished else "stats", counters())
                 next_notice = time.monotonic() + NOTICE_INTERVAL_S
-            if stage.stopping or out.full() or source.exhausted:
-                out.sock.poll(100)  # wait for acknowledgements
+            if stage.stopping or source.exhausted or any(out.full() for out in outs):
+                poller.poll(100)  # wait for acknowledgements
                 continue
             events = source.read(0.1)
             if not events:
                 continue
             sent += len(events)
             inc = stage.incarnation
-            seq = out.send(lambda seq, acked: EventBatch("ingest", inc, seq, acked, events))  # noqa: B023
+            seqs = [0] * n
+            for i, part in enumerate([events] if n == 1 else shards.split(events, n)):
+                if part:
+                    seqs[i] = outs[i].send(
+                        lambda seq, acked: EventBatch("ingest", inc, seq, acked, part)  # noqa: B023
+                    )
             if isinstance(source, FileSource):
-                positions[seq] = source.position()
+                reads.append((source.position(), seqs))
         stage.notify("final", counters())
         log.info("stopped after %d events; %s", sent, counters())
     finally:
         source.close()
         checkpoint.close()
-        out.sock.close(linger=1000)
+        for out in outs:
+            out.sock.close(linger=1000)
         stage.close()
     return 0
 

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+from nfflowd import shards
 from nfflowd.config import Settings
 from nfflowd.formats import flowtools_csv, json_lines
 from nfflowd.formats.uptime import host_boot_ms
@@ -126,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     stage = Stage("mirror", argv)
     try:
         mirror = Mirror(stage.settings)
-        consume(stage, "flows.mirror", mirror)
+        n = stage.settings.daemon.correlators
+        consume(stage, [shards.link("flows.mirror", i) for i in range(n)], mirror)
         for d in mirror.dispatchers:
             d.close()
     finally:

@@ -1,0 +1,92 @@
+"""Shard routing is stable, keeps each connection's events together, and renders numprocs."""
+
+from __future__ import annotations
+
+import configparser
+from pathlib import Path
+
+import pytest
+
+from nfflowd import config, control, endpoints, shards
+from nfflowd.messages import ConntrackEvent
+from tests.addresses import a
+
+
+def event(n: int, ct_id: int | None, etype: int = 1) -> ConntrackEvent:
+    return ConntrackEvent(etype, 10**18 + n, 4, 6, a(f"10.0.{n // 250}.{n % 250 + 1}"),
+                          a("203.0.113.9"), 1024 + n, 443, a("203.0.113.9"), a("203.0.113.1"),
+                          443, 1024 + n, None, None, None, None, ct_id, None, None, None, 0, 0,
+                          0)  # fmt: skip
+
+
+def test_a_connection_always_meets_the_same_correlator() -> None:
+    for n in (1, 2, 3, 4):
+        for i in range(500):
+            new, destroy = event(i, None, 1), event(i, None, 3)._replace(time_ns=2 * 10**18)
+            assert shards.shard_of(new, n) == shards.shard_of(destroy, n)
+            with_id = event(i, 7000 + i)
+            assert shards.shard_of(with_id, n) == (7000 + i) % n
+
+
+def test_shards_are_balanced_and_the_split_keeps_order() -> None:
+    events = [event(i, None) for i in range(4000)]
+    parts = shards.split(events, 4)
+    assert sum(map(len, parts)) == 4000
+    assert all(800 < len(p) < 1200 for p in parts), [len(p) for p in parts]
+    for p in parts:
+        assert p == sorted(p, key=lambda e: e.time_ns)
+
+
+def test_the_tuple_hash_is_the_same_in_another_process() -> None:
+    """Python's hash() is salted per process; the shard must not be (a restarted ingest)."""
+    import subprocess
+    import sys
+
+    code = ("from tests.unit.test_shards import event; from nfflowd import shards;"
+            "print([shards.shard_of(event(i, None), 3) for i in range(50)])")  # fmt: skip
+    root = Path(__file__).resolve().parents[2]
+    outs = set()
+    for seed in (1, 2):
+        env = {"PYTHONHASHSEED": str(seed), "PATH": "/usr/bin"}
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True, env=env, cwd=root)  # fmt: skip
+        outs.add(run.stdout)
+    assert len(outs) == 1 and outs.pop().strip() == str(
+        [shards.shard_of(event(i, None), 3) for i in range(50)]
+    )
+
+
+def test_links_names_and_exporter_assignment() -> None:
+    assert [shards.link("events", i) for i in range(3)] == ["events", "events.1", "events.2"]
+    assert shards.base_link("flows.export.2") == "flows.export"
+    assert shards.base_link("flows.export") == "flows.export"
+    assert shards.correlators_of(0, 4, 2) == [0, 2] and shards.correlators_of(1, 4, 2) == [1, 3]
+    assert endpoints.endpoint("flows.export.2").filename == "flows-export-2.ipc"
+    assert endpoints.endpoint("events").filename == "events.ipc"
+    assert endpoints.address("/r", "events.3") == "ipc:///r/events-3.ipc"
+    assert shards.stage_of("correlate-3") == "correlate" and shards.stage_of("mirror") == "mirror"
+
+
+def test_supervisord_programs_get_numprocs(tmp_path: Path) -> None:
+    text = shards.programs(control.render(str(tmp_path)), 4, 2)
+    conf = configparser.RawConfigParser()
+    conf.read_string(text)
+    corr, exp = conf["program:correlate"], conf["program:export"]
+    assert corr["numprocs"] == "4" and exp["numprocs"] == "2"
+    assert corr["process_name"] == "%(program_name)s-%(process_num)d"
+    assert corr["command"].endswith("--shard %(process_num)d")
+    assert corr["stdout_logfile"].endswith("correlate-%(process_num)d.log")
+    assert "numprocs" not in conf["program:mirror"] and "numprocs" not in conf["program:ingest"]
+    assert shards.programs(control.render(str(tmp_path)), 1, 1) == control.render(str(tmp_path))
+
+
+def test_config_keys_and_their_bounds(tmp_path: Path) -> None:
+    good = tmp_path / "good.conf"
+    good.write_text("<daemon>\n  correlators 3\n  exporters 2\n</daemon>\n")
+    s = config.load(str(good))
+    assert (s.daemon.correlators, s.daemon.exporters) == (3, 2)
+    assert (config.load(None).daemon.correlators, config.load(None).daemon.exporters) == (1, 1)
+    bad = tmp_path / "bad.conf"
+    bad.write_text("<daemon>\n  correlators 2\n  exporters 3\n</daemon>\n")
+    with pytest.raises(config.ConfigError, match="exporters"):
+        config.load(str(bad))
