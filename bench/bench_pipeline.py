@@ -31,6 +31,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--keep", action="store_true", help="keep the run directory")
+    ap.add_argument("--correlators", type=int, default=1, help="<daemon> correlators")
+    ap.add_argument("--exporters", type=int, default=1, help="<daemon> exporters")
     ns = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="nfflowd-bench-"))
     log = work / "events.log"
@@ -50,6 +52,9 @@ def main() -> None:
             mirror=dataclasses.replace(
                 base.mirror, dispatchers=(Dispatcher(name="screen", kind="screen"),)
             ),
+            daemon=dataclasses.replace(
+                base.daemon, correlators=ns.correlators, exporters=ns.exporters
+            ),
         )  # fmt: skip
         t1 = time.perf_counter()
         counters = replay.run(settings, [str(log)], rundir=rundir)
@@ -60,19 +65,30 @@ def main() -> None:
         if name.startswith("mirror.out"):
             with open(os.path.join(rundir, name), "rb") as fh:
                 mirrored += fh.read().count(b"\n")  # a line split by rotation counts once
-    exp = counters.get("export", {})
-    v4_expected = exp.get("records", 0) - exp.get("c0_skipped_ipv6", 0)
+    exports = [c for name, c in counters.items() if name.split("-")[0] == "export"]
+    v4_expected = sum(c.get("records", 0) - c.get("c0_skipped_ipv6", 0) for c in exports)
+    skipped = sum(c.get("c0_skipped_ipv6", 0) for c in exports)
+    correlated = sum(c.get("records", 0) for n, c in counters.items() if n.startswith("correlate"))
     print(f"replay wall time (incl. supervisord start/stop): {elapsed:.2f} s")
     print(f"events/s end to end: {ns.events / elapsed:,.0f}")
     print(f"records/s end to end: {expected / elapsed:,.0f}")
-    print(f"records: expected {expected}, correlated {counters['correlate'].get('records')}, "
+    print(f"shards: {ns.correlators} correlate, {ns.exporters} export")
+    print(f"records: expected {expected}, correlated {correlated}, "
           f"mirrored {mirrored} (lost {expected - mirrored})")  # fmt: skip
     print(
         f"collector: IPv4 records sent {v4_expected}, stored by nfcapd {stored} "
-        f"(lost {v4_expected - stored}); IPv6 skipped by v5: {exp.get('c0_skipped_ipv6', 0)}"
+        f"(lost {v4_expected - stored}); IPv6 skipped by v5: {skipped}"
     )
-    for stage in ("ingest", "correlate", "export", "mirror"):
-        print(f"peak RSS {stage:<9} {counters.get(stage, {}).get('peak_rss_kb', 0) / 1024:.1f} MiB")
+    total_cpu = 0
+    for name in sorted(counters, key=lambda n: ("ingest", "correlate", "export", "mirror").index(
+            n.split("-")[0]) if n.split("-")[0] in ("ingest", "correlate", "export", "mirror")
+            else 9):  # fmt: skip
+        c = counters[name]
+        total_cpu += c.get("cpu_ms", 0)
+        print(f"{name:<12} peak RSS {c.get('peak_rss_kb', 0) / 1024:6.1f} MiB   "
+              f"CPU {c.get('cpu_ms', 0) / 1000:6.2f} s   "
+              f"{1000 * c.get('cpu_ms', 0) / ns.events:5.1f} us/event")  # fmt: skip
+    print(f"all stages: {1000 * total_cpu / ns.events:.1f} us of CPU per event")
     if not ns.keep:
         import shutil
 

@@ -26,6 +26,7 @@ from prometheus_client.core import (
     UnknownMetricFamily,
 )
 
+from nfflowd import shards
 from nfflowd.control import STAGES
 from nfflowd.outputs.syslog import LEVELS
 from nfflowd.settings import Settings
@@ -79,6 +80,8 @@ def _k(stage: str, key: str, spec: Spec | None, **labels: str) -> Entry:
 KEYS: dict[tuple[str, str], tuple[Spec | None, dict[str, str]]] = dict([
     _k("*", "starts", None),  # nfflowd_stage_starts_total
     _k("*", "peak_rss_kb", _g("stage_peak_rss_bytes", "Peak resident memory of the stage", 1024)),
+    _k("*", "cpu_ms", Spec("stage_cpu_seconds", COUNTER, "CPU time (user + system) of the stage",
+                           0.001)),
     _k("*", "duplicate_batches",
        _c("duplicate_batches", "Batches a restarted correlate recomputed, already delivered")),
     _k("*", "duplicate_records",
@@ -168,9 +171,12 @@ LINK_KEYS: dict[str, Spec] = {
     "resent": _c("link_resent_batches", "Batches resent to a restarted receiver"),
     "duplicates": _c("link_duplicate_batches", "Batches received twice, dropped"),
     "sender_restarts": _c("link_sender_restarts", "Restarts of the sending stage seen"),
+    "reconnects": _c(
+        "link_reconnects", "Reconnections after which unacknowledged batches went again"
+    ),
 }
 _INDEXED = re.compile(r"^([cd])(\d+)_(\w+)$")
-_LINK = re.compile(r"^(events|flows\.\w+)_(unacked|resent|duplicates|sender_restarts)$")
+_LINK = re.compile(r"^(events|flows\.\w+)_(unacked|resent|duplicates|sender_restarts|reconnects)$")
 _SANITIZE = re.compile(r"[^a-zA-Z0-9_]")
 
 #: Per kind of target, the label sets by index: {"c": [{"collector":…, "version":…}], "d": […]}.
@@ -193,14 +199,18 @@ def target_labels(settings: Settings) -> dict[str, list[dict[str, str]]]:
 
 
 def describe(stage: str, key: str, targets: Targets) -> tuple[Spec, dict[str, str]] | None:
-    """The family and labels of one stage counter (None: not exported on its own)."""
-    for k in ((stage, key), ("*", key)):
+    """The family and labels of one stage counter (None: not exported on its own).
+
+    A shard (``correlate-1``, nfflowd.shards) has its stage's families; its
+    ``stage`` label is the process name."""
+    base = shards.stage_of(stage)
+    for k in ((base, key), ("*", key)):
         if k in KEYS:
             spec, fixed = KEYS[k]
             return None if spec is None else (spec, {"stage": stage, **fixed})
     m = _INDEXED.match(key)
     table = {"c": COLLECTOR_KEYS, "d": DISPATCHER_KEYS}
-    if m and m[3] in table[m[1]] and (stage, m[1]) in (("export", "c"), ("mirror", "d")):
+    if m and m[3] in table[m[1]] and (base, m[1]) in (("export", "c"), ("mirror", "d")):
         index = int(m[2])
         known = targets.get(m[1], ())
         if index < len(known):

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import signal
 import sys
 import time
@@ -201,6 +202,8 @@ class Stage:
         for reason, n in self.malformed.items():
             merged[f"malformed_{reason}"] = n
         merged["peak_rss_kb"] = peak_rss_kb()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        merged["cpu_ms"] = int((usage.ru_utime + usage.ru_stime) * 1000)
         merged["starts"] = self.starts
         with contextlib.suppress(zmq.Again):
             self._notices.send(codec.encode(Notice(self.name, token, merged)), zmq.NOBLOCK)
