@@ -100,6 +100,9 @@ KEYS: dict[tuple[str, str], tuple[Spec | None, dict[str, str]]] = dict([
        _c("source_program_exits", "Exits of the conntrack program (it is restarted)")),
     _k("ingest", "enobufs",
        _c("source_enobufs", "Kernel event overruns (ENOBUFS): conntrack events were lost")),
+    _k("ingest", "blind_ms",
+       Spec("source_blind_seconds", GAUGE, "How long no ingest listened to the kernel before "
+            "this ingest started (events of that time are lost)", 0.001)),
     _k("ingest", "resyncs",
        _c("source_resyncs", "Kernel table re-dumps after an overrun (netlink source)")),
     _k("ingest", "dumped",

@@ -32,6 +32,7 @@ log = logging.getLogger("nfflowd.ingest")
 #: The notice token of a finished saved log; ``replay`` waits for it.
 EOF_TOKEN = "eof"
 CHECKPOINT = "ingest.checkpoint"
+ALIVE = "ingest.alive"
 NOTICE_INTERVAL_S = 1.0
 
 
@@ -84,10 +85,26 @@ def make_source(settings: Settings, checkpoint: persist.Slots) -> Source:
     raise ValueError(f"unknown source type {src.type!r}")
 
 
+def blind_time(alive: persist.Slots, live: bool, now_ns: int) -> int:
+    """Milliseconds no ingest listened to the kernel before this start (0: first start,
+    or a saved log, which resumes at its checkpoint instead)."""
+    last = alive[0]
+    if not live or not last or last > now_ns:
+        return 0
+    return (now_ns - last) // 1_000_000
+
+
 def main(argv: list[str] | None = None) -> int:
     stage = Stage("ingest", argv)
     settings = stage.settings
     checkpoint = open_checkpoint(stage.rundir)
+    # when this process last listened (a shared mapping: survives SIGKILL, see persist)
+    alive = persist.Slots(os.path.join(stage.rundir, ALIVE), 1)
+    blind_ms = blind_time(alive, settings.source.type != "file", time.time_ns())
+    if blind_ms:
+        log.warning("no ingest listened for %.1f s before this start: connections that began "
+                    "and ended in that time were not seen (the dump brings back those still "
+                    "open)", blind_ms / 1000)  # fmt: skip
     source = make_source(settings, checkpoint)
     n = settings.daemon.correlators
     outs = [Outlet(stage, shards.link("events", i), settings.daemon.max_unacked) for i in range(n)]
@@ -101,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     next_notice = 0.0
 
     def counters() -> dict[str, int]:
-        merged: dict[str, int] = {"events": sent, **source.counters}
+        merged: dict[str, int] = {"events": sent, "blind_ms": blind_ms, **source.counters}
         for out in outs:
             for k, v in out.counters().items():
                 merged[k] = merged.get(k, 0) + v
@@ -112,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         while True:
+            alive[0] = time.time_ns()
             for out in outs:
                 out.poll_acks()
             done = None
@@ -146,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("stopped after %d events; %s", sent, counters())
     finally:
         source.close()
+        alive[0] = time.time_ns()
+        alive.close()
         checkpoint.close()
         for out in outs:
             out.sock.close(linger=1000)

@@ -7,6 +7,7 @@ import signal
 from pathlib import Path
 
 from nfflowd.workers.export import Exporter, restore_sequences, stream_identity
+from nfflowd.workers.ingest import blind_time
 
 from nfflowd import persist
 from nfflowd.config import Collector, ExportSettings
@@ -81,3 +82,14 @@ def test_exporter_stores_the_sequence_before_sending(tmp_path: Path) -> None:
     v9_next = second.targets[1][0].encode([rec(99)], 3_000_000_000)
     assert V5_HEADER.unpack_from(v5_next[0])[5] == v5_seq  # flow_sequence
     assert V9_HEADER.unpack_from(v9_next[0])[4] == v9_seq  # packet sequence
+
+
+def test_ingest_counts_the_time_no_listener_existed(tmp_path: Path) -> None:
+    alive = persist.Slots(str(tmp_path / "ingest.alive"), 1)
+    now = 1_800_000_000 * 10**9
+    assert blind_time(alive, True, now) == 0  # first start: nothing to say
+    alive[0] = now - 12_345 * 10**6  # the previous ingest was last alive 12.345 s ago
+    assert blind_time(alive, True, now) == 12_345
+    assert blind_time(alive, False, now) == 0  # a saved log resumes at its checkpoint
+    alive[0] = now + 10**9  # a clock step backwards: no claim
+    assert blind_time(alive, True, now) == 0
