@@ -98,7 +98,11 @@ def cmd_reload(config: str | None, foreground: bool, args: list[str]) -> int:
         sys.stderr.write("nfflowd: note: <metrics> changed: takes effect at the next restart\n")
     if settings.daemon.user != _running_user(rundir):
         sys.stderr.write("nfflowd: note: <daemon> user changed: takes effect at the next restart\n")
-    changed = control.reload(settings, rundir)
+    try:
+        changed = control.reload(settings, rundir)
+    except control.ControlError as exc:
+        sys.stderr.write(f"nfflowd: {exc}\n")
+        return 1
     print(
         "restarted: " + (", ".join(changed) if changed else "nothing (no stage's settings changed)")
     )

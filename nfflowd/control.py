@@ -301,6 +301,10 @@ def supervisord_pid(rundir: str) -> int:
 def reload(settings: Settings, rundir: str) -> list[str]:
     """Apply new settings: restart only the stages whose settings changed; return their names."""
     old = load_resolved(os.path.join(rundir, SETTINGS_FILE))
+    shape = ("correlators", "exporters", "stages")
+    if any(getattr(old.daemon, k) != getattr(settings.daemon, k) for k in shape):
+        raise ControlError("<daemon> correlators/exporters/stages changed: supervisord's "
+                           "programs change with them, use `nfflowd restart`")  # fmt: skip
     before, after = stage_sections(old), stage_sections(settings)
     changed = [s for s in old.daemon.stages if before.get(s) != after.get(s)]
     group = privileges.shared_group(rundir)  # as the running stages were started

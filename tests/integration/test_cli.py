@@ -68,6 +68,12 @@ def test_start_check_reload_restart_stop(tmp_path: Path) -> None:
             s: before[s] for s in ("ingest", "correlate", "mirror")
         }
         assert "nothing" in nfflowd("-c", str(conf), "reload").stdout
+        # a change of shape (shards) cannot be reloaded: it says so and changes nothing
+        conf.write_text(conf.read_text().replace("</daemon>", "  correlators 2\n</daemon>"))
+        refused = nfflowd("-c", str(conf), "reload", check=False)
+        assert refused.returncode == 1 and "nfflowd restart" in refused.stderr
+        assert wait_all_running(run) == after
+        config(tmp_path, engine_id=7)
         # restart replaces every stage
         nfflowd("-c", str(conf), "restart")
         renewed = wait_all_running(run)
