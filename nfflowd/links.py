@@ -217,17 +217,52 @@ class Sink(Protocol):
 NOTICE_INTERVAL_S = 1.0
 
 
+#: A terminal stage delivers a batch in chunks of this many records (a NetFlow v5
+#: datagram's worth) and records its progress after each: a restarted stage skips
+#: what its predecessor delivered of the batch it was killed in, so a crash
+#: duplicates at most one chunk instead of a whole batch.
+CHUNK = 30
+#: Position file slots: acknowledged (sender incarnation, seq), then the batch being
+#: delivered (sender incarnation, seq) and how many of its records are delivered.
+_INC, _UPTO, _P_INC, _P_SEQ, _P_DONE = range(5)
+
+
 class _Input:
     """One incoming link of a terminal stage, with what survives a restart."""
 
     def __init__(self, stage: Stage, link: str) -> None:
-        self.position = Slots(os.path.join(stage.rundir, f"{link}.position"), 2)
+        self.position = Slots(os.path.join(stage.rundir, f"{link}.position"), 5)
         self.inlet = Inlet(stage, link, position=self.position)
         # origins (ingest incarnation, event seq) of the batches delivered lately: far
         # more than a restarted correlate can recompute (ingest resends <= max_unacked)
         self.delivered = Recent(size=16384)
         self.skipped_records = 0
+        self.resumed_records = 0  # records a predecessor had delivered of a resent batch
         self.unacked = False  # delivered batches wait for the sink's pending lines
+
+    def deliver(self, stage: Stage, sink: Sink, msg: FlowBatch) -> None:
+        """Hand *msg*'s records to *sink* chunk by chunk, recording progress."""
+        pos, records = self.position, msg.records
+        inc = self.inlet.inbox.incarnation
+        start = 0
+        if (pos[_P_INC], pos[_P_SEQ]) == (inc, msg.seq):  # killed while delivering it
+            start = min(pos[_P_DONE], len(records))
+            self.resumed_records += start
+        else:
+            pos[_P_DONE] = 0
+            pos[_P_INC], pos[_P_SEQ] = inc, msg.seq
+        for i in range(start, len(records), CHUNK):
+            chunk = records[i : i + CHUNK]
+            try:
+                sink.handle(chunk)
+            except (TypeError, ValueError, AttributeError, struct.error) as exc:
+                # resending a bad batch cannot help: count it, acknowledge it, go on
+                stage.count_malformed("bad_record", repr(exc), f"batch {msg.seq}")
+            if not sink.pending():  # else an outage: the idle path retries, less often
+                sink.flush()
+                if not sink.pending():
+                    pos[_P_DONE] = i + len(chunk)
+        self.ack(sink)
 
     def ack(self, sink: Sink) -> None:
         if sink.pending():
@@ -279,6 +314,7 @@ def _consume(stage: Stage, inputs: list[_Input], sink: Sink) -> None:
                 out[k] = out.get(k, 0) + v
         out["duplicate_batches"] = sum(inp.delivered.hits for inp in inputs)
         out["duplicate_records"] = sum(inp.skipped_records for inp in inputs)
+        out["resumed_records"] = sum(inp.resumed_records for inp in inputs)
         return out
 
     while not stage.done_draining(last_input):
@@ -308,14 +344,7 @@ def _consume(stage: Stage, inputs: list[_Input], sink: Sink) -> None:
                 inp.skipped_records += len(msg.records)  # recomputed by a restarted correlate
                 inp.ack(sink)
                 continue
-            try:
-                sink.handle(msg.records)
-            except (TypeError, ValueError, AttributeError, struct.error) as exc:
-                # resending a bad batch cannot help: count it, acknowledge it, go on
-                stage.count_malformed("bad_record", repr(exc), f"batch {msg.seq}")
-            if not sink.pending():  # else an outage: the idle path retries, less often
-                sink.flush()
-            inp.ack(sink)
+            inp.deliver(stage, sink, msg)
     sink.flush()
     for inp in inputs:
         inp.ack(sink)
