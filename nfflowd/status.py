@@ -12,6 +12,7 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from nfflowd import shards
 from nfflowd.control import STAGES
 
 #: LSB init-script status code: "program is not running".
@@ -33,7 +34,8 @@ def rows(
     """
     procs = {p["name"]: p for p in processes or ()}
     present = set(procs) | set(stats)  # a host may run a part (<daemon> stages)
-    names = [s for s in STAGES if s in present] + sorted(present - set(STAGES))
+    order = {s: i for i, s in enumerate(STAGES)}  # shards (correlate-1) sit with their stage
+    names = sorted(present, key=lambda n: (order.get(shards.stage_of(n), len(order)), n))
     out: list[dict[str, Any]] = []
     for name in names:
         p, rec = procs.get(name), stats.get(name)
@@ -80,6 +82,7 @@ def summary(stage: str, c: Mapping[str, int]) -> str:
     """The few figures that say what a stage is doing."""
     if not c:
         return ""
+    stage = shards.stage_of(stage)
     if stage == "ingest":
         parts = [f"events {c.get('events', 0)}"]
         parts += [f"{k} {c[k]}" for k in ("enobufs", "resyncs") if c.get(k)]

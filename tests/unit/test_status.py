@@ -110,3 +110,13 @@ def test_uptime_text() -> None:
     assert [status.uptime_text(s) for s in (0, 9, 75, 3725, 90061)] == [
         "-", "9s", "1m15s", "1h02m", "1d01h"
     ]  # fmt: skip
+
+
+def test_shards_sit_with_their_stage_and_are_summarised_like_it() -> None:
+    names = ("mirror", "correlate-1", "ingest", "correlate-0", "export-0")
+    stats = {n: {"counters": {"records": 5}, "time": 0.0} for n in names}
+    names = [r["stage"] for r in status.rows(None, stats, now=1.0)]
+    assert names == ["ingest", "correlate-0", "correlate-1", "export-0", "mirror"]
+    assert status.summary("correlate-1", {"new": 2, "destroy": 3, "records": 5}).startswith(
+        "events 5, records 5"
+    )
