@@ -6,9 +6,10 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PYTEST_ARGS ?=
 # Debian packages the demo and the tests use: the kernel's conntrack tools, the collector and
-# decoders that judge our packets, a real syslog daemon, namespaces and NAT.
-APT_PACKAGES := conntrack nfdump tshark rsyslog iproute2 iptables nftables procps iputils-ping kmod
-APT_COMMANDS := conntrack nfcapd nfdump tshark rsyslogd ip iptables nft sysctl ping
+# decoders that judge our packets, a real syslog daemon, namespaces and NAT; setfacl (the
+# <daemon> user test lets its system user reach the venv's interpreter) and systemd-analyze.
+APT_PACKAGES := conntrack nfdump tshark rsyslog iproute2 iptables nftables procps iputils-ping kmod acl systemd
+APT_COMMANDS := conntrack nfcapd nfdump tshark rsyslogd ip iptables nft sysctl ping setfacl systemd-analyze
 
 .PHONY: demo test sysdeps venv lint unit bench bundle clean
 

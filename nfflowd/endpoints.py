@@ -107,8 +107,6 @@ def ensure_rundir(rundir: str, group: int | None = None) -> str:
     path = os.path.abspath(rundir)
     os.makedirs(path, mode=0o700, exist_ok=True)
     if group is not None:
-        if not stat.S_ISDIR(os.lstat(path).st_mode):
-            raise NotADirectoryError(f"{path}: not a directory")
         os.chown(path, 0, group)
     os.chmod(path, 0o700 if group is None else SHARED_RUNDIR_MODE)
     return path

@@ -34,7 +34,7 @@ class Slots:
         self.path = path
         self.count = count
         size = len(MAGIC) + SLOT.size * count
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             st = os.fstat(fd)
             self.fresh = st.st_size != size or os.pread(fd, len(MAGIC), 0) != MAGIC

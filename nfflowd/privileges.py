@@ -30,9 +30,11 @@ Root processes then never follow a name the user planted: before supervisord
 starts (no user process exists) :func:`sanitize` removes any entry under one of
 root's names that is not a root-owned regular file with one link (a symlink, a
 hard link to a file elsewhere) and :func:`settle` creates root's files afresh.
-Files that root creates later use ``O_EXCL | O_NOFOLLOW`` (nfflowd.stage),
-and supervisord does not rotate logs with a user set (it would re-create them
-by name; ``logrotate`` with ``copytruncate`` keeps the inode instead).
+Files that root creates later use ``O_EXCL | O_NOFOLLOW`` (nfflowd.stage;
+ingest's shared mappings, opened by name at every start, are among those
+created beforehand: :data:`PRECREATE`), and supervisord does not rotate logs
+with a user set (it would re-create them by name; ``logrotate`` with
+``copytruncate`` keeps the inode instead).
 """
 
 from __future__ import annotations
@@ -53,15 +55,12 @@ from nfflowd import endpoints
 
 #: Programs supervisord starts as ``<daemon> user`` (all but ingest).
 UNPRIVILEGED: Final = ("correlate", "export", "mirror", "metrics")
-#: Root's entries of the run directory besides the log files named in supervisord.conf.
-ROOT_FILES: Final = (
-    "supervisord.conf.tmp",
-    "supervisord.pid",
-    "ingest.checkpoint",
-    "ingest.starts",
-)
-#: Root's files that must exist before a user process runs (created empty; see the docstring).
-PRECREATE: Final = ("ingest.checkpoint",)
+#: Root's entries of the run directory besides the log files named in supervisord.conf
+#: and every ``ingest.*`` (ingest runs as root).
+ROOT_FILES: Final = ("supervisord.conf.tmp", "supervisord.pid")
+#: Root's files that must exist before a user process runs, created empty (a wrong size
+#: makes nfflowd.persist start afresh): ingest's shared mappings (workers/ingest.py).
+PRECREATE: Final = ("ingest.checkpoint", "ingest.alive")
 _LOG = re.compile(r"\.(log|out)(\.\d+)?$")
 _LOGFILE_LINE = re.compile(r"^(?:stdout_|stderr_)?logfile=(.+)$", re.MULTILINE)
 
@@ -121,18 +120,32 @@ def user_file(name: str) -> bool:
 
     Such files are handed to the user when a run directory used before without
     (or with another) ``<daemon> user`` is settled, so the stages can rewrite them.
+    Shards (nfflowd.shards) add ``-N`` to process names and ipc files and ``.N``
+    to link names.
     """
     if _LOG.search(name):
         return False  # supervisord writes the logs, as root
-    bound = {e.filename for e in endpoints.TABLE if e.bound_by == "receiver"
-             and e.receiver in UNPRIVILEGED}  # fmt: skip
-    prefixes = (*UNPRIVILEGED, *endpoints.LINKS)
-    return name in bound or any(name.startswith(p + ".") for p in prefixes)
+    stems = {e.filename.removesuffix(".ipc") for e in endpoints.TABLE
+             if e.bound_by == "receiver" and e.receiver in UNPRIVILEGED}  # fmt: skip
+    stem, _, ext = name.partition(".")
+    if ext == "ipc" and re.sub(r"-\d+$", "", stem) in stems:
+        return True
+    prefixes = tuple(p + sep for p in (*UNPRIVILEGED, *endpoints.LINKS) for sep in ".-")
+    return name.startswith(prefixes)
 
 
 def logfiles(conf: str) -> list[str]:
-    """Every log file a rendered supervisord.conf names."""
-    return [m.strip() for m in _LOGFILE_LINE.findall(conf) if m.strip().startswith("/")]
+    """Every log file a rendered supervisord.conf names; a ``numprocs`` program's
+    (shards, nfflowd.shards) once per process."""
+    out: list[str] = []
+    for section in re.split(r"^(?=\[)", conf, flags=re.MULTILINE):
+        procs = re.search(r"^numprocs=(\d+)$", section, re.MULTILINE)
+        for path in (m.strip() for m in _LOGFILE_LINE.findall(section)):
+            if not path.startswith("/"):
+                continue  # AUTO, NONE, syslog
+            nums = range(int(procs.group(1))) if procs and "%(process_num)d" in path else [0]
+            out += [path.replace("%(process_num)d", str(n)) for n in nums]
+    return out
 
 
 def _trusted(path: str) -> bool:
@@ -150,7 +163,8 @@ def sanitize(rundir: str, conf: str) -> None:
 
     *conf* is the rendered supervisord.conf, for the names of its log files.
     """
-    for path in [os.path.join(rundir, n) for n in ROOT_FILES] + logfiles(conf):
+    ingest = [n for n in os.listdir(rundir) if n.startswith("ingest.")]
+    for path in [os.path.join(rundir, n) for n in (*ROOT_FILES, *ingest)] + logfiles(conf):
         if not _trusted(path):
             os.unlink(path)
 
