@@ -53,8 +53,22 @@ class InstallError(RuntimeError):
     pass
 
 
+#: Where the unit lets a single-file bundle unpack itself (ProtectSystem=strict
+#: leaves no other writable place; systemd creates it: CacheDirectory=).
+BUNDLE_CACHE = "/var/cache/nfflowd"
+
+
+def bundle_path(argv0: str) -> str | None:
+    """The ``nfflowd.pyz`` this process runs from (``make bundle``), or None."""
+    path = os.path.abspath(argv0)
+    return path if path.endswith(".pyz") and os.path.isfile(path) else None
+
+
 def _command() -> tuple[str, list[str]]:
     """The ExecStart command prefix and the files it runs (for ProtectHome)."""
+    bundle = bundle_path(sys.argv[0])
+    if bundle is not None:  # run the bundle itself, not an installed `nfflowd`
+        return f"{sys.executable} {bundle}", [sys.executable, bundle]
     exe = shutil.which("nfflowd")
     if exe is not None:
         return exe, [exe, sys.executable]
@@ -95,6 +109,9 @@ def unit_text(settings: Settings, config: str | None) -> str:
         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
         "RestrictNamespaces=" + ("net" if src.netns else "yes"),
     ]
+    if bundle_path(sys.argv[0]) is not None:
+        lines += ["# the single-file bundle unpacks itself here",
+                  f"Environment=SHIV_ROOT={BUNDLE_CACHE}", "CacheDirectory=nfflowd"]  # fmt: skip
     if src.set_sysctls:
         lines.append("# no ProtectKernelTunables: <source> set_sysctls 1 writes /proc/sys")
     else:

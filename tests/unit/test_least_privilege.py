@@ -127,3 +127,17 @@ def test_logrotate_rule_rotates_in_place(tmp_path: Path) -> None:
     text = install.logrotate_text(s)
     assert text.splitlines()[1] == "/srv/nff/*.log /srv/nff/*.out {"
     assert {"copytruncate", "dateext", "su root root"} <= {x.strip() for x in text.splitlines()}
+
+
+def test_unit_of_a_bundle_runs_the_bundle_and_gives_it_a_place_to_unpack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pyz = tmp_path / "nfflowd.pyz"
+    pyz.write_bytes(b"PK")
+    monkeypatch.setattr(sys, "argv", [str(pyz), "install"])
+    u = _unit(tmp_path, "")
+    assert u["ExecStart"][0].startswith(f"{sys.executable} {pyz} -c ")
+    assert u["Environment"] == [f"SHIV_ROOT={install.BUNDLE_CACHE}"]
+    assert u["CacheDirectory"] == ["nfflowd"]
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/nfflowd"])
+    assert "Environment" not in _unit(tmp_path, "")
