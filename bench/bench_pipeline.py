@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.gen_events import generate
-from nfflowd import replay
+from nfflowd import replay, shards
 from nfflowd.config import Collector, Dispatcher, load
 from nfflowd.nfcapd import Nfcapd
 
@@ -80,9 +80,8 @@ def main() -> None:
         f"(lost {v4_expected - stored}); IPv6 skipped by v5: {skipped}"
     )
     total_cpu = 0
-    for name in sorted(counters, key=lambda n: ("ingest", "correlate", "export", "mirror").index(
-            n.split("-")[0]) if n.split("-")[0] in ("ingest", "correlate", "export", "mirror")
-            else 9):  # fmt: skip
+    order = {s: i for i, s in enumerate(("ingest", "correlate", "export", "mirror"))}
+    for name in sorted(counters, key=lambda n: (order.get(shards.stage_of(n), 9), n)):
         c = counters[name]
         total_cpu += c.get("cpu_ms", 0)
         print(f"{name:<12} peak RSS {c.get('peak_rss_kb', 0) / 1024:6.1f} MiB   "
