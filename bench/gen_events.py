@@ -23,6 +23,7 @@ class Conn(NamedTuple):
     new: str
     destroy_fmt: str  # with {t} for the timestamp
     records: int
+    kind: str = ""  # "ipv4 tcp", "ipv6 udp unreplied", ...: what `tally` counts
 
 
 def _conn(rnd: random.Random, cid: int, t_us: int) -> Conn:
@@ -87,8 +88,9 @@ def _conn(rnd: random.Random, cid: int, t_us: int) -> Conn:
         f"{'[UNREPLIED] ' if unreplied else ''}{rt} packets={rpk} bytes={rby}{assured} id={cid}"
     )
     natted = kind != "none"
+    unrep_tag = " unreplied" if unreplied else ""
     n = (2 if natted else 1) + (0 if unreplied else 1)
-    return Conn(cid, t_us, new, destroy, n)
+    return Conn(cid, t_us, new, destroy, n, f"ipv{6 if v6 else 4} {proto}{unrep_tag}")
 
 
 def generate(
@@ -99,8 +101,16 @@ def generate(
     open_conns: int = 20000,
     start_s: int = 1_764_000_000,
     rate: int = 50_000,
+    new_only: bool = False,
+    tally: dict[str, int] | None = None,
 ) -> int:
-    """Write the log; return the number of flow records it must produce."""
+    """Write the log; return the number of flow records it must produce.
+
+    *new_only*: every line is the NEW of a distinct connection, none ends (0
+    records; measures the open-connection table).  *tally*, when given, counts the
+    destroyed connections by kind ("ipv4 tcp", "ipv4 udp unreplied", ...), so a
+    consumer that handles only some kinds (the 2009 tool) knows what to expect.
+    """
     rnd = random.Random(seed)
     t_us = start_s * 1_000_000
     step = max(1, 1_000_000 // rate)
@@ -110,15 +120,18 @@ def generate(
     cid = 1
     with open(path, "w") as fh:
         while written < events:
-            if len(pending) < open_conns and written + len(pending) < events:
+            if new_only or (len(pending) < open_conns and written + len(pending) < events):
                 c = _conn(rnd, cid, t_us)
                 cid += 1
                 fh.write(f"[{t_us // 1_000_000}.{t_us % 1_000_000:06d}]\t{c.new}\n")
-                pending.append(c)
+                if not new_only:
+                    pending.append(c)
             else:
                 c = pending.popleft()
                 fh.write(f"[{t_us // 1_000_000}.{t_us % 1_000_000:06d}]\t{c.destroy_fmt}\n")
                 expected += c.records
+                if tally is not None:
+                    tally[c.kind] = tally.get(c.kind, 0) + 1
             written += 1
             t_us += step
     return expected
@@ -129,8 +142,9 @@ def main() -> None:
     ap.add_argument("out")
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--new-only", action="store_true", help="only NEWs of distinct connections")
     ns = ap.parse_args()
-    print(generate(ns.out, ns.events, seed=ns.seed))
+    print(generate(ns.out, ns.events, seed=ns.seed, new_only=ns.new_only))
 
 
 if __name__ == "__main__":
