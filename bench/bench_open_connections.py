@@ -18,10 +18,11 @@ the original tuple), then measures:
 (c) the 2009 tool's technique (bench/seed_ct2ft.pl, a Perl hash of NEW times) on
     the id-less log, the same way (its VmHWM, big minus small);
 and, because tuple keys cost the most, a profile (tracemalloc, --profile
-connections: which source lines allocated what stays) and an experiment with other
-key representations in a plain dict (no change to nfflowd): the tuple key of
-today, one ``bytes`` packing the same fields, the conntrack id; their memory per
-connection and the time to build a key, insert it and pop it.
+connections: which source lines allocated what stays) and an experiment with key
+representations in a plain dict: the 7-tuple the Correlator used first (336 B per
+connection), the packed ``bytes`` it uses now (nfflowd.correlate.tuple_key), the
+conntrack id; their memory per connection and the time to build a key, insert it
+and pop it.
 
 The issue's target: at most 300 bytes per open connection.  Prints figures;
 asserts nothing.  Each in-process figure comes from its own interpreter, so
@@ -38,7 +39,6 @@ import json
 import os
 import re
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -60,7 +60,6 @@ HERE = Path(__file__).resolve().parent
 TARGET = 300  # bytes per open connection (the issue)
 _CT_ID = re.compile(r" id=\d+$")
 #: orig src, orig dst, proto, sport, dport, zone: 15 bytes for IPv4, 39 for IPv6
-_PACK = {4: struct.Struct("!4s4sBHHH").pack, 6: struct.Struct("!16s16sBHHH").pack}
 
 
 def _status_kb(field: str) -> int:
@@ -82,19 +81,14 @@ def _events(path: str, limit: int | None = None) -> Iterator[ConntrackEvent]:
                 yield ev
 
 
-def packed_key(ev: ConntrackEvent) -> bytes:
-    """The tuple key's fields in one bytes object (the candidate compact key).
-
-    15 bytes for IPv4, 39 for IPv6, so the length tells the family and keys of
-    the two families cannot collide.  One struct call: as fast as building the tuple.
-    """
-    pack = _PACK[ev.family]
-    return pack(ev.orig_src, ev.orig_dst, ev.proto, ev.orig_sport, ev.orig_dport, ev.zone)
+def seven_tuple(ev: ConntrackEvent) -> object:
+    """The key the Correlator used before it packed it (for comparison)."""
+    return (ev.family, ev.proto, ev.orig_src, ev.orig_dst, ev.orig_sport, ev.orig_dport, ev.zone)
 
 
 KEYS: dict[str, Callable[[ConntrackEvent], object]] = {
-    "tuple": tuple_key,
-    "packed": packed_key,
+    "7-tuple": seven_tuple,
+    "packed": tuple_key,  # the Correlator's key today
     "ct_id": lambda ev: ev.ct_id,
 }
 #: The start time as the table keeps it: an int of ns today (3 digits: 40 bytes), or a
@@ -312,7 +306,7 @@ def main() -> None:
 
     print("\nexperiment: plain dict key -> start, same events, other representations")
     cost = _child("cost", str(logs.ids), "200000")  # ids present: every kind works
-    experiments = (("tuple", "int ns", logs.no_ids), ("packed", "int ns", logs.no_ids),
+    experiments = (("7-tuple", "int ns", logs.no_ids), ("packed", "int ns", logs.no_ids),
                    ("packed", "float ms", logs.no_ids), ("ct_id", "int ns", logs.ids),
                    ("ct_id", "float ms", logs.ids))  # fmt: skip
     for kind, value_kind, log in experiments:

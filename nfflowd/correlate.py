@@ -31,6 +31,7 @@ stop timestamp, else the DESTROY time.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 
 from nfflowd.delivery import Recent
@@ -46,12 +47,29 @@ _DESTROY = EventType.DESTROY
 _NS_PER_MS = 1_000_000
 _NS_PER_S = 1_000_000_000
 
-TupleKey = tuple[int, int, bytes, bytes, int, int, int]
+#: protocol, source port, destination port, zone after the two addresses of a tuple key
+_KEY_TAIL = struct.Struct("!BHHH")
+
+TupleKey = bytes | tuple[int, int, bytes, bytes, int, int, int]
 
 
 def tuple_key(ev: ConntrackEvent) -> TupleKey:
-    """The identity of a connection when no conntrack id is known."""
-    return (ev.family, ev.proto, ev.orig_src, ev.orig_dst, ev.orig_sport, ev.orig_dport, ev.zone)
+    """The identity of a connection when no conntrack id is known.
+
+    One packed ``bytes`` (addresses, then protocol, ports, zone): 15 bytes for
+    IPv4, 39 for IPv6 (the length tells the family), ~140 bytes per open
+    connection in the table against ~336 for a 7-tuple (bench_open_connections).
+    A value that does not fit (never from the kernel) falls back to a tuple.
+    """
+    try:
+        return (
+            ev.orig_src
+            + ev.orig_dst
+            + _KEY_TAIL.pack(ev.proto, ev.orig_sport, ev.orig_dport, ev.zone)
+        )
+    except struct.error:
+        return (ev.family, ev.proto, ev.orig_src, ev.orig_dst, ev.orig_sport, ev.orig_dport,
+                ev.zone)  # fmt: skip
 
 
 def is_natted(ev: ConntrackEvent) -> bool:
