@@ -156,9 +156,14 @@ class Ledger:
     entries: deque[tuple[int, int]] = field(default_factory=deque)  # (event seq, flow seq)
     acked: dict[str, int] = field(default_factory=dict)  # output -> flow seq acked upto
     event_acked: int = 0
+    highest_flow: int = 0  # the newest flow batch recorded
+    barrier: int = 0  # flow batches of an earlier ingest incarnation still to be acked
 
     def record(self, event_seq: int, flow_seq: int) -> None:
-        self.entries.append((event_seq, flow_seq))
+        self.highest_flow = max(self.highest_flow, flow_seq)
+        # an event batch of a new ingest incarnation waits for every flow batch made
+        # before it: its events may repeat ones already turned into those batches
+        self.entries.append((event_seq, max(flow_seq, self.barrier)))
 
     def output_acked(self, output: str, upto: int) -> None:
         self.acked[output] = max(self.acked.get(output, 0), upto)
@@ -171,9 +176,18 @@ class Ledger:
         return self.event_acked
 
     def reset(self) -> None:
-        """The event sender restarted: its old batches will never be acknowledged."""
+        """The event sender restarted: its old batches will never be acknowledged.
+
+        Its successor re-reads from its checkpoint; events correlate recognises
+        as already handled make no new flow batch, yet the records they made are
+        maybe still unacknowledged downstream.  So nothing of the new sender is
+        acknowledged until every flow batch made so far is: otherwise its
+        checkpoint (or end of log) would pass records that a correlate crash
+        could still lose.
+        """
         self.entries.clear()
         self.event_acked = 0
+        self.barrier = self.highest_flow
 
 
 @dataclass

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import xmlrpc.client
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nfflowd import control
+from nfflowd.conntrack.text import parse_line
+from nfflowd.correlate import Correlator
 from nfflowd.formats import flowtools_csv
+from nfflowd.messages import FlowRecord
+from nfflowd.stage import read_stats
+from tests.addresses import txt
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "data" / "golden"
@@ -106,3 +119,242 @@ def wait_all_running(rundir: Path | str, timeout: float = 20) -> dict[str, int]:
                 return {p["name"]: p["pid"] for p in infos}
         time.sleep(0.1)
     raise AssertionError("stages did not all reach RUNNING")
+
+
+# --- crash and outage tests: expected records, identities, stage killing ---------------
+
+#: What identifies one flow record at the collector and in the mirror, whatever crashes
+#: happened: (last ms, src, dst, sport, dport, proto, packets, bytes).  The start is
+#: left out, as in nfflowd's own record identity: a restarted correlate has lost the
+#: NEW events of acknowledged batches and takes the start from the DESTROY instead.
+Ident = tuple[Any, ...]
+
+
+def expected_records(log: Path) -> list[FlowRecord]:
+    """The flow records a saved ``conntrack -E`` log must produce (one correlator, no crash)."""
+    corr = Correlator()
+    out: list[FlowRecord] = []
+    with open(log, encoding="utf-8") as fh:
+        for line in fh:
+            ev = parse_line(line)
+            if ev is not None:
+                corr.feed(ev, out)
+    return out
+
+
+def record_ident(r: FlowRecord) -> Ident:
+    return (r.last_ms, txt(r.src), txt(r.dst), r.sport, r.dport, r.proto, r.packets, r.octets)
+
+
+def nfdump_ident(rec: dict[str, Any]) -> Ident:
+    return nfdump_key(rec)[1:]
+
+
+def csv_ident(line: str) -> Ident:
+    """A flow-tools CSV line (screen), or a syslog message ending ``nfflowd: <line>``."""
+    return csv_key(line.split(": ", 1)[1] if ": " in line else line)[1:9]
+
+
+def csv_idents(lines: Iterable[str]) -> tuple[list[Ident], list[str]]:
+    """The identities of the lines that parse, and the lines that do not (e.g. torn)."""
+    good: list[Ident] = []
+    bad: list[str] = []
+    for line in lines:
+        try:
+            good.append(csv_ident(line))
+        except (ValueError, IndexError):
+            bad.append(line)
+    return good, bad
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Records received vs expected, compared as multisets of identities."""
+
+    expected: int
+    received: int
+    missing: int  # expected, never received
+    duplicates: int  # received more often than expected
+    unknown: int  # received, never expected (a corrupted or invented record)
+    malformed: int  # lines that are no record at all (e.g. torn by a crash)
+    sample: tuple[object, ...]  # a few missing identities and malformed lines
+
+    @property
+    def clean(self) -> bool:
+        """Nothing missing, nothing corrupted (duplicates are judged separately)."""
+        return not (self.missing or self.unknown or self.malformed)
+
+    def line(self, where: str) -> str:
+        pct = 100.0 * self.duplicates / max(1, self.expected)
+        return (f"{where}: {self.received} received of {self.expected} expected, "
+                f"{self.missing} missing, {self.duplicates} duplicates ({pct:.3f} %), "
+                f"{self.unknown} unknown, {self.malformed} malformed")  # fmt: skip
+
+
+def tally(
+    expected: Iterable[Ident], received: Iterable[Ident], malformed: Iterable[str] = ()
+) -> Tally:
+    want, got, bad = Counter(expected), Counter(received), list(malformed)
+    missing = want - got
+    extra = got - want
+    unknown = sum(n for k, n in extra.items() if k not in want)
+    return Tally(
+        expected=sum(want.values()),
+        received=sum(got.values()),
+        missing=sum(missing.values()),
+        duplicates=sum(extra.values()) - unknown,
+        unknown=unknown,
+        malformed=len(bad),
+        sample=(*list(missing)[:5], *bad[:3]),
+    )
+
+
+def running_pid(rundir: Path | str, stage: str) -> int:
+    """The pid of *stage* while supervisord reports it RUNNING (up >= startsecs), else 0."""
+    rundir = str(rundir)
+    if not os.path.exists(os.path.join(rundir, "supervisor.sock")):
+        return 0
+    try:
+        infos = control.processes(rundir)
+    except (OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError):
+        return 0
+    for p in infos:
+        if p["name"] == stage and p["statename"] == "RUNNING":
+            return int(p["pid"])
+    return 0
+
+
+def mirror_lines(rundir: Path | str) -> list[str]:
+    """Every line the screen dispatcher wrote (supervisord's mirror.out and its backups)."""
+    rundir = Path(rundir)
+    paths = [*sorted(rundir.glob("mirror.out.*"), reverse=True), rundir / "mirror.out"]
+    # supervisord rotates by size, not at a line end: join the files, then split
+    return "".join(p.read_text() for p in paths if p.exists()).splitlines()
+
+
+def stage_token(rundir: Path | str, stage: str) -> str:
+    """The token of *stage*'s latest notice (``stats``, ``eof``, ``final``; "" if none)."""
+    return str(read_stats(str(rundir)).get(stage, {}).get("token", ""))
+
+
+def stage_counters(rundir: Path | str, stage: str) -> dict[str, int]:
+    """*stage*'s latest published counters (its stats file; {} before the first)."""
+    return dict(read_stats(str(rundir)).get(stage, {}).get("counters", {}))
+
+
+class Chaos:
+    """SIGKILLs the stages of a running daemon, one about every *interval* seconds.
+
+    Kills come in rounds, each stage once per round in an order drawn from
+    ``random.Random(seed)``, so every stage is killed equally often and a failing
+    run can be repeated with the printed seed.  Only a stage supervisord reports
+    RUNNING is killed: one killed again before ``startsecs`` would count as a
+    failed start and could end FATAL, which is another test's subject.
+    """
+
+    def __init__(
+        self,
+        rundir: Path | str,
+        seed: int,
+        *,
+        interval: float = 1.0,
+        stages: tuple[str, ...] = control.STAGES,
+    ) -> None:
+        self.rundir = rundir
+        self.seed = seed
+        self.interval = interval
+        self.stages = stages
+        self.kills: Counter[str] = Counter()
+        self.log: list[tuple[float, str]] = []  # (epoch s just before the kill, stage)
+
+    def run(self, keep_going: Callable[[], bool], *, rounds: int | None = None) -> None:
+        """Kill until *keep_going* says no (or after *rounds* rounds)."""
+        rnd = random.Random(self.seed)
+        done = 0
+        while keep_going() and (rounds is None or done < rounds):
+            order = list(self.stages)
+            rnd.shuffle(order)
+            for victim in order:
+                pid = 0
+                while keep_going() and not (pid := running_pid(self.rundir, victim)):
+                    time.sleep(0.05)
+                if not pid:
+                    return
+                at = time.time()
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    continue
+                self.kills[victim] += 1
+                self.log.append((at, victim))
+                deadline = time.monotonic() + self.interval
+                while keep_going() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            done += 1
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{s} {self.kills[s]}" for s in self.stages)
+        return f"seed {self.seed}: {sum(self.kills.values())} SIGKILLs ({counts})"
+
+
+def wait_settled(
+    count: Callable[[], int], target: int, *, timeout: float, quiet: float = 3.0
+) -> int:
+    """Wait until ``count()`` reaches *target*, or has not grown for *quiet* seconds
+    (something is missing: the assertions say what); return the last count."""
+    deadline = time.monotonic() + timeout
+    last, since = count(), time.monotonic()
+    while last < target and time.monotonic() < deadline and time.monotonic() - since < quiet:
+        time.sleep(0.2)
+        if (n := count()) != last:
+            last, since = n, time.monotonic()
+    return last
+
+
+class PacedSyslog:
+    """A syslog "daemon" on a unix datagram socket that reads at most *rate* lines/s.
+
+    nfflowd acknowledges a batch end to end only once every dispatcher has
+    delivered it, so a slow syslog paces the whole pipeline (backpressure): a
+    replay then lasts about records / rate seconds whatever the machine's speed.
+    The lines are kept as received (``<PRI>Mmm dd hh:mm:ss ident: line``).
+    """
+
+    def __init__(self, path: Path, rate: int) -> None:
+        self.path = str(path)
+        self.rate = rate
+        self.lines: list[str] = []
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(self.path)
+        self._sock.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+
+    def _read(self) -> None:
+        started = time.monotonic()
+        while not self._stop.is_set():
+            ahead = len(self.lines) / self.rate - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(min(ahead, 0.05))
+                continue
+            try:
+                data = self._sock.recv(65536)
+            except TimeoutError:
+                continue
+            self.lines.append(data.decode(errors="replace"))
+
+    def drain(self, quiet: float = 1.0) -> None:
+        """Read at full speed until nothing has arrived for *quiet* seconds."""
+        self.rate = 1 << 30
+        wait_settled(lambda: len(self.lines), 1 << 62, timeout=60, quiet=quiet)
+
+    def __enter__(self) -> PacedSyslog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)

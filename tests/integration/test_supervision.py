@@ -9,6 +9,7 @@ within 0.1 %.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from bench.gen_events import generate
-from nfflowd import control
-from tests.pipeline_harness import write_config
+from nfflowd import control, endpoints
+from tests.pipeline_harness import nfflowd, write_config
 
 
 def wait_for(check: object, timeout: float, what: str) -> object:
@@ -74,3 +75,46 @@ def test_killed_stage_is_restarted_and_replay_completes(tmp_path: Path, victim: 
     lines = len((rundir / "mirror.out").read_text().splitlines())
     print(f"{victim} killed: {lines} of {expected} lines mirrored")
     assert expected <= lines <= expected * 1.001
+
+
+#: deploy/supervisord.conf: a stage failing this many times in a row on start ends FATAL.
+STARTRETRIES = 5
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_stage_failing_on_start_ends_fatal_with_its_cause_logged(tmp_path: Path) -> None:
+    """export cannot bind its endpoint (a directory stands at the socket's path):
+    supervisord tries 1 + startretries times, then reports FATAL instead of looping,
+    `nfflowd check` shows it, the other stages keep running, and export's log says
+    which endpoint could not be opened."""
+    rundir = tmp_path / "run"
+    endpoints.ensure_rundir(str(rundir))
+    blocker = rundir / endpoints.BY_NAME["flows.export"].filename
+    (blocker / "not-a-socket").mkdir(parents=True)  # non-empty: cannot be unlinked
+    empty = tmp_path / "empty.log"
+    empty.write_text("")
+    conf = write_config(tmp_path / "c.conf", collector_port=None, syslog_socket=None,
+                        rundir=rundir, screen=True,
+                        extra=f"<source>\n  type file\n  path {empty}\n</source>\n")  # fmt: skip
+    nfflowd("-c", str(conf), "start")
+    try:
+
+        def fatal() -> dict[str, dict[str, object]] | None:
+            states = {p["name"]: p for p in control.processes(str(rundir))}
+            return states if states["export"]["statename"] == "FATAL" else None
+
+        states = wait_for(fatal, 90, "export FATAL")
+        check = nfflowd("-c", str(conf), "check", check=False).stdout
+    finally:
+        nfflowd("-c", str(conf), "stop", check=False)
+    assert isinstance(states, dict)
+    assert states["export"]["starts"] == 1 + STARTRETRIES, states["export"]
+    for stage in ("ingest", "correlate", "mirror"):
+        assert states[stage]["statename"] == "RUNNING", states[stage]
+    assert re.search(r"stage\s+export\s+FATAL", check), check
+    log = (rundir / "export.log").read_text()
+    causes = [ln for ln in log.splitlines() if str(blocker) in ln and "error" in ln.lower()]
+    print(causes[-1:] or log[-2000:])
+    # every attempt says why, naming the endpoint it could not open
+    assert len(causes) >= 1 + STARTRETRIES, log[-3000:]

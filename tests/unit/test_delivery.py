@@ -98,3 +98,26 @@ def test_link_loses_nothing_across_receiver_crashes(script: list[str]) -> None:
         if inbox.accept(7, seq):
             handled.append(payload)
     assert set(handled) == {str(i).encode() for i in range(1, sent + 1)}
+
+
+def test_a_restarted_ingest_is_not_acknowledged_past_unacknowledged_records() -> None:
+    """Ingest restarts while flow batches 1..2 wait at a stopped mirror; its re-read
+    events make no new records (already closed), yet must not be acknowledged before
+    batches 1..2 are: a correlate crash then would lose them."""
+    led = Ledger()
+    led.record(1, 1)
+    led.record(2, 2)
+    led.output_acked("export", 2)
+    assert led.ackable() == 0  # mirror has nothing yet
+    led.reset()  # a new ingest incarnation
+    led.record(1, 0)  # its re-read batches: duplicates, no flow batch
+    led.record(2, 0)
+    assert led.ackable() == 0
+    led.output_acked("mirror", 1)
+    assert led.ackable() == 0
+    led.output_acked("mirror", 2)
+    assert led.ackable() == 2
+    led.record(3, 3)  # later batches as usual
+    led.output_acked("export", 3)
+    led.output_acked("mirror", 3)
+    assert led.ackable() == 3

@@ -1,0 +1,206 @@
+"""Export stopped for 60 s at full input rate: every stage's memory stays bounded.
+
+Backpressure instead of buffering: correlate keeps at most ``<daemon>
+max_unacked`` flow batches per output, then stops reading events; ingest keeps
+at most ``max_unacked`` event batches, then stops reading its source.  So while
+export is frozen (SIGSTOP) each stage's resident memory must stay under its
+idle size plus what those batches can hold, whatever the input still waiting.
+The bound is derived, not tuned: the largest encoded batch of this log times
+``max_unacked`` times the copies a stage can hold (its outbox and ZeroMQ's
+queues), plus correlate's connection table for this log, plus a fixed margin
+for the interpreter's allocator.  After SIGCONT everything arrives, once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from bench.gen_events import generate
+from nfflowd import codec, control
+from nfflowd.conntrack.sources import FILE_CHUNK
+from nfflowd.conntrack.text import parse_line
+from nfflowd.correlate import Correlator
+from nfflowd.delivery import Recent
+from nfflowd.messages import EventBatch, FlowBatch
+from nfflowd.nfcapd import Nfcapd
+from tests.addresses import needs
+from tests.pipeline_harness import (
+    csv_idents,
+    expected_records,
+    mirror_lines,
+    nfdump_ident,
+    nfflowd,
+    record_ident,
+    running_pid,
+    stage_counters,
+    tally,
+    wait_all_running,
+    wait_settled,
+    write_config,
+)
+
+EVENTS = 300_000
+MAX_UNACKED = 16
+STOP_S = 60
+#: The interpreter's own growth under load (pymalloc arenas kept after decoding a
+#: batch, zmq's I/O buffers, lazily imported encoders): a constant, not per batch.
+MARGIN_KB = 16 * 1024
+#: gen_events keeps this many connections open (its ``open_conns`` default).
+OPEN_CONNECTIONS = 20_000
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def batch_sizes(log: Path, batches: int = 100) -> tuple[int, int]:
+    """The largest encoded event batch (one read of FILE_CHUNK lines, as ingest sends
+    it) and flow batch (what correlate makes of one) among the log's first batches."""
+    corr, ev_max, flow_max = Correlator(), 0, 0
+    with open(log) as fh:
+        for _ in range(batches):
+            events = [e for ln in itertools.islice(fh, FILE_CHUNK) if (e := parse_line(ln))]
+            if not events:
+                break
+            ev_max = max(ev_max, len(codec.encode(EventBatch("ingest", 1, 1, 0, events))))
+            if records := corr.feed_all(events):
+                batch = FlowBatch("correlate", 1, 1, 0, 1, 1, records)
+                flow_max = max(flow_max, len(codec.encode(batch)))
+    return ev_max, flow_max
+
+
+def correlate_state_kb(log: Path) -> int:
+    """What correlate's state costs for this log: its open-connection table at
+    OPEN_CONNECTIONS entries and its memory of closed ids (``Recent``, full)."""
+    tracemalloc.start()
+    try:
+        corr = Correlator()
+        with open(log) as fh:
+            for ln in itertools.islice(fh, OPEN_CONNECTIONS):  # the first lines open them
+                if (ev := parse_line(ln)) is not None:
+                    corr.feed(ev, [])
+        table = tracemalloc.get_traced_memory()[0]
+        recent = Recent()
+        for i in range(recent.size):
+            recent.add(i + (1 << 40))
+        closed = tracemalloc.get_traced_memory()[0] - table
+    finally:
+        tracemalloc.stop()
+    return (table + closed) // 1024
+
+
+def idle_rss(tmp_path: Path) -> dict[str, int]:
+    """Each stage's resident size in a daemon that has nothing to read."""
+    empty = tmp_path / "empty.log"
+    empty.write_text("")
+    rundir = tmp_path / "idle"
+    conf = write_config(tmp_path / "idle.conf", collector_port=None, syslog_socket=None,
+                        rundir=rundir, screen=True,
+                        extra=f"<source>\n  type file\n  path {empty}\n</source>\n")  # fmt: skip
+    nfflowd("-c", str(conf), "start")
+    try:
+        pids = wait_all_running(rundir)
+        time.sleep(2)
+        return {stage: rss_kb(pid) for stage, pid in pids.items()}
+    finally:
+        nfflowd("-c", str(conf), "stop", check=False)
+
+
+@needs("nfcapd", "nfdump")
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_export_stopped_for_a_minute_memory_stays_bounded(tmp_path: Path) -> None:
+    log = tmp_path / "events.log"
+    generate(str(log), EVENTS)
+    expected = expected_records(log)
+    ev_kb, flow_kb = (n // 1024 + 1 for n in batch_sizes(log))
+    base = idle_rss(tmp_path)
+    m = MAX_UNACKED
+    bound = {
+        # its outbox, and a copy in ZeroMQ's queues
+        "ingest": base["ingest"] + 2 * m * ev_kb,
+        # event batches waiting in its socket; one encoded flow batch kept for both
+        # outputs plus a copy in each output's queue; its connection table
+        "correlate": base["correlate"] + m * ev_kb + 3 * m * flow_kb + correlate_state_kb(log),
+        # a batch queued and one being delivered, at most max_unacked of them
+        "export": base["export"] + 2 * m * flow_kb,
+        "mirror": base["mirror"] + 2 * m * flow_kb,
+    }
+    bound = {stage: kb + MARGIN_KB for stage, kb in bound.items()}
+    print(f"batches: events {ev_kb} KiB, flows {flow_kb} KiB; max_unacked {m}")
+    rundir = tmp_path / "run"
+    peak: dict[str, int] = dict.fromkeys(control.STAGES, 0)
+    with Nfcapd(extra_args=["-B", "8388608"]) as cap:
+        conf = write_config(tmp_path / "c.conf", collector_port=cap.port, syslog_socket=None,
+                            rundir=rundir, screen=True,
+                            extra=f"<daemon>\n  max_unacked {m}\n</daemon>\n")  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nfflowd.cli", "-c", str(conf), "replay", "--rundir",
+             str(rundir), str(log)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        export = 0
+        try:
+            pids = wait_all_running(rundir, timeout=60)
+            wait_settled(lambda: int(stage_counters(rundir, "export").get("records", 0)), 1,
+                         timeout=60, quiet=60)  # fmt: skip
+            export = pids["export"]
+            os.kill(export, signal.SIGSTOP)
+            stopped = time.monotonic()
+            read_at: list[int] = []
+            while time.monotonic() - stopped < STOP_S:
+                for stage, pid in pids.items():
+                    peak[stage] = max(peak[stage], rss_kb(pid))
+                if time.monotonic() - stopped > 10 and not read_at:
+                    read_at.append(int(stage_counters(rundir, "ingest")["events"]))
+                time.sleep(0.5)
+            ingest = stage_counters(rundir, "ingest")
+            correlate = stage_counters(rundir, "correlate")
+            assert running_pid(rundir, "correlate") == pids["correlate"]  # nobody restarted
+            os.kill(export, signal.SIGCONT)
+            export = 0
+            out, err = proc.communicate(timeout=180)
+        finally:
+            if export:
+                os.kill(export, signal.SIGCONT)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if (rundir / "supervisor.sock").exists() and control.is_running(str(rundir)):
+                control.stop(str(rundir), timeout=30)
+        print(out)
+        assert proc.returncode == 0, err
+        results = {
+            "collector (nfdump)": tally(
+                [record_ident(r) for r in expected if r.family == 4],
+                map(nfdump_ident, cap.records()),
+            ),
+            "mirror (screen)": tally(
+                map(record_ident, expected), *csv_idents(mirror_lines(rundir))
+            ),
+        }
+    for stage in control.STAGES:
+        print(f"{stage:<9} idle {base[stage]:>7} KiB  peak while export stopped "
+              f"{peak[stage]:>7} KiB  bound {bound[stage]:>7} KiB")  # fmt: skip
+    for where, t in results.items():
+        print(t.line(where))
+    # backpressure reached the source: ingest stopped reading with max_unacked waiting
+    assert ingest["events"] == read_at[0] < EVENTS, (read_at, ingest)
+    assert ingest["events_unacked"] == m and correlate["flows.export_unacked"] == m
+    for stage in control.STAGES:
+        assert peak[stage] <= bound[stage], (stage, peak[stage], bound[stage])
+    for where, t in results.items():
+        assert t.clean and t.duplicates == 0, (t.line(where), t.sample)
