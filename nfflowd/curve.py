@@ -35,6 +35,7 @@ import logging
 import os
 import struct
 import threading
+import weakref
 from typing import Final
 
 import zmq
@@ -61,7 +62,8 @@ _FAILED = (
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
-_WATCHED = _FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_MONITOR_STOPPED
+_WATCHED = (_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_MONITOR_STOPPED
+            | zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)  # fmt: skip
 _PROTOCOL_ERRORS: dict[int, str] = {
     int(zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH): "the peer does not speak CURVE",
     int(zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC): "bad CURVE handshake (wrong server key?)",
@@ -282,10 +284,30 @@ def _zap_handler(ctx: zmq.Context[zmq.Socket[bytes]]) -> _ZapHandler:
         return handler
 
 
+class Reconnects:
+    """What the monitor thread saw of a sender's connection (a socket has one monitor
+    only, so nfflowd.links.Outlet reads this instead of monitoring a tcp link itself)."""
+
+    def __init__(self) -> None:
+        self.disconnected = False
+        self.pending = False  # connected again after a disconnect; the Outlet clears it
+
+
+_reconnects: dict[int, tuple[weakref.ref[zmq.Socket[bytes]], Reconnects]] = {}
+
+
+def reconnects_of(sock: zmq.Socket[bytes]) -> Reconnects | None:
+    """The reconnection flag of a socket this module monitors (None: not monitored)."""
+    ref, state = _reconnects.get(id(sock), (None, None))
+    return state if ref is not None and ref() is sock else None
+
+
 def _watch(
     ctx: zmq.Context[zmq.Socket[bytes]], sock: zmq.Socket[bytes], name: str, side: str, rundir: str
 ) -> None:
     """Log (and on a receiver count) the handshakes of *sock*, from a thread of its own."""
+    state = Reconnects()
+    _reconnects[id(sock)] = (weakref.ref(sock), state)
     addr = f"inproc://nfflowd-monitor-{name}-{side}-{id(sock)}"
     sock.monitor(addr, _WATCHED)
     pair: zmq.Socket[bytes] = zmq.Socket(ctx, zmq.PAIR)  # untracked, as in _ZapHandler
@@ -293,7 +315,10 @@ def _watch(
     pair.connect(addr)  # before bind/connect: no event is missed
     refusals = _Refusals(rundir, name) if side == "receiver" else None
     thread = threading.Thread(
-        target=_monitor, args=(pair, name, refusals), name=f"nfflowd-monitor-{name}", daemon=True
+        target=_monitor,
+        args=(pair, name, refusals, state),
+        name=f"nfflowd-monitor-{name}",
+        daemon=True,
     )
     thread.start()
 
@@ -308,7 +333,9 @@ def _why(event: int, value: int) -> str:
     return f"handshake failed (errno {value}: {os.strerror(value)})"
 
 
-def _monitor(pair: zmq.Socket[bytes], name: str, refusals: _Refusals | None) -> None:
+def _monitor(
+    pair: zmq.Socket[bytes], name: str, refusals: _Refusals | None, state: Reconnects
+) -> None:
     failures = 0
     try:
         while True:
@@ -318,7 +345,12 @@ def _monitor(pair: zmq.Socket[bytes], name: str, refusals: _Refusals | None) -> 
             event, value = struct.unpack("=HI", frames[0])
             if event == zmq.EVENT_MONITOR_STOPPED:
                 return
-            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            if event == zmq.EVENT_DISCONNECTED:
+                state.disconnected = True
+            elif event == zmq.EVENT_CONNECTED:
+                if state.disconnected:
+                    state.disconnected, state.pending = False, True
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 peer = "a sender" if refusals is not None else "the receiver"
                 log.info("%s: CURVE handshake with %s succeeded", name, peer)
             elif event & _FAILED and refusals is not None:

@@ -20,7 +20,7 @@ from typing import Protocol
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from nfflowd import codec, shards
+from nfflowd import codec, curve, shards
 from nfflowd.delivery import Inbox, Outbox, Recent
 from nfflowd.messages import Ack, EventBatch, FlowBatch, FlowRecord, Message
 from nfflowd.persist import Slots
@@ -66,7 +66,13 @@ class Outlet:
         # A connection that breaks (a tcp reset; a receiver restart) may lose batches
         # in flight.  After a reconnection the receiver's next Ack is treated as a
         # hello, so everything unacknowledged goes again (receivers de-duplicate).
-        self._monitor = self.sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        # a tcp link is monitored by nfflowd.curve already (one monitor per socket)
+        self._curve = curve.reconnects_of(self.sock)
+        self._monitor = (
+            None
+            if self._curve is not None
+            else self.sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        )
         self._disconnected = False
 
     def full(self) -> bool:
@@ -95,6 +101,13 @@ class Outlet:
         self.stage.send(self.sock, data)
 
     def _watch_connection(self) -> None:
+        if self._curve is not None:
+            if self._curve.pending:
+                self._curve.pending = False
+                self.reconnects += 1
+                self.outbox.peer = 0
+            return
+        assert self._monitor is not None
         while True:
             try:
                 event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
