@@ -358,3 +358,21 @@ class PacedSyslog:
         self._sock.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+
+
+def start_replay(conf: Path, rundir: Path, log: Path) -> subprocess.Popen[str]:
+    """`nfflowd replay` in the background (for tests that kill stages meanwhile)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "nfflowd.cli", "-c", str(conf), "replay", "--rundir", str(rundir),
+         str(log)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def end_replay(proc: subprocess.Popen[str], rundir: Path) -> None:
+    """Kill a replay that is still running and stop its supervisord (a killed CLI's)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    if (rundir / "supervisor.sock").exists() and control.is_running(str(rundir)):
+        control.stop(str(rundir), timeout=30)

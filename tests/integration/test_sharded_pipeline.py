@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,9 +19,17 @@ from pathlib import Path
 import pytest
 
 from bench.gen_events import generate
-from nfflowd import control
 from nfflowd.nfcapd import Nfcapd
-from tests.pipeline_harness import csv_key, is_ipv4, nfdump_key, nfflowd, write_config
+from tests.pipeline_harness import (
+    csv_key,
+    end_replay,
+    is_ipv4,
+    nfdump_key,
+    nfflowd,
+    running_pid,
+    start_replay,
+    write_config,
+)
 
 SHARDS = "    correlators 2\n    exporters 2\n</daemon>"
 
@@ -69,15 +75,6 @@ def test_two_correlators_two_exporters_deliver_every_record_once(tmp_path: Path)
         assert cap.stats().get("Sequence failures", 0) == 0
 
 
-def running(rundir: Path, name: str) -> int:
-    if not (rundir / "supervisor.sock").exists() or not control.is_running(str(rundir)):
-        return 0
-    for p in control.processes(str(rundir)):
-        if p["name"] == name and p["statename"] == "RUNNING":
-            return int(p["pid"])
-    return 0
-
-
 def wait_for(check: object, timeout: float, what: str) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -95,24 +92,16 @@ def test_a_killed_shard_is_restarted_and_nothing_is_lost(tmp_path: Path) -> None
     expected = generate(str(log), 200_000)
     rundir = tmp_path / "run"
     conf = sharded_config(tmp_path / "c.conf", rundir, None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nfflowd.cli", "-c", str(conf), "replay", "--rundir", str(rundir),
-         str(log)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = start_replay(conf, rundir, log)
     try:
-        pids = [wait_for(lambda v=v: running(rundir, v), 30, f"{v} RUNNING")  # type: ignore[misc]
+        pids = [wait_for(lambda v=v: running_pid(rundir, v), 30, f"{v} RUNNING")  # type: ignore[misc]
                 for v in ("correlate-1", "export-0")]  # fmt: skip
         time.sleep(0.5)  # in the middle of the replay
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
         out, err = proc.communicate(timeout=240)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if (rundir / "supervisor.sock").exists() and control.is_running(str(rundir)):
-            control.stop(str(rundir), timeout=30)
+        end_replay(proc, rundir)
     assert proc.returncode == 0, err
     report = {ln.split()[0]: ln for ln in out.splitlines() if ln.strip()}
     assert "starts=2" in report["correlate-1"] and "starts=2" in report["export-0"], report
