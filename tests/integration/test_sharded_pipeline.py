@@ -110,4 +110,4 @@ def test_a_killed_shard_is_restarted_and_nothing_is_lost(tmp_path: Path) -> None
     duplicates = sum(got.values()) - len(got)
     print(f"shards, 2 kills: {sum(got.values())} lines for {expected} records, "
           f"{duplicates} duplicate keys")  # fmt: skip
-    assert sum(got.values()) <= expected * 1.001
+    assert sum(got.values()) <= expected + 2 * 1_500  # two kills: a chunk each, rarely a batch
