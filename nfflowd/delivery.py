@@ -196,10 +196,9 @@ class Recent:
 
     Used where a crash makes a resend unavoidable: correlate remembers the
     conntrack ids it closed (a restarted ingest re-reads a few batches), export
-    and mirror remember the record identities they delivered (a restarted
-    correlate recomputes a few batches).  Record identity: (conntrack id,
-    direction, last ms, end reason) — the start is left out because a restarted
-    correlate may know it less exactly (see the README).
+    and mirror remember the origins (ingest incarnation, event seq) of the flow
+    batches they delivered (a restarted correlate recomputes a few batches from
+    the same event batches; see the README, "Crash isolation").
     """
 
     size: int = 65536
