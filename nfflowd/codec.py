@@ -80,8 +80,8 @@ def decode(data: bytes) -> Message:
 
 
 def _event_batch(obj: Sequence[Any]) -> Message:
-    if len(obj) != 7:
-        raise DecodeError("malformed", "event batch: expected 7 elements")
+    if len(obj) != 9:
+        raise DecodeError("malformed", "event batch: expected 9 elements")
     events = _items(obj[6], EVENT_FIELDS, "events")
     return EventBatch(
         str(obj[2]),
@@ -89,6 +89,8 @@ def _event_batch(obj: Sequence[Any]) -> Message:
         int(obj[4]),
         int(obj[5]),
         [ConntrackEvent._make(e) for e in events],
+        int(obj[7]),
+        int(obj[8]),
     )
 
 

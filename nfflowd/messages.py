@@ -35,7 +35,7 @@ from enum import IntEnum
 from typing import NamedTuple
 
 #: Version of the wire schema; bump when a record's fields change.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class Kind(IntEnum):
@@ -135,21 +135,38 @@ class FlowRecord(NamedTuple):
 
 
 class EventBatch(NamedTuple):
-    """A batch of events from one ingest incarnation."""
+    """A batch of events from one ingest incarnation.
+
+    *origin_stream*/*origin_pos* say where the batch came from when its source
+    can be read again (a saved log: the log files' identity and the batch's byte
+    position): a restarted ingest that re-reads a batch gives it the same origin,
+    so correlate and the terminal stages recognise the copy.  0/0 for live
+    sources, whose events are never read twice: the origin is then the batch's
+    own (incarnation, seq).
+    """
 
     sender: str
     incarnation: int
     seq: int
     acked: int  # every seq <= acked is acknowledged already (a receiver's floor)
     events: list[ConntrackEvent]
+    origin_stream: int = 0
+    origin_pos: int = 0
+
+    def origin(self) -> tuple[int, int]:
+        """The identity of this batch's content (see the class docstring)."""
+        if self.origin_stream:
+            return (self.origin_stream, self.origin_pos)
+        return (self.incarnation, self.seq)
 
 
 class FlowBatch(NamedTuple):
     """A batch of flow records from one correlate incarnation.
 
     *origin_incarnation*/*origin_seq* name the event batch it was computed from
-    (each event batch yields at most one flow batch): a restarted correlate that
-    recomputes a batch from the same event batch is recognised by the receivers,
+    (:meth:`EventBatch.origin`; each event batch yields at most one flow batch): a
+    batch recomputed from the same events — by a restarted correlate, or from a
+    saved log re-read by a restarted ingest — is recognised by the receivers,
     which drop the copy (record identity: see the README, "Crash isolation").
     """
 
@@ -157,8 +174,8 @@ class FlowBatch(NamedTuple):
     incarnation: int
     seq: int
     acked: int  # every seq <= acked is acknowledged already (a receiver's floor)
-    origin_incarnation: int  # the ingest incarnation of the event batch ...
-    origin_seq: int  # ... and its seq
+    origin_incarnation: int  # EventBatch.origin() of the event batch: its stream ...
+    origin_seq: int  # ... and its position in that stream
     records: list[FlowRecord]
 
 

@@ -61,6 +61,43 @@ class Slots:
         self._map.close()
 
 
+class Ring:
+    """The last *size* pairs of u64 remembered across a SIGKILL (oldest overwritten).
+
+    Slot 0 counts the pairs ever added; pair k lives in slots 1 + 2 * (k % size).
+    A pair is written before the count moves, so a kill between the two stores
+    loses at most the pair being added (it is then not remembered: the caller
+    treats it as never added, which is the safe side for de-duplication).
+    """
+
+    def __init__(self, path: str, size: int) -> None:
+        self.size = size
+        self._slots = Slots(path, 1 + 2 * size)
+
+    @property
+    def fresh(self) -> bool:
+        return self._slots.fresh
+
+    def add(self, a: int, b: int) -> None:
+        n = self._slots[0]
+        at = 1 + 2 * (n % self.size)
+        self._slots[at], self._slots[at + 1] = a, b
+        self._slots[0] = n + 1
+
+    def pairs(self) -> list[tuple[int, int]]:
+        """Every remembered pair, oldest first."""
+        n = self._slots[0]
+        count = min(n, self.size)
+        out = []
+        for k in range(n - count, n):
+            at = 1 + 2 * (k % self.size)
+            out.append((self._slots[at], self._slots[at + 1]))
+        return out
+
+    def close(self) -> None:
+        self._slots.close()
+
+
 def identity(text: str) -> int:
     """A stable 32-bit tag for *text* (e.g. a collector's address and version), so a
     slot is only reused by the stream it was written for."""

@@ -17,7 +17,7 @@ import zmq
 
 from nfflowd import codec, shards
 from nfflowd.correlate import Correlator
-from nfflowd.delivery import Ledger
+from nfflowd.delivery import Ledger, Recent
 from nfflowd.links import Inlet, Outlet
 from nfflowd.messages import EventBatch, FlowBatch
 from nfflowd.stage import Stage
@@ -38,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     outs = {"export": Outlet(stage, shards.link("flows.export", shard), limit),
             "mirror": Outlet(stage, shards.link("flows.mirror", shard), limit)}  # fmt: skip
     ledger = Ledger(outputs=tuple(outs))
+    # origins of the event batches fed to the table lately: a restarted ingest
+    # re-reads at most max_unacked batches of a saved log
+    processed = Recent(size=max(16384, 4 * limit))
+    reread_events = 0
     poller = zmq.Poller()
     poller.register(inlet.sock, zmq.POLLIN)
     for out in outs.values():
@@ -55,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
                   "records": c.records, "open": len(corr.open), "purged": c.purged,
                   "destroy_without_new": c.destroy_without_new,
                   "interim_reports": c.interim_reports, "new_duplicate": c.new_duplicate,
-                  "replayed": c.replayed, "newest_event_ms": corr.clock_ns // 1_000_000,
+                  "replayed": c.replayed, "reread_events": reread_events,
+                  "newest_event_ms": corr.clock_ns // 1_000_000,
                   "pending_batches": len(ledger.entries), **inlet.counters()}  # fmt: skip
         for out in outs.values():
             merged.update(out.counters())
@@ -100,17 +105,24 @@ def main(argv: list[str] | None = None) -> int:
             if not isinstance(msg, EventBatch):
                 stage.count_malformed("unexpected_kind", type(msg).__name__, "events link")
                 continue
-            try:
-                records = corr.feed_all(msg.events)
-            except (TypeError, ValueError, AttributeError) as exc:
-                stage.count_malformed("bad_event", repr(exc), f"batch {msg.seq}")
+            origin = msg.origin()
+            if not processed.add(origin):
+                # re-read by a restarted ingest (same saved-log position): its records
+                # were made already (the ledger's barrier waits for their acks)
+                reread_events += len(msg.events)
                 records = []
+            else:
+                try:
+                    records = corr.feed_all(msg.events)
+                except (TypeError, ValueError, AttributeError) as exc:
+                    stage.count_malformed("bad_event", repr(exc), f"batch {msg.seq}")
+                    records = []
             flow_seq = 0
             if records:
                 flow_seq = outs["export"].outbox.reserve()
                 floor = min(out.outbox.acked_upto for out in outs.values())
                 batch = FlowBatch("correlate", stage.incarnation, flow_seq, floor,
-                                  msg.incarnation, msg.seq, records)  # fmt: skip
+                                  *origin, records)  # fmt: skip
                 data = codec.encode(batch)
                 for out in outs.values():
                     out.send_encoded(flow_seq, data)

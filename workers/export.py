@@ -14,10 +14,10 @@ from nfflowd.config import Collector, ExportSettings
 from nfflowd.formats.ipfix import IpfixEncoder
 from nfflowd.formats.netflow_v5 import V5Encoder
 from nfflowd.formats.netflow_v9 import V9Encoder
-from nfflowd.links import consume
 from nfflowd.messages import FlowRecord
 from nfflowd.outputs.collector import UdpCollector
 from nfflowd.stage import Stage
+from nfflowd.terminal import consume
 
 log = logging.getLogger("nfflowd.export")
 

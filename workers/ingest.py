@@ -17,6 +17,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 
 import zmq
 
@@ -24,7 +25,7 @@ from nfflowd import persist, shards
 from nfflowd.config import Settings
 from nfflowd.conntrack.sources import FileSource, NetlinkSource, ProgramSource, Source
 from nfflowd.links import Outlet
-from nfflowd.messages import EventBatch
+from nfflowd.messages import ConntrackEvent, EventBatch
 from nfflowd.stage import Stage
 
 log = logging.getLogger("nfflowd.ingest")
@@ -85,6 +86,24 @@ def make_source(settings: Settings, checkpoint: persist.Slots) -> Source:
     raise ValueError(f"unknown source type {src.type!r}")
 
 
+def origin_stream(paths: tuple[str, ...], shard: int) -> int:
+    """The stable origin stream of saved-log batches for correlator *shard* (nonzero)."""
+    return persist.identity("\0".join(paths)) << 8 | shard
+
+
+def origin_pos(position: tuple[int, int]) -> int:
+    """A saved-log position (file index, byte offset) as one number (files < 16 TiB)."""
+    index, offset = position
+    return index << 44 | offset
+
+
+def batch_of(
+    inc: int, events: list[ConntrackEvent], stream: int, pos: int
+) -> Callable[[int, int], EventBatch]:
+    """How to build the batch of *events* once the link has given it a seq."""
+    return lambda seq, acked: EventBatch("ingest", inc, seq, acked, events, stream, pos)
+
+
 def blind_time(alive: persist.Slots, live: bool, now_ns: int) -> int:
     """Milliseconds no ingest listened to the kernel before this start (0: first start,
     or a saved log, which resumes at its checkpoint instead)."""
@@ -114,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     # file position after each read, with the seq of the batch it gave each correlator
     # (0: none); the checkpoint moves once every one of them is acknowledged
     reads: deque[tuple[tuple[int, int], list[int]]] = deque()
+    streams = [origin_stream(settings.source.path, i) if isinstance(source, FileSource) else 0
+               for i in range(n)]  # fmt: skip
     sent = 0
     next_notice = 0.0
 
@@ -147,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
             if stage.stopping or source.exhausted or any(out.full() for out in outs):
                 poller.poll(100)  # wait for acknowledgements
                 continue
+            # a saved log's batch is named by where it starts: a successor re-reading
+            # it from the checkpoint gives it the same origin (see EventBatch)
+            pos = origin_pos(source.position()) if isinstance(source, FileSource) else 0
             events = source.read(0.1)
             if not events:
                 continue
@@ -155,9 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             seqs = [0] * n
             for i, part in enumerate([events] if n == 1 else shards.split(events, n)):
                 if part:
-                    seqs[i] = outs[i].send(
-                        lambda seq, acked: EventBatch("ingest", inc, seq, acked, part)  # noqa: B023
-                    )
+                    seqs[i] = outs[i].send(batch_of(inc, part, streams[i], pos))
             if isinstance(source, FileSource):
                 reads.append((source.position(), seqs))
         stage.notify("final", counters())

@@ -18,10 +18,10 @@ from nfflowd import shards
 from nfflowd.config import Settings
 from nfflowd.formats import flowtools_csv, json_lines
 from nfflowd.formats.uptime import host_boot_ms
-from nfflowd.links import consume
 from nfflowd.messages import FlowRecord
 from nfflowd.outputs.syslog import LEVELS, Dispatcher, ScreenDispatcher, SyslogDispatcher
 from nfflowd.stage import Stage
+from nfflowd.terminal import consume
 
 log = logging.getLogger("nfflowd.mirror")
 
@@ -113,7 +113,9 @@ class Mirror:
             d.flush()
 
     def pending(self) -> int:
-        return sum(d.pending for d in self.dispatchers if isinstance(d, SyslogDispatcher))
+        """Records not yet delivered by every dispatcher (one line each, oldest first)."""
+        return max((d.pending for d in self.dispatchers if isinstance(d, SyslogDispatcher)),
+                   default=0)  # fmt: skip
 
     def counters(self) -> dict[str, int]:
         out = {"lines": self.lines, "invalid": self.invalid}

@@ -64,6 +64,19 @@ class LineParser:
             out.append(ev)
 
 
+def _count_lines(fh: IO[bytes], size: int) -> int:
+    """Newlines in the next *size* bytes of *fh* (read 1 MiB at a time: a resumed
+    replay of a large log must not hold its whole prefix in memory)."""
+    lines = 0
+    while size > 0:
+        block = fh.read(min(size, 1 << 20))
+        if not block:
+            break
+        lines += block.count(b"\n")
+        size -= len(block)
+    return lines
+
+
 class FileSource:
     """One or more saved ``conntrack -E`` logs, read once, in order.
 
@@ -87,7 +100,7 @@ class FileSource:
                 self.exhausted = True
             elif self._open_next() and offset:
                 assert self._fh is not None
-                self._lineno = self._fh.read(offset).count(b"\n")
+                self._lineno = _count_lines(self._fh, offset)
                 self.counters["resumed_at_line"] = self._lineno
 
     def position(self) -> tuple[int, int]:

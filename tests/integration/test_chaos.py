@@ -120,13 +120,6 @@ def test_stages_killed_every_second_lose_nothing(chaos_run: tuple[Chaos, dict[st
 @needs("nfcapd", "nfdump")
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(
-    reason="issue 4 open: when ingest and correlate are both restarted within the resend "
-    "window, the re-read events are turned into records again under a new batch origin and "
-    "terminal stages only drop repeated batches (measured 23-65 % duplicates here; each "
-    "stage killed alone: <= 1 chunk per kill)",
-    strict=False,
-)
 def test_stages_killed_every_second_duplicates_stay_within_bound(
     chaos_run: tuple[Chaos, dict[str, Any]],
 ) -> None:

@@ -1,0 +1,226 @@
+"""A terminal stage killed at any instant repeats nothing that had left, loses nothing.
+
+The tests drive :class:`nfflowd.terminal._Input` as export and mirror do, with a
+sink that holds records (first in, first out) until the test lets some leave,
+like a slow syslog reader.  A SIGKILL is simulated by dropping the object
+without closing anything: what survives is only what a killed process leaves, the
+files in the run directory.  The successor is a new object on the same files.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+
+import pytest
+import zmq
+
+from nfflowd.messages import FlowBatch, FlowRecord
+from nfflowd.persist import Ring
+from nfflowd.terminal import PARTIALS, Flow, _Input
+
+CORRELATE_A = 1_000
+CORRELATE_B = 2_000  # a restarted correlate
+STREAM = 77  # the origin stream (a saved log's identity)
+
+
+def record(n: int) -> FlowRecord:
+    return FlowRecord(n, n, 4, 17, b"\n\0\0\1", b"\n\0\0\2", 1, 2, 1, 60,
+                      b"\n\0\0\1", b"\n\0\0\2", 1, 2, 1, 3, 0, 0, n)  # fmt: skip
+
+
+def batch(inc: int, seq: int, origin_pos: int, first: int, count: int) -> FlowBatch:
+    """Flow batch *seq* of correlate *inc*, computed from event batch *origin_pos*."""
+    return FlowBatch("correlate", inc, seq, 0, STREAM, origin_pos,
+                     [record(first + i) for i in range(count)])  # fmt: skip
+
+
+class SlowSink:
+    """Holds what it is handed; `let(n)` lets the n oldest records leave."""
+
+    def __init__(self, out: list[int]) -> None:
+        self.held: deque[FlowRecord] = deque()
+        self.out = out  # the "collector": ct_ids of the records that left, in order
+
+    def handle(self, records: list[FlowRecord]) -> None:
+        self.held.extend(records)
+
+    def flush(self) -> None:
+        pass
+
+    def let(self, n: int) -> None:
+        for _ in range(min(n, len(self.held))):
+            self.out.append(self.held.popleft().ct_id)
+
+    def counters(self) -> dict[str, int]:
+        return {}
+
+    def pending(self) -> int:
+        return len(self.held)
+
+
+class FakeStage:
+    """What _Input needs from a Stage: a run directory and an (unconnected) socket."""
+
+    name = "mirror"
+    incarnation = 5
+
+    def __init__(self, rundir: Path, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+        self.rundir, self.ctx = str(rundir), ctx
+        self.malformed: list[str] = []
+
+    def socket(self, name: str, side: str) -> zmq.Socket[bytes]:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        return sock  # acks are sent NOBLOCK and dropped: nobody listens
+
+    def count_malformed(self, reason: str, detail: str, where: str) -> None:
+        self.malformed.append(reason)
+
+
+class Terminal:
+    """One incarnation of a terminal stage with one input."""
+
+    def __init__(self, rundir: Path, ctx: zmq.Context[zmq.Socket[bytes]], out: list[int]):
+        self.stage = FakeStage(rundir, ctx)
+        self.inp = _Input(self.stage, "flows.mirror")  # type: ignore[arg-type]
+        self.sink = SlowSink(out)
+        self.flow = Flow(self.sink)
+
+    def receive(self, msg: FlowBatch) -> None:
+        """What the consume loop does with a batch the inlet accepted."""
+        self.inp.inlet.inbox.accept(msg.incarnation, msg.seq, msg.acked)
+        if not self.inp.skip_if_seen(msg, self.flow):
+            self.inp.deliver(self.stage, self.flow, msg)  # type: ignore[arg-type]
+
+    def let(self, n: int) -> None:
+        self.sink.let(n)
+        self.inp.ack(self.flow)  # the idle path: progress and acknowledgements
+
+    def acked(self) -> int:
+        return self.inp.inlet.upto
+
+
+@pytest.fixture
+def ctx() -> zmq.Context[zmq.Socket[bytes]]:
+    c: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    yield c  # type: ignore[misc]
+    c.term()
+
+
+def test_a_batch_is_acknowledged_once_its_records_have_left(
+    tmp_path: Path, ctx: zmq.Context
+) -> None:  # type: ignore[type-arg]
+    out: list[int] = []
+    t = Terminal(tmp_path, ctx, out)
+    t.receive(batch(CORRELATE_A, 1, 10, 0, 100))
+    t.receive(batch(CORRELATE_A, 2, 11, 100, 100))
+    assert t.acked() == 0
+    t.let(99)
+    assert t.acked() == 0
+    t.let(1)
+    assert t.acked() == 1  # batch 2 is still held
+    t.let(100)
+    assert t.acked() == 2
+    assert out == list(range(200))
+
+
+def test_killed_mid_batch_the_resent_batch_resumes_where_records_stopped_leaving(
+    tmp_path: Path,
+    ctx: zmq.Context,  # type: ignore[type-arg]
+) -> None:
+    out: list[int] = []
+    t = Terminal(tmp_path, ctx, out)
+    t.receive(batch(CORRELATE_A, 1, 10, 0, 100))
+    t.receive(batch(CORRELATE_A, 2, 11, 100, 100))
+    t.let(130)  # batch 1 left; 30 of batch 2 left; the rest dies with the process
+    del t
+    t2 = Terminal(tmp_path, ctx, out)
+    assert t2.acked() == 1
+    # the sender resends 2 (and newer batches, which may come first: 3 here)
+    t2.receive(batch(CORRELATE_A, 3, 12, 200, 100))
+    t2.receive(batch(CORRELATE_A, 2, 11, 100, 100))
+    t2.let(1000)
+    assert sorted(out) == list(range(300)), "each record exactly once"
+    assert t2.acked() == 3
+
+
+def test_a_batch_recomputed_by_a_restarted_correlate_resumes_too(
+    tmp_path: Path,
+    ctx: zmq.Context,  # type: ignore[type-arg]
+) -> None:
+    out: list[int] = []
+    t = Terminal(tmp_path, ctx, out)
+    t.receive(batch(CORRELATE_A, 7, 10, 0, 100))
+    t.let(40)
+    del t  # and correlate died too: its successor recomputes from event batch 10
+    t2 = Terminal(tmp_path, ctx, out)
+    t2.receive(batch(CORRELATE_B, 1, 10, 0, 100))
+    t2.let(1000)
+    assert sorted(out) == list(range(100))
+
+
+def test_a_batch_whose_records_all_left_is_never_delivered_again(
+    tmp_path: Path,
+    ctx: zmq.Context,  # type: ignore[type-arg]
+) -> None:
+    out: list[int] = []
+    t = Terminal(tmp_path, ctx, out)
+    t.receive(batch(CORRELATE_A, 1, 10, 0, 100))
+    t.let(100)
+    del t
+    t2 = Terminal(tmp_path, ctx, out)
+    # recomputed by a restarted correlate, or made again from a re-read saved log
+    t2.receive(batch(CORRELATE_B, 1, 10, 0, 100))
+    t2.let(1000)
+    assert out == list(range(100))
+    assert t2.inp.skipped_records == 100
+    assert t2.acked() == 1  # acknowledged, so the sender lets it go
+
+
+def test_repeated_kills_keep_every_partial_batch(tmp_path: Path, ctx: zmq.Context) -> None:  # type: ignore[type-arg]
+    """Each incarnation is killed inside a different batch before the earlier ones
+    come again; up to PARTIALS - 1 such batches are remembered."""
+    out: list[int] = []
+    t = Terminal(tmp_path, ctx, out)
+    t.receive(batch(CORRELATE_A, 1, 10, 0, 100))
+    t.let(25)
+    for k in range(1, PARTIALS - 1):
+        del t
+        t = Terminal(tmp_path, ctx, out)
+        # a newer batch arrives first and is killed in too
+        t.receive(batch(CORRELATE_A, 1 + k, 10 + k, 100 * k, 100))
+        t.let(25)
+    del t
+    t = Terminal(tmp_path, ctx, out)
+    for k in range(PARTIALS - 1):
+        t.receive(batch(CORRELATE_A, 1 + k, 10 + k, 100 * k, 100))
+    t.let(10_000)
+    assert sorted(out) == list(range(100 * (PARTIALS - 1)))
+
+
+def test_unknown_progress_repeats_rather_than_loses(tmp_path: Path, ctx: zmq.Context) -> None:  # type: ignore[type-arg]
+    """A recomputed batch of another length (the restarted correlate's table differed)
+    goes again whole: duplicates, never a loss."""
+    out: list[int] = []
+    t = Terminal(tmp_path, ctx, out)
+    t.receive(batch(CORRELATE_A, 1, 10, 0, 100))
+    t.let(40)
+    del t
+    t2 = Terminal(tmp_path, ctx, out)
+    t2.receive(batch(CORRELATE_B, 1, 10, 0, 99))
+    t2.let(1000)
+    assert set(range(99)) <= set(out)
+    assert len(out) == 40 + 99
+
+
+def test_ring_remembers_the_newest_pairs(tmp_path: Path) -> None:
+    ring = Ring(str(tmp_path / "r"), 3)
+    assert ring.fresh and ring.pairs() == []
+    for i in range(5):
+        ring.add(i, i * 10)
+    ring.close()
+    again = Ring(str(tmp_path / "r"), 3)
+    assert not again.fresh
+    assert again.pairs() == [(2, 20), (3, 30), (4, 40)]
+    again.close()
