@@ -128,6 +128,10 @@ def _share_if_shared(addr: str, rundir: str) -> None:
         share_socket(addr[len("ipc://") :], st.st_gid)
 
 
+class EndpointError(OSError):
+    """A stage cannot open one of its endpoints (the message names it and the cause)."""
+
+
 def open_socket(
     ctx: zmq.Context[zmq.Socket[bytes]],
     rundir: str,
@@ -163,6 +167,9 @@ def open_socket(
         old_umask = os.umask(0o077)
         try:
             sock.bind(addr)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            raise EndpointError(f"{name}: cannot bind {addr}: {exc.strerror}") from None
         finally:
             os.umask(old_umask)
         _share_if_shared(addr, rundir)

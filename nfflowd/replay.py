@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import time
+import xmlrpc.client
 from collections.abc import Sequence
 from typing import TextIO
 
@@ -114,7 +115,11 @@ def run(
 
 
 def _fail_on_fatal(rundir: str) -> None:
-    for p in control.processes(rundir):
+    try:
+        processes = control.processes(rundir)
+    except (OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError):
+        return  # supervisord starting, or busy restarting a stage: ask again later
+    for p in processes:
         if p["statename"] == "FATAL":
             raise ReplayError(
                 f"stage {p['name']} is FATAL ({p.get('spawnerr') or 'see its log'}): "
