@@ -13,7 +13,8 @@ kernel sends an event only to listeners present at that instant, so a
 connection that ends while no ingest listens — between its SIGKILL and its
 successor's subscription — is gone for good.  Records whose DESTROY falls in
 such a window (widened by SLACK_S for events queued but not yet read) are
-counted and printed, not required.  Every other record must arrive.
+counted and printed, not required.  Every other record must arrive, and at most
+0.1 % of them twice.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ SEED = 20240905
 #: it keeps reading through the ~2 s outages the kills cause.
 MAX_UNACKED = 1000
 MIN_KILLS = 5
+#: Duplicates allowed, as a fraction of the records the witness saw (issue 4: 0.1 %).
+DUPLICATE_BOUND = 0.001
 #: Events emitted this long before an ingest kill may still be queued unread in its socket.
 SLACK_S = 0.5
 LISTENING = re.compile(
@@ -183,8 +186,10 @@ def test_live_traffic_with_stages_killed_every_second(tmp_path: Path, lab_ready:
         print(f"{where}: {sum(received.values())} received of {sum(every.values())}; "
               f"{sum(missing.values())} missing, {excused} lost while no ingest listened, "
               f"{sum(extra.values()) - unknown} duplicates, {unknown} unknown")  # fmt: skip
-        if missing or unknown:
-            problems.append((where, list(missing)[:5], [k for k in extra if k not in every][:5]))
+        duplicates = sum(extra.values()) - unknown
+        if missing or unknown or duplicates > DUPLICATE_BOUND * sum(every.values()):
+            problems.append((where, list(missing)[:5], [k for k in extra if k not in every][:5],
+                             f"{duplicates} duplicates"))  # fmt: skip
     assert min(chaos.kills[s] for s in control.STAGES) >= MIN_KILLS, chaos.summary()
     assert len(runs) >= MIN_KILLS and witness
     assert not problems, problems
