@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from nfflowd.delivery import Recent
 from nfflowd.messages import ConntrackEvent, Direction, EndReason, EventType, FlowRecord
@@ -156,6 +157,17 @@ def _deltas(ev: ConntrackEvent, reported: list[int]) -> Counters:
     )
 
 
+class Journal(Protocol):
+    """Where the active timeout's report states are kept across a crash
+    (:class:`nfflowd.report_state.ReportJournal`); only conntrack-id keys are journaled."""
+
+    def reported(self, ct_id: int, before: int | list[int], after: list[int]) -> None: ...
+
+    def closed_conn(self, ct_id: int, before: list[int]) -> None: ...
+
+    def forgotten(self, ct_id: int) -> None: ...
+
+
 @dataclass
 class CorrelatorCounters:
     new: int = 0
@@ -194,6 +206,7 @@ class Correlator:
     counters: CorrelatorCounters = field(default_factory=CorrelatorCounters)
     clock_ns: int = 0  # the newest event time seen
     closed: Recent = field(default_factory=Recent)  # conntrack ids lately destroyed
+    journal: Journal | None = None  # report states kept across a crash (active timeout)
 
     def feed(self, ev: ConntrackEvent, out: list[FlowRecord]) -> None:
         """Apply one event; append the records it completes to *out*."""
@@ -211,9 +224,13 @@ class Correlator:
             if etype == _NEW:
                 self.counters.new += 1
                 if entry is None:
-                    table[key] = ev.start_ns if ev.start_ns is not None else t
-                    return
-                self.counters.new_duplicate += 1
+                    entry = table[key] = ev.start_ns if ev.start_ns is not None else t
+                    if ev.orig_packets is None:
+                        return
+                    # first seen in a dump (started before us, or a restarted correlate
+                    # whose NEW was acknowledged): it may be due for a report already
+                else:
+                    self.counters.new_duplicate += 1
             else:
                 self.counters.update += 1
                 if entry is None:
@@ -231,6 +248,8 @@ class Correlator:
         end = ev.stop_ns if ev.stop_ns is not None else t
         if isinstance(entry, list):  # reported before: the remainder since the last report
             recs = flow_records(ev, entry[1], end, _deltas(ev, entry))
+            if self.journal is not None and ev.ct_id is not None:
+                self.journal.closed_conn(ev.ct_id, entry)
         else:
             start = entry
             if ev.start_ns is not None:
@@ -255,8 +274,11 @@ class Correlator:
             return
         base = entry if isinstance(entry, list) else [start, since, 0, 0, 0, 0]
         recs = flow_records(ev, since, now, _deltas(ev, base), EndReason.ACTIVE_TIMEOUT)
-        self.open[key] = [start, now, ev.orig_packets or 0, ev.orig_bytes or 0,
-                          ev.reply_packets or 0, ev.reply_bytes or 0]  # fmt: skip
+        after = [start, now, ev.orig_packets or 0, ev.orig_bytes or 0,
+                 ev.reply_packets or 0, ev.reply_bytes or 0]  # fmt: skip
+        self.open[key] = after
+        if self.journal is not None and isinstance(key, int):
+            self.journal.reported(key, entry, after)
         self.counters.interim_reports += 1
         self.counters.records += len(recs)
         out.extend(recs)
@@ -275,5 +297,7 @@ class Correlator:
         stale = [k for k, v in self.open.items() if (v if isinstance(v, int) else v[1]) < limit]
         for k in stale:
             del self.open[k]
+            if self.journal is not None and isinstance(k, int):
+                self.journal.forgotten(k)
         self.counters.purged += len(stale)
         return len(stale)

@@ -11,6 +11,7 @@ unacknowledged batches, correlate stops reading events (backpressure).
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import zmq
@@ -20,6 +21,7 @@ from nfflowd.correlate import Correlator
 from nfflowd.delivery import Ledger, Recent
 from nfflowd.links import Inlet, Outlet
 from nfflowd.messages import EventBatch, FlowBatch
+from nfflowd.report_state import ReportJournal
 from nfflowd.stage import Stage
 
 log = logging.getLogger("nfflowd.correlate")
@@ -33,6 +35,17 @@ def main(argv: list[str] | None = None) -> int:
     settings = stage.settings
     corr = Correlator(ttl_s=settings.ct2ft.ttl, active_timeout_s=settings.export.active_timeout)
     shard = stage.shard or 0
+    journal = None
+    if settings.export.active_timeout:
+        # what the active timeout reported survives a crash (see nfflowd.report_state)
+        name = "correlate.reports" if stage.shard is None else f"correlate-{shard}.reports"
+        journal = ReportJournal(os.path.join(stage.rundir, name))
+        restored = journal.load()
+        if restored:
+            log.info("restored the report state of %d long connections", len(restored))
+        for ct_id, state in restored.items():
+            corr.open[ct_id] = state
+        corr.journal = journal
     inlet = Inlet(stage, shards.link("events", shard))
     limit = settings.daemon.max_unacked
     outs = {"export": Outlet(stage, shards.link("flows.export", shard), limit),
@@ -61,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
                   "interim_reports": c.interim_reports, "new_duplicate": c.new_duplicate,
                   "replayed": c.replayed, "reread_events": reread_events,
                   "newest_event_ms": corr.clock_ns // 1_000_000,
-                  "pending_batches": len(ledger.entries), **inlet.counters()}  # fmt: skip
+                  "pending_batches": len(ledger.entries),
+                  "report_state_full": journal.full if journal else 0,
+                  **inlet.counters()}  # fmt: skip
         for out in outs.values():
             merged.update(out.counters())
         return merged
@@ -112,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
                 reread_events += len(msg.events)
                 records = []
             else:
+                if journal is not None:
+                    journal.origin = origin
+                    for ct_id, state in journal.revert(origin):  # fed again: as it was before
+                        corr.open[ct_id] = state
                 try:
                     records = corr.feed_all(msg.events)
                 except (TypeError, ValueError, AttributeError) as exc:
@@ -131,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         stage.notify("final", counters())
         log.info("stopped; %s", counters())
     finally:
+        if journal is not None:
+            journal.close()
         inlet.sock.close(linger=0)
         for out in outs.values():
             out.sock.close(linger=1000)

@@ -10,7 +10,9 @@ from conntrack-tools' DESTROY line.
 from __future__ import annotations
 
 import itertools
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -21,7 +23,7 @@ import pytest
 from nfflowd import lab as labmod
 from nfflowd.nfcapd import Nfcapd
 from tests.e2e.conftest import lab_prefix
-from tests.pipeline_harness import nfflowd, write_config
+from tests.pipeline_harness import nfflowd, running_pid, write_config
 
 SERVER = """
 import socket
@@ -51,8 +53,9 @@ DESTROY = re.compile(
 
 @pytest.mark.root
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("kill_correlate", [False, True], ids=["undisturbed", "correlate-killed"])
 def test_long_connection_interim_records_sum_to_kernel_counters(
-    tmp_path: Path, lab_ready: None
+    tmp_path: Path, lab_ready: None, kill_correlate: bool
 ) -> None:
     rundir = tmp_path / "run"
     events = tmp_path / "conntrack-E.log"
@@ -71,8 +74,15 @@ def test_long_connection_interim_records_sum_to_kernel_counters(
                     stdout=subprocess.PIPE, text=True,
                 )  # fmt: skip
                 assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-                subprocess.run(["ip", "netns", "exec", lab.client, sys.executable, "-c", CLIENT],
-                               check=True, timeout=60)  # fmt: skip
+                client = subprocess.Popen(
+                    ["ip", "netns", "exec", lab.client, sys.executable, "-c", CLIENT]
+                )
+                if kill_correlate:
+                    time.sleep(7)  # reported at least once (active timeout 3 s)
+                    pid = running_pid(rundir, "correlate")
+                    assert pid, "correlate runs"
+                    os.kill(pid, signal.SIGKILL)
+                assert client.wait(60) == 0
                 server.wait(10)
                 time.sleep(2.5)  # TIME_WAIT (2 s in the lab) ends the connection
                 labmod.expire(lab)
@@ -95,3 +105,8 @@ def test_long_connection_interim_records_sum_to_kernel_counters(
         spans = sorted((r["first_ms"], r["last_ms"]) for r in recs)
         # consecutive reports: each starts where the previous one ended
         assert all(a[1] == b[0] for a, b in itertools.pairwise(spans)), spans
+    if kill_correlate:  # the successor took over the reported state
+        assert (
+            "restored the report state of 1 long connections"
+            in (rundir / "correlate.log").read_text()
+        )
