@@ -7,14 +7,16 @@ PY      := $(VENV)/bin/python
 PYTEST_ARGS ?=
 # Debian packages the demo and the tests use: the kernel's conntrack tools, the collector and
 # decoders that judge our packets, a real syslog daemon, namespaces and NAT; setfacl (the
-# <daemon> user test lets its system user reach the venv's interpreter) and systemd-analyze.
-APT_PACKAGES := conntrack nfdump tshark rsyslog iproute2 iptables nftables procps iputils-ping kmod acl systemd
+# <daemon> user test lets its system user reach the venv's interpreter) and systemd-analyze;
+# python3-venv (Debian splits ensurepip out of python3: without it `python3 -m venv` fails).
+APT_PACKAGES := conntrack nfdump tshark rsyslog iproute2 iptables nftables procps iputils-ping kmod acl systemd python3-venv
 APT_COMMANDS := conntrack nfcapd nfdump tshark rsyslogd ip iptables nft sysctl ping setfacl systemd-analyze
 
 .PHONY: demo test sysdeps venv lint unit bench bundle clean
 
 sysdeps:
 	@missing=""; for c in $(APT_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	python3 -c 'import ensurepip' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages (missing:$$missing)"; \
 	  if [ "$$(id -u)" != 0 ]; then echo "need root for apt-get; install: $(APT_PACKAGES)"; exit 1; fi; \

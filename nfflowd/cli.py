@@ -75,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     config = ns.config
     if config is None and os.path.exists(DEFAULT_CONFIG):
         config = DEFAULT_CONFIG
-    rc: int = handler(config, ns.foreground, ns.args)
+    try:
+        rc: int = handler(config, ns.foreground, ns.args)
+    except BrokenPipeError:  # e.g. `nfflowd status | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return rc
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import socket
 import sys
 import time
+import xmlrpc.client
 from types import FrameType
 
 from nfflowd import control, environment, install, replay, status
@@ -60,7 +62,10 @@ def cmd_start(config: str | None, foreground: bool, args: list[str]) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         if not stopping:
             stopping.append(signum)
-            control.stop(rundir)
+            # Ctrl-C reaches supervisord too (same process group): it may be shutting
+            # down already and refuse the request, or be gone
+            with contextlib.suppress(OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError):
+                control.stop(rundir)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -130,10 +135,16 @@ def cmd_install(config: str | None, foreground: bool, args: list[str]) -> int:
 def cmd_check(config: str | None, foreground: bool, args: list[str]) -> int:
     p = argparse.ArgumentParser(prog="nfflowd check")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--write-settings", action="store_true",
+                   help="also lay out the run directory (settings.json) for a supervisord "
+                        "of your own that includes deploy/supervisord.conf")  # fmt: skip
     ns = p.parse_args(args)
     settings = _load(config, quiet=True)
     if settings is None:
         return 1
+    if ns.write_settings:
+        control.prepare(settings, settings.daemon.rundir)
+        print(f"wrote {os.path.join(settings.daemon.rundir, 'settings.json')}")
     here = settings.daemon.stages  # a stage run on another host is checked there
     findings = (
         [("ok", f"configuration {settings.path or '(built-in defaults)'} is valid")]

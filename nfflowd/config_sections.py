@@ -8,6 +8,7 @@ on unknown keys and the error format are described in :mod:`nfflowd.config`.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
@@ -19,7 +20,8 @@ from nfflowd.config_links import KEYS as LINKS_KEYS
 from nfflowd.config_links import daemon_stages, links_section
 from nfflowd.config_metrics import KEYS as METRICS_KEYS
 from nfflowd.config_metrics import metrics_section
-from nfflowd.outputs.syslog import FACILITIES, LEVELS, parse_address
+from nfflowd.formats.nat_events import NUMBERINGS as NAT_EVENT_NUMBERINGS
+from nfflowd.outputs.syslog import FACILITIES, FLOW_LINE_LEVEL, LEVELS, parse_address
 from nfflowd.settings import (
     _V,
     Collector,
@@ -80,14 +82,14 @@ SECTIONS = {
     "links": LINKS_KEYS,  # nfflowd.config_links
     "metrics": METRICS_KEYS,
 }
-COLLECTOR_KEYS = ("address", "port", "version", "source")
+COLLECTOR_KEYS = ("address", "port", "version", "source", "nat_events", "nat_event_numbering")
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)i?b?\s*$", re.IGNORECASE)
 
 
 def _source(v: _V) -> SourceSettings:
     k: Key = ("source",)
     v.block(k, SECTIONS["source"])
-    kind = v.text((*k, "type"), "conntrack")
+    kind = v.text((*k, "type"), "netlink")
     if kind not in SOURCE_TYPES:
         raise v.expected((*k, "type"), f"one of {', '.join(SOURCE_TYPES)}", kind)
     pk = (*k, "path")
@@ -206,6 +208,7 @@ def _export(v: _V) -> ExportSettings:
                 None if src is None else v.address((*bk, "source"), src),
             )
         )
+        collectors[-1] = _nat_events(v, bk, collectors[-1])
     if v.one((*k, "exaddr")) is not None:
         exaddr = v.address((*k, "exaddr"), v.one((*k, "exaddr")))
     if not collectors:
@@ -213,6 +216,15 @@ def _export(v: _V) -> ExportSettings:
             None,
             "no collector configured (no <flow_send> args, no <export><collector>): "
             "flow records are only mirrored",
+        )
+    kind = v.text(("source", "type"), SourceSettings.type)
+    active = v.integer((*k, "active_timeout"), 0, 0, 2**31, "a number of seconds (0 = off)")
+    if active and kind != "netlink":
+        v.note(
+            (*k, "active_timeout"),
+            "<export> active_timeout needs <source> type netlink (its periodic table dumps "
+            f"find the long connections); with type {kind} only events that carry counters "
+            "(UPDATE) can trigger an interim report",
         )
     return ExportSettings(
         exaddr,
@@ -233,6 +245,22 @@ def _version(v: _V, key: Key, default: int) -> int:
     if _int(value) not in NETFLOW_VERSIONS:
         raise v.expected(key, "a NetFlow version: 5, 9 or 10 (IPFIX)", value)
     return int(value)
+
+
+def _nat_events(v: _V, key: Key, c: Collector) -> Collector:
+    """``nat_events`` and ``nat_event_numbering`` of a <collector> (nfflowd.formats.nat_events)."""
+    ek, nk = (*key, "nat_events"), (*key, "nat_event_numbering")
+    numbering = v.one(nk)
+    if numbering is not None and _int(numbering) not in NAT_EVENT_NUMBERINGS:
+        raise v.expected(
+            nk, "1 (natEvent 1/2, as ipt-netflow and Juniper) or 4 (RFC 8158: 4/5)", numbering
+        )
+    on = v.boolean(ek, False)
+    if on and c.version == 5:
+        raise v.expected(ek, "0 with version 5 (NAT event records need version 9 or 10)", v.one(ek))
+    if numbering is not None and not on:
+        v.note(nk, "<collector> nat_event_numbering is only used with nat_events 1")
+    return dataclasses.replace(c, nat_events=on, nat_event_numbering=int(numbering or 1))
 
 
 def _collector(v: _V, key: Key, addr: str, port: int, version: int, src: str | None) -> Collector:
@@ -299,11 +327,11 @@ def _dispatcher(v: _V, k: Key, name: str) -> Dispatcher:
         if v.get((*k, key)) is not None:
             v.note((*k, key), f"dispatcher {name}: Log::Dispatch parameter {key!r} is ignored")
     level = _level(v, (*k, "min_level"))
-    if LEVEL_ORDER.index(level) > LEVEL_ORDER.index("notice"):
+    if LEVEL_ORDER.index(level) > LEVEL_ORDER.index(FLOW_LINE_LEVEL):
         v.note(
             (*k, "min_level"),
-            f"dispatcher {name}: min_level {level} is above notice, the "
-            "level the 2009 tool logged flow lines at",
+            f"dispatcher {name}: min_level {level} is above {FLOW_LINE_LEVEL}, the "
+            "level the 2009 tool logged flow lines at: it gets no flow lines",
         )
     fmt = v.text((*k, "format"), "csv")
     if "%" in fmt:

@@ -6,10 +6,15 @@ conntrack over ctnetlink from outside its namespace, a local nfcapd as the
 collector.  Without them: the bundled conntrack log captured from that lab,
 replayed through the same four stages.  Either way it prints what the
 collector stored (``nfdump -r``) next to nfflowd's own CSV lines.
+
+``--log-only`` replays the bundled log even where the lab could run (quick, no
+namespaces); ``--prefix P`` names the lab's namespaces (so a test's lab cannot
+collide with another one's).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import tempfile
@@ -79,8 +84,8 @@ def log_demo(rundir: str) -> int:
     return 0
 
 
-def lab_demo(rundir: str) -> int:
-    with lab.running() as the_lab, Nfcapd() as cap:
+def lab_demo(rundir: str, prefix: str = lab.DEFAULT_PREFIX) -> int:
+    with lab.running(prefix) as the_lab, Nfcapd() as cap:
         settings = demo_settings(
             cap.port, rundir, {"type": "netlink", "netns": the_lab.fw, "set_sysctls": True}
         )
@@ -104,9 +109,15 @@ def lab_demo(rundir: str) -> int:
 
 
 def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="nfflowd demo")
+    p.add_argument("--log-only", action="store_true", help="replay the bundled log, no lab")
+    p.add_argument("--prefix", default=lab.DEFAULT_PREFIX, help="the lab's namespace prefix")
+    ns = p.parse_args(argv)
     rundir = tempfile.mkdtemp(prefix="nfflowd-demo-")
+    if ns.log_only:
+        return log_demo(rundir)
     reason = lab.available()
     if reason is None:
-        return lab_demo(rundir)
+        return lab_demo(rundir, ns.prefix)
     print(f"the NAT lab cannot run here ({reason}): falling back to the bundled log")
     return log_demo(rundir)

@@ -12,7 +12,7 @@ import shutil
 import stat
 
 from nfflowd import curve, endpoints, privileges
-from nfflowd.config import Settings
+from nfflowd.config import ConntrackSettings, Settings
 
 SYSCTL_DIR = "/proc/sys/net/netfilter"
 KERNEL_SWITCHES = {
@@ -89,6 +89,20 @@ def source_findings(settings: Settings) -> list[Finding]:
                 "that keeps only source-NATed connections (the 2009 tool's default, and why it "
                 "'assumed source NAT'); remove it to see every connection",
             ))  # fmt: skip
+    elif src.type == "netlink":
+        where = f" of netns {src.netns}" if src.netns else ""
+        out.append(("ok", f"source: the kernel's conntrack table and events{where} over "
+                          "ctnetlink (<source> type netlink, the default; type conntrack "
+                          "runs the conntrack program as in 2009)"))  # fmt: skip
+        if shlex.split(settings.conntrack.format) != shlex.split(ConntrackSettings().format):
+            args = shlex.split(settings.conntrack.format)
+            why = (
+                ": its -n (--src-nat) filter, which kept only source-NATed connections, "
+                "no longer applies"
+                if "-n" in args or "--src-nat" in args
+                else ""
+            )
+            out.append(("note", f"<conntrack> format is not used with <source> type netlink{why}"))
     elif src.type == "file":
         for p in src.path:
             out.append(("ok" if os.path.isfile(p) else "error", f"event log {p}"))

@@ -28,14 +28,15 @@ from prometheus_client.core import (
 
 from nfflowd import shards
 from nfflowd.control import STAGES
-from nfflowd.outputs.syslog import LEVELS
+from nfflowd.outputs.syslog import FLOW_LINE_LEVEL, LEVELS
 from nfflowd.settings import Settings
 
 PREFIX = "nfflowd_"
 #: Without supervisord's word, a stage whose last report is older than this is down.
 STALE_S = 5.0
-#: workers/mirror.py LINE_LEVEL: a dispatcher whose min_level is above it gets no lines
-#: and no ``d<i>_`` counters, so it takes no index (tests check the two agree).
+#: workers/mirror.py LINE_LEVEL: the syslog severity of flow lines (tests check the two
+#: agree).  A dispatcher whose min_level is above FLOW_LINE_LEVEL (notice) gets no lines
+#: and no ``d<i>_`` counters, so it takes no index.
 MIRROR_LINE_LEVEL = "info"
 
 COUNTER, GAUGE = "counter", "gauge"
@@ -109,6 +110,10 @@ KEYS: dict[tuple[str, str], tuple[Spec | None, dict[str, str]]] = dict([
        _c("source_resyncs", "Kernel table re-dumps after an overrun (netlink source)")),
     _k("ingest", "dumped",
        _c("source_dumped_connections", "Connections read from kernel table dumps")),
+    _k("ingest", "bad_attrs",
+       _c("source_bad_attributes", "Netlink attributes of a wrong size, skipped (message kept)")),
+    _k("ingest", "unknown_attrs",
+       _c("source_unknown_attributes", "Netlink attributes of unknown type, skipped")),
     _k("ingest", "periodic_dumps",
        _c("source_periodic_dumps", "Kernel table dumps for the active timeout")),
     _k("ingest", "truncated_reads",
@@ -129,6 +134,10 @@ KEYS: dict[tuple[str, str], tuple[Spec | None, dict[str, str]]] = dict([
        _c("correlate_new_duplicates", "NEW events of connections already open")),
     _k("correlate", "replayed",
        _c("correlate_replayed_events", "Events of connections already closed, ignored")),
+    _k("correlate", "reread_events",
+       _c("correlate_reread_events", "Events a restarted ingest read again, skipped")),
+    _k("correlate", "report_state_full",
+       _c("correlate_report_state_full", "Reports whose state was not kept (file full)")),
     _k("correlate", "interim_reports",
        _c("correlate_interim_reports", "Active-timeout reports of long connections")),
     _k("correlate", "newest_event_ms",
@@ -198,7 +207,7 @@ def target_labels(settings: Settings) -> dict[str, list[dict[str, str]]]:
     dispatchers = [
         {"dispatcher": d.name, "kind": d.kind}
         for d in settings.mirror.dispatchers
-        if LEVELS[d.min_level] >= LEVELS[MIRROR_LINE_LEVEL]
+        if LEVELS[d.min_level] >= LEVELS[FLOW_LINE_LEVEL]
     ]
     return {"c": collectors, "d": dispatchers}
 

@@ -44,7 +44,7 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class SourceSettings:
-    type: str = "conntrack"  # "netlink" | "conntrack" | "file"
+    type: str = "netlink"  # "netlink" (the kernel) | "conntrack" (the program) | "file"
     path: tuple[str, ...] = ()
     netns: str | None = None
     rcvbuf: int = 64 * 1024 * 1024
@@ -70,6 +70,8 @@ class Collector:
     port: int
     version: int = 5
     source: str | None = None
+    nat_events: bool = False  # v9/IPFIX: NAT event records too (nfflowd.formats.nat_events)
+    nat_event_numbering: int = 1  # natEvent create/delete: 1 -> 1/2, 4 -> RFC 8158's 4/5
 
 
 @dataclass(frozen=True)

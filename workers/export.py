@@ -60,13 +60,15 @@ def make_encoder(exp: ExportSettings, c: Collector) -> Encoder:
     """One encoder per collector: each has its own sequence numbers and template timers."""
     if c.version == 5:
         return V5Encoder(engine_type=exp.engine_type, engine_id=exp.engine_id)
-    refresh = {
+    common = {
         "template_refresh_packets": exp.template_refresh_packets,
         "template_refresh_seconds": float(exp.template_refresh_seconds),
+        "nat_events": c.nat_events,
+        "nat_event_numbering": c.nat_event_numbering,
     }
     if c.version == 9:
-        return V9Encoder(source_id=exp.observation_domain, **refresh)  # type: ignore[arg-type]
-    return IpfixEncoder(observation_domain=exp.observation_domain, **refresh)  # type: ignore[arg-type]
+        return V9Encoder(source_id=exp.observation_domain, **common)  # type: ignore[arg-type]
+    return IpfixEncoder(observation_domain=exp.observation_domain, **common)  # type: ignore[arg-type]
 
 
 class Exporter:

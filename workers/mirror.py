@@ -19,7 +19,13 @@ from nfflowd.config import Settings
 from nfflowd.formats import flowtools_csv, json_lines
 from nfflowd.formats.uptime import host_boot_ms
 from nfflowd.messages import FlowRecord
-from nfflowd.outputs.syslog import LEVELS, Dispatcher, ScreenDispatcher, SyslogDispatcher
+from nfflowd.outputs.syslog import (
+    FLOW_LINE_LEVEL,
+    LEVELS,
+    Dispatcher,
+    ScreenDispatcher,
+    SyslogDispatcher,
+)
 from nfflowd.stage import Stage
 from nfflowd.terminal import consume
 
@@ -39,9 +45,9 @@ def make_dispatchers(settings: Settings) -> list[tuple[str, Dispatcher]]:
     """(format, dispatcher) for each configured dispatcher that gets flow lines."""
     out: list[tuple[str, Dispatcher]] = []
     for d in settings.mirror.dispatchers:
-        if LEVELS[d.min_level] < LEVELS[LINE_LEVEL]:
+        if LEVELS[d.min_level] < LEVELS[FLOW_LINE_LEVEL]:
             log.warning("dispatcher %s: min_level %s is above %s: it gets no flow lines",
-                        d.name, d.min_level, LINE_LEVEL)  # fmt: skip
+                        d.name, d.min_level, FLOW_LINE_LEVEL)  # fmt: skip
             continue
         if d.format not in FORMATS:
             raise SystemExit(f"dispatcher {d.name}: unknown format {d.format!r}")

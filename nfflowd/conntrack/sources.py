@@ -274,8 +274,12 @@ class NetlinkSource:
 
     def __init__(self, settings: SourceSettings, *, dump_interval_s: float = 0.0) -> None:
         from nfflowd.conntrack import kernel
+        from nfflowd.conntrack.netlink import DecodeCounters
 
         self._kernel = kernel
+        # the dumps' decoder counters, kept across dumps: a kernel newer than our
+        # headers shows its new attributes in dumps as much as in events
+        self._dump_counters = DecodeCounters()
         if settings.set_sysctls:
             kernel.set_sysctls(settings.netns, acct=True, timestamp=True)
         found = kernel.kernel_settings(settings.netns)
@@ -304,7 +308,7 @@ class NetlinkSource:
 
     def _dump(self) -> list[ConntrackEvent]:
         try:
-            events = self.listener.dump()
+            events = self._kernel.dump_table(self.netns, counters=self._dump_counters)
         except (OSError, TimeoutError) as exc:
             log.error("conntrack table dump failed: %s", exc)
             return []
@@ -333,6 +337,10 @@ class NetlinkSource:
         self.counters["enobufs"] = self.listener.enobufs
         self.counters["malformed_messages"] = c.malformed + c.truncated
         self.counters["truncated_reads"] = self.listener.truncated_reads
+        # attributes skipped in events kept (wrong size; types newer than our headers)
+        d = self._dump_counters
+        self.counters["bad_attrs"] = c.bad_attrs + d.bad_attrs
+        self.counters["unknown_attrs"] = c.unknown_attrs + d.unknown_attrs
         return out
 
     def close(self) -> None:

@@ -70,6 +70,9 @@ _PROTO_BY_NAME = {
 _PORT_PROTOS = frozenset({6, 17, 33, 132, 136})
 _ICMP_PROTOS = frozenset({1, 58})
 _GRE = 47
+#: Protocols whose tuples carry ports (or ICMP id/type/code, GRE keys) in conntrack's text;
+#: `unknown N` lines carry none, whatever N (conntrack prints GRE without keys so).
+_PROTOS_WITH_PORTS = _PORT_PROTOS | _ICMP_PROTOS | {_GRE}
 _L3 = {"ipv4": (4, AF_INET, "2"), "ipv6": (6, AF_INET6, "10")}
 _EVENTS = {"NEW": EventType.NEW, "UPDATE": EventType.UPDATE, "DESTROY": EventType.DESTROY}
 #: Status flags conntrack prints after the reply tuple (at most one of them); None: none.
@@ -232,7 +235,7 @@ def parse_line(
         osport, odport, rsport, rdport = int(osk, 16), int(odk, 16), int(rsk, 16), int(rdk, 16)
     elif (
         osp is None and oty is None and osk is None and rsp is None and rty is None and rsk is None
-    ) and (proto not in _PORT_PROTOS and proto not in _ICMP_PROTOS and proto != _GRE):
+    ) and (l4 == "unknown" or proto not in _PROTOS_WITH_PORTS):
         osport = odport = rsport = rdport = 0
     else:
         raise _error(m, "os", f"tuple ports missing or not those of protocol {l4!r}")

@@ -26,6 +26,10 @@ nfdump 1.7 (``src/netflow/ipfix.c``) decodes every element sent except
 postNATSourceIPv6Address/postNATDestinationIPv6Address (281/282), which its
 IPFIX table lacks (its v9 table has them); times are exact to the ms since
 flowStart/EndMilliseconds are absolute.
+
+With ``nat_events`` the encoder also sends NAT event records (templates 258/259,
+:mod:`nfflowd.formats.nat_events`) after each batch's flow records; the sequence
+number counts them too.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ from nfflowd.formats.ipfix_ies import (
     decode_records,
     record_format,
 )
+from nfflowd.formats.nat_events import TEMPLATES as NAT_TEMPLATES
+from nfflowd.formats.nat_events import Fill, NatEvents
 from nfflowd.messages import FlowRecord
 
 VERSION = 10
@@ -226,7 +232,8 @@ class IpfixEncoder:
     value out of its field's range) are skipped and counted in ``invalid``.
     Other counters: ``datagrams``, ``records``, ``template_sends``.
     ``template_refresh_packets``/``template_refresh_seconds`` <= 0 disable that
-    refresh trigger.
+    refresh trigger.  ``nat_events``: also send NAT event records, natEvent values
+    by ``nat_event_numbering`` (1 or 4; see :mod:`nfflowd.formats.nat_events`).
     """
 
     def __init__(
@@ -237,6 +244,8 @@ class IpfixEncoder:
         template_refresh_seconds: float = 1800.0,
         mtu: int = 1400,
         sequence: int = 0,
+        nat_events: bool = False,
+        nat_event_numbering: int = 1,
     ) -> None:
         if not 0 <= observation_domain <= _U32:
             raise ValueError(f"observation_domain {observation_domain} out of range 0..2**32-1")
@@ -244,7 +253,10 @@ class IpfixEncoder:
         self.template_refresh_packets = template_refresh_packets
         self.template_refresh_seconds = template_refresh_seconds
         self._refresh_ms = int(template_refresh_seconds * 1000)
-        self._template_set = pack_template_set(FLOW_TEMPLATES)
+        self.nat = NatEvents(nat_event_numbering) if nat_events else None
+        self._template_set = pack_template_set(
+            FLOW_TEMPLATES + (NAT_TEMPLATES if nat_events else ())
+        )
         least = HEADER_SIZE + len(self._template_set) + SET_HEADER_SIZE + RECORD_V6.size
         if not least <= mtu <= 0xFFFF:
             raise ValueError(f"mtu {mtu}: must be within {least}..65535")
@@ -318,6 +330,12 @@ class IpfixEncoder:
                 set_id = sid
             off = pos + size
             count += 1
+        if self.nat is not None:
+            f = self.nat.fill(records, Fill(off, with_templates, set_start, set_id, count), buf,
+                              limit, 1, lambda f: self._finish(f.off, f.count, f.templates, now_ms,
+                              export_time), lambda: Fill(*self._open(now_ms)), out)  # fmt: skip
+            off, with_templates, set_start, set_id, count = (
+                f.off, f.templates, f.set_start, f.set_id, f.count)  # fmt: skip
         if count:
             set_header(buf, set_start, set_id, off - set_start)
             out.append(self._finish(off, count, with_templates, now_ms, export_time))

@@ -6,9 +6,11 @@ ids below 128 are the NetFlow v9 field types of RFC 3954 §8 with the same
 meaning.  The NAT elements 225-228 and 281/282 (postNAT*/postNAPT*) and natEvent
 230 entered the registry from Cisco's NSEL/NEL work; RFC 8158 ("IPFIX
 Information Elements for Logging NAT Events") defines their NAT-logging use and
-the natEvent values.  Each element: ``IE(id, name, length, struct code, type)``,
-with the IANA name, its full (non-reduced) length in bytes, the :mod:`struct`
-code of that length and the IANA abstract data type.
+the natEvent values; :mod:`nfflowd.formats.nat_events` sends natEvent and
+observationTimeMilliseconds (323) in its NAT event templates.  Each element:
+``IE(id, name, length, struct code, type)``, with the IANA name, its full
+(non-reduced) length in bytes, the :mod:`struct` code of that length and the
+IANA abstract data type.
 
 The module also turns a received template into a record decoder
 (:func:`compile_template`, :func:`decode_records`): v9 and IPFIX data records

@@ -35,6 +35,8 @@ decodes under the IPFIX name ``icmpTypeCodeIPv4``.
 
 nfdump 1.7 decodes from v9 every element sent except flowEndReason 136 (not in
 its v9 table), including postNATSource/DestinationIPv6Address (281/282).
+With ``nat_events`` NAT event records follow each batch's flows (templates
+258/259, :mod:`nfflowd.formats.nat_events`).
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ from nfflowd.formats.ipfix_ies import (
     decode_records,
     record_format,
 )
+from nfflowd.formats.nat_events import TEMPLATES as NAT_TEMPLATES
+from nfflowd.formats.nat_events import Fill, NatEvents
 from nfflowd.formats.uptime import host_boot_ms
 from nfflowd.messages import FlowRecord
 
@@ -246,7 +250,8 @@ class V9Encoder:
     UDP it only ever learns them from such refreshes); a value <= 0 disables
     that trigger.  Records that cannot be encoded (family not 4/6, address of the
     wrong length, value out of range) are skipped and counted in ``invalid``.
-    Other counters: ``datagrams``, ``records``, ``template_sends``.
+    Other counters: ``datagrams``, ``records``, ``template_sends``.  ``nat_events``:
+    NAT event records too, natEvent values by ``nat_event_numbering`` (1 or 4).
     """
 
     def __init__(
@@ -258,6 +263,8 @@ class V9Encoder:
         mtu: int = 1400,
         boot_ms: int | None = None,
         sequence: int = 0,
+        nat_events: bool = False,
+        nat_event_numbering: int = 1,
     ) -> None:
         if not 0 <= source_id <= _U32:
             raise ValueError(f"source_id {source_id} out of range 0..2**32-1")
@@ -266,8 +273,11 @@ class V9Encoder:
         self.template_refresh_seconds = template_refresh_seconds
         self._refresh_ms = int(template_refresh_seconds * 1000)
         self.boot_ms = host_boot_ms() if boot_ms is None else boot_ms
+        self.nat = NatEvents(nat_event_numbering) if nat_events else None
+        templates = FLOW_TEMPLATES + (NAT_TEMPLATES if nat_events else ())
+        self._template_count = len(templates)
         self._template_flowset = pack_datagram(
-            templates=FLOW_TEMPLATES, sys_uptime=0, unix_secs=0, sequence=0, source_id=0
+            templates=templates, sys_uptime=0, unix_secs=0, sequence=0, source_id=0
         )[HEADER_SIZE:]
         limit = mtu & ~3  # flowsets end 4-byte aligned
         one = FLOWSET_HEADER_SIZE + RECORD_V6.size
@@ -345,6 +355,12 @@ class V9Encoder:
                 set_id = sid
             off = pos + size
             count += 1
+        if self.nat is not None:
+            f = self.nat.fill(records, Fill(off, with_templates, set_start, set_id, count), buf,
+                              limit, 4, lambda f: self._finish(f.off, f.count, f.templates, now_ms,
+                              uptime, secs), lambda: Fill(*self._open(now_ms)), out)  # fmt: skip
+            off, with_templates, set_start, set_id, count = (
+                f.off, f.templates, f.set_start, f.set_id, f.count)  # fmt: skip
         if count:
             off = self._close(set_start, set_id, off)
             out.append(self._finish(off, count, with_templates, now_ms, uptime, secs))
@@ -368,7 +384,7 @@ class V9Encoder:
     def _finish(
         self, off: int, count: int, with_templates: bool, now_ms: int, uptime: int, secs: int
     ) -> bytes:
-        total = count + (len(FLOW_TEMPLATES) if with_templates else 0)
+        total = count + (self._template_count if with_templates else 0)
         HEADER.pack_into(self._buf, 0, VERSION, total, uptime, secs, self.sequence, self.source_id)
         self.sequence = (self.sequence + 1) & _U32
         self.datagrams += 1

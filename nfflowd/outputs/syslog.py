@@ -77,6 +77,11 @@ LEVELS: dict[str, int] = {
 }
 # fmt: on
 
+#: The level flow lines are dispatched at: the 2009 tool's ptee logged each line with
+#: ``$dispatcher->notice``, so a dispatcher gets them when its min_level is at most
+#: notice.  Their syslog priority stays info (local6.info, as the tool documented it).
+FLOW_LINE_LEVEL = "notice"
+
 #: C-locale month abbreviations for the RFC 3164 TIMESTAMP (never the host locale).
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 #: Port a ``udp://`` or ``tcp://`` address without one uses (RFC 5426, RFC 6587).

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import stat
 import subprocess
 import sys
+import time
+from importlib import resources
 from pathlib import Path
 
 import pytest
 
 from nfflowd import control
+from nfflowd.config import load
 from tests.pipeline_harness import GOLDEN, nfflowd, wait_all_running, write_config
 
 
@@ -59,6 +64,25 @@ def test_start_check_reload_restart_stop(tmp_path: Path) -> None:
              "status"], capture_output=True, text=True, check=False,
         )  # fmt: skip
         assert status.stdout.count("nfflowd:") == 4 and "RUNNING" in status.stdout
+        # an operator's supervisorctl restart of one stage leaves the other three alone
+        ctl = subprocess.run(
+            [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(run / "supervisord.conf"),
+             "restart", "nfflowd:export"], capture_output=True, text=True, check=False, timeout=120,
+        )  # fmt: skip
+        assert ctl.returncode == 0 and "export: started" in ctl.stdout, ctl.stdout + ctl.stderr
+        restarted = wait_all_running(run)
+        assert restarted["export"] != before["export"]
+        assert {s: restarted[s] for s in ("ingest", "correlate", "mirror")} == {
+            s: before[s] for s in ("ingest", "correlate", "mirror")
+        }
+        # check shows each stage's uptime and how often supervisord restarted it
+        check = nfflowd("-c", str(conf), "check").stdout
+        for stage, pid in restarted.items():
+            shown = rf"^stage +{stage} +RUNNING +pid {pid} +uptime +(\d+)s restarts (\d+)$"
+            line = re.search(shown, check, re.M)
+            assert line, check
+            assert int(line[2]) == (1 if stage == "export" else 0), line[0]
+        before = restarted
         # reload restarts only the stage whose settings changed
         config(tmp_path, engine_id=7)
         assert "restarted: export" in nfflowd("-c", str(conf), "reload").stdout
@@ -84,22 +108,79 @@ def test_start_check_reload_restart_stop(tmp_path: Path) -> None:
     assert "not running" in nfflowd("-c", str(conf), "stop").stdout
 
 
-@pytest.mark.timeout(120)
-def test_foreground_start_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+@pytest.mark.timeout(180)
+def test_the_shipped_supervisord_conf_runs_as_is(tmp_path: Path) -> None:
+    """Ops who run supervisord themselves use deploy/supervisord.conf unchanged, with
+    NFFLOWD_RUNDIR (holding settings.json) and NFFLOWD_PYTHON exported."""
     conf = config(tmp_path)
+    run = tmp_path / "run"
+    control.prepare(load(str(conf)), str(run))  # what `nfflowd start` writes there
+    (run / control.CONF_NAME).unlink()  # only the shipped file from here on
+    shipped = resources.files("nfflowd.deploy").joinpath(control.CONF_NAME)
+    expected = len((GOLDEN / "lab-expected.csv").read_text().splitlines())
+    with resources.as_file(shipped) as path:
+        assert "%(ENV_NFFLOWD_RUNDIR)s" in path.read_text() and str(run) not in path.read_text()
+        env = dict(os.environ, NFFLOWD_RUNDIR=str(run), NFFLOWD_PYTHON=sys.executable)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(path)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        )  # fmt: skip
+        try:
+            stages = wait_all_running(run, timeout=60)
+            assert sorted(stages) == sorted(control.STAGES)
+            assert control.supervisord_pid(str(run)) == proc.pid
+            # the stages it started are the pipeline: the file source's flows get mirrored
+            out = run / "mirror.out"
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if out.exists() and len(out.read_text().splitlines()) >= expected:
+                    break
+                time.sleep(0.2)
+            assert len(out.read_text().splitlines()) == expected
+        finally:
+            if control.is_running(str(run)):
+                control.stop(str(run))
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+    assert proc.returncode == 0
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("signum", "to_group"),
+    [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGINT, True)],
+    ids=["SIGTERM", "SIGINT", "ctrl-c"],  # ctrl-c: SIGINT to the process group, as a terminal
+)
+def test_foreground_start_stops_cleanly_on_signal(
+    tmp_path: Path, signum: signal.Signals, to_group: bool
+) -> None:
+    conf = config(tmp_path)
+    run = str(tmp_path / "run")
     proc = subprocess.Popen(
         [sys.executable, "-m", "nfflowd.cli", "-c", str(conf), "-f", "start"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
+    err = ""
     try:
-        wait_all_running(tmp_path / "run")
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+        wait_all_running(run)
+        if to_group:  # supervisord (same group) gets it too; the stages have groups of their own
+            os.killpg(proc.pid, signum)
+        else:
+            proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0
-    assert not control.is_running(str(tmp_path / "run"))
+            proc.wait(10)
+        left_running = control.is_running(run)
+        if left_running:  # never leave a supervisord (and its stages) behind
+            control.stop(run)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err, err
+    assert not left_running
     # everything the file source read was mirrored before the stages exited
     lines = (tmp_path / "run" / "mirror.out").read_text().splitlines()
     assert len(lines) == len((GOLDEN / "lab-expected.csv").read_text().splitlines())
@@ -123,6 +204,15 @@ def test_check_reports_config_errors_with_place(tmp_path: Path) -> None:
 
 def test_check_explains_the_seed_minus_n(tmp_path: Path) -> None:
     conf = tmp_path / "old.conf"
-    conf.write_text("<conntrack>\n  format -E -e NEW,DESTROY -o timestamp -n\n</conntrack>\n")
+    seed = "<conntrack>\n  format -E -e NEW,DESTROY -o timestamp -n\n</conntrack>\n"
+    conf.write_text(seed + "<source>\n  type conntrack\n</source>\n")
     out = nfflowd("-c", str(conf), "check", check=False).stdout
     assert "-n means --src-nat" in out
+    # without <source> (the seed's file as it was) the kernel is read and -n plays no part
+    conf.write_text(seed)
+    res = nfflowd("-c", str(conf), "check", check=False)
+    assert res.returncode == 0, res.stdout
+    assert "-n means --src-nat" not in res.stdout and "conntrack program:" not in res.stdout
+    assert "net.netfilter.nf_conntrack_acct" in res.stdout
+    assert "ok       source: the kernel's conntrack table and events over ctnetlink" in res.stdout
+    assert "its -n (--src-nat) filter, which kept only source-NATed connections" in res.stdout

@@ -69,6 +69,7 @@ def test_defaults_only_match_the_dataclass_defaults() -> None:
         notes=s.notes,
     )
     assert s.conntrack.format == "-E -e NEW,DESTROY -o timestamp"  # no -n (--src-nat filter)
+    assert s.source.type == "netlink"  # the kernel itself, not the conntrack program
     assert s.notes == (
         "no collector configured (no <flow_send> args, no <export><collector>): "
         "flow records are only mirrored",
@@ -88,6 +89,9 @@ def test_seed_minimal_example() -> None:
         path=path,
         notes=(),
     )
+    # no <source> in a 2009 file: it now reads the kernel (every connection, not only
+    # what its `conntrack -E ... -n` filter let through)
+    assert s.source.type == "netlink"
 
 
 def test_seed_full_listing_keeps_its_values_and_notes_obsolete_blocks() -> None:
@@ -541,12 +545,78 @@ def test_stage_sections_show_which_stages_a_change_touches() -> None:
     assert changed(rep(base, export=rep(base.export, engine_id=3))) == ["export"]
     assert changed(rep(base, export=rep(base.export, exaddr="10.0.0.1"))) == ["export", "mirror"]
     assert changed(rep(base, mirror=MirrorSettings((SCREEN,)))) == ["mirror"]
-    assert changed(rep(base, conntrack=ConntrackSettings(progname="ct"))) == ["ingest"]
     assert changed(rep(base, daemon=DaemonSettings("/run/x"), notes=("n",))) == []
-    netlink = rep(base, source=SourceSettings("netlink"))
+    program = rep(base, source=SourceSettings("conntrack"))
+    assert changed(program) == ["ingest"]
+    p, q = (
+        config.stage_sections(program),
+        config.stage_sections(rep(program, conntrack=ConntrackSettings(progname="ct"))),
+    )
+    assert sorted(stage for stage in p if p[stage] != q[stage]) == ["ingest"]
+    assert base.source.type == "netlink"  # the seed's file has no <source>: the default
     a, b = (
-        config.stage_sections(netlink),
-        config.stage_sections(rep(netlink, conntrack=ConntrackSettings(progname="ct"))),
+        config.stage_sections(base),
+        config.stage_sections(rep(base, conntrack=ConntrackSettings(progname="ct"))),
     )
     assert a == b  # the conntrack program does not matter to a netlink source
     assert set(a) == {"ingest", "correlate", "export", "mirror"}
+
+
+# ---------------------------------------------------------------- NAT event records per collector
+
+NAT = DATA / "nat_events"
+
+
+def test_nat_events_per_collector() -> None:
+    s = config.load(str(NAT / "collectors.conf"))
+    assert s.export.collectors == (
+        Collector("192.0.2.1", 2055, 9, nat_events=True, nat_event_numbering=1),
+        Collector("192.0.2.2", 4739, 10, nat_events=True, nat_event_numbering=4),
+        Collector("192.0.2.3", 2056, 9),
+    )
+    assert Collector("192.0.2.3", 2056).nat_events is False
+    assert s.notes == ()
+    assert config.from_dict(json.loads(json.dumps(config.to_dict(s)))) == s
+
+
+@pytest.mark.parametrize(
+    ("name", "line", "key", "fragment", "got"),
+    [
+        ("version5.conf", 6, "export.collector.nat_events", "expected 0 with version 5", "1"),
+        ("version5_by_default.conf", 12, "export.collector[1].nat_events", "version 9 or 10", "on"),
+        ("bad_numbering.conf", 7, "export.collector.nat_event_numbering", "(RFC 8158: 4/5)", "2"),
+    ],
+)
+def test_nat_events_errors(name: str, line: int, key: str, fragment: str, got: str) -> None:
+    path = str(NAT / name)
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    err = info.value
+    assert (err.path, err.line, err.key) == (path, line, key)
+    assert fragment in err.message
+    assert str(err).startswith(f"{path}:{line}: key {key!r}: expected ")
+    assert str(err).endswith(f", got {got!r}")
+
+
+def test_nat_event_numbering_without_nat_events_is_a_note() -> None:
+    path = NAT / "numbering_without_events.conf"
+    s = config.load(str(path))
+    assert s.export.collectors == (Collector("192.0.2.1", 4739, 10, nat_event_numbering=4),)
+    assert s.notes == (f"{path}:6: <collector> nat_event_numbering is only used with nat_events 1",)
+
+
+@pytest.mark.parametrize(("kind", "noted"), [("conntrack", True), ("netlink", False)])
+def test_active_timeout_without_netlink_is_a_note(tmp_path: Path, kind: str, noted: bool) -> None:
+    extra = "<conntrack>\nformat -E -o timestamp\n</conntrack>\n" if kind == "conntrack" else ""
+    s = load_text(
+        tmp_path,
+        f"<source>\ntype {kind}\n</source>\n<export>\nactive_timeout 60\n</export>\n{extra}",
+    )
+    assert s.export.active_timeout == 60
+    want = (
+        f"{tmp_path / 'nfflowd.conf'}:5: <export> active_timeout needs <source> type netlink "
+        f"(its periodic table dumps find the long connections); with type {kind} only events "
+        "that carry counters (UPDATE) can trigger an interim report"
+    )
+    assert (want in s.notes) is noted
+    assert not any("active_timeout" in n for n in config.load(None).notes)

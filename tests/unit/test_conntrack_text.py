@@ -355,6 +355,16 @@ def test_handmade_protocols() -> None:
         0x4D2, 0xBEEF, 0xBEEF, 0x4D2)  # fmt: skip
 
 
+def test_handmade_gre_printed_as_unknown_has_no_ports() -> None:
+    ev = handmade(12)  # "unknown  47": GRE without keys (old conntrack, or generic tracking)
+    assert ev == event(
+        type=DESTROY, time_ns=1_248_952_480_812_345_000, proto=47,
+        orig_src=ip("10.0.195.106"), orig_dst=ip("74.125.6.226"), orig_sport=0, orig_dport=0,
+        reply_src=ip("74.125.6.226"), reply_dst=ip("192.76.7.154"), reply_sport=0,
+        reply_dport=0, orig_packets=14, orig_bytes=1288, reply_packets=12, reply_bytes=1104,
+    )  # fmt: skip
+
+
 def test_handmade_2009_example_of_the_perl_tool() -> None:
     ev = handmade(7)
     assert ev == event(

@@ -5,6 +5,7 @@ The real-rsyslogd tests are in tests/integration/test_rsyslog.py.
 
 from __future__ import annotations
 
+import importlib
 import io
 import logging
 import os
@@ -15,9 +16,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from nfflowd import config, metrics
+from nfflowd.messages import FlowRecord
 from nfflowd.outputs.syslog import (
     FACILITIES,
     LEVELS,
@@ -28,9 +32,12 @@ from nfflowd.outputs.syslog import (
     parse_address,
     rfc3164_timestamp,
 )
+from tests.addresses import a
 
 LOCAL_MSG = re.compile(rb"<(\d+)>([A-Z][a-z]{2} [ 123]\d \d\d:\d\d:\d\d) ([^ :]+): (.*)\Z")
 REMOTE_MSG = re.compile(rb"<(\d+)>([A-Z][a-z]{2} [ 123]\d \d\d:\d\d:\d\d) (\S+) ([^ :]+): (.*)\Z")
+# workers/ is installed as nfflowd.workers; mypy checks it as `workers`, not under that name
+mirror_mod: Any = importlib.import_module("nfflowd.workers.mirror")
 
 
 def poll(check: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -404,3 +411,48 @@ def test_screen_on_a_broken_stream_counts_and_warns_once(
     d2 = ScreenDispatcher(closed)
     d2.emit(["x"])  # ValueError: I/O operation on closed file
     assert (d2.counters["send_errors"], d2.counters["lines_sent"]) == (1, 0)
+
+
+# -- the level gate: which dispatchers get flow lines ------------------------------------
+
+
+def test_min_level_notice_gets_flow_lines_and_above_is_noted(
+    sock_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The 2009 tool's ptee logged every line with ``->notice``: min_level notice gets them."""
+    conf = tmp_path / "levels.conf"
+    conf.write_text(
+        "<ptee>\n <conf>\n  dispatchers syslog\n  dispatchers quiet\n"
+        "  <syslog>\n   class Log::Dispatch::Syslog\n   facility local6\n"
+        f"   min_level notice\n   address {sock_path}\n  </syslog>\n"
+        "  <quiet>\n   class Log::Dispatch::Screen\n   stderr 1\n   min_level warning\n"
+        "  </quiet>\n </conf>\n</ptee>\n"
+    )
+    settings = config.load(str(conf))
+    # `check` prints these notes: the one that drops lines is named, the notice one is not
+    dropping = [n for n in settings.notes if "gets no flow lines" in n]
+    assert len(dropping) == 1 and "dispatcher quiet: min_level warning" in dropping[0]
+    assert not any("dispatcher syslog: min_level" in n for n in settings.notes)
+    assert metrics.target_labels(settings)["d"] == [{"dispatcher": "syslog", "kind": "syslog"}]
+
+    server = unix_server(sock_path)
+    try:
+        mirror = mirror_mod.Mirror(settings)
+        assert len(mirror.dispatchers) == 1
+        record = FlowRecord(1248952344422, 1248952480737, 4, 6, a("10.0.195.106"),
+                            a("74.125.6.225"), 62380, 80, 720, 38052, a("192.76.7.154"),
+                            a("74.125.6.225"), 62380, 80, 1, 3, 0, 0, 0)  # fmt: skip
+        mirror.handle([record])
+        mirror.flush()
+        (msg,) = recv_all(server, 1)
+        for d in mirror.dispatchers:
+            d.close()
+    finally:
+        server.close()
+    match = LOCAL_MSG.match(msg)
+    assert match, msg
+    # the syslog priority stays local6.info; the line is the flow's CSV
+    assert int(match.group(1)) == FACILITIES["local6"] * 8 + LEVELS["info"]
+    assert match.group(4).decode().split(",")[8:10] == ["10.0.195.106", "74.125.6.225"]
+    assert mirror.counters()["lines"] == 1
+    assert "10.0.195.106" not in capsys.readouterr().err  # the warning-level screen got none

@@ -1,0 +1,101 @@
+"""A running link survives what is not a batch: garbage, unknown kinds, unknown versions.
+
+A receiver that met a bad message and stopped, or raised, would stall the whole
+pipeline behind it (the sender keeps resending what is not acknowledged).  Each bad
+message must be counted with its reason (the ``malformed_<reason>`` counters of
+``nfflowd status``), dropped, and the next valid batch received as if nothing happened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import msgpack
+import pytest
+import zmq
+
+from nfflowd import codec
+from nfflowd.conntrack.text import parse_line
+from nfflowd.links import Inlet
+from nfflowd.messages import SCHEMA_VERSION, Ack, EventBatch, Kind
+
+ADDRESS = "inproc://events"
+LINE = (
+    "[1795714273.762413]\t[DESTROY] tcp      6 src=10.0.1.2 dst=10.0.2.2 sport=34998 dport=5001 "
+    "packets=5 bytes=1268 src=10.0.2.2 dst=10.0.1.2 sport=5001 dport=34998 packets=5 "
+    "bytes=2268 [ASSURED] delta-time=2 id=3383701959"
+)
+
+
+class InprocStage:
+    """What Inlet needs from a Stage: a receiver socket bound on inproc, a malformed counter."""
+
+    name = "correlate"
+    incarnation = 222
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+        self.ctx = ctx
+        self.malformed: list[tuple[str, str]] = []
+
+    def socket(self, name: str, side: str) -> zmq.Socket[bytes]:
+        assert side == "receiver"
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.bind(ADDRESS)
+        return sock
+
+    def count_malformed(self, reason: str, detail: str, where: str) -> None:
+        self.malformed.append((reason, where))
+
+
+@pytest.fixture
+def link() -> Iterator[tuple[InprocStage, Inlet, zmq.Socket[bytes]]]:
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        stage = InprocStage(ctx)
+        inlet = Inlet(stage, "events")  # type: ignore[arg-type]
+        sender = ctx.socket(zmq.DEALER)
+        sender.setsockopt(zmq.LINGER, 0)
+        sender.connect(ADDRESS)
+        yield stage, inlet, sender
+        sender.close(linger=0)
+        inlet.sock.close(linger=0)
+    finally:
+        ctx.destroy(linger=0)
+
+
+def deliver(inlet: Inlet, sender: zmq.Socket[bytes], data: bytes) -> Any:
+    """Send *data*, wait until it is waiting at the inlet, receive once; nothing may remain."""
+    sender.send(data)
+    assert inlet.sock.poll(5000, zmq.POLLIN), "the message never reached the inlet"
+    got = inlet.receive()
+    assert not inlet.sock.poll(0, zmq.POLLIN), "receive() left the message on the socket"
+    return got
+
+
+def test_bad_messages_are_counted_dropped_and_the_link_goes_on(
+    link: tuple[InprocStage, Inlet, zmq.Socket[bytes]],
+) -> None:
+    stage, inlet, sender = link
+    event = parse_line(LINE)
+    assert event is not None
+    batch = EventBatch("ingest", 111, 1, 0, [event])
+    valid = codec.encode(batch)
+    wire = msgpack.unpackb(valid)  # [kind, version, *fields]
+    assert wire[:2] == [Kind.EVENT_BATCH, SCHEMA_VERSION]
+    bad = [
+        ("malformed", b"\xc1 not msgpack at all"),  # 0xc1: a byte msgpack never uses
+        ("malformed", valid[: len(valid) // 2]),  # a batch cut in half
+        ("unknown_kind", msgpack.packb([99, SCHEMA_VERSION, "ingest", 111, 1, 0, [], 0, 0])),
+        ("unknown_version", msgpack.packb([*wire[:1], SCHEMA_VERSION + 1, *wire[2:]])),
+        ("unexpected_kind", codec.encode(Ack("export", 333, 222, 0))),  # valid, wrong direction
+    ]
+    for _, data in bad:
+        assert deliver(inlet, sender, data) is None
+    assert stage.malformed == [(reason, "events link") for reason, _ in bad]
+
+    assert deliver(inlet, sender, valid) == batch
+    assert (inlet.inbox.incarnation, inlet.inbox.contiguous) == (111, 1)
+    assert inlet.counters() == {"events_duplicates": 0, "events_sender_restarts": 0}
+    assert len(stage.malformed) == len(bad)  # the valid batch counted nothing
