@@ -7,7 +7,6 @@ Loss figures of the burst tests are printed (``pytest -s``) and kept as user pro
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 import shutil
@@ -27,6 +26,7 @@ from nfflowd.conntrack.kernel import (
     set_sysctls,
 )
 from nfflowd.messages import ConntrackEvent, EventType
+from tests.scratch_netns import scratch_netns
 
 
 def _missing() -> str | None:
@@ -46,26 +46,13 @@ pytestmark = [
     pytest.mark.skipif(MISSING is not None, reason=MISSING or ""),
     pytest.mark.timeout(120),
 ]
-_names = itertools.count()
-NFT_RULES = (
-    "add table inet nfn_e2e\n"
-    "add chain inet nfn_e2e out { type filter hook output priority 0; }\n"
-    "add rule inet nfn_e2e out ct state new counter\n"
-)
 
 
 @pytest.fixture
 def netns() -> Iterator[str]:
     """Fresh namespace with lo up, accounting + timestamps on, conntrack hooks active."""
-    name = f"nfn-e2e-{os.getpid()}-{next(_names)}"
-    subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, timeout=10)
-        set_sysctls(name, acct=True, timestamp=True)
-        ns_exec(name, "nft", "-f", "-", data=NFT_RULES)
+    with scratch_netns("nfn-e2e") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False, timeout=10)
 
 
 def ns_exec(ns: str, *cmd: str, data: str | None = None) -> str:

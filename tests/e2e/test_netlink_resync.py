@@ -13,23 +13,22 @@ namespace created here (prefix ``h3x-rs-``), deleted even when a test fails.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import os
 import socket
 import struct
-import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from nfflowd.conntrack import netlink as nl
-from nfflowd.conntrack.kernel import open_in_netns, run_in_netns, set_sysctls
+from nfflowd.conntrack.kernel import open_in_netns, run_in_netns
 from nfflowd.conntrack.sources import NetlinkSource
 from nfflowd.messages import ConntrackEvent, EventType
 from nfflowd.settings import SourceSettings
 from tests.addresses import IN_CI, a, needs
+from tests.scratch_netns import scratch_netns
 
 pytestmark = [
     pytest.mark.root,
@@ -38,13 +37,6 @@ pytestmark = [
     pytest.mark.timeout(180),
 ]
 
-_names = itertools.count()
-#: A rule that needs conntrack: without one a new namespace tracks nothing.
-NFT_RULES = (
-    "add table inet h3x_rs\n"
-    "add chain inet h3x_rs out { type filter hook output priority 0; }\n"
-    "add rule inet h3x_rs out ct state new counter\n"
-)
 BURST = 2000  # one-packet UDP flows; into a 4 KiB buffer (see test_netlink_kernel.py)
 TINY = 4096
 OPEN = 3  # TCP connections kept open across the overrun
@@ -53,18 +45,8 @@ LO = a("127.0.0.1")
 
 @pytest.fixture
 def netns() -> Iterator[str]:
-    name = f"h3x-rs-{os.getpid()}-{next(_names)}"
-    subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, timeout=10)
-        argv = ["ip", "netns", "exec", name, "nft", "-f", "-"]
-        subprocess.run(argv, input=NFT_RULES, text=True, check=True, timeout=10)
-        # before any connection: the kernel gives an entry counters and timestamps
-        # only when they are on at its creation
-        set_sysctls(name, acct=True, timestamp=True)
+    with scratch_netns("h3x-rs") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False, timeout=10)
 
 
 @contextlib.contextmanager

@@ -16,7 +16,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -30,7 +29,7 @@ from nfflowd import lab as labmod
 from nfflowd.formats import flowtools_csv
 from nfflowd.lab_traffic import mix
 from tests.addresses import IN_CI, needs
-from tests.pipeline_harness import expected_records
+from tests.pipeline_harness import expected_records, is_ipv4
 
 COLLECTOR = re.compile(r"^== what the collector \(nfcapd\) stored: (\d+) NetFlow v5 records ==$")
 CSV = re.compile(r"^== nfflowd's own flow-tools CSV lines \(what syslog gets\): (\d+) ==$")
@@ -80,14 +79,6 @@ def parse_output(out: str) -> tuple[list[Flow], list[Line]]:
     csv = [flowtools_csv.parse_line(ln) for ln in lines[csv_at[0] + 2 : csv_at[0] + 2 + int(c[1])]]
     assert len(csv) == int(c[1])
     return rows, csv
-
-
-def is_ipv4(text: str) -> bool:
-    try:
-        socket.inet_pton(socket.AF_INET, text)
-    except OSError:
-        return False
-    return True
 
 
 def csv_flow(f: Line) -> Flow:

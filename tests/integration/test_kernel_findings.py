@@ -10,7 +10,6 @@ CI=true.  The only traffic is one UDP exchange on the namespace's lo.
 
 from __future__ import annotations
 
-import itertools
 import os
 import socket
 import subprocess
@@ -26,6 +25,7 @@ from nfflowd.conntrack.kernel import set_sysctls as write_sysctls
 from nfflowd.conntrack.sources import NetlinkSource
 from tests.addresses import IN_CI, needs
 from tests.pipeline_harness import nfflowd, wait_all_running, write_config
+from tests.scratch_netns import TRACKING_RULES, scratch_netns
 
 pytestmark = [
     pytest.mark.root,
@@ -35,23 +35,13 @@ pytestmark = [
 ]
 
 ACCT, TIMESTAMP, EVENTS = SYSCTLS
-_names = itertools.count()
-NFT_RULES = (
-    "add table inet h3x_kf\n"
-    "add chain inet h3x_kf out { type filter hook output priority 0; }\n"
-    "add rule inet h3x_kf out ct state new counter\n"
-)
 
 
 @pytest.fixture
 def netns() -> Iterator[str]:
-    name = f"h3x-kf-{os.getpid()}-{next(_names)}"
-    subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, timeout=10)
+    """Accounting and timestamps as a new namespace has them (off), nothing tracked yet."""
+    with scratch_netns("h3x-kf", track=False, counters=False) as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False, timeout=10)
 
 
 def sysctl_in(ns: str, key: str) -> str:
@@ -163,7 +153,7 @@ def test_set_sysctls_turns_acct_and_timestamp_on_in_the_source_namespace(
         assert (sysctl_in(netns, ACCT), sysctl_in(netns, TIMESTAMP)) == ("1", "1")
         assert host_values() == before  # the namespace's, not the host's
         # and they work: a connection made now has counters and a kernel start time
-        subprocess.run(["ip", "netns", "exec", netns, "nft", "-f", "-"], input=NFT_RULES,
+        subprocess.run(["ip", "netns", "exec", netns, "nft", "-f", "-"], input=TRACKING_RULES,
                        text=True, check=True, timeout=10)  # fmt: skip
         t0 = time.time_ns()
         run_in_netns(netns, udp_exchange)
