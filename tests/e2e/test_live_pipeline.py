@@ -11,8 +11,6 @@ what the collector stored.
 
 from __future__ import annotations
 
-import calendar
-import re
 import socket
 import time
 from collections import Counter
@@ -28,23 +26,8 @@ from nfflowd.correlate import Correlator
 from nfflowd.messages import FlowRecord
 from nfflowd.nfcapd import Nfcapd
 from tests.e2e.conftest import lab_prefix
+from tests.kernel_times import TIME_SLACK_MS, kernel_seconds
 from tests.pipeline_harness import csv_key, nfflowd, wait_all_running, write_config
-
-#: conntrack -E stamps events when it reads them; the kernel stamps them when they happen.
-TIME_SLACK_MS = 100
-#: `-o ktimestamp` prints the kernel's own start/stop (to the second) on DESTROY lines.
-KTIMESTAMP = re.compile(r"\[start=([^\]]+)\] \[stop=([^\]]+)\].* id=(\d+)")
-
-
-def kernel_seconds(log: Path) -> dict[int, tuple[int, int]]:
-    """conntrack id -> (start, stop) in epoch seconds, as conntrack-tools decoded them (UTC)."""
-    out = {}
-    for m in KTIMESTAMP.finditer(log.read_text()):
-        start, stop = (
-            calendar.timegm(time.strptime(t, "%a %b %d %H:%M:%S %Y")) for t in m.groups()[:2]
-        )
-        out[int(m.group(3))] = (start, stop)
-    return out
 
 
 def witness_records(log: Path) -> list[FlowRecord]:

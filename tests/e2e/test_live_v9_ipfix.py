@@ -13,8 +13,9 @@ Judges, all independent of nfflowd's code:
 
 * the lab's promises (:class:`nfflowd.lab.Expected`): each connection's tuples
   (SNAT, NAT66, DNAT, no NAT) and, for datagram flows, exact byte counts;
-* conntrack-tools' own ``conntrack -E -o timestamp,id`` in the firewall, read by
-  the test-side parser (tests/e2e/conftest.py): tuples, TCP counters, conntrack ids;
+* conntrack-tools' own ``conntrack -E -o timestamp,ktimestamp,id`` in the firewall,
+  read by the test-side parser (tests/e2e/conftest.py): tuples, TCP counters,
+  conntrack ids, and the kernel's own start/stop of each connection (tests/kernel_times.py);
 * nfdump (``nfdump -r``) for what each collector stored, post-NAT fields included
   (``%xsa %xda %xsp %xdp``), with its known 1.7 gaps asserted as such: no
   flowEndReason (136) in v9, no postNAT*IPv6Address (281/282) in IPFIX.
@@ -41,6 +42,7 @@ from nfflowd import control
 from nfflowd import lab as labmod
 from nfflowd.formats import json_lines
 from nfflowd.nfcapd import Nfcapd, free_udp_port, parse_nfdump_line
+from tests.kernel_times import TIME_SLACK_MS, kernel_seconds
 from tests.pipeline_harness import nfflowd, wait_all_running
 
 #: nfdump output: the base fields, the NAT fields, direction, end reason, time received.
@@ -187,8 +189,9 @@ def witnessed(flows: list[labmod.Expected], destroys: list[Any]) -> list[tuple[R
 )
 @pytest.mark.timeout(180)
 def test_live_lab_to_v9_ipfix_and_a_dead_collector(
-    tmp_path: Path, lab_ready: None, ct_text: Any
+    tmp_path: Path, lab_ready: None, ct_text: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("TZ", "UTC")  # conntrack -o ktimestamp prints local time
     rundir = tmp_path / "run"
     dead = free_udp_port()  # bound and released: nothing listens there
     # Two rounds of the mix: a v5 datagram holds the IPv4 records of one round, and the
@@ -203,7 +206,7 @@ def test_live_lab_to_v9_ipfix_and_a_dead_collector(
             n = 0
             for i in range(2):
                 events = tmp_path / f"conntrack-E-{i}.log"
-                with open(events, "wb") as fh, labmod.capture(lab, fh, "timestamp,id"):
+                with open(events, "wb") as fh, labmod.capture(lab, fh, "timestamp,ktimestamp,id"):
                     flows = labmod.traffic(lab)
                     time.sleep(3.5)  # natural ends: TIME_WAIT and the 3 s datagram timeouts
                     labmod.expire(lab)
@@ -217,13 +220,24 @@ def test_live_lab_to_v9_ipfix_and_a_dead_collector(
         assert not control.is_running(str(rundir))
         got = {"v9": nfdump_rows(v9cap), "ipfix": nfdump_rows(ipfixcap)}
 
-    # 1. conntrack-tools saw each connection with the tuples the lab promises
+    # 1. conntrack-tools saw each connection with the tuples the lab promises, and the
+    #    kernel's start/stop of each (to the second) with its NEW and DESTROY (to the ms)
     witness: list[tuple[Row, Any]] = []
+    kernel: list[tuple[Row, int, int, int, int]] = []  # row, start s, stop s, NEW ms, DESTROY ms
     for flows, events in rounds:
         assert {f.nat for f in flows} == {"snat", "dnat", "none"}
         assert {f.family for f in flows} == {4, 6}
-        destroys = [e for e in ct_text.events(events.read_text()) if e.type == "DESTROY"]
-        witness += witnessed(flows, destroys)
+        seen = ct_text.events(events.read_text())
+        destroys = [e for e in seen if e.type == "DESTROY"]
+        news = {e.key(): e for e in seen if e.type == "NEW"}
+        kernel_s = kernel_seconds(events)  # conntrack ids are unique within one round
+        round_witness = witnessed(flows, destroys)
+        for row, e in round_witness:
+            assert e.ct_id in kernel_s, f"{row}: no [start=] [stop=] on its DESTROY"
+            assert e.key() in news, f"{row}: no NEW from conntrack -E"
+            seen_ms = round(news[e.key()].time * 1000), round(e.time * 1000)
+            kernel.append((row, *kernel_s[e.ct_id], *seen_ms))
+        witness += round_witness
     want = [row for row, _ in witness]
     assert len(want) == n
 
@@ -239,6 +253,24 @@ def test_live_lab_to_v9_ipfix_and_a_dead_collector(
         late = sorted(min(abs(r["received_ms"] - d) for d in destroy_ms[r["row"]]) for r in recs)
         assert late[-1] <= MAX_LATENCY_MS, (fmt, late)
     assert any(":" in r["row"][7] and r["row"][7] != r["src"] for r in got["v9"])  # v9: 281
+
+    # 2b. times: each record's first/last are its connection's kernel start/stop, to the
+    #     second as conntrack-tools prints them; and to the ms, the kernel's start is taken
+    #     with the first packet, which conntrack -E reports as NEW a moment later, and its
+    #     stop is before (a timeout that expired earlier) or at the DESTROY conntrack -E read
+    for fmt, recs in got.items():
+        assert Counter((r["row"], r["first_ms"] // 1000, r["last_ms"] // 1000) for r in recs) == (
+            Counter((decoded(fmt, w), start, stop) for w, start, stop, _, _ in kernel)
+        ), fmt
+        stamps: dict[tuple[Any, ...], list[tuple[int, int]]] = {}
+        for w, start, stop, new_at, destroy_at in kernel:
+            stamps.setdefault((decoded(fmt, w), start, stop), []).append((new_at, destroy_at))
+        for r in recs:
+            first, last = r["first_ms"], r["last_ms"]
+            assert any(
+                0 <= new_at - first <= TIME_SLACK_MS and first <= last <= destroy_at + TIME_SLACK_MS
+                for new_at, destroy_at in stamps[(r["row"], first // 1000, last // 1000)]
+            ), (fmt, r, stamps[(r["row"], first // 1000, last // 1000)])
 
     # 3. both decoders got the same records, times to the ms included (281/282 aside)
     def comparable(r: dict[str, Any]) -> Row:
