@@ -19,8 +19,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -35,15 +33,17 @@ from tests.pipeline_harness import (
     Chaos,
     PacedSyslog,
     csv_idents,
+    end_replay,
     expected_records,
     mirror_lines,
-    nfdump_ident,
     record_ident,
     stage_counters,
     stage_token,
+    start_replay,
     tally,
     write_config,
 )
+from tests.replay_harness import judge_delivery, stage_pid
 
 SEED = 20240904
 EVENTS = 200_000
@@ -74,34 +74,20 @@ def chaos_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Chaos, dict[str
         daemon = f"<daemon>\n  max_unacked {MAX_UNACKED}\n</daemon>\n"
         conf = write_config(tmp_path / "c.conf", collector_port=cap.port,
                             syslog_socket=syslog.path, rundir=rundir, extra=daemon)  # fmt: skip
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "nfflowd.cli", "-c", str(conf), "replay", "--rundir",
-             str(rundir), str(log)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        proc = start_replay(conf, rundir, log)
         started = time.monotonic()
         try:
             chaos.run(lambda: proc.poll() is None and stage_token(rundir, "ingest") != "eof")
             killing = time.monotonic() - started
             out, err = proc.communicate(timeout=300)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            if (rundir / "supervisor.sock").exists() and control.is_running(str(rundir)):
-                control.stop(str(rundir), timeout=30)  # the killed CLI's supervisord
+            end_replay(proc, rundir)
         print(chaos.summary())
         print(f"kills for {killing:.1f} s; replay done after {time.monotonic() - started:.1f} s")
         print(out)
         assert proc.returncode == 0, err
         syslog.drain()
-        results = {
-            "collector (nfdump)": tally(
-                [record_ident(r) for r in expected if r.family == 4],
-                map(nfdump_ident, cap.records()),
-            ),
-            "mirror (syslog)": tally(map(record_ident, expected), *csv_idents(syslog.lines)),
-        }
+        results = judge_delivery(expected, cap, syslog.lines, "mirror (syslog)")
     for where, t in results.items():
         print(t.line(where))
     return chaos, results
@@ -128,13 +114,6 @@ def test_stages_killed_every_second_duplicates_stay_within_bound(
         assert t.duplicates <= DUPLICATE_BOUND * t.expected, t.line(where)
 
 
-def _pid(rundir: Path, stage: str) -> int:
-    """The stage's pid in any state supervisord reports (0: none yet)."""
-    if not (rundir / "supervisor.sock").exists() or not control.is_running(str(rundir)):
-        return 0
-    return next((int(p["pid"]) for p in control.processes(str(rundir)) if p["name"] == stage), 0)
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_ingest_restarted_while_the_mirror_lags_loses_nothing(tmp_path: Path) -> None:
@@ -155,15 +134,11 @@ def test_ingest_restarted_while_the_mirror_lags_loses_nothing(tmp_path: Path) ->
     rundir = tmp_path / "run"
     conf = write_config(tmp_path / "c.conf", collector_port=None, syslog_socket=None,
                         rundir=rundir, screen=True)  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nfflowd.cli", "-c", str(conf), "replay", "--rundir", str(rundir),
-         str(log)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = start_replay(conf, rundir, log)
     mirror = 0
     try:
         deadline = time.monotonic() + 30
-        while not (mirror := _pid(rundir, "mirror")):
+        while not (mirror := stage_pid(rundir, "mirror")):
             assert time.monotonic() < deadline and proc.poll() is None, "no mirror started"
             time.sleep(0.01)
         os.kill(mirror, signal.SIGSTOP)
@@ -171,22 +146,18 @@ def test_ingest_restarted_while_the_mirror_lags_loses_nothing(tmp_path: Path) ->
         while stage_counters(rundir, "ingest").get("events", 0) < 60_000:  # all read, none acked
             assert time.monotonic() < deadline, stage_counters(rundir, "ingest")
             time.sleep(0.1)
-        os.kill(_pid(rundir, "ingest"), signal.SIGKILL)
+        os.kill(stage_pid(rundir, "ingest"), signal.SIGKILL)
         time.sleep(5)  # the new ingest re-reads the log and waits for acknowledgements
         premature = stage_token(rundir, "ingest") in ("eof", "final")
         print(f"ingest acknowledged the whole log while the mirror was stopped: {premature}")
-        os.kill(_pid(rundir, "correlate"), signal.SIGKILL)
+        os.kill(stage_pid(rundir, "correlate"), signal.SIGKILL)
         os.kill(mirror, signal.SIGCONT)
         out, err = proc.communicate(timeout=120)
     finally:
         if mirror:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(mirror, signal.SIGCONT)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if (rundir / "supervisor.sock").exists() and control.is_running(str(rundir)):
-            control.stop(str(rundir), timeout=30)
+        end_replay(proc, rundir)
     print(out)
     assert proc.returncode == 0, err
     result = tally(expected, *csv_idents(mirror_lines(rundir)))

@@ -16,8 +16,6 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-import subprocess
-import sys
 import time
 import tracemalloc
 from pathlib import Path
@@ -34,19 +32,18 @@ from nfflowd.messages import EventBatch, FlowBatch
 from nfflowd.nfcapd import Nfcapd
 from tests.addresses import needs
 from tests.pipeline_harness import (
-    csv_idents,
+    end_replay,
     expected_records,
     mirror_lines,
-    nfdump_ident,
     nfflowd,
-    record_ident,
     running_pid,
     stage_counters,
-    tally,
+    start_replay,
     wait_all_running,
     wait_settled,
     write_config,
 )
+from tests.replay_harness import judge_delivery
 
 EVENTS = 300_000
 MAX_UNACKED = 16
@@ -147,11 +144,7 @@ def test_export_stopped_for_a_minute_memory_stays_bounded(tmp_path: Path) -> Non
         conf = write_config(tmp_path / "c.conf", collector_port=cap.port, syslog_socket=None,
                             rundir=rundir, screen=True,
                             extra=f"<daemon>\n  max_unacked {m}\n</daemon>\n")  # fmt: skip
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "nfflowd.cli", "-c", str(conf), "replay", "--rundir",
-             str(rundir), str(log)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        proc = start_replay(conf, rundir, log)
         export = 0
         try:
             pids = wait_all_running(rundir, timeout=60)
@@ -176,22 +169,10 @@ def test_export_stopped_for_a_minute_memory_stays_bounded(tmp_path: Path) -> Non
         finally:
             if export:
                 os.kill(export, signal.SIGCONT)
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            if (rundir / "supervisor.sock").exists() and control.is_running(str(rundir)):
-                control.stop(str(rundir), timeout=30)
+            end_replay(proc, rundir)
         print(out)
         assert proc.returncode == 0, err
-        results = {
-            "collector (nfdump)": tally(
-                [record_ident(r) for r in expected if r.family == 4],
-                map(nfdump_ident, cap.records()),
-            ),
-            "mirror (screen)": tally(
-                map(record_ident, expected), *csv_idents(mirror_lines(rundir))
-            ),
-        }
+        results = judge_delivery(expected, cap, mirror_lines(rundir), "mirror (screen)")
     for stage in control.STAGES:
         print(f"{stage:<9} idle {base[stage]:>7} KiB  peak while export stopped "
               f"{peak[stage]:>7} KiB  bound {bound[stage]:>7} KiB")  # fmt: skip

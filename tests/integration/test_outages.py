@@ -13,8 +13,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -26,11 +24,13 @@ from nfflowd import control
 from nfflowd.nfcapd import Nfcapd
 from tests.addresses import needs
 from tests.pipeline_harness import (
+    end_replay,
     expected_records,
     nfdump_ident,
     record_ident,
     running_pid,
     stage_counters,
+    start_replay,
     wait_settled,
     write_config,
 )
@@ -47,11 +47,7 @@ def test_syslog_down_for_ten_seconds_loses_nothing(tmp_path: Path) -> None:
         conf = write_config(tmp_path / "c.conf", collector_port=None,
                             syslog_socket=syslog.socket_path, rundir=rundir,
                             extra="<daemon>\n  max_unacked 8\n</daemon>\n")  # fmt: skip
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "nfflowd.cli", "-c", str(conf), "replay", "--rundir",
-             str(rundir), str(log)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        proc = start_replay(conf, rundir, log)
         try:
             deadline = time.monotonic() + 60
             while not (syslog.local6_log.exists() and syslog.local6_log.stat().st_size > 0):
@@ -64,11 +60,7 @@ def test_syslog_down_for_ten_seconds_loses_nothing(tmp_path: Path) -> None:
             syslog.start()
             out, err = proc.communicate(timeout=180)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            if (rundir / "supervisor.sock").exists() and control.is_running(str(rundir)):
-                control.stop(str(rundir), timeout=30)  # the killed CLI's supervisord
+            end_replay(proc, rundir)
         assert proc.returncode == 0, err
         queue = int(Path("/proc/sys/net/unix/max_dgram_qlen").read_text())
         syslog.lines(expected - queue - 1, timeout=60)
@@ -115,11 +107,7 @@ def test_collector_down_for_ten_seconds(tmp_path: Path) -> None:
     conf = write_config(tmp_path / "c.conf", collector_port=first.port, syslog_socket=None,
                         rundir=rundir, screen=True,
                         extra="<daemon>\n  max_unacked 8\n</daemon>\n")  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nfflowd.cli", "-c", str(conf), "replay", "--rundir",
-         str(rundir), str(log)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = start_replay(conf, rundir, log)
     paused: list[int] = []
 
     def sent() -> int:
@@ -148,11 +136,7 @@ def test_collector_down_for_ten_seconds(tmp_path: Path) -> None:
     finally:
         for pid in paused:
             os.kill(pid, signal.SIGCONT)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if (rundir / "supervisor.sock").exists() and control.is_running(str(rundir)):
-            control.stop(str(rundir), timeout=30)
+        end_replay(proc, rundir)
         first.close()
         second.close()
     print(out)

@@ -24,18 +24,15 @@ from nfflowd.nfcapd import Nfcapd
 from tests.addresses import needs
 from tests.pipeline_harness import (
     Tally,
-    csv_idents,
     expected_records,
     mirror_lines,
-    nfdump_ident,
     nfflowd,
-    record_ident,
     stage_counters,
     stage_token,
-    tally,
     wait_all_running,
     write_config,
 )
+from tests.replay_harness import judge_delivery
 
 EVENTS = 300_000
 #: Events ingest has read when the test stops the daemon: well inside the log.
@@ -62,12 +59,8 @@ def wait_read(rundir: Path, events: int, timeout: float = 60) -> int:
 
 
 def judge(want: list[FlowRecord], cap: Nfcapd, rundir: Path) -> dict[str, Tally]:
-    """The collector (IPv4: NetFlow v5) and the mirror against the records *want*."""
-    v4 = [record_ident(r) for r in want if r.family == 4]
-    results = {
-        "collector (nfdump)": tally(v4, map(nfdump_ident, cap.records())),
-        "mirror (screen)": tally(map(record_ident, want), *csv_idents(mirror_lines(rundir))),
-    }
+    """The collector and the screen mirror against the records *want*, printed."""
+    results = judge_delivery(want, cap, mirror_lines(rundir), "mirror (screen)")
     for where, t in results.items():
         print(t.line(where))
     return results

@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,7 +19,7 @@ import pytest
 from bench.gen_events import generate
 from nfflowd import control, endpoints
 from nfflowd.terminal import CHUNK
-from tests.pipeline_harness import nfflowd, write_config
+from tests.pipeline_harness import end_replay, nfflowd, running_pid, start_replay, write_config
 
 
 def wait_for(check: object, timeout: float, what: str) -> object:
@@ -43,33 +41,18 @@ def test_killed_stage_is_restarted_and_replay_completes(tmp_path: Path, victim: 
     rundir = tmp_path / "run"
     conf = write_config(tmp_path / "c.conf", collector_port=None, syslog_socket=None,
                         rundir=rundir, screen=True)  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nfflowd.cli", "-c", str(conf), "replay", "--rundir", str(rundir),
-         str(log)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = start_replay(conf, rundir, log)
     try:
-
-        def running_pid() -> int:
-            if not (rundir / "supervisor.sock").exists() or not control.is_running(str(rundir)):
-                return 0
-            for p in control.processes(str(rundir)):
-                if p["name"] == victim and p["statename"] == "RUNNING":
-                    return int(p["pid"])
-            return 0
-
-        pid = wait_for(running_pid, 30, f"{victim} RUNNING")
+        pid = wait_for(lambda: running_pid(rundir, victim), 30, f"{victim} RUNNING")
         time.sleep(0.5)  # in the middle of the replay
         os.kill(int(pid), signal.SIGKILL)  # type: ignore[call-overload]
-        new_pid = wait_for(lambda: (p := running_pid()) and p != pid and p, 30, "restart")
+        new_pid = wait_for(
+            lambda: (p := running_pid(rundir, victim)) and p != pid and p, 30, "restart"
+        )
         assert new_pid != pid
         out, err = proc.communicate(timeout=180)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if (rundir / "supervisor.sock").exists() and control.is_running(str(rundir)):
-            control.stop(str(rundir), timeout=30)  # the killed CLI's supervisord
+        end_replay(proc, rundir)
     assert proc.returncode == 0, err
     report = {line.split()[0]: line for line in out.splitlines() if line.strip()}
     assert "starts=2" in report[victim], report  # the replay reports the restart
