@@ -23,8 +23,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.gen_events import generate
 from nfflowd import replay, shards
-from nfflowd.config import Collector, Dispatcher, load
+from nfflowd.config import Collector, Dispatcher, Settings, load
 from nfflowd.nfcapd import Nfcapd
+
+
+def replay_settings(collector_port: int, correlators: int = 1, exporters: int = 1) -> Settings:
+    """The built-in defaults, exporting v5 to nfcapd on loopback and mirroring to the screen."""
+    base = load(None)
+    return dataclasses.replace(
+        base,
+        export=dataclasses.replace(
+            base.export, exaddr="127.0.0.1",
+            collectors=(Collector(address="127.0.0.1", port=collector_port, version=5),),
+        ),
+        mirror=dataclasses.replace(
+            base.mirror, dispatchers=(Dispatcher(name="screen", kind="screen"),)
+        ),
+        daemon=dataclasses.replace(base.daemon, correlators=correlators, exporters=exporters),
+    )  # fmt: skip
 
 
 def main() -> None:
@@ -40,22 +56,9 @@ def main() -> None:
     expected = generate(str(log), ns.events)
     print(f"generated {ns.events} events ({expected} expected records, IPv6 included) "
           f"in {time.perf_counter() - t0:.1f} s: {log}")  # fmt: skip
-    base = load(None)
     rundir = str(work / "run")
     with Nfcapd(extra_args=["-B", "8388608"]) as cap:
-        settings = dataclasses.replace(
-            base,
-            export=dataclasses.replace(
-                base.export, exaddr="127.0.0.1",
-                collectors=(Collector(address="127.0.0.1", port=cap.port, version=5),),
-            ),
-            mirror=dataclasses.replace(
-                base.mirror, dispatchers=(Dispatcher(name="screen", kind="screen"),)
-            ),
-            daemon=dataclasses.replace(
-                base.daemon, correlators=ns.correlators, exporters=ns.exporters
-            ),
-        )  # fmt: skip
+        settings = replay_settings(cap.port, ns.correlators, ns.exporters)
         t1 = time.perf_counter()
         counters = replay.run(settings, [str(log)], rundir=rundir)
         elapsed = time.perf_counter() - t1

@@ -40,9 +40,9 @@ from typing import TextIO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.bench_pipeline import replay_settings
 from bench.gen_events import generate
 from nfflowd import replay
-from nfflowd.config import Collector, Dispatcher, load
 from nfflowd.conntrack.text import ParseError, parse_line
 from nfflowd.correlate import Correlator
 from nfflowd.formats.flowtools_csv import format_line
@@ -121,18 +121,8 @@ def run_in_process(log: Path, csv_path: Path | None) -> Run:
 
 def run_pipeline(log: Path, rundir: Path) -> Run:
     """``nfflowd replay`` into nfcapd, as bench_pipeline.py does; CPU = sum over the stages."""
-    base = load(None)
     with Nfcapd(extra_args=["-B", "8388608"]) as cap:
-        settings = dataclasses.replace(
-            base,
-            export=dataclasses.replace(
-                base.export, exaddr="127.0.0.1",
-                collectors=(Collector(address="127.0.0.1", port=cap.port, version=5),),
-            ),
-            mirror=dataclasses.replace(
-                base.mirror, dispatchers=(Dispatcher(name="screen", kind="screen"),)
-            ),
-        )  # fmt: skip
+        settings = replay_settings(cap.port)
         t0 = time.perf_counter()
         counters = replay.run(settings, [str(log)], rundir=str(rundir))
         wall = time.perf_counter() - t0

@@ -41,3 +41,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "root" in item.keywords:
             item.add_marker(marker)
+
+
+@pytest.fixture(scope="session")
+def lab_ready() -> None:
+    """The NAT lab (nfflowd.lab) can run here; under CI=true a missing capability fails."""
+    from nfflowd import lab as labmod
+
+    reason = labmod.available()
+    if reason is not None:
+        if IN_CI:
+            pytest.fail(f"CI=true but the NAT lab cannot run: {reason}")
+        pytest.skip(f"NAT lab unavailable: {reason}")

@@ -1,8 +1,8 @@
 """Fixtures for the NAT lab (nfflowd.lab): a running lab and one captured run of its mix.
 
-The lab needs root, network namespaces, nftables and conntrack.  Under CI=true a
-missing capability fails the tests; elsewhere they are skipped with the reason
-:func:`nfflowd.lab.available` gives.
+The lab needs root, network namespaces, nftables and conntrack: the ``lab_ready``
+fixture (tests/conftest.py) fails the tests under CI=true when one is missing, and
+elsewhere skips them with the reason :func:`nfflowd.lab.available` gives.
 """
 
 from __future__ import annotations
@@ -18,21 +18,10 @@ import pytest
 
 from nfflowd import lab as labmod
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
-
 
 def lab_prefix(tag: str) -> str:
     """A namespace prefix unique to this test process."""
     return f"nfl-{tag}{os.getpid()}-"
-
-
-@pytest.fixture(scope="session")
-def lab_ready() -> None:
-    reason = labmod.available()
-    if reason is not None:
-        if IN_CI:
-            pytest.fail(f"CI=true but the NAT lab cannot run: {reason}")
-        pytest.skip(f"NAT lab unavailable: {reason}")
 
 
 @pytest.fixture(scope="module")

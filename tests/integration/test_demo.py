@@ -28,7 +28,7 @@ from nfflowd import control
 from nfflowd import lab as labmod
 from nfflowd.formats import flowtools_csv
 from nfflowd.lab_traffic import mix
-from tests.addresses import IN_CI, needs
+from tests.addresses import needs
 from tests.pipeline_harness import expected_records, is_ipv4
 
 COLLECTOR = re.compile(r"^== what the collector \(nfcapd\) stored: (\d+) NetFlow v5 records ==$")
@@ -119,12 +119,7 @@ def test_demo_log_only_replays_the_bundled_log(tmp_path: Path) -> None:
 @pytest.mark.root
 @needs("nfcapd", "nfdump")
 @pytest.mark.timeout(300)
-def test_demo_on_the_nat_lab(tmp_path: Path) -> None:
-    reason = labmod.available()
-    if reason is not None:
-        if IN_CI:
-            pytest.fail(f"CI=true but the NAT lab cannot run: {reason}")
-        pytest.skip(f"NAT lab unavailable: {reason}")
+def test_demo_on_the_nat_lab(tmp_path: Path, lab_ready: None) -> None:
     prefix = f"nfl-demo{os.getpid()}-"
     try:
         rc, out, err = run_demo(tmp_path, "--prefix", prefix)

@@ -101,6 +101,21 @@ class Terminal:
         return self.inp.inlet.upto
 
 
+def killed_in_first_batch(
+    tmp_path: Path,
+    ctx: zmq.Context,  # type: ignore[type-arg]
+    seq: int,
+    left: int,
+) -> tuple[Terminal, list[int]]:
+    """Flow batch *seq* of correlate A (origin 10, records 0-99) handed over, *left* of
+    its records out, then the stage killed: its successor, and what left so far."""
+    out: list[int] = []
+    t = Terminal(tmp_path, ctx, out)
+    t.receive(batch(CORRELATE_A, seq, 10, 0, 100))
+    t.let(left)
+    return Terminal(tmp_path, ctx, out), out
+
+
 @pytest.fixture
 def ctx() -> zmq.Context[zmq.Socket[bytes]]:
     c: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -149,12 +164,9 @@ def test_a_batch_recomputed_by_a_restarted_correlate_resumes_too(
     tmp_path: Path,
     ctx: zmq.Context,  # type: ignore[type-arg]
 ) -> None:
-    out: list[int] = []
-    t = Terminal(tmp_path, ctx, out)
-    t.receive(batch(CORRELATE_A, 7, 10, 0, 100))
-    t.let(40)
-    del t  # and correlate died too: its successor recomputes from event batch 10
-    t2 = Terminal(tmp_path, ctx, out)
+    t2, out = killed_in_first_batch(
+        tmp_path, ctx, seq=7, left=40
+    )  # and correlate died too: its successor recomputes from event batch 10
     t2.receive(batch(CORRELATE_B, 1, 10, 0, 100))
     t2.let(1000)
     assert sorted(out) == list(range(100))
@@ -164,12 +176,7 @@ def test_a_batch_whose_records_all_left_is_never_delivered_again(
     tmp_path: Path,
     ctx: zmq.Context,  # type: ignore[type-arg]
 ) -> None:
-    out: list[int] = []
-    t = Terminal(tmp_path, ctx, out)
-    t.receive(batch(CORRELATE_A, 1, 10, 0, 100))
-    t.let(100)
-    del t
-    t2 = Terminal(tmp_path, ctx, out)
+    t2, out = killed_in_first_batch(tmp_path, ctx, seq=1, left=100)
     # recomputed by a restarted correlate, or made again from a re-read saved log
     t2.receive(batch(CORRELATE_B, 1, 10, 0, 100))
     t2.let(1000)
@@ -202,12 +209,7 @@ def test_repeated_kills_keep_every_partial_batch(tmp_path: Path, ctx: zmq.Contex
 def test_unknown_progress_repeats_rather_than_loses(tmp_path: Path, ctx: zmq.Context) -> None:  # type: ignore[type-arg]
     """A recomputed batch of another length (the restarted correlate's table differed)
     goes again whole: duplicates, never a loss."""
-    out: list[int] = []
-    t = Terminal(tmp_path, ctx, out)
-    t.receive(batch(CORRELATE_A, 1, 10, 0, 100))
-    t.let(40)
-    del t
-    t2 = Terminal(tmp_path, ctx, out)
+    t2, out = killed_in_first_batch(tmp_path, ctx, seq=1, left=40)
     t2.receive(batch(CORRELATE_B, 1, 10, 0, 99))
     t2.let(1000)
     assert set(range(99)) <= set(out)
