@@ -60,7 +60,7 @@ BUNDLE_PYTHON ?= $(shell $(PY) -c 'import sys; print("%d.%d" % sys.version_info[
 bundle: venv
 	rm -rf $(BUNDLE_BUILD) && mkdir -p $(BUNDLE_BUILD) $(DIST)
 	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w $(BUNDLE_BUILD) .
-	$(PY) -m shiv -q --compressed --reproducible -E -e nfflowd.bundle:main \
+	$(PY) -m shiv -q --compressed --reproducible -E -e nfflowd.ops.bundle:main \
 	  -p '/usr/bin/env python$(BUNDLE_PYTHON)' -o $(DIST)/nfflowd.pyz \
 	  --only-binary=:all: --python-version $(BUNDLE_PYTHON) $(BUNDLE_BUILD)/nfflowd-*.whl
 

@@ -142,11 +142,11 @@ if __name__ == "__main__" and sys.argv[1:2] and sys.argv[1].startswith("_"):
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nfflowd import control  # noqa: E402
 from nfflowd import lab as labmod  # noqa: E402
 from nfflowd.config import Collector, Dispatcher, load  # noqa: E402
 from nfflowd.conntrack.kernel import NETLINK_NETFILTER, open_in_netns, run_in_netns  # noqa: E402
-from nfflowd.nfcapd import Nfcapd  # noqa: E402
+from nfflowd.lab.nfcapd import Nfcapd  # noqa: E402
+from nfflowd.ops import control  # noqa: E402
 
 NFCAPD_ARGS = ["-B", "8388608"]
 ULOGD_CONF = Path(__file__).resolve().parent / "ulogd.conf"

@@ -3,14 +3,14 @@
     .venv/bin/python bench/bench_open_connections.py [--conns 1000000] [--profile 200000]
                                                       [--no-pipeline]
 
-Generates a log of NEW events only (bench/gen_events.py ``new_only``: distinct
+Generates a log of NEW events only (nfflowd/lab/events.py ``new_only``: distinct
 connections, none ends; 95 % IPv4, 5 % IPv6, TCP/UDP/ICMP/GRE), once as written
 (``-o timestamp,id``: the table is keyed by conntrack id, as with netlink) and once
 without the ids (``-o timestamp``, the default ``<conntrack> format``: keyed by
 the original tuple), then measures:
 
 (a) in process: a fresh interpreter parses the log with ``nfflowd.conntrack.text``
-    and feeds a real ``nfflowd.correlate.Correlator``; VmRSS (and VmHWM) before
+    and feeds a real ``nfflowd.correlate.correlator.Correlator``; VmRSS (and VmHWM) before
     and after, divided by the connections open at the end;
 (b) in the pipeline: ``nfflowd replay`` of the same logs, ``peak_rss_kb`` of the
     correlate stage with --conns connections minus that with --small, divided by
@@ -20,7 +20,7 @@ the original tuple), then measures:
 and, because tuple keys cost the most, a profile (tracemalloc, --profile
 connections: which source lines allocated what stays) and an experiment with key
 representations in a plain dict: the 7-tuple the Correlator used first (336 B per
-connection), the packed ``bytes`` it uses now (nfflowd.correlate.tuple_key), the
+connection), the packed ``bytes`` it uses now (nfflowd.correlate.correlator.tuple_key), the
 conntrack id; their memory per connection and the time to build a key, insert it
 and pop it.
 
@@ -49,12 +49,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.gen_events import generate
-from nfflowd import replay
 from nfflowd.config import load
 from nfflowd.conntrack.text import parse_line
-from nfflowd.correlate import Correlator, tuple_key
+from nfflowd.correlate.correlator import Correlator, tuple_key
+from nfflowd.lab.events import generate
 from nfflowd.messages import ConntrackEvent, FlowRecord
+from nfflowd.ops import replay
 
 HERE = Path(__file__).resolve().parent
 TARGET = 300  # bytes per open connection (the issue)
@@ -269,7 +269,7 @@ def main() -> None:
           "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))  # fmt: skip
     print(f"target: <= {TARGET} bytes per open connection\n")
 
-    print("(a) in process, nfflowd.correlate.Correlator fed by the text parser")
+    print("(a) in process, nfflowd.correlate.correlator.Correlator fed by the text parser")
     for label, log in (("by conntrack id (-o id, netlink)", logs.ids),
                        ("by original tuple (no -o id)", logs.no_ids)):  # fmt: skip
         r = _child("correlator", str(log))

@@ -2,7 +2,7 @@
 
     python bench/bench_pipeline.py [--events 1000000] [--syslog]
 
-Generates a realistic `conntrack -E` log (bench/gen_events.py), starts a private
+Generates a realistic `conntrack -E` log (nfflowd/lab/events.py), starts a private
 nfcapd with a large socket buffer, runs `nfflowd replay` into it (mirror to a
 file-backed screen dispatcher, or to a private rsyslogd with --syslog) and
 prints events/s, records/s, records lost at the collector and in the mirror,
@@ -21,10 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.gen_events import generate
-from nfflowd import replay, shards
 from nfflowd.config import Collector, Dispatcher, Settings, load
-from nfflowd.nfcapd import Nfcapd
+from nfflowd.lab.events import generate
+from nfflowd.lab.nfcapd import Nfcapd
+from nfflowd.ops import replay
+from nfflowd.pipeline import shards
 
 
 def replay_settings(collector_port: int, correlators: int = 1, exporters: int = 1) -> Settings:

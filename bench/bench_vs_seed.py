@@ -2,14 +2,14 @@
 
     .venv/bin/python bench/bench_vs_seed.py [--events 1000000] [--keep]
 
-Generates one realistic `conntrack -E -o timestamp,id` log (bench/gen_events.py) and
+Generates one realistic `conntrack -E -o timestamp,id` log (nfflowd/lab/events.py) and
 runs, one after the other:
 
 1. ``bench/seed_ct2ft.pl``: the seed's ct2ft loop in Perl (regex substitution,
    positional fields, a hash of NEW times, three flow-tools CSV lines per
    DESTROY, to a file; see its header for what it does and does not do);
 2. nfflowd in one process, one core: ``nfflowd.conntrack.text.parse_line`` +
-   ``nfflowd.correlate.Correlator``, no IPC (the like-for-like figure), then the
+   ``nfflowd.correlate.correlator.Correlator``, no IPC (the like-for-like figure), then the
    same plus the flow-tools CSV line of every record written to a file (what the
    Perl loop also does);
 3. nfflowd's supervised pipeline (``nfflowd replay``, as bench/bench_pipeline.py):
@@ -41,13 +41,13 @@ from typing import TextIO
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_pipeline import replay_settings
-from bench.gen_events import generate
-from nfflowd import replay
 from nfflowd.conntrack.text import ParseError, parse_line
-from nfflowd.correlate import Correlator
+from nfflowd.correlate.correlator import Correlator
 from nfflowd.formats.flowtools_csv import format_line
+from nfflowd.lab.events import generate
+from nfflowd.lab.nfcapd import Nfcapd
 from nfflowd.messages import FlowRecord
-from nfflowd.nfcapd import Nfcapd
+from nfflowd.ops import replay
 
 HERE = Path(__file__).resolve().parent
 #: Connection kinds (gen_events tally) the seed turns into three records each.

@@ -1,20 +1,20 @@
 """Every record that crosses a process boundary, typed and versioned.
 
 This module is the schema: it defines what the stages say to each other and
-nothing else.  It does no I/O and imports no serialiser; :mod:`nfflowd.codec`
+nothing else.  It does no I/O and imports no serialiser; :mod:`nfflowd.pipeline.codec`
 turns these records into bytes and back.
 
 Data flow::
 
     conntrack event (ConntrackEvent)      ingest    -> correlate   (in an EventBatch)
     correlated flow (FlowRecord)          correlate -> export, mirror (in a FlowBatch)
-    acknowledgement (Ack)                 the reverse of each link (see nfflowd.delivery)
+    acknowledgement (Ack)                 the reverse of each link (see nfflowd.pipeline.delivery)
     notice (Notice)                       any stage -> whoever listens (replay, tests)
 
 Records are ``NamedTuple``s: cheap to build, positional on the wire (a msgpack
 array, not a map), and typed for mypy.  A record's wire form is
 ``[kind, version, *fields]``; a receiver that meets an unknown kind or version
-counts it and drops it (see :mod:`nfflowd.codec`).
+counts it and drops it (see :mod:`nfflowd.pipeline.codec`).
 
 Conventions shared by every stage:
 
@@ -184,7 +184,7 @@ class Ack(NamedTuple):
 
     Sent after batches and every second, so it doubles as a hello and a
     heartbeat: a sender that hears from a receiver incarnation it did not know
-    resends every batch still unacknowledged (see :mod:`nfflowd.delivery`).
+    resends every batch still unacknowledged (see :mod:`nfflowd.pipeline.delivery`).
     """
 
     stage: str  # the receiving stage

@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nfflowd import control
 from nfflowd.conntrack.text import parse_line
-from nfflowd.correlate import Correlator
+from nfflowd.correlate.correlator import Correlator
 from nfflowd.formats import flowtools_csv
 from nfflowd.messages import FlowRecord
-from nfflowd.stage import read_stats
+from nfflowd.ops import control
+from nfflowd.pipeline.stage import read_stats
 from tests.addresses import txt
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,9 +67,9 @@ def write_config(
 def nfflowd(
     *args: str, timeout: float = 300, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    """Run the real command line (`python -m nfflowd.cli`)."""
+    """Run the real command line (`python -m nfflowd.ops.cli`)."""
     res = subprocess.run(
-        [sys.executable, "-m", "nfflowd.cli", *args],
+        [sys.executable, "-m", "nfflowd.ops.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -363,8 +363,8 @@ class PacedSyslog:
 def start_replay(conf: Path, rundir: Path, log: Path) -> subprocess.Popen[str]:
     """`nfflowd replay` in the background (for tests that kill stages meanwhile)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "nfflowd.cli", "-c", str(conf), "replay", "--rundir", str(rundir),
-         str(log)],
+        [sys.executable, "-m", "nfflowd.ops.cli", "-c", str(conf), "replay", "--rundir",
+         str(rundir), str(log)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 

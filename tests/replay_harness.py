@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from nfflowd import control
+from nfflowd.lab.nfcapd import Nfcapd
 from nfflowd.messages import FlowRecord
-from nfflowd.nfcapd import Nfcapd
+from nfflowd.ops import control
 from tests.pipeline_harness import Tally, csv_idents, nfdump_ident, record_ident, tally
 
 

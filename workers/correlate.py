@@ -1,8 +1,8 @@
 """Stage 2, correlate: ``events`` link -> open-connection table -> ``flows.*`` links.
 
-The pure work is :class:`nfflowd.correlate.Correlator`; this loop moves batches
+The pure work is :class:`nfflowd.correlate.correlator.Correlator`; this loop moves batches
 and acknowledgements.  Each event batch yields at most one flow batch, sent to
-export and mirror with the same seq; the :class:`~nfflowd.delivery.Ledger`
+export and mirror with the same seq; the :class:`~nfflowd.pipeline.delivery.Ledger`
 acknowledges an event batch to ingest once both have acknowledged its flow
 batch (and every earlier one).  While either output holds ``max_unacked``
 unacknowledged batches, correlate stops reading events (backpressure).
@@ -16,15 +16,15 @@ import time
 
 import zmq
 
-from nfflowd import codec, shards
-from nfflowd.correlate import Correlator
-from nfflowd.delivery import Ledger, Recent
-from nfflowd.links import Inlet, Outlet
+from nfflowd.correlate.correlator import Correlator
+from nfflowd.correlate.report_state import ReportJournal
 from nfflowd.messages import EventBatch, FlowBatch
-from nfflowd.report_state import ReportJournal
-from nfflowd.stage import Stage
+from nfflowd.pipeline import codec, shards
+from nfflowd.pipeline.delivery import Ledger, Recent
+from nfflowd.pipeline.links import Inlet, Outlet
+from nfflowd.pipeline.stage import Stage
 
-log = logging.getLogger("nfflowd.correlate")
+log = logging.getLogger("nfflowd.correlate.correlator")
 
 PURGE_INTERVAL_S = 60.0
 NOTICE_INTERVAL_S = 1.0
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     shard = stage.shard or 0
     journal = None
     if settings.export.active_timeout:
-        # what the active timeout reported survives a crash (see nfflowd.report_state)
+        # what the active timeout reported survives a crash (see nfflowd.correlate.report_state)
         name = "correlate.reports" if stage.shard is None else f"correlate-{shard}.reports"
         journal = ReportJournal(os.path.join(stage.rundir, name))
         restored = journal.load()

@@ -9,15 +9,15 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
-from nfflowd import persist, shards
 from nfflowd.config import Collector, ExportSettings
 from nfflowd.formats.ipfix import IpfixEncoder
 from nfflowd.formats.netflow_v5 import V5Encoder
 from nfflowd.formats.netflow_v9 import V9Encoder
 from nfflowd.messages import FlowRecord
 from nfflowd.outputs.collector import UdpCollector
-from nfflowd.stage import Stage
-from nfflowd.terminal import consume
+from nfflowd.pipeline import persist, shards
+from nfflowd.pipeline.sink import consume
+from nfflowd.pipeline.stage import Stage
 
 log = logging.getLogger("nfflowd.export")
 

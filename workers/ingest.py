@@ -21,12 +21,12 @@ from collections.abc import Callable
 
 import zmq
 
-from nfflowd import persist, shards
 from nfflowd.config import Settings
 from nfflowd.conntrack.sources import FileSource, NetlinkSource, ProgramSource, Source
-from nfflowd.links import Outlet
 from nfflowd.messages import ConntrackEvent, EventBatch
-from nfflowd.stage import Stage
+from nfflowd.pipeline import persist, shards
+from nfflowd.pipeline.links import Outlet
+from nfflowd.pipeline.stage import Stage
 
 log = logging.getLogger("nfflowd.ingest")
 
@@ -64,7 +64,7 @@ def load_checkpoint(slots: persist.Slots, paths: tuple[str, ...]) -> tuple[int, 
 def save_checkpoint(
     slots: persist.Slots, paths: tuple[str, ...], position: tuple[int, int]
 ) -> None:
-    """Three memory stores (see nfflowd.persist); the identity last, so a torn update
+    """Three memory stores (see nfflowd.pipeline.persist); the identity last, so a torn update
     can only point at an older position of the same logs or at none."""
     slots[0] = 0
     slots[1], slots[2] = position

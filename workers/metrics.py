@@ -1,8 +1,8 @@
 """The Prometheus endpoint (``<metrics> listen HOST:PORT``): stats files -> ``/metrics``.
 
 Not a pipeline stage: it reads what the stages leave in ``<rundir>/stats/``
-(see :meth:`nfflowd.stage.Stage.notify`) on each scrape, asks supervisord
-which stages run, and lets :mod:`nfflowd.metrics` name it all.  Nothing is kept
+(see :meth:`nfflowd.pipeline.stage.Stage.notify`) on each scrape, asks supervisord
+which stages run, and lets :mod:`nfflowd.outputs.prometheus` name it all.  Nothing is kept
 between scrapes, so this process may die and restart without losing a count,
 and a scrape costs the pipeline nothing.
 """
@@ -24,11 +24,12 @@ from typing import Any
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import Metric
 
-from nfflowd import control, metrics
 from nfflowd.config import ConfigError, load_resolved
-from nfflowd.stage import SETTINGS_FILE, read_stats
+from nfflowd.ops import control
+from nfflowd.outputs import prometheus
+from nfflowd.pipeline.stage import SETTINGS_FILE, read_stats
 
-log = logging.getLogger("nfflowd.metrics")
+log = logging.getLogger("nfflowd.outputs.prometheus")
 
 
 class StatsCollector:
@@ -47,10 +48,10 @@ class StatsCollector:
     def collect(self) -> Iterable[Metric]:
         try:
             settings = load_resolved(os.path.join(self.rundir, SETTINGS_FILE))
-            targets: metrics.Targets = metrics.target_labels(settings)
+            targets: prometheus.Targets = prometheus.target_labels(settings)
         except ConfigError:
             targets = {}  # counters keep index labels (collector="#0")
-        return metrics.families(read_stats(self.rundir), self.states(), targets, time.time())
+        return prometheus.families(read_stats(self.rundir), self.states(), targets, time.time())
 
 
 def main(argv: list[str] | None = None) -> int:

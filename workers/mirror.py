@@ -14,7 +14,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from nfflowd import shards
 from nfflowd.config import Settings
 from nfflowd.formats import flowtools_csv, json_lines
 from nfflowd.formats.uptime import host_boot_ms
@@ -26,8 +25,9 @@ from nfflowd.outputs.syslog import (
     ScreenDispatcher,
     SyslogDispatcher,
 )
-from nfflowd.stage import Stage
-from nfflowd.terminal import consume
+from nfflowd.pipeline import shards
+from nfflowd.pipeline.sink import consume
+from nfflowd.pipeline.stage import Stage
 
 log = logging.getLogger("nfflowd.mirror")
 

@@ -33,7 +33,7 @@ types are 16-bit numbers, the same registry) carries the same templates.
 
 A connection gets events when NAT changed it, source and/or destination: its
 ORIGINAL_IN record's ``post_*`` differ from its own addresses and ports (see
-:mod:`nfflowd.correlate`; a rewrite of only the ICMP echo id is not visible
+:mod:`nfflowd.correlate.correlator`; a rewrite of only the ICMP echo id is not visible
 there and yields no events).
 
 **When they are sent.**  The correlator emits a connection's records when the

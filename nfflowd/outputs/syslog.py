@@ -7,7 +7,7 @@ trailing newline) and never raises from ``emit``/``flush``: failures are
 counted in ``counters`` and reported once in the ``nfflowd.mirror`` log.
 
 The message format (RFC 3164, priorities, facility and level names, address
-parsing) is :mod:`nfflowd.outputs.syslog_format`, re-exported here.
+parsing) is :mod:`nfflowd.formats.syslog`, re-exported here.
 
 Framing: a unix datagram socket carries one message per datagram, like
 syslog(3).  When the path is a SOCK_STREAM socket (connect fails with
@@ -44,13 +44,13 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any, Protocol, TextIO
 
-from nfflowd.outputs.syslog_format import FACILITIES as FACILITIES
-from nfflowd.outputs.syslog_format import FLOW_LINE_LEVEL as FLOW_LINE_LEVEL
-from nfflowd.outputs.syslog_format import LEVELS as LEVELS
-from nfflowd.outputs.syslog_format import clean_line as clean_line
-from nfflowd.outputs.syslog_format import message_prefix as message_prefix
-from nfflowd.outputs.syslog_format import parse_address as parse_address
-from nfflowd.outputs.syslog_format import rfc3164_timestamp as rfc3164_timestamp
+from nfflowd.formats.syslog import FACILITIES as FACILITIES
+from nfflowd.formats.syslog import FLOW_LINE_LEVEL as FLOW_LINE_LEVEL
+from nfflowd.formats.syslog import LEVELS as LEVELS
+from nfflowd.formats.syslog import clean_line as clean_line
+from nfflowd.formats.syslog import message_prefix as message_prefix
+from nfflowd.formats.syslog import parse_address as parse_address
+from nfflowd.formats.syslog import rfc3164_timestamp as rfc3164_timestamp
 
 log = logging.getLogger("nfflowd.mirror")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from nfflowd import lab as labmod
-from nfflowd.nfcapd import Nfcapd
+from nfflowd.lab.nfcapd import Nfcapd
 from tests.e2e.conftest import lab_prefix
 from tests.pipeline_harness import nfflowd, running_pid, write_config
 

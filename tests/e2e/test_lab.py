@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from nfflowd import lab as labmod
-from nfflowd.lab_traffic import Expected, expected, listeners, mix
+from nfflowd.lab.traffic import Expected, expected, listeners, mix
 
 if TYPE_CHECKING:  # fixtures' types (pytest loads conftest.py itself)
     from conftest import ConntrackText, Event, MixRun

@@ -28,10 +28,10 @@ from typing import Any
 
 import pytest
 
-from nfflowd import control
 from nfflowd import lab as labmod
+from nfflowd.lab.nfcapd import Nfcapd
 from nfflowd.messages import FlowRecord
-from nfflowd.nfcapd import Nfcapd
+from nfflowd.ops import control
 from tests.addresses import txt
 from tests.e2e.conftest import lab_prefix
 from tests.pipeline_harness import (

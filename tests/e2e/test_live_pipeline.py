@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 
-from nfflowd import control
 from nfflowd import lab as labmod
 from nfflowd.conntrack.text import parse_line
-from nfflowd.correlate import Correlator
+from nfflowd.correlate.correlator import Correlator
+from nfflowd.lab.nfcapd import Nfcapd
 from nfflowd.messages import FlowRecord
-from nfflowd.nfcapd import Nfcapd
+from nfflowd.ops import control
 from tests.e2e.conftest import lab_prefix
 from tests.kernel_times import TIME_SLACK_MS, kernel_seconds
 from tests.pipeline_harness import csv_key, nfflowd, wait_all_running, write_config

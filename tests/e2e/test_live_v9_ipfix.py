@@ -38,10 +38,10 @@ from typing import Any
 
 import pytest
 
-from nfflowd import control
 from nfflowd import lab as labmod
 from nfflowd.formats import json_lines
-from nfflowd.nfcapd import Nfcapd, free_udp_port, parse_nfdump_line
+from nfflowd.lab.nfcapd import Nfcapd, free_udp_port, parse_nfdump_line
+from nfflowd.ops import control
 from tests.kernel_times import TIME_SLACK_MS, kernel_seconds
 from tests.pipeline_harness import nfflowd, wait_all_running
 

@@ -22,11 +22,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from nfflowd.config.settings import SourceSettings
 from nfflowd.conntrack import netlink as nl
 from nfflowd.conntrack.kernel import open_in_netns, run_in_netns
 from nfflowd.conntrack.sources import NetlinkSource
 from nfflowd.messages import ConntrackEvent, EventType
-from nfflowd.settings import SourceSettings
 from tests.addresses import IN_CI, a, needs
 from tests.scratch_netns import scratch_netns
 

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.gen_events import generate
-from nfflowd import control, curve
+from nfflowd.lab.events import generate
+from nfflowd.ops import control
+from nfflowd.pipeline import curve
 from tests.addresses import needs
 
 PREFIX = f"nfcrv{os.getpid() % 100000}"
@@ -39,7 +40,7 @@ WAIT_S = 240.0  # generous: a shared 2-core machine; no duration is asserted
 #: connection from MARKER, then reports whether the receiver ever answered.
 PROBE = r"""
 import sys, time, zmq, zmq.auth
-from nfflowd import codec
+from nfflowd.pipeline import codec
 from nfflowd.conntrack.text import parse_line
 from nfflowd.messages import EventBatch
 addr, mode, keydir, marker = sys.argv[1:5]
@@ -78,7 +79,7 @@ def in_ns(ns: str, *args: str, check: bool = True) -> subprocess.CompletedProces
 
 
 def nfflowd_in(ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return in_ns(ns, "env", "NFFLOWD_LOGLEVEL=INFO", sys.executable, "-m", "nfflowd.cli", *args,
+    return in_ns(ns, "env", "NFFLOWD_LOGLEVEL=INFO", sys.executable, "-m", "nfflowd.ops.cli", *args,
                  check=check)  # fmt: skip
 
 
@@ -146,7 +147,7 @@ def test_events_link_across_hosts_with_curve(tmp_path: Path, two_hosts: None) ->
     expected = generate(str(log), 6000, open_conns=200)
     # keys: generated once, then each host gets only what its side needs
     everything = tmp_path / "keygen"
-    out = run(sys.executable, "-m", "nfflowd.cli", "keygen", str(everything)).stdout
+    out = run(sys.executable, "-m", "nfflowd.ops.cli", "keygen", str(everything)).stdout
     assert "server.key, client.key_secret" in out
     keys_a, keys_b = tmp_path / "keys-a", tmp_path / "keys-b"
     for keys, names in ((keys_a, ("server.key", "client.key_secret")),

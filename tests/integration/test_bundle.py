@@ -8,7 +8,7 @@ python3 must itself lack pyzmq, msgpack and supervisor, or the test would prove
 nothing.  supervisord and the four stages are started as ``python3 -m ...`` by
 the bundled CLI; that they find the bundle's packages is what is at stake here
 (shiv's ``-E`` hands the extracted site-packages down in PYTHONPATH).  The
-bundle's entry point (nfflowd.bundle) is also tested in-process: it explains a
+bundle's entry point (nfflowd.ops.bundle) is also tested in-process: it explains a
 Python the compiled wheels were not built for instead of pyzmq's traceback.
 """
 
@@ -26,10 +26,10 @@ from pathlib import Path
 import pytest
 
 import nfflowd
-from bench.gen_events import generate
-from nfflowd import bundle as entry
-from nfflowd import control
-from nfflowd.nfcapd import Nfcapd
+from nfflowd.lab.events import generate
+from nfflowd.lab.nfcapd import Nfcapd
+from nfflowd.ops import bundle as entry
+from nfflowd.ops import control
 from tests.addresses import IN_CI, needs
 from tests.pipeline_harness import (
     ROOT,

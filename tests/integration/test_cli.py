@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from nfflowd import control
 from nfflowd.config import load
+from nfflowd.ops import control
 from tests.pipeline_harness import GOLDEN, nfflowd, wait_all_running, write_config
 
 
@@ -160,7 +160,7 @@ def test_foreground_start_stops_cleanly_on_signal(
     conf = config(tmp_path)
     run = str(tmp_path / "run")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nfflowd.cli", "-c", str(conf), "-f", "start"],
+        [sys.executable, "-m", "nfflowd.ops.cli", "-c", str(conf), "-f", "start"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
     err = ""

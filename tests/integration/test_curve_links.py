@@ -17,8 +17,8 @@ import pytest
 import zmq
 import zmq.auth
 
-from nfflowd import curve, endpoints
-from nfflowd.settings import LinkAddress, LinkSettings
+from nfflowd.config.settings import LinkAddress, LinkSettings
+from nfflowd.pipeline import curve, endpoints
 from tests.pipeline_harness import nfflowd, write_config
 
 #: Generous: the machine is shared; nothing here asserts a duration.

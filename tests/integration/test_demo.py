@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from nfflowd import control
 from nfflowd import lab as labmod
 from nfflowd.formats import flowtools_csv
-from nfflowd.lab_traffic import mix
+from nfflowd.lab.traffic import mix
+from nfflowd.ops import control
 from tests.addresses import needs
 from tests.pipeline_harness import expected_records, is_ipv4
 
@@ -45,7 +45,7 @@ def run_demo(tmp_path: Path, *args: str, timeout: float = 240) -> tuple[int, str
     """``nfflowd demo ARGS`` in its own session (a timeout ends its supervisord and
     nfcapd too); TMPDIR puts its run directory under *tmp_path*."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nfflowd.cli", "demo", *args],
+        [sys.executable, "-m", "nfflowd.ops.cli", "demo", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
         env=dict(os.environ, TMPDIR=str(tmp_path), NFFLOWD_LOGLEVEL="INFO"),
     )  # fmt: skip

@@ -29,10 +29,10 @@ import pytest
 
 from nfflowd.config import Collector, ExportSettings
 from nfflowd.conntrack.text import parse_line
-from nfflowd.correlate import Correlator
+from nfflowd.correlate.correlator import Correlator
 from nfflowd.formats import json_lines
+from nfflowd.lab.nfcapd import Nfcapd, free_udp_port, parse_nfdump_line
 from nfflowd.messages import FlowRecord
-from nfflowd.nfcapd import Nfcapd, free_udp_port, parse_nfdump_line
 from tests.pipeline_harness import GOLDEN, csv_key, nfdump_key, nfflowd
 
 # workers/ is installed as nfflowd.workers; mypy checks it as `workers`, not under that name

@@ -3,7 +3,7 @@
 NetFlow v5's ``flow_sequence`` counts the records an exporter sent before the
 datagram.  A collector (nfdump, ...) reads a drop back to 0 as an exporter
 reboot or a loss.  Export stores each stream's sequence in a shared file
-mapping before it sends (nfflowd/persist.py), so after SIGKILL the stream goes
+mapping before it sends (nfflowd/pipeline/persist.py), so after SIGKILL the stream goes
 on: a datagram's sequence is never below the previous datagram's sequence +
 count.  Export records its progress within a batch every 30 records, so the
 kill usually costs at most one chunk sent twice (and the sequence may skip that far).
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.gen_events import generate
 from nfflowd.formats.netflow_v5 import unpack_datagram
-from nfflowd.terminal import CHUNK
+from nfflowd.lab.events import generate
+from nfflowd.pipeline.sink import CHUNK
 from tests.pipeline_harness import end_replay, is_ipv4, running_pid, start_replay, write_config
 
 SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>; Python's socket module lacks the name

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from nfflowd import config, control
+from nfflowd import config
 from nfflowd.conntrack.kernel import SYSCTLS, dump_table, kernel_settings, run_in_netns
 from nfflowd.conntrack.kernel import set_sysctls as write_sysctls
 from nfflowd.conntrack.sources import NetlinkSource
+from nfflowd.ops import control
 from tests.addresses import IN_CI, needs
 from tests.pipeline_harness import nfflowd, wait_all_running, write_config
 from tests.scratch_netns import TRACKING_RULES, scratch_netns

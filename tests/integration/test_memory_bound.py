@@ -22,14 +22,15 @@ from pathlib import Path
 
 import pytest
 
-from bench.gen_events import generate
-from nfflowd import codec, control
 from nfflowd.conntrack.sources import FILE_CHUNK
 from nfflowd.conntrack.text import parse_line
-from nfflowd.correlate import Correlator
-from nfflowd.delivery import Recent
+from nfflowd.correlate.correlator import Correlator
+from nfflowd.lab.events import generate
+from nfflowd.lab.nfcapd import Nfcapd
 from nfflowd.messages import EventBatch, FlowBatch
-from nfflowd.nfcapd import Nfcapd
+from nfflowd.ops import control
+from nfflowd.pipeline import codec
+from nfflowd.pipeline.delivery import Recent
 from tests.addresses import needs
 from tests.pipeline_harness import (
     end_replay,

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.gen_events import generate
-from nfflowd import control
+from nfflowd.lab.events import generate
+from nfflowd.ops import control
 from tests.pipeline_harness import GOLDEN, nfflowd, wait_all_running, write_config
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

@@ -35,8 +35,8 @@ from nfflowd.workers.export import Exporter
 
 from nfflowd.config import Collector, ExportSettings
 from nfflowd.formats import ipfix, netflow_v9
+from nfflowd.lab.nfcapd import Nfcapd
 from nfflowd.messages import FlowRecord
-from nfflowd.nfcapd import Nfcapd
 from tests.addresses import needs, txt
 from tests.integration.test_v9_ipfix_decoders import abs_ms, tshark_packets
 from tests.unit.test_nat_events import NOW_NS, PAIRS, encoder, mix

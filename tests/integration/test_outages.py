@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.gen_events import generate
-from nfflowd import control
-from nfflowd.nfcapd import Nfcapd
+from nfflowd.lab.events import generate
+from nfflowd.lab.nfcapd import Nfcapd
+from nfflowd.ops import control
 from tests.addresses import needs
 from tests.pipeline_harness import (
     end_replay,

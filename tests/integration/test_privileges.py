@@ -26,8 +26,9 @@ from pathlib import Path
 import pytest
 
 import nfflowd
-from bench.gen_events import generate
-from nfflowd import control, endpoints, privileges
+from nfflowd.lab.events import generate
+from nfflowd.ops import control, privileges
+from nfflowd.pipeline import endpoints
 from tests.addresses import needs
 from tests.pipeline_harness import nfflowd as run_cli
 from tests.pipeline_harness import wait_all_running

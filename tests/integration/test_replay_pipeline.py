@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from nfflowd.nfcapd import Nfcapd
+from nfflowd.lab.nfcapd import Nfcapd
 from tests.pipeline_harness import GOLDEN, csv_key, is_ipv4, nfdump_key, nfflowd, write_config
 from tests.rsyslog_harness import RsyslogHarness
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.gen_events import generate
-from nfflowd.nfcapd import Nfcapd
+from nfflowd.lab.events import generate
+from nfflowd.lab.nfcapd import Nfcapd
 from tests.pipeline_harness import (
     csv_key,
     end_replay,

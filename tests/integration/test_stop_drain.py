@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.gen_events import generate
-from nfflowd import control
+from nfflowd.lab.events import generate
+from nfflowd.lab.nfcapd import Nfcapd
 from nfflowd.messages import FlowRecord
-from nfflowd.nfcapd import Nfcapd
+from nfflowd.ops import control
 from tests.addresses import needs
 from tests.pipeline_harness import (
     Tally,

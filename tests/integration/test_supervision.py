@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.gen_events import generate
-from nfflowd import control, endpoints
-from nfflowd.terminal import CHUNK
+from nfflowd.lab.events import generate
+from nfflowd.ops import control
+from nfflowd.pipeline import endpoints
+from nfflowd.pipeline.sink import CHUNK
 from tests.pipeline_harness import end_replay, nfflowd, running_pid, start_replay, write_config
 
 

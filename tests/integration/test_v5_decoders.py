@@ -25,8 +25,8 @@ from netflow.v5 import V5ExportPacket  # type: ignore[import-untyped]
 
 from nfflowd.formats import netflow_v5 as v5
 from nfflowd.formats.uptime import host_boot_ms
+from nfflowd.lab.nfcapd import Nfcapd, NfcapdError
 from nfflowd.messages import FlowRecord
-from nfflowd.nfcapd import Nfcapd, NfcapdError
 from tests.addresses import a, needs, txt
 from tests.pcap_writer import write_pcap
 

@@ -35,8 +35,8 @@ from netflow.ipfix import IPFIXExportPacket  # type: ignore[import-untyped]
 from nfflowd.formats import ipfix, netflow_v9
 from nfflowd.formats import ipfix_ies as ies
 from nfflowd.formats.uptime import host_boot_ms
+from nfflowd.lab.nfcapd import Nfcapd, free_udp_port, parse_nfdump_line
 from nfflowd.messages import FlowRecord
-from nfflowd.nfcapd import Nfcapd, free_udp_port, parse_nfdump_line
 from tests.addresses import a, needs, txt
 from tests.pcap_writer import write_pcap
 

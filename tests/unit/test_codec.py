@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nfflowd import codec
 from nfflowd.messages import (
     SCHEMA_VERSION,
     Ack,
@@ -20,6 +19,7 @@ from nfflowd.messages import (
     Kind,
     Notice,
 )
+from nfflowd.pipeline import codec
 
 EVENT = ConntrackEvent(3, 1_700_000_000_123_456_789, 4, 6, b"\n\0\1\2", b"\xcb\0q\2", 40000, 80,
                        b"\xcb\0q\2", b"\xcb\0q\1", 80, 40000, 10, 1000, 8, 5000, 42, None, None,

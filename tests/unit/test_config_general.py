@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nfflowd import config_general as cg
+from nfflowd.config import general as cg
 
 
 def parse(text: str) -> dict[str, Any]:

@@ -21,9 +21,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nfflowd import codec
 from nfflowd.conntrack.text import IPS_HW_OFFLOAD, IPS_OFFLOAD, ParseError, parse_line
 from nfflowd.messages import IPS_ASSURED, IPS_SEEN_REPLY, ConntrackEvent, EventBatch, EventType
+from nfflowd.pipeline import codec
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "conntrack-text"
 CAPTURED = sorted(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from nfflowd.correlate import Correlator, flow_records, is_natted
+from nfflowd.correlate.correlator import Correlator, flow_records, is_natted
 from nfflowd.messages import ConntrackEvent, Direction, EventType, FlowRecord
 from tests.addresses import a
 

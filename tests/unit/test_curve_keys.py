@@ -13,7 +13,7 @@ import pytest
 import zmq
 import zmq.auth
 
-from nfflowd import curve
+from nfflowd.pipeline import curve
 
 
 def mode(path: Path) -> int:
@@ -23,7 +23,7 @@ def mode(path: Path) -> int:
 def test_keygen_writes_two_keypairs_and_the_admitted_client(tmp_path: Path) -> None:
     d = tmp_path / "curve"
     res = subprocess.run(
-        [sys.executable, "-m", "nfflowd.cli", "keygen", str(d)],
+        [sys.executable, "-m", "nfflowd.ops.cli", "keygen", str(d)],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr

@@ -20,8 +20,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nfflowd import decode, pcap
-from nfflowd.decode import Decoded, decode_stream
+from nfflowd import decode
+from nfflowd.decode import Decoded, decode_stream, pcap
 from nfflowd.formats import ipfix, netflow_v9
 from nfflowd.formats import ipfix_ies as ies
 from nfflowd.formats.ipfix_ies import IE

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nfflowd.delivery import Acker, Inbox, Ledger, Outbox
+from nfflowd.pipeline.delivery import Acker, Inbox, Ledger, Outbox
 
 
 def test_outbox_keeps_until_acked_and_resends_to_a_new_receiver() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import netflow.v5
 
 from nfflowd.conntrack.text import parse_line
-from nfflowd.correlate import Correlator
+from nfflowd.correlate.correlator import Correlator
 from nfflowd.formats import netflow_v5
 from nfflowd.formats.flowtools_csv import format_line
 from nfflowd.messages import FlowRecord

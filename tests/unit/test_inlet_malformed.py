@@ -15,10 +15,10 @@ import msgpack
 import pytest
 import zmq
 
-from nfflowd import codec
 from nfflowd.conntrack.text import parse_line
-from nfflowd.links import Inlet
 from nfflowd.messages import SCHEMA_VERSION, Ack, EventBatch, Kind
+from nfflowd.pipeline import codec
+from nfflowd.pipeline.links import Inlet
 
 ADDRESS = "inproc://events"
 LINE = (

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from nfflowd import control, install, privileges, shards
 from nfflowd.config import ConfigError, Settings, from_dict, load, to_dict
+from nfflowd.ops import control, install, privileges
+from nfflowd.pipeline import shards
 
 
 def _settings(tmp_path: Path, text: str) -> Settings:

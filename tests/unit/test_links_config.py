@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from nfflowd import config, control, endpoints
+from nfflowd import config
 from nfflowd.config import ConfigError, Settings
-from nfflowd.settings import LinkAddress, LinkSettings
+from nfflowd.config.settings import LinkAddress, LinkSettings
+from nfflowd.ops import control
+from nfflowd.pipeline import endpoints
 
 KEYS = "/etc/nfflowd/curve"
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import zmq
 
-from nfflowd import codec
-from nfflowd.links import Outlet
 from nfflowd.messages import Ack, EventBatch, Message
+from nfflowd.pipeline import codec
+from nfflowd.pipeline.links import Outlet
 
 
 class LoopbackStage:

@@ -1,4 +1,4 @@
-"""Stage counters -> Prometheus families (nfflowd.metrics), without HTTP; the stats files."""
+"""Stage counters -> Prometheus families (nfflowd.outputs.prometheus), without HTTP; stats files."""
 
 from __future__ import annotations
 
@@ -18,13 +18,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from nfflowd import control, metrics
 from nfflowd.config import dump_resolved, load
-from nfflowd.stage import STATS_DIR, Stage, read_stats, stats_path, write_stats
+from nfflowd.ops import control
+from nfflowd.outputs import prometheus
+from nfflowd.pipeline.stage import STATS_DIR, Stage, read_stats, stats_path, write_stats
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = 1_800_000_000.0
-TARGETS: metrics.Targets = {
+TARGETS: prometheus.Targets = {
     "c": [{"collector": "192.0.2.9:2055", "version": "9"}, {"collector": "[2001:db8::9]:4739",
                                                            "version": "10"}],
     "d": [{"dispatcher": "syslog", "kind": "syslog"}],
@@ -82,7 +83,7 @@ STATS = {
 def test_counters_get_conventional_names_labels_types_and_help() -> None:
     states = {s: {"statename": "RUNNING", "starts": 1} for s in ("ingest", "correlate")}
     states["export"] = {"statename": "BACKOFF", "starts": 3}
-    got = exposition(metrics.families(STATS, states, TARGETS, NOW))
+    got = exposition(prometheus.families(STATS, states, TARGETS, NOW))
     # stage level: supervisord's word on up; starts from whichever knows more
     assert got["nfflowd_stage_up"] == {lab(stage="ingest"): 1, lab(stage="correlate"): 1,
                                        lab(stage="export"): 0, lab(stage="mirror"): 0}  # fmt: skip
@@ -131,16 +132,16 @@ def test_counters_get_conventional_names_labels_types_and_help() -> None:
 
 def test_up_without_supervisord_trusts_fresh_reports_only() -> None:
     fresh = record("export", {}, time=NOW - 2)
-    assert metrics.stage_up("export", fresh, None, NOW) == 1
-    assert metrics.stage_up("export", {**fresh, "time": NOW - 60}, None, NOW) == 0
-    assert metrics.stage_up("export", {**fresh, "token": "final"}, None, NOW) == 0
-    assert metrics.stage_up("export", None, None, NOW) == 0
-    assert metrics.stage_up("export", fresh, "FATAL", NOW) == 0
+    assert prometheus.stage_up("export", fresh, None, NOW) == 1
+    assert prometheus.stage_up("export", {**fresh, "time": NOW - 60}, None, NOW) == 0
+    assert prometheus.stage_up("export", {**fresh, "token": "final"}, None, NOW) == 0
+    assert prometheus.stage_up("export", None, None, NOW) == 0
+    assert prometheus.stage_up("export", fresh, "FATAL", NOW) == 0
     # supervisord answered and does not list the stage: down, whatever the file says
-    got = exposition(metrics.families({"export": fresh}, {}, {}, NOW))
+    got = exposition(prometheus.families({"export": fresh}, {}, {}, NOW))
     assert got["nfflowd_stage_up"] == {lab(stage="export"): 0}
     # without supervisord's word every pipeline stage is reported, down without a report
-    got = exposition(metrics.families({"export": fresh}, None, {}, NOW))
+    got = exposition(prometheus.families({"export": fresh}, None, {}, NOW))
     assert got["nfflowd_stage_up"] == {lab(stage="ingest"): 0, lab(stage="correlate"): 0,
                                        lab(stage="export"): 1, lab(stage="mirror"): 0}  # fmt: skip
 
@@ -149,18 +150,18 @@ def test_a_host_running_part_of_the_pipeline_reports_its_stages_only() -> None:
     states = {"export": {"statename": "RUNNING", "starts": 1},
               "mirror": {"statename": "RUNNING", "starts": 1}}  # fmt: skip
     stats = {"export": record("export", {"records": 3})}
-    got = exposition(metrics.families(stats, states, {}, NOW))
+    got = exposition(prometheus.families(stats, states, {}, NOW))
     assert got["nfflowd_stage_up"] == {lab(stage="export"): 1, lab(stage="mirror"): 1}
     assert set(got["nfflowd_stage_starts_total"]) == {lab(stage="export"), lab(stage="mirror")}
 
 
 def test_every_family_name_is_conventional_and_documented() -> None:
     readme = (ROOT / "README.md").read_text()
-    names = [s.full_name for s in metrics.all_specs()]
+    names = [s.full_name for s in prometheus.all_specs()]
     assert len(names) == len(set(names))
-    for spec in metrics.all_specs():
+    for spec in prometheus.all_specs():
         assert re.fullmatch(r"nfflowd_[a-z0-9_]+", spec.full_name), spec
-        assert spec.full_name.endswith("_total") == (spec.kind == metrics.COUNTER), spec
+        assert spec.full_name.endswith("_total") == (spec.kind == prometheus.COUNTER), spec
         assert spec.help and len(spec.help) < 90, spec
         assert f"`{spec.full_name}`" in readme, f"README lacks {spec.full_name}"
 
@@ -178,12 +179,12 @@ def test_target_labels_follow_the_settings_and_the_mirror_index(tmp_path: Path) 
         "  </conf>\n</ptee>\n"
     )
     settings = load(str(conf))
-    targets = metrics.target_labels(settings)
+    targets = prometheus.target_labels(settings)
     assert targets["c"] == [{"collector": "192.0.2.9:2055", "version": "9"},
                             {"collector": "[2001:db8::9]:4739", "version": "10"}]  # fmt: skip
     # the mirror gives d<i> only to dispatchers that get flow lines: "quiet" has none
     mirror_mod: Any = importlib.import_module("nfflowd.workers.mirror")
-    assert mirror_mod.LINE_LEVEL == metrics.MIRROR_LINE_LEVEL
+    assert mirror_mod.LINE_LEVEL == prometheus.MIRROR_LINE_LEVEL
     assert len(mirror_mod.make_dispatchers(settings)) == len(targets["d"]) == 1
     assert targets["d"] == [{"dispatcher": "screen", "kind": "screen"}]
 

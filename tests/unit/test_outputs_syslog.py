@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 
-from nfflowd import config, metrics
+from nfflowd import config
 from nfflowd.messages import FlowRecord
+from nfflowd.outputs import prometheus
 from nfflowd.outputs.syslog import (
     FACILITIES,
     LEVELS,
@@ -433,7 +434,7 @@ def test_min_level_notice_gets_flow_lines_and_above_is_noted(
     dropping = [n for n in settings.notes if "gets no flow lines" in n]
     assert len(dropping) == 1 and "dispatcher quiet: min_level warning" in dropping[0]
     assert not any("dispatcher syslog: min_level" in n for n in settings.notes)
-    assert metrics.target_labels(settings)["d"] == [{"dispatcher": "syslog", "kind": "syslog"}]
+    assert prometheus.target_labels(settings)["d"] == [{"dispatcher": "syslog", "kind": "syslog"}]
 
     server = unix_server(sock_path)
     try:

@@ -9,13 +9,13 @@ from pathlib import Path
 from nfflowd.workers.export import Exporter, restore_sequences, stream_identity
 from nfflowd.workers.ingest import blind_time
 
-from nfflowd import persist
 from nfflowd.config import Collector, ExportSettings
 from nfflowd.formats.netflow_v5 import HEADER as V5_HEADER
 from nfflowd.formats.netflow_v5 import V5Encoder
 from nfflowd.formats.netflow_v9 import HEADER as V9_HEADER
 from nfflowd.formats.netflow_v9 import V9Encoder
 from nfflowd.messages import FlowRecord
+from nfflowd.pipeline import persist
 from tests.addresses import a
 
 

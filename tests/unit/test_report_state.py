@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from nfflowd.correlate import Correlator
+from nfflowd.correlate.correlator import Correlator
+from nfflowd.correlate.report_state import ReportJournal
 from nfflowd.messages import ConntrackEvent, FlowRecord
-from nfflowd.report_state import ReportJournal
 from tests.unit.test_correlate import SNAT_ORIG, SNAT_REPLY, EventType, ev
 
 CT = 9

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from nfflowd import config, control, endpoints, shards
+from nfflowd import config
 from nfflowd.messages import ConntrackEvent
+from nfflowd.ops import control
+from nfflowd.pipeline import endpoints, shards
 from tests.addresses import a
 
 
@@ -42,7 +44,7 @@ def test_the_tuple_hash_is_the_same_in_another_process() -> None:
     import subprocess
     import sys
 
-    code = ("from tests.unit.test_shards import event; from nfflowd import shards;"
+    code = ("from tests.unit.test_shards import event; from nfflowd.pipeline import shards;"
             "print([shards.shard_of(event(i, None), 3) for i in range(50)])")  # fmt: skip
     root = Path(__file__).resolve().parents[2]
     outs = set()

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from nfflowd import config, control
-from nfflowd.replay import replay_settings
-from nfflowd.settings import LinkAddress, LinkSettings
+from nfflowd import config
+from nfflowd.config.settings import LinkAddress, LinkSettings
+from nfflowd.ops import control
+from nfflowd.ops.replay import replay_settings
 
 
 def parsed(text: str) -> configparser.RawConfigParser:

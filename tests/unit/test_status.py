@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from nfflowd import status
+from nfflowd.ops import status
 
 NOW = 1_800_000_000.0
 

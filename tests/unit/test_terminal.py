@@ -1,6 +1,6 @@
 """A terminal stage killed at any instant repeats nothing that had left, loses nothing.
 
-The tests drive :class:`nfflowd.terminal._Input` as export and mirror do, with a
+The tests drive :class:`nfflowd.pipeline.sink._Input` as export and mirror do, with a
 sink that holds records (first in, first out) until the test lets some leave,
 like a slow syslog reader.  A SIGKILL is simulated by dropping the object
 without closing anything: what survives is only what a killed process leaves, the
@@ -16,8 +16,8 @@ import pytest
 import zmq
 
 from nfflowd.messages import FlowBatch, FlowRecord
-from nfflowd.persist import Ring
-from nfflowd.terminal import PARTIALS, Flow, _Input
+from nfflowd.pipeline.persist import Ring
+from nfflowd.pipeline.sink import PARTIALS, Flow, _Input
 
 CORRELATE_A = 1_000
 CORRELATE_B = 2_000  # a restarted correlate

@@ -1,0 +1,297 @@
+"""Validation of each section of the merged configuration tree into :mod:`nfflowd.config.settings`.
+
+One function per block (``<source>``, ``<conntrack>``, ``<ct2ft>``, ``<export>`` with
+the 2009 tool's ``<flow_send>``, ``<ptee><conf>``, ``<daemon>``, ``<metrics>`` (in
+:mod:`nfflowd.config.metrics`)); :func:`validate` runs them in that order.  The policy
+on unknown keys and the error format are described in :mod:`nfflowd.config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import shlex
+
+from nfflowd.config.general import Key
+from nfflowd.config.links import KEYS as LINKS_KEYS
+from nfflowd.config.links import daemon_stages, links_section
+from nfflowd.config.metrics import KEYS as METRICS_KEYS
+from nfflowd.config.metrics import metrics_section
+from nfflowd.config.mirror import KEYS as PTEE_KEYS
+from nfflowd.config.mirror import mirror_section
+from nfflowd.config.settings import (
+    _V,
+    Collector,
+    ConntrackSettings,
+    Ct2ftSettings,
+    DaemonSettings,
+    ExportSettings,
+    Settings,
+    SourceSettings,
+    _int,
+    _show,
+)
+from nfflowd.formats.nat_events import NUMBERINGS as NAT_EVENT_NUMBERINGS
+
+#: The 2009 tool's message (bin/nfflowd gd_preconfig) when flow_send args is not three values.
+FLOW_SEND_ARGS_ERROR = (
+    "You must supply three arguments for flow_send: source addr, dest addr, dest port"
+)
+OBSOLETE = "is no longer needed (nfflowd sends NetFlow itself)"
+SOURCE_TYPES = ("netlink", "conntrack", "file")
+NETFLOW_VERSIONS = (5, 9, 10)
+SECTIONS = {
+    "source": ("type", "path", "netns", "rcvbuf", "reliable", "set_sysctls"),
+    "conntrack": ("progname", "init_format", "format"),
+    "ct2ft": ("ttl",),
+    "export": (
+        "exaddr",
+        "engine_type",
+        "engine_id",
+        "version",
+        "collector",
+        "observation_domain",
+        "template_refresh_packets",
+        "template_refresh_seconds",
+        "active_timeout",
+    ),
+    "flow_send": ("args", "progname", "format"),
+    "flow_import": None,  # obsolete: anything goes
+    "ptee": PTEE_KEYS,  # nfflowd.config.mirror
+    "daemon": ("rundir", "max_unacked", "stages", "user", "correlators", "exporters"),
+    "links": LINKS_KEYS,  # nfflowd.config.links
+    "metrics": METRICS_KEYS,
+}
+COLLECTOR_KEYS = ("address", "port", "version", "source", "nat_events", "nat_event_numbering")
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)i?b?\s*$", re.IGNORECASE)
+
+
+def _source(v: _V) -> SourceSettings:
+    k: Key = ("source",)
+    v.block(k, SECTIONS["source"])
+    kind = v.text((*k, "type"), "netlink")
+    if kind not in SOURCE_TYPES:
+        raise v.expected((*k, "type"), f"one of {', '.join(SOURCE_TYPES)}", kind)
+    pk = (*k, "path")
+    plist = isinstance(v.get(pk), list)
+    paths = tuple(v.text((*pk, i) if plist else pk, "") for i in range(len(v.many(pk))))
+    if kind == "file" and not paths:
+        raise v.error(
+            (*k, "type"),
+            "expected at least one `path` (a saved `conntrack -E -o "
+            "timestamp` log) with type file, got none",
+        )
+    netns = v.one((*k, "netns"))
+    if netns is not None:
+        netns = v.text((*k, "netns"), "")
+        if not (os.path.isabs(netns) or re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", netns)):
+            raise v.expected(
+                (*k, "netns"), "a namespace name (ip netns) or an absolute path", netns
+            )
+    rcvbuf = _size(v, (*k, "rcvbuf"))
+    out = SourceSettings(
+        kind,
+        paths,
+        netns,
+        rcvbuf,
+        v.boolean((*k, "reliable"), False),
+        v.boolean((*k, "set_sysctls"), False),
+    )
+    for key in ("rcvbuf", "reliable"):
+        if kind != "netlink" and v.user_set((*k, key)):
+            v.note((*k, key), f"<source> {key} is only used with type netlink")
+    if kind != "file" and paths:
+        v.note((*k, "path"), "<source> path is only used with type file")
+    return out
+
+
+def _size(v: _V, key: Key) -> int:
+    value = v.one(key)
+    if value is None:
+        return SourceSettings.rcvbuf
+    m = _SIZE.match(str(value)) if not isinstance(value, bool) else None
+    n = int(m[1]) << {"": 0, "k": 10, "m": 20, "g": 30}[m[2].lower()] if m else -1
+    if not 4096 <= n <= 2**31 - 1:
+        raise v.expected(
+            key, "a buffer size in bytes, 4096..2147483647 (suffix K/M/G allowed)", value
+        )
+    return n
+
+
+def _conntrack(v: _V) -> ConntrackSettings:
+    k: Key = ("conntrack",)
+    v.block(k, SECTIONS["conntrack"])
+    prog = v.text((*k, "progname"), "conntrack")
+    fields = []
+    for name, default in (("init_format", "-L"), ("format", ConntrackSettings.format)):
+        text = v.text((*k, name), default, empty=True)
+        try:
+            args = shlex.split(text)
+        except ValueError as exc:
+            raise v.expected((*k, name), f"program arguments ({exc})", text) from None
+        fields.append(text)
+    if not {"-E", "--event"} & set(args):
+        v.note((*k, "format"), "<conntrack> format has no -E: conntrack lists its table and exits")
+    return ConntrackSettings(prog, fields[0], fields[1])
+
+
+def _ct2ft(v: _V) -> Ct2ftSettings:
+    k: Key = ("ct2ft", "ttl")
+    v.block(k[:1], SECTIONS["ct2ft"])
+    if v.one(k) in (0, "0", ""):  # the 2009 tool: `ttl || 604800`
+        v.note(k, "ttl 0 means the default, 604800 s, as in the 2009 tool")
+        return Ct2ftSettings()
+    return Ct2ftSettings(v.integer(k, 604800, 1, 2**31 - 1, "a whole number of seconds"))
+
+
+def _export(v: _V) -> ExportSettings:
+    k: Key = ("export",)
+    v.block(k, SECTIONS["export"])
+    fs = v.block(("flow_send",), SECTIONS["flow_send"])
+    for key in ("progname", "format"):
+        if v.user_set(("flow_send", key)):
+            v.note(("flow_send", key), f"<flow_send> {key} {OBSOLETE}")
+    if v.get(("flow_import",), v.user) is not None:
+        v.block(("flow_import",), None)
+        v.note(("flow_import",), f"<flow_import> {OBSOLETE}")
+    version = _version(v, (*k, "version"), 5)
+    collectors: list[Collector] = []
+    exaddr = "0.0.0.0"
+    if "args" in fs:
+        args, ak = v.many(("flow_send", "args")), ("flow_send", "args")
+        if len(args) != 3:
+            hint = " (one `args` line each)" if len(args) == 1 and " " in str(args[0]) else ""
+            raise v.error(ak, f"{FLOW_SEND_ARGS_ERROR}; got {_show(args)}{hint}")
+        sub = [(*ak, i) for i in range(3)]
+        exaddr = v.address(sub[0], args[0])
+        port = _int(args[2])
+        if port is None or not 1 <= port <= 65535:
+            raise v.expected(sub[2], "a collector port number (1..65535)", args[2])
+        collectors.append(_collector(v, sub[1], v.address(sub[1], args[1]), port, 5, exaddr))
+    ck = (*k, "collector")
+    blocks = v.many(ck)
+    for i, block in enumerate(blocks):
+        bk = (*ck, i) if isinstance(v.get(ck), list) else ck
+        if not isinstance(block, dict):
+            raise v.expected(bk, "a <collector> block (address, port, version, source)", block)
+        v.block(bk, COLLECTOR_KEYS)
+        if "address" not in block or "port" not in block:
+            raise v.error(bk, "expected `address` and `port` in <collector>")
+        src = v.one((*bk, "source"))
+        collectors.append(
+            _collector(
+                v,
+                bk,
+                v.address((*bk, "address"), v.one((*bk, "address"))),
+                v.integer((*bk, "port"), 0, 1, 65535, "a collector port number"),
+                _version(v, (*bk, "version"), version),
+                None if src is None else v.address((*bk, "source"), src),
+            )
+        )
+        collectors[-1] = _nat_events(v, bk, collectors[-1])
+    if v.one((*k, "exaddr")) is not None:
+        exaddr = v.address((*k, "exaddr"), v.one((*k, "exaddr")))
+    if not collectors:
+        v.note(
+            None,
+            "no collector configured (no <flow_send> args, no <export><collector>): "
+            "flow records are only mirrored",
+        )
+    kind = v.text(("source", "type"), SourceSettings.type)
+    active = v.integer((*k, "active_timeout"), 0, 0, 2**31, "a number of seconds (0 = off)")
+    if active and kind != "netlink":
+        v.note(
+            (*k, "active_timeout"),
+            "<export> active_timeout needs <source> type netlink (its periodic table dumps "
+            f"find the long connections); with type {kind} only events that carry counters "
+            "(UPDATE) can trigger an interim report",
+        )
+    return ExportSettings(
+        exaddr,
+        v.integer((*k, "engine_type"), 0, 0, 255, "a NetFlow engine type"),
+        v.integer((*k, "engine_id"), 0, 0, 255, "a NetFlow engine id"),
+        tuple(collectors),
+        v.integer((*k, "observation_domain"), 0, 0, 2**32 - 1, "an observation domain id"),
+        v.integer((*k, "template_refresh_packets"), 20, 0, 2**31, "a number of datagrams"),
+        v.integer((*k, "template_refresh_seconds"), 1800, 0, 2**31, "a number of seconds"),
+        v.integer((*k, "active_timeout"), 0, 0, 2**31, "a number of seconds (0 = off)"),
+    )
+
+
+def _version(v: _V, key: Key, default: int) -> int:
+    value = v.one(key)
+    if value is None:
+        return default
+    if _int(value) not in NETFLOW_VERSIONS:
+        raise v.expected(key, "a NetFlow version: 5, 9 or 10 (IPFIX)", value)
+    return int(value)
+
+
+def _nat_events(v: _V, key: Key, c: Collector) -> Collector:
+    """``nat_events`` and ``nat_event_numbering`` of a <collector> (nfflowd.formats.nat_events)."""
+    ek, nk = (*key, "nat_events"), (*key, "nat_event_numbering")
+    numbering = v.one(nk)
+    if numbering is not None and _int(numbering) not in NAT_EVENT_NUMBERINGS:
+        raise v.expected(
+            nk, "1 (natEvent 1/2, as ipt-netflow and Juniper) or 4 (RFC 8158: 4/5)", numbering
+        )
+    on = v.boolean(ek, False)
+    if on and c.version == 5:
+        raise v.expected(ek, "0 with version 5 (NAT event records need version 9 or 10)", v.one(ek))
+    if numbering is not None and not on:
+        v.note(nk, "<collector> nat_event_numbering is only used with nat_events 1")
+    return dataclasses.replace(c, nat_events=on, nat_event_numbering=int(numbering or 1))
+
+
+def _collector(v: _V, key: Key, addr: str, port: int, version: int, src: str | None) -> Collector:
+    if src is not None and ipaddress.ip_address(src).version != ipaddress.ip_address(addr).version:
+        raise v.error(
+            key, f"source address {src} and collector address {addr} are of different IP versions"
+        )
+    return Collector(addr, port, version, src)
+
+
+def _daemon(v: _V) -> DaemonSettings:
+    v.block(("daemon",), SECTIONS["daemon"])
+    rundir = v.text(("daemon", "rundir"), "/run/nfflowd")
+    if not os.path.isabs(rundir):
+        raise v.expected(("daemon", "rundir"), "an absolute directory path", rundir)
+    return DaemonSettings(
+        os.path.normpath(rundir),
+        v.integer(("daemon", "max_unacked"), 64, 1, 1_000_000, "a number of batches"),
+        daemon_stages(v),
+        _daemon_user(v),
+        *_daemon_shards(v),
+    )
+
+
+def _daemon_shards(v: _V) -> tuple[int, int]:
+    """``correlators N`` and ``exporters M`` (M <= N: an exporter is fed by correlators)."""
+    n = v.integer(("daemon", "correlators"), 1, 1, 64, "a number of correlate processes")
+    m = v.integer(("daemon", "exporters"), 1, 1, 64, "a number of export processes")
+    if m > n:
+        raise v.expected(("daemon", "exporters"), f"at most `correlators` ({n})", str(m))
+    return n, m
+
+
+_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,30}[$]?$")  # shadow's default NAME_REGEX
+
+
+def _daemon_user(v: _V) -> str | None:
+    """A name, not a uid (useradd and supervisord's ``user=`` take names); whether it
+    exists is for ``check``/``start`` on the host that runs the stages."""
+    name = v.text(("daemon", "user"), "") if v.one(("daemon", "user")) is not None else None
+    if name is not None and not _USER.match(name):
+        raise v.expected(("daemon", "user"), "a user name (a-z, 0-9, _ and -)", name)
+    return name
+
+
+def validate(v: _V, path: str | None) -> Settings:
+    """Every section of *v*'s tree, in order, into :class:`Settings` (*path*: the file read)."""
+    source, conntrack, ct2ft = _source(v), _conntrack(v), _ct2ft(v)
+    export, mirror, daemon = _export(v), mirror_section(v), _daemon(v)
+    metrics, links = metrics_section(v), links_section(v, daemon.stages)
+    notes = tuple(v.notes)
+    return Settings(source, conntrack, ct2ft, export, mirror, daemon, path, notes, metrics, links)

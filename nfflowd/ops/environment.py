@@ -1,0 +1,218 @@
+"""What the host offers nfflowd: the conntrack program, kernel switches, syslog.
+
+Each probe returns findings (level, text) for ``nfflowd check`` and ``start``;
+none of them changes anything.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import stat
+
+from nfflowd.config import ConntrackSettings, Settings
+from nfflowd.ops import privileges
+from nfflowd.pipeline import curve, endpoints
+
+SYSCTL_DIR = "/proc/sys/net/netfilter"
+KERNEL_SWITCHES = {
+    "nf_conntrack_acct": "packet/byte counters (without it every record carries 0/0)",
+    "nf_conntrack_timestamp": "exact kernel start/stop times of connections",
+    "nf_conntrack_events": "conntrack events (2 = only while a listener exists, kernel >= 5.19)",
+}
+
+Finding = tuple[str, str]  # (level: "ok" | "note" | "warning" | "error", text)
+
+
+def read_sysctls(netns: str | None = None) -> dict[str, str | None]:
+    """The kernel switches as seen in *netns* (None: ours); a missing one is None."""
+    if netns is not None:
+        from nfflowd.conntrack.kernel import kernel_settings
+
+        try:
+            found = kernel_settings(netns)
+        except OSError:
+            return dict.fromkeys(KERNEL_SWITCHES)
+        return {k.rsplit(".", 1)[-1]: v for k, v in found.items()}
+    out: dict[str, str | None] = {}
+    for name in KERNEL_SWITCHES:
+        try:
+            with open(os.path.join(SYSCTL_DIR, name)) as fh:
+                out[name] = fh.read().strip()
+        except OSError:
+            out[name] = None
+    return out
+
+
+def kernel_findings(settings: Settings | None = None) -> list[Finding]:
+    """The kernel switches where the source reads (its ``<source> netns``, else here)."""
+    netns = settings.source.netns if settings is not None else None
+    where = f" (netns {netns})" if netns else ""
+    values = read_sysctls(netns)
+    if all(v is None for v in values.values()):
+        return [("warning", f"net.netfilter switches not found{where}: is nf_conntrack loaded?")]
+    out: list[Finding] = []
+    for name, meaning in KERNEL_SWITCHES.items():
+        value = values.get(name)
+        if value is None:
+            out.append(("warning", f"net.netfilter.{name}{where}: not present ({meaning})"))
+            continue
+        good = value in ("1", "2") if name == "nf_conntrack_events" else value == "1"
+        if not good and settings is not None and settings.source.set_sysctls:
+            level = "note"
+            meaning += "; <source> set_sysctls 1 turns it on at start"
+        else:
+            level = "ok" if good else "warning"
+        out.append((level, f"net.netfilter.{name}{where} = {value}: {meaning}"))
+    return out
+
+
+def source_findings(settings: Settings) -> list[Finding]:
+    out: list[Finding] = []
+    src = settings.source
+    if src.type == "conntrack":
+        ct = settings.conntrack
+        prog = shutil.which(ct.progname)
+        if prog is None:
+            text = (
+                f"conntrack program {ct.progname!r} not found in PATH "
+                "(install conntrack-tools, or use <source> type netlink)"
+            )
+            out.append(("error", text))
+        else:
+            out.append(("ok", f"conntrack program: {prog}"))
+        args = shlex.split(ct.format)
+        if "-n" in args or "--src-nat" in args:
+            out.append((
+                "warning",
+                "<conntrack> format contains -n: in conntrack-tools -n means --src-nat, a FILTER "
+                "that keeps only source-NATed connections (the 2009 tool's default, and why it "
+                "'assumed source NAT'); remove it to see every connection",
+            ))  # fmt: skip
+    elif src.type == "netlink":
+        where = f" of netns {src.netns}" if src.netns else ""
+        out.append(("ok", f"source: the kernel's conntrack table and events{where} over "
+                          "ctnetlink (<source> type netlink, the default; type conntrack "
+                          "runs the conntrack program as in 2009)"))  # fmt: skip
+        if shlex.split(settings.conntrack.format) != shlex.split(ConntrackSettings().format):
+            args = shlex.split(settings.conntrack.format)
+            why = (
+                ": its -n (--src-nat) filter, which kept only source-NATed connections, "
+                "no longer applies"
+                if "-n" in args or "--src-nat" in args
+                else ""
+            )
+            out.append(("note", f"<conntrack> format is not used with <source> type netlink{why}"))
+    elif src.type == "file":
+        for p in src.path:
+            out.append(("ok" if os.path.isfile(p) else "error", f"event log {p}"))
+    return out
+
+
+def mirror_findings(settings: Settings) -> list[Finding]:
+    out: list[Finding] = []
+    for d in settings.mirror.dispatchers:
+        if d.kind != "syslog" or "://" in d.address:
+            continue
+        try:
+            mode = os.stat(d.address).st_mode
+        except OSError:
+            text = (
+                f"dispatcher {d.name}: syslog socket {d.address} missing "
+                "(is a syslog daemon running?); lines are buffered meanwhile"
+            )
+            out.append(("warning", text))
+            continue
+        if not stat.S_ISSOCK(mode):
+            out.append(("warning", f"dispatcher {d.name}: {d.address} is not a socket"))
+    return out
+
+
+def export_findings(settings: Settings) -> list[Finding]:
+    out: list[Finding] = []
+    for c in settings.export.collectors:
+        out.append(("ok", f"collector {c.address} port {c.port} NetFlow v{c.version}"
+                          + (f" from {c.source}" if c.source else "")))  # fmt: skip
+        if c.version == 5:
+            out.append(("note", "NetFlow v5 cannot carry IPv6: IPv6 flows are counted "
+                                "(skipped_ipv6) and only mirrored"))  # fmt: skip
+    return out
+
+
+def link_findings(settings: Settings) -> list[Finding]:
+    """Each tcp:// link a stage of this host uses: its CURVE keys (an error here makes
+    ``start`` refuse) and how many peers its receiver refused so far."""
+    out: list[Finding] = []
+    links = settings.links
+    for link in links.addresses:
+        for stage in settings.daemon.stages:
+            side = endpoints.side_of(link.name, stage)
+            if side is None:
+                continue
+            role = "sends to" if side == "sender" else "receives (binds)"
+            where = f"link {link.name}: {stage} {role} {link.address}"
+            issues = curve.problems(links.curve_dir, side) if links.curve_dir else ["no curve_dir"]
+            out += [("error", f"{where}: {p}") for p in issues]
+            if not issues:
+                out.append(("ok", f"{where}, CURVE keys in {links.curve_dir}"))
+            refused = curve.refused_count(settings.daemon.rundir, link.name)
+            if side == "receiver" and refused:
+                out.append((
+                    "warning",
+                    f"link {link.name}: {refused} connection attempts refused (peers without "
+                    f"an admitted CURVE key; see {stage}.log)",
+                ))  # fmt: skip
+    return out
+
+
+def privilege_findings(settings: Settings, *, probe: bool = True) -> list[Finding]:
+    """``<daemon> user``: set, existing, usable from here (an error makes ``start`` refuse).
+
+    Unset while running as root: a recommendation.  Set: the user must exist, we
+    must be able to switch to it (root), and it must be able to run this
+    interpreter and reach the run directory (*probe*: really tried as that user).
+    """
+    user = settings.daemon.user
+    if user is None:
+        if os.geteuid() != 0:
+            return []
+        return [("note", "correlate, export and mirror run as root: set `<daemon> user "
+                         "nfflowd` so only ingest keeps root (nfflowd install creates the "
+                         "user); see README, Least privilege")]  # fmt: skip
+    try:
+        acct = privileges.account_for(user)
+    except privileges.PrivilegeError as exc:
+        return [("error", str(exc))]
+    if acct is None:
+        return [("note", f"<daemon> user {user}: we already run as {user}, nothing to switch")]
+    out: list[Finding] = [("ok", f"<daemon> user {user} (uid {acct.uid}): correlate, export, "
+                                 "mirror and metrics run as it, ingest as root")]  # fmt: skip
+    sharers = privileges.group_sharers(acct)
+    if sharers:
+        out.append(("warning", f"<daemon> user {user}: its group (gid {acct.gid}) also holds "
+                               f"{', '.join(sharers)}, who could enter the run directory; "
+                               "give it a group of its own"))  # fmt: skip
+    m = settings.metrics
+    lowest = _unprivileged_port_start()
+    if m.address is not None and m.port < lowest:
+        out.append(("error", f"<metrics> listen {m.listen}: the metrics program runs as {user} "
+                             f"and cannot bind a port below {lowest}"))  # fmt: skip
+    links = settings.links
+    readable = [links.curve_dir] if links.addresses and links.curve_dir else []
+    problem = privileges.probe(acct, settings.daemon.rundir, readable) if probe else None
+    if problem:
+        out.append((
+            "error",
+            f"<daemon> user {user} cannot run the stages: {problem} (install nfflowd "
+            "where that user can read it, e.g. a venv under /opt)",
+        ))  # fmt: skip
+    return out
+
+
+def _unprivileged_port_start() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as fh:
+            return int(fh.read().strip())
+    except (OSError, ValueError):
+        return 1024

@@ -1,0 +1,153 @@
+"""``nfflowd status``: supervisord's view of each stage merged with its stats file.
+
+Pure: :func:`rows` merges what the caller read (``control.processes``,
+``stage.read_stats``); :func:`table` and :func:`document` format it for people
+and for machines.  The table shows a few key columns per stage, then all the
+counters of each stage below it, so nothing a stage counts is hidden.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from nfflowd.ops.control import STAGES
+from nfflowd.pipeline import shards
+
+#: LSB init-script status code: "program is not running".
+NOT_RUNNING = 3
+#: LSB: "program or service status is unknown" (e.g. the configuration cannot be read).
+UNKNOWN = 4
+WIDTH = 100
+
+
+def rows(
+    processes: Sequence[Mapping[str, Any]] | None,
+    stats: Mapping[str, Mapping[str, Any]],
+    now: float,
+) -> list[dict[str, Any]]:
+    """One row per stage: supervisord's state (None when it does not run) and the report.
+
+    *processes*: ``control.processes()`` (None: supervisord is not running);
+    *stats*: ``stage.read_stats()``.  The stages either knows of, in pipeline order.
+    """
+    procs = {p["name"]: p for p in processes or ()}
+    present = set(procs) | set(stats)  # a host may run a part (<daemon> stages)
+    order = {s: i for i, s in enumerate(STAGES)}  # shards (correlate-1) sit with their stage
+    names = sorted(present, key=lambda n: (order.get(shards.stage_of(n), len(order)), n))
+    out: list[dict[str, Any]] = []
+    for name in names:
+        p, rec = procs.get(name), stats.get(name)
+        running = p is not None and p.get("statename") == "RUNNING"
+        starts = max(int((p or {}).get("starts", 0)), int((rec or {}).get("starts", 0)))
+        report = None
+        if rec is not None:
+            report = {k: rec.get(k) for k in ("pid", "incarnation", "token", "time")}
+            report["age"] = round(max(0.0, now - float(rec.get("time", now))), 1)
+        out.append({
+            "stage": name,
+            "statename": None if p is None else p.get("statename"),
+            "pid": (p or {}).get("pid") or None,
+            "uptime": int(now - float(p["start"])) if running and p else 0,
+            "starts": starts,
+            "restarts": max(0, starts - 1),
+            "report": report,
+            "counters": dict(rec["counters"]) if rec is not None else {},
+        })  # fmt: skip
+    return out
+
+
+def document(
+    rundir: str, running: bool, rows_: Sequence[Mapping[str, Any]], metrics: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The ``--json`` document."""
+    return {"rundir": rundir, "running": running, "stages": list(rows_), "metrics": metrics}
+
+
+def _sum(counters: Mapping[str, int], *, suffix: str = "", prefix: str = "") -> int:
+    return sum(v for k, v in counters.items() if k.endswith(suffix) and k.startswith(prefix))
+
+
+def _indexed(counters: Mapping[str, int], letter: str, name: str) -> int:
+    """Sum of ``<letter><i>_<name>`` over every collector / dispatcher i."""
+    return sum(
+        v for k, v in counters.items()
+        if k.startswith(letter) and k.partition("_")[0][1:].isdigit()
+        and k.partition("_")[2] == name
+    )  # fmt: skip
+
+
+def summary(stage: str, c: Mapping[str, int]) -> str:
+    """The few figures that say what a stage is doing."""
+    if not c:
+        return ""
+    stage = shards.stage_of(stage)
+    if stage == "ingest":
+        parts = [f"events {c.get('events', 0)}"]
+        parts += [f"{k} {c[k]}" for k in ("enobufs", "resyncs") if c.get(k)]
+    elif stage == "correlate":
+        events = sum(c.get(k, 0) for k in ("new", "update", "destroy"))
+        parts = [f"events {events}", f"records {c.get('records', 0)}", f"open {c.get('open', 0)}"]
+    elif stage == "export":
+        parts = [f"records {c.get('records', 0)}",
+                 f"datagrams {_indexed(c, 'c', 'datagrams_sent')}",
+                 f"send errors {_indexed(c, 'c', 'send_errors')}"]  # fmt: skip
+    elif stage == "mirror":
+        parts = [f"records {c.get('lines', 0)}", f"pending {_indexed(c, 'd', 'pending')}",
+                 f"send errors {_indexed(c, 'd', 'send_errors')}"]  # fmt: skip
+    else:
+        return ""
+    return ", ".join(parts)
+
+
+def uptime_text(seconds: int) -> str:
+    if seconds <= 0:
+        return "-"
+    d, rest = divmod(seconds, 86400)
+    h, rest = divmod(rest, 3600)
+    m, s = divmod(rest, 60)
+    if d:
+        return f"{d}d{h:02d}h"
+    if h:
+        return f"{h}h{m:02d}m"
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def table(rundir: str, running: bool, rows_: Sequence[Mapping[str, Any]],
+          metrics: Mapping[str, Any]) -> str:  # fmt: skip
+    """The human-readable status: a line per stage, then all the counters of each stage."""
+    lines = [f"nfflowd is {'running' if running else 'not running'} (run directory {rundir})"]
+    if not running and not any(r["report"] for r in rows_):
+        return lines[0] + "\n"
+    if not running:
+        lines.append("last reports of its stages:")
+    head = ("STAGE", "STATE", "PID", "UPTIME", "RESTARTS", "UNACKED", "DROPPED", "REPORT")
+    cells = [head]
+    for r in rows_:
+        c, rep = r["counters"], r["report"]
+        cells.append((
+            r["stage"],
+            r["statename"] or ("-" if running else "down"),
+            str(r["pid"] or "-"),
+            uptime_text(r["uptime"]),
+            str(r["restarts"]),
+            str(_sum(c, suffix="_unacked")) if rep else "-",
+            str(_sum(c, prefix="malformed_")) if rep else "-",
+            f"{rep['age']:.0f}s ago" + (f" ({rep['token']})" if rep["token"] != "stats" else "")
+            if rep else "none",
+        ))  # fmt: skip
+    widths = [max(len(row[i]) for row in cells) for i in range(len(head))]
+    for i, row in enumerate(cells):
+        text = "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+        extra = "SUMMARY" if i == 0 else summary(rows_[i - 1]["stage"], rows_[i - 1]["counters"])
+        lines.append(f"{text}  {extra}".rstrip())
+    if metrics.get("listen"):
+        state = metrics.get("statename") or "-"
+        lines.append(f"metrics endpoint http://{metrics['listen']}/metrics ({state})")
+    for r in rows_:
+        rest = " ".join(f"{k}={v}" for k, v in sorted(r["counters"].items()) if k != "starts")
+        if rest:
+            lines.append(f"{r['stage']}:")
+            lines += textwrap.wrap(rest, WIDTH, initial_indent="  ", subsequent_indent="  ")
+    return "\n".join(lines) + "\n"

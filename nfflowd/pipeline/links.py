@@ -1,0 +1,216 @@
+"""The socket side of :mod:`nfflowd.pipeline.delivery`: a stage's outgoing and incoming links.
+
+:class:`Outlet` (sender) keeps every batch until the receiver acknowledges it and
+resends what is unacknowledged when a new receiver incarnation says hello.
+:class:`Inlet` (receiver) de-duplicates batches and sends ``Ack`` messages — after
+batches and once a second, which makes them a heartbeat too.  Acks are sent
+without blocking and may be dropped: they are cumulative, the next one covers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from nfflowd.messages import Ack, EventBatch, FlowBatch, Message
+from nfflowd.pipeline import codec, curve, shards
+from nfflowd.pipeline.delivery import Inbox, Outbox
+from nfflowd.pipeline.persist import Slots
+from nfflowd.pipeline.stage import Stage
+
+log = logging.getLogger("nfflowd")
+
+HEARTBEAT_S = 1.0
+
+Batch = EventBatch | FlowBatch
+
+
+class _Empty(Exception):
+    """Nothing (usable) waiting on the socket."""
+
+
+def _next_message(stage: Stage, sock: zmq.Socket[bytes], where: str) -> Message | None:
+    """Read one message without blocking; a bad one is counted and gives None.
+
+    Raises :class:`_Empty` when nothing is waiting.
+    """
+    try:
+        data = sock.recv(zmq.NOBLOCK)
+    except zmq.Again:
+        raise _Empty from None
+    try:
+        return codec.decode(data)
+    except codec.DecodeError as exc:
+        stage.count_malformed(exc.reason, str(exc), where)
+        return None
+
+
+class Outlet:
+    """Sender side of a link."""
+
+    def __init__(self, stage: Stage, name: str, limit: int) -> None:
+        self.stage = stage
+        self.name = name
+        self.sock = stage.socket(name, "sender")
+        self.outbox = Outbox(limit=limit)
+        self.acks_seen = 0
+        self.reconnects = 0
+        # A connection that breaks (a tcp reset; a receiver restart) may lose batches
+        # in flight.  After a reconnection the receiver's next Ack is treated as a
+        # hello, so everything unacknowledged goes again (receivers de-duplicate).
+        # a tcp link is monitored by nfflowd.pipeline.curve already (one monitor per socket)
+        self._curve = curve.reconnects_of(self.sock)
+        self._monitor = (
+            None
+            if self._curve is not None
+            else self.sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        )
+        self._disconnected = False
+
+    def full(self) -> bool:
+        return self.outbox.full()
+
+    def idle(self) -> bool:
+        """Everything sent was acknowledged."""
+        return not self.outbox.unacked
+
+    def send(self, build: Callable[[int, int], Message]) -> int:
+        """Build the batch for (next seq, acked so far), keep it, send it; return its seq."""
+        seq = self.outbox.reserve()
+        data = codec.encode(build(seq, self.outbox.acked_upto))
+        self.outbox.add(data)
+        self.stage.send(self.sock, data)
+        return seq
+
+    def send_encoded(self, seq: int, data: bytes) -> None:
+        """Keep and send an already encoded batch carrying *seq* (the same batch on several
+        outlets: their seqs advance in lockstep)."""
+        if seq != self.outbox.reserve():
+            raise RuntimeError(
+                f"{self.name}: batch seq {seq} out of step ({self.outbox.reserve()})"
+            )
+        self.outbox.add(data)
+        self.stage.send(self.sock, data)
+
+    def _watch_connection(self) -> None:
+        if self._curve is not None:
+            if self._curve.pending:
+                self._curve.pending = False
+                self.reconnects += 1
+                self.outbox.peer = 0
+            return
+        assert self._monitor is not None
+        while True:
+            try:
+                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                self._disconnected = True
+            elif event["event"] == zmq.EVENT_CONNECTED and self._disconnected:
+                self._disconnected = False
+                self.reconnects += 1
+                self.outbox.peer = 0  # the next Ack resends what is unacknowledged
+
+    def poll_acks(self) -> int | None:
+        """Handle every Ack waiting on the socket; return the newest cumulative ack (or None)."""
+        self._watch_connection()
+        newest = None
+        while True:
+            try:
+                msg = _next_message(self.stage, self.sock, f"{self.name} acks")
+            except _Empty:
+                return newest
+            if msg is None:
+                continue
+            if not isinstance(msg, Ack):
+                self.stage.count_malformed("unexpected_kind", type(msg).__name__, self.name)
+                continue
+            self.acks_seen += 1
+            if msg.sender_incarnation == self.stage.incarnation:
+                self.outbox.ack(msg.upto)
+                newest = msg.upto if newest is None else max(newest, msg.upto)
+            for data in self.outbox.hello(msg.incarnation):
+                self.stage.send(self.sock, data)
+
+    def counters(self) -> dict[str, int]:
+        return {
+            f"{shards.base_link(self.name)}_unacked": len(self.outbox.unacked),
+            f"{shards.base_link(self.name)}_resent": self.outbox.resent,
+            f"{shards.base_link(self.name)}_reconnects": self.reconnects,
+        }
+
+
+class Inlet:
+    """Receiver side of a link.
+
+    With *position* (a terminal stage), what it acknowledges is also stored in
+    a :class:`~nfflowd.pipeline.persist.Slots` file: a restarted stage starts from there,
+    so its first hello acknowledges what its previous incarnation delivered and
+    the sender resends only the rest (instead of everything it still held).
+    """
+
+    def __init__(self, stage: Stage, name: str, *, position: Slots | None = None) -> None:
+        self.stage = stage
+        self.name = name
+        self.sock = stage.socket(name, "receiver")
+        self.inbox = Inbox()
+        self.upto = 0  # what we acknowledge to the current sender incarnation
+        self._next_heartbeat = 0.0
+        self.position = position
+        if position is not None and position[0]:
+            self.inbox.incarnation, self.upto = position[0], position[1]
+            self.inbox.contiguous = self.upto
+            log.info("%s: resuming after batch %d of sender %d", name, self.upto, position[0])
+
+    def receive(self) -> Batch | None:
+        """The next new batch, or None (nothing waiting, a duplicate, or a bad message)."""
+        try:
+            msg = _next_message(self.stage, self.sock, f"{self.name} link")
+        except _Empty:
+            return None
+        if msg is None:
+            return None
+        if not isinstance(msg, (EventBatch, FlowBatch)):
+            self.stage.count_malformed("unexpected_kind", type(msg).__name__, f"{self.name} link")
+            return None
+        before = self.inbox.incarnation
+        if not self.inbox.accept(msg.incarnation, msg.seq, msg.acked):
+            self.ack(self.upto)  # the sender may have missed our ack: say it again
+            return None
+        if self.inbox.incarnation != before:
+            self.upto = 0  # a new sender incarnation: its seqs start again
+        return msg
+
+    def ack(self, upto: int) -> None:
+        """Acknowledge every batch up to *upto* of the current sender (non-blocking)."""
+        self.upto = max(self.upto, upto)
+        pos = self.position
+        if pos is not None:
+            if pos[0] != self.inbox.incarnation:
+                # never (new incarnation, old upto), even for an instant: a kill right
+                # then would acknowledge batches of the new sender never delivered
+                pos[1] = 0
+                pos[0] = self.inbox.incarnation
+            pos[1] = self.upto
+        msg = Ack(self.stage.name, self.stage.incarnation, self.inbox.incarnation, self.upto)
+        # no sender connected, or its queue is full: the next ack covers this one
+        with contextlib.suppress(zmq.Again):
+            self.sock.send(codec.encode(msg), zmq.NOBLOCK)
+        self._next_heartbeat = time.monotonic() + HEARTBEAT_S
+
+    def heartbeat(self) -> None:
+        """Say hello / repeat the last ack once a second."""
+        if time.monotonic() >= self._next_heartbeat:
+            self.ack(self.upto)
+
+    def counters(self) -> dict[str, int]:
+        return {
+            f"{shards.base_link(self.name)}_duplicates": self.inbox.duplicates,
+            f"{shards.base_link(self.name)}_sender_restarts": self.inbox.restarts,
+        }
