@@ -143,6 +143,7 @@ if __name__ == "__main__" and sys.argv[1:2] and sys.argv[1].startswith("_"):
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nfflowd import lab as labmod  # noqa: E402
+from nfflowd import topology  # noqa: E402
 from nfflowd.config import Collector, Dispatcher, load  # noqa: E402
 from nfflowd.conntrack.kernel import NETLINK_NETFILTER, open_in_netns, run_in_netns  # noqa: E402
 from nfflowd.lab.nfcapd import Nfcapd  # noqa: E402
@@ -150,7 +151,7 @@ from nfflowd.ops import control  # noqa: E402
 
 NFCAPD_ARGS = ["-B", "8388608"]
 ULOGD_CONF = Path(__file__).resolve().parent / "ulogd.conf"
-STAGES = control.STAGES
+STAGES = topology.STAGES
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 CLIENT_RULES = f"""table inet nfk_bench {{

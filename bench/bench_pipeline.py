@@ -21,11 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from nfflowd import topology
 from nfflowd.config import Collector, Dispatcher, Settings, load
 from nfflowd.lab.events import generate
 from nfflowd.lab.nfcapd import Nfcapd
 from nfflowd.ops import replay
-from nfflowd.pipeline import shards
 
 
 def replay_settings(collector_port: int, correlators: int = 1, exporters: int = 1) -> Settings:
@@ -85,7 +85,7 @@ def main() -> None:
     )
     total_cpu = 0
     order = {s: i for i, s in enumerate(("ingest", "correlate", "export", "mirror"))}
-    for name in sorted(counters, key=lambda n: (order.get(shards.stage_of(n), 9), n)):
+    for name in sorted(counters, key=lambda n: (order.get(topology.stage_of(n), 9), n)):
         c = counters[name]
         total_cpu += c.get("cpu_ms", 0)
         print(f"{name:<12} peak RSS {c.get('peak_rss_kb', 0) / 1024:6.1f} MiB   "

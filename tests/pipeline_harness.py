@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nfflowd import topology
 from nfflowd.conntrack.text import parse_line
 from nfflowd.correlate.correlator import Correlator
 from nfflowd.formats import flowtools_csv
@@ -258,7 +259,7 @@ class Chaos:
         seed: int,
         *,
         interval: float = 1.0,
-        stages: tuple[str, ...] = control.STAGES,
+        stages: tuple[str, ...] = topology.STAGES,
     ) -> None:
         self.rundir = rundir
         self.seed = seed

@@ -16,10 +16,11 @@ import time
 
 import zmq
 
+from nfflowd import topology
 from nfflowd.correlate.correlator import Correlator
 from nfflowd.correlate.report_state import ReportJournal
 from nfflowd.messages import EventBatch, FlowBatch
-from nfflowd.pipeline import codec, shards
+from nfflowd.pipeline import codec
 from nfflowd.pipeline.delivery import Ledger, Recent
 from nfflowd.pipeline.links import Inlet, Outlet
 from nfflowd.pipeline.stage import Stage
@@ -46,10 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         for ct_id, state in restored.items():
             corr.open[ct_id] = state
         corr.journal = journal
-    inlet = Inlet(stage, shards.link("events", shard))
+    inlet = Inlet(stage, topology.link("events", shard))
     limit = settings.daemon.max_unacked
-    outs = {"export": Outlet(stage, shards.link("flows.export", shard), limit),
-            "mirror": Outlet(stage, shards.link("flows.mirror", shard), limit)}  # fmt: skip
+    outs = {"export": Outlet(stage, topology.link("flows.export", shard), limit),
+            "mirror": Outlet(stage, topology.link("flows.mirror", shard), limit)}  # fmt: skip
     ledger = Ledger(outputs=tuple(outs))
     # origins of the event batches fed to the table lately: a restarted ingest
     # re-reads at most max_unacked batches of a saved log

@@ -9,13 +9,14 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
+from nfflowd import topology
 from nfflowd.config import Collector, ExportSettings
 from nfflowd.formats.ipfix import IpfixEncoder
 from nfflowd.formats.netflow_v5 import V5Encoder
 from nfflowd.formats.netflow_v9 import V9Encoder
 from nfflowd.messages import FlowRecord
 from nfflowd.outputs.collector import UdpCollector
-from nfflowd.pipeline import persist, shards
+from nfflowd.pipeline import persist
 from nfflowd.pipeline.sink import consume
 from nfflowd.pipeline.stage import Stage
 
@@ -141,12 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     stage = Stage("export", argv)
     shard = stage.shard or 0
     daemon = stage.settings.daemon
-    feeds = shards.correlators_of(shard, daemon.correlators, daemon.exporters)
+    feeds = topology.correlators_of(shard, daemon.correlators, daemon.exporters)
     seq_file = SEQUENCE_FILE if stage.shard is None else f"{stage.name}.sequence"
     sequences = persist.Slots(os.path.join(stage.rundir, seq_file), 2 * MAX_STREAMS)
     try:
         exp = shard_settings(stage.settings.export, shard)
-        links = [shards.link("flows.export", i) for i in feeds]
+        links = [topology.link("flows.export", i) for i in feeds]
         consume(stage, links, Exporter(exp, sequences))
     finally:
         sequences.close()

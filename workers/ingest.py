@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import zmq
 
+from nfflowd import topology
 from nfflowd.config import Settings
 from nfflowd.conntrack.sources import FileSource, NetlinkSource, ProgramSource, Source
 from nfflowd.messages import ConntrackEvent, EventBatch
@@ -126,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                     "open)", blind_ms / 1000)  # fmt: skip
     source = make_source(settings, checkpoint)
     n = settings.daemon.correlators
-    outs = [Outlet(stage, shards.link("events", i), settings.daemon.max_unacked) for i in range(n)]
+    limit = settings.daemon.max_unacked
+    outs = [Outlet(stage, topology.link("events", i), limit) for i in range(n)]
     poller = zmq.Poller()
     for out in outs:
         poller.register(out.sock, zmq.POLLIN)

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+from nfflowd import topology
 from nfflowd.config import Settings
 from nfflowd.formats import flowtools_csv, json_lines
 from nfflowd.formats.uptime import host_boot_ms
@@ -25,7 +26,6 @@ from nfflowd.outputs.syslog import (
     ScreenDispatcher,
     SyslogDispatcher,
 )
-from nfflowd.pipeline import shards
 from nfflowd.pipeline.sink import consume
 from nfflowd.pipeline.stage import Stage
 
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         mirror = Mirror(stage.settings)
         n = stage.settings.daemon.correlators
-        consume(stage, [shards.link("flows.mirror", i) for i in range(n)], mirror)
+        consume(stage, [topology.link("flows.mirror", i) for i in range(n)], mirror)
         for d in mirror.dispatchers:
             d.close()
     finally:

@@ -3,7 +3,7 @@
 ::
 
     <links>
-        <events>                        # an endpoint name of nfflowd.pipeline.endpoints.TABLE
+        <events>                        # a link name of nfflowd.topology.DATA_LINKS
             address tcp://203.0.113.1:5701
         </events>
         curve_dir /etc/nfflowd/curve    # nfflowd keygen DIR
@@ -30,11 +30,11 @@ import os
 import re
 from typing import Any
 
+from nfflowd import topology
 from nfflowd.config.general import Key
 from nfflowd.config.settings import _V, LinkAddress, LinkSettings
-from nfflowd.pipeline import endpoints
 
-KEYS = ("curve_dir", *endpoints.LINKS)
+KEYS = ("curve_dir", *topology.LINKS)
 LINK_KEYS = ("address",)
 _TCP = re.compile(r"^tcp://(?:\[([^\]]*)\]|([^:\s\[\]/]+)):(\d{1,5})$")
 _WHAT = "tcp://HOST:PORT, HOST an IP address (IPv6 in brackets), PORT 1..65535"
@@ -44,18 +44,18 @@ def daemon_stages(v: _V) -> tuple[str, ...]:
     """``<daemon> stages``: repeated lines and/or names separated by blanks or commas."""
     k: Key = ("daemon", "stages")
     if v.get(k) is None:
-        return endpoints.STAGES
+        return topology.STAGES
     words: list[str] = []
     for item in v.many(k):
         if not isinstance(item, str | int) or isinstance(item, bool):
             raise v.expected(k, "stage names", item)
         words += str(item).replace(",", " ").split()
-    unknown = [w for w in words if w not in endpoints.STAGES]
+    unknown = [w for w in words if w not in topology.STAGES]
     if unknown or not words:
-        raise v.expected(k, f"stage names among {', '.join(endpoints.STAGES)}", v.get(k))
+        raise v.expected(k, f"stage names among {', '.join(topology.STAGES)}", v.get(k))
     if len(set(words)) != len(words):
         v.note(k, "<daemon> stages names a stage twice; once is enough")
-    return tuple(s for s in endpoints.STAGES if s in words)
+    return tuple(s for s in topology.STAGES if s in words)
 
 
 def links_section(v: _V, stages: tuple[str, ...]) -> LinkSettings:
@@ -64,7 +64,7 @@ def links_section(v: _V, stages: tuple[str, ...]) -> LinkSettings:
     block = v.block(k, KEYS)
     curve_dir = _curve_dir(v, (*k, "curve_dir"))
     found: list[LinkAddress] = []
-    for name in endpoints.LINKS:
+    for name in topology.LINKS:
         if name not in block:
             continue
         lk: Key = (*k, name)
@@ -117,8 +117,8 @@ def _tcp_address(v: _V, key: Key, value: Any) -> str:
 
 def _check_split(v: _V, links: LinkSettings, stages: tuple[str, ...]) -> None:
     """A link with one end here and the other elsewhere must be tcp://."""
-    for name in endpoints.LINKS:
-        ep = endpoints.BY_NAME[name]
+    for name in topology.LINKS:
+        ep = topology.BY_NAME[name]
         here = [s for s in (ep.sender, ep.receiver) if s in stages]
         if len(here) == 1 and links.address(name) is None:
             away = ep.receiver if here[0] == ep.sender else ep.sender
@@ -131,5 +131,5 @@ def _check_split(v: _V, links: LinkSettings, stages: tuple[str, ...]) -> None:
 
 def stage_links(links: LinkSettings, stage: str) -> dict[str, Any]:
     """What of *links* *stage* uses (a stage whose part changed must restart on reload)."""
-    mine = {a.name: a.address for a in links.addresses if endpoints.side_of(a.name, stage)}
+    mine = {a.name: a.address for a in links.addresses if topology.side_of(a.name, stage)}
     return {"addresses": mine, "curve_dir": links.curve_dir if mine else None}

@@ -107,7 +107,7 @@ class MirrorSettings:
 class DaemonSettings:
     rundir: str = "/run/nfflowd"
     max_unacked: int = 64  # batches a link keeps until acknowledged (the memory bound)
-    # the stages supervisord runs on this host (nfflowd.pipeline.endpoints.STAGES, pipeline order)
+    # the stages supervisord runs on this host (nfflowd.pipeline.topology.STAGES, pipeline order)
     stages: tuple[str, ...] = ("ingest", "correlate", "export", "mirror")
     # every program but ingest runs as this user (nfflowd.ops.privileges); None: as the invoker
     user: str | None = None
@@ -117,7 +117,7 @@ class DaemonSettings:
 
 @dataclass(frozen=True)
 class LinkAddress:
-    name: str  # an endpoint name of nfflowd.pipeline.endpoints.TABLE
+    name: str  # a link name of nfflowd.topology.DATA_LINKS
     address: str  # tcp://HOST:PORT
 
 

@@ -405,4 +405,3 @@ def main(argv: list[str]) -> int:
           f"{counts['errors']} errors, {counts['gaps']} sequence gaps, "
           f"{counts['skipped']} captured packets skipped (not UDP)", file=sys.stderr)  # fmt: skip
     return 1 if counts["errors"] else 0
-

@@ -336,4 +336,3 @@ def main(argv: list[str]) -> int:
     except LabError as exc:
         print(f"nfflowd lab: {exc}", file=sys.stderr)
         return 1
-

@@ -18,6 +18,7 @@ from typing import Any
 
 from supervisor.xmlrpc import SupervisorTransport
 
+from nfflowd import topology
 from nfflowd.config import Settings, dump_resolved, load_resolved, stage_sections
 from nfflowd.ops import privileges
 from nfflowd.pipeline import endpoints, shards
@@ -25,7 +26,6 @@ from nfflowd.pipeline.stage import SETTINGS_FILE, STATS_DIR
 
 GROUP = "nfflowd"
 #: Pipeline order: stopping in this order lets every stage drain into the next.
-STAGES = ("ingest", "correlate", "export", "mirror")
 CONF_NAME = "supervisord.conf"
 #: The Prometheus endpoint's program (``<metrics> listen``); outside the group, see below.
 METRICS = "metrics"
@@ -118,7 +118,7 @@ def select_stages(conf: str, stages: tuple[str, ...]) -> str:
     hosts are tcp://).  Drops the ``[program:X]`` sections of the other stages and
     their names from the group's ``programs=`` line; anything else is kept as is.
     """
-    dropped = {f"[program:{s}]" for s in STAGES if s not in stages}
+    dropped = {f"[program:{s}]" for s in topology.STAGES if s not in stages}
     out: list[str] = []
     keep = True
     for line in conf.splitlines(keepends=True):
@@ -126,7 +126,7 @@ def select_stages(conf: str, stages: tuple[str, ...]) -> str:
             keep = line.strip() not in dropped
         if keep and line.startswith("programs="):
             names = [n.strip() for n in line.partition("=")[2].split(",")]
-            kept = [n for n in names if n not in STAGES or n in stages]
+            kept = [n for n in names if n not in topology.STAGES or n in stages]
             line = "programs=" + ",".join(kept) + "\n"
         if keep:
             out.append(line)
@@ -259,7 +259,7 @@ def _names(proxy: Any, stage: str) -> list[str]:
     """The supervisord process names of *stage*: ``correlate``, or its shards
     ``correlate-0`` ... (nfflowd.pipeline.shards); none when this host does not run it."""
     return [p["name"] for p in proxy.supervisor.getAllProcessInfo()
-            if p["group"] == GROUP and shards.stage_of(p["name"]) == stage]  # fmt: skip
+            if p["group"] == GROUP and topology.stage_of(p["name"]) == stage]  # fmt: skip
 
 
 def _stop_process(proxy: Any, stage: str) -> None:
@@ -274,7 +274,7 @@ def _stop_process(proxy: Any, stage: str) -> None:
 def stop(rundir: str, *, timeout: float = 120) -> None:
     """Stop the stages in pipeline order (each drains into the next), then supervisord."""
     proxy = rpc(rundir)
-    for stage in STAGES:
+    for stage in topology.STAGES:
         _stop_process(proxy, stage)
     pid = supervisord_pid(rundir)
     proxy.supervisor.shutdown()

@@ -11,9 +11,10 @@ import shlex
 import shutil
 import stat
 
+from nfflowd import topology
 from nfflowd.config import ConntrackSettings, Settings
 from nfflowd.ops import privileges
-from nfflowd.pipeline import curve, endpoints
+from nfflowd.pipeline import curve
 
 SYSCTL_DIR = "/proc/sys/net/netfilter"
 KERNEL_SWITCHES = {
@@ -147,7 +148,7 @@ def link_findings(settings: Settings) -> list[Finding]:
     links = settings.links
     for link in links.addresses:
         for stage in settings.daemon.stages:
-            side = endpoints.side_of(link.name, stage)
+            side = topology.side_of(link.name, stage)
             if side is None:
                 continue
             role = "sends to" if side == "sender" else "receives (binds)"

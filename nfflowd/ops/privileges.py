@@ -51,6 +51,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
+from nfflowd import topology
 from nfflowd.pipeline import endpoints
 
 #: Programs supervisord starts as ``<daemon> user`` (all but ingest).
@@ -130,7 +131,7 @@ def user_file(name: str) -> bool:
     stem, _, ext = name.partition(".")
     if ext == "ipc" and re.sub(r"-\d+$", "", stem) in stems:
         return True
-    prefixes = tuple(p + sep for p in (*UNPRIVILEGED, *endpoints.LINKS) for sep in ".-")
+    prefixes = tuple(p + sep for p in (*UNPRIVILEGED, *topology.LINKS) for sep in ".-")
     return name.startswith(prefixes)
 
 

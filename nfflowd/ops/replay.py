@@ -21,11 +21,12 @@ from typing import TextIO
 
 import zmq
 
+from nfflowd import topology
 from nfflowd.config import Settings
 from nfflowd.config.settings import DaemonSettings, LinkSettings
 from nfflowd.messages import Notice
 from nfflowd.ops import control
-from nfflowd.pipeline import codec, endpoints, shards
+from nfflowd.pipeline import codec, endpoints
 
 EOF_TOKEN = "eof"  # same as nfflowd.workers.ingest.EOF_TOKEN
 
@@ -96,9 +97,9 @@ def run(
                 seen[msg.stage] = msg.counters
         ok = True
         if out is not None:
-            order = {s: i for i, s in enumerate(control.STAGES)}
-            names = set(control.STAGES) - {shards.stage_of(n) for n in seen} | set(seen)
-            for name in sorted(names, key=lambda n: (order.get(shards.stage_of(n), 9), n)):
+            order = {s: i for i, s in enumerate(topology.STAGES)}
+            names = set(topology.STAGES) - {topology.stage_of(n) for n in seen} | set(seen)
+            for name in sorted(names, key=lambda n: (order.get(topology.stage_of(n), 9), n)):
                 counters = " ".join(f"{k}={v}" for k, v in sorted(seen.get(name, {}).items()))
                 out.write(f"{name:<11} {counters}\n")
         return seen

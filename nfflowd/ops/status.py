@@ -12,8 +12,8 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from nfflowd.ops.control import STAGES
-from nfflowd.pipeline import shards
+from nfflowd import topology
+from nfflowd.topology import STAGES
 
 #: LSB init-script status code: "program is not running".
 NOT_RUNNING = 3
@@ -35,7 +35,7 @@ def rows(
     procs = {p["name"]: p for p in processes or ()}
     present = set(procs) | set(stats)  # a host may run a part (<daemon> stages)
     order = {s: i for i, s in enumerate(STAGES)}  # shards (correlate-1) sit with their stage
-    names = sorted(present, key=lambda n: (order.get(shards.stage_of(n), len(order)), n))
+    names = sorted(present, key=lambda n: (order.get(topology.stage_of(n), len(order)), n))
     out: list[dict[str, Any]] = []
     for name in names:
         p, rec = procs.get(name), stats.get(name)
@@ -82,7 +82,7 @@ def summary(stage: str, c: Mapping[str, int]) -> str:
     """The few figures that say what a stage is doing."""
     if not c:
         return ""
-    stage = shards.stage_of(stage)
+    stage = topology.stage_of(stage)
     if stage == "ingest":
         parts = [f"events {c.get('events', 0)}"]
         parts += [f"{k} {c[k]}" for k in ("enobufs", "resyncs") if c.get(k)]

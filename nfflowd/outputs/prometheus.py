@@ -26,10 +26,10 @@ from prometheus_client.core import (
     UnknownMetricFamily,
 )
 
+from nfflowd import topology
 from nfflowd.config.settings import Settings
-from nfflowd.ops.control import STAGES
 from nfflowd.outputs.syslog import FLOW_LINE_LEVEL, LEVELS
-from nfflowd.pipeline import shards
+from nfflowd.topology import STAGES
 
 PREFIX = "nfflowd_"
 #: Without supervisord's word, a stage whose last report is older than this is down.
@@ -217,7 +217,7 @@ def describe(stage: str, key: str, targets: Targets) -> tuple[Spec, dict[str, st
 
     A shard (``correlate-1``, nfflowd.pipeline.shards) has its stage's families; its
     ``stage`` label is the process name."""
-    base = shards.stage_of(stage)
+    base = topology.stage_of(stage)
     for k in ((base, key), ("*", key)):
         if k in KEYS:
             spec, fixed = KEYS[k]

@@ -1,11 +1,6 @@
 """Every ZeroMQ endpoint of the pipeline and every socket's role, in one table.
 
-::
-
-    ingest --events--> correlate --flows.export--> export --> UDP collectors
-                                 \\-flows.mirror--> mirror --> screen / syslog
-    every stage --notices--> (replay / tests, when listening)
-
+The links themselves (who sends, who receives) are :mod:`nfflowd.topology`.
 By default every endpoint is an ``ipc://`` file inside the run directory, which
 is created mode 0700 (with ``<daemon> user``: root and that user's group only,
 see :func:`ensure_rundir`) so no other local user can connect to them, inject
@@ -31,6 +26,7 @@ from typing import TYPE_CHECKING, Final
 
 import zmq
 
+from nfflowd import topology
 from nfflowd.pipeline import curve
 
 if TYPE_CHECKING:
@@ -49,23 +45,20 @@ class Endpoint:
     carries: str
 
 
+#: Socket types, ipc file and binding side of every link of :data:`nfflowd.topology.DATA_LINKS`:
+#: DEALER pairs, bound by the receiver.
+_DATA_FILES: Final = {"events": "events.ipc", "flows.export": "flows-export.ipc",
+                      "flows.mirror": "flows-mirror.ipc"}  # fmt: skip
 TABLE: Final[tuple[Endpoint, ...]] = (
-    Endpoint("events", "events.ipc", "ingest", zmq.DEALER, "correlate", zmq.DEALER, "receiver",
-             "EventBatch ->, <- Ack"),
-    Endpoint("flows.export", "flows-export.ipc", "correlate", zmq.DEALER, "export", zmq.DEALER,
-             "receiver", "FlowBatch ->, <- Ack"),
-    Endpoint("flows.mirror", "flows-mirror.ipc", "correlate", zmq.DEALER, "mirror", zmq.DEALER,
-             "receiver", "FlowBatch ->, <- Ack"),
-    Endpoint("notices", "notices.ipc", "*", zmq.PUB, "listener", zmq.SUB, "receiver", "Notice"),
+    *(Endpoint(link.name, _DATA_FILES[link.name], link.sender, zmq.DEALER, link.receiver,
+               zmq.DEALER, "receiver", f"{'EventBatch' if link.name == 'events' else 'FlowBatch'}"
+               " ->, <- Ack")
+      for link in topology.DATA_LINKS),
+    Endpoint(topology.NOTICES, "notices.ipc", "*", zmq.PUB, "listener", zmq.SUB, "receiver",
+             "Notice"),
 )  # fmt: skip
 
 BY_NAME: Final[dict[str, Endpoint]] = {e.name: e for e in TABLE}
-#: The stage processes, in pipeline order (as they appear in the table).
-STAGES: Final[tuple[str, ...]] = tuple(
-    dict.fromkeys(s for e in TABLE for s in (e.sender, e.receiver) if s not in ("*", "listener"))
-)
-#: The data links (acknowledged DEALER pairs): the endpoints that may cross hosts.
-LINKS: Final[tuple[str, ...]] = tuple(e.name for e in TABLE if e.sender_type == zmq.DEALER)
 
 
 def endpoint(name: str) -> Endpoint:
@@ -84,12 +77,6 @@ def address(rundir: str, name: str, links: LinkSettings | None = None) -> str:
     file in *rundir*."""
     tcp = links.address(name) if links is not None else None
     return tcp or "ipc://" + os.path.join(os.path.abspath(rundir), endpoint(name).filename)
-
-
-def side_of(name: str, stage: str) -> str | None:
-    """Which side ("sender"/"receiver") of endpoint *name* *stage* is (None: neither)."""
-    ep = endpoint(name)
-    return "sender" if ep.sender == stage else "receiver" if ep.receiver == stage else None
 
 
 #: A run directory shared with ``<daemon> user``'s group: root:G, sticky (nfflowd.ops.privileges).

@@ -17,8 +17,9 @@ from collections.abc import Callable
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from nfflowd import topology
 from nfflowd.messages import Ack, EventBatch, FlowBatch, Message
-from nfflowd.pipeline import codec, curve, shards
+from nfflowd.pipeline import codec, curve
 from nfflowd.pipeline.delivery import Inbox, Outbox
 from nfflowd.pipeline.persist import Slots
 from nfflowd.pipeline.stage import Stage
@@ -140,9 +141,9 @@ class Outlet:
 
     def counters(self) -> dict[str, int]:
         return {
-            f"{shards.base_link(self.name)}_unacked": len(self.outbox.unacked),
-            f"{shards.base_link(self.name)}_resent": self.outbox.resent,
-            f"{shards.base_link(self.name)}_reconnects": self.reconnects,
+            f"{topology.base_link(self.name)}_unacked": len(self.outbox.unacked),
+            f"{topology.base_link(self.name)}_resent": self.outbox.resent,
+            f"{topology.base_link(self.name)}_reconnects": self.reconnects,
         }
 
 
@@ -211,6 +212,6 @@ class Inlet:
 
     def counters(self) -> dict[str, int]:
         return {
-            f"{shards.base_link(self.name)}_duplicates": self.inbox.duplicates,
-            f"{shards.base_link(self.name)}_sender_restarts": self.inbox.restarts,
+            f"{topology.base_link(self.name)}_duplicates": self.inbox.duplicates,
+            f"{topology.base_link(self.name)}_sender_restarts": self.inbox.restarts,
         }

@@ -1,5 +1,5 @@
-"""Horizontal split: which correlator a connection belongs to, which exporter a correlator
-feeds, and the names of the sharded links and processes.
+"""Horizontal split: which correlator a connection belongs to, and the supervisord programs
+of the sharded stages.
 
 ``<daemon> correlators N exporters M`` runs N correlate and M export processes
 (supervisord ``numprocs``).  Ingest sends each event to correlator
@@ -11,10 +11,7 @@ Correlator *i* feeds exporter ``i % M`` and the single mirror, each over a link
 of its own, so every link keeps exactly one sender and one receiver and the
 acknowledgement protocol of :mod:`nfflowd.pipeline.delivery` holds per shard unchanged.
 
-Names: shard 0 keeps the unsharded names (``events``, ``flows.export``), shard
-*i* > 0 appends ``.i`` (``events.1``); with N = 1 and M = 1 nothing changes.
-Processes are ``correlate``/``export`` when single, else ``correlate-i``/
-``export-j`` (supervisord's ``%(program_name)s-%(process_num)d``).
+How shards and their links are named: :mod:`nfflowd.topology`.
 """
 
 from __future__ import annotations
@@ -45,37 +42,6 @@ def split(events: Sequence[ConntrackEvent], n: int) -> list[list[ConntrackEvent]
     for ev in events:
         parts[shard_of(ev, n)].append(ev)
     return parts
-
-
-def link(base: str, shard: int) -> str:
-    """The link of correlator *shard* on *base* (an endpoint name of the table)."""
-    return base if shard == 0 else f"{base}.{shard}"
-
-
-def base_link(name: str) -> str:
-    """``events.1`` -> ``events`` (counters are named after the base link)."""
-    base, _, num = name.rpartition(".")
-    return base if num.isdigit() else name
-
-
-def exporter_of(correlator: int, exporters: int) -> int:
-    return correlator % exporters
-
-
-def correlators_of(exporter: int, correlators: int, exporters: int) -> list[int]:
-    """The correlators that feed *exporter*."""
-    return [i for i in range(correlators) if exporter_of(i, exporters) == exporter]
-
-
-def process_name(stage: str, shard: int | None) -> str:
-    """``correlate`` (unsharded) or ``correlate-1``."""
-    return stage if shard is None else f"{stage}-{shard}"
-
-
-def stage_of(process: str) -> str:
-    """``correlate-1`` -> ``correlate``; unsharded names are returned as they are."""
-    base, _, num = process.rpartition("-")
-    return base if base and num.isdigit() else process
 
 
 def programs(conf: str, correlators: int, exporters: int) -> str:

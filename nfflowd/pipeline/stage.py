@@ -21,9 +21,10 @@ from typing import Any
 
 import zmq
 
+from nfflowd import topology
 from nfflowd.config import Settings, load_resolved
 from nfflowd.messages import Notice
-from nfflowd.pipeline import codec, endpoints, shards
+from nfflowd.pipeline import codec, endpoints
 
 SETTINGS_FILE = "settings.json"
 #: <rundir>/stats/<stage>.json: each stage's latest published counters (see write_stats).
@@ -138,7 +139,7 @@ class Stage:
         )
         args = parser.parse_args(argv)
         self.shard: int | None = args.shard
-        name = shards.process_name(name, self.shard)
+        name = topology.process_name(name, self.shard)
         self.name = name
         self.rundir: str = args.rundir
         logging.basicConfig(

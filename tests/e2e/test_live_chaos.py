@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 from nfflowd import lab as labmod
+from nfflowd import topology
 from nfflowd.lab.nfcapd import Nfcapd
 from nfflowd.messages import FlowRecord
 from nfflowd.ops import control
@@ -190,6 +191,6 @@ def test_live_traffic_with_stages_killed_every_second(tmp_path: Path, lab_ready:
         if missing or unknown or duplicates > DUPLICATE_BOUND * sum(every.values()):
             problems.append((where, list(missing)[:5], [k for k in extra if k not in every][:5],
                              f"{duplicates} duplicates"))  # fmt: skip
-    assert min(chaos.kills[s] for s in control.STAGES) >= MIN_KILLS, chaos.summary()
+    assert min(chaos.kills[s] for s in topology.STAGES) >= MIN_KILLS, chaos.summary()
     assert len(runs) >= MIN_KILLS and witness
     assert not problems, problems

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 import nfflowd
+from nfflowd import topology
 from nfflowd.lab.events import generate
 from nfflowd.lab.nfcapd import Nfcapd
 from nfflowd.ops import bundle as entry
@@ -236,7 +237,7 @@ def test_bundle_start_check_stop_as_a_daemon(bundle: Bundle, tmp_path: Path) -> 
                 assert f"{site}/zmq/backend/" in maps, stage
             res = bundle.run("-c", conf, "check", cwd=tmp_path)
             stages = re.findall(r"^stage +(\w+) +RUNNING ", res.stdout, re.M)
-            assert sorted(stages) == sorted(control.STAGES)
+            assert sorted(stages) == sorted(topology.STAGES)
             deadline = time.monotonic() + 120
             while len(mirrored(rundir)) < expected and time.monotonic() < deadline:
                 time.sleep(0.2)

@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 
+from nfflowd import topology
 from nfflowd.lab.events import generate
 from nfflowd.lab.nfcapd import Nfcapd
-from nfflowd.ops import control
 from tests.addresses import needs
 from tests.pipeline_harness import (
     Chaos,
@@ -98,7 +98,7 @@ def chaos_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Chaos, dict[str
 @pytest.mark.timeout(600)
 def test_stages_killed_every_second_lose_nothing(chaos_run: tuple[Chaos, dict[str, Any]]) -> None:
     chaos, results = chaos_run
-    assert min(chaos.kills[s] for s in control.STAGES) >= MIN_KILLS, chaos.summary()
+    assert min(chaos.kills[s] for s in topology.STAGES) >= MIN_KILLS, chaos.summary()
     for where, t in results.items():
         assert t.clean, (t.line(where), t.sample)
 

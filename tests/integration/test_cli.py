@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from nfflowd import topology
 from nfflowd.config import load
 from nfflowd.ops import control
 from tests.pipeline_harness import GOLDEN, nfflowd, wait_all_running, write_config
@@ -127,7 +128,7 @@ def test_the_shipped_supervisord_conf_runs_as_is(tmp_path: Path) -> None:
         )  # fmt: skip
         try:
             stages = wait_all_running(run, timeout=60)
-            assert sorted(stages) == sorted(control.STAGES)
+            assert sorted(stages) == sorted(topology.STAGES)
             assert control.supervisord_pid(str(run)) == proc.pid
             # the stages it started are the pipeline: the file source's flows get mirrored
             out = run / "mirror.out"

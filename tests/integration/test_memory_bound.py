@@ -22,13 +22,13 @@ from pathlib import Path
 
 import pytest
 
+from nfflowd import topology
 from nfflowd.conntrack.sources import FILE_CHUNK
 from nfflowd.conntrack.text import parse_line
 from nfflowd.correlate.correlator import Correlator
 from nfflowd.lab.events import generate
 from nfflowd.lab.nfcapd import Nfcapd
 from nfflowd.messages import EventBatch, FlowBatch
-from nfflowd.ops import control
 from nfflowd.pipeline import codec
 from nfflowd.pipeline.delivery import Recent
 from tests.addresses import needs
@@ -140,7 +140,7 @@ def test_export_stopped_for_a_minute_memory_stays_bounded(tmp_path: Path) -> Non
     bound = {stage: kb + MARGIN_KB for stage, kb in bound.items()}
     print(f"batches: events {ev_kb} KiB, flows {flow_kb} KiB; max_unacked {m}")
     rundir = tmp_path / "run"
-    peak: dict[str, int] = dict.fromkeys(control.STAGES, 0)
+    peak: dict[str, int] = dict.fromkeys(topology.STAGES, 0)
     with Nfcapd(extra_args=["-B", "8388608"]) as cap:
         conf = write_config(tmp_path / "c.conf", collector_port=cap.port, syslog_socket=None,
                             rundir=rundir, screen=True,
@@ -174,7 +174,7 @@ def test_export_stopped_for_a_minute_memory_stays_bounded(tmp_path: Path) -> Non
         print(out)
         assert proc.returncode == 0, err
         results = judge_delivery(expected, cap, mirror_lines(rundir), "mirror (screen)")
-    for stage in control.STAGES:
+    for stage in topology.STAGES:
         print(f"{stage:<9} idle {base[stage]:>7} KiB  peak while export stopped "
               f"{peak[stage]:>7} KiB  bound {bound[stage]:>7} KiB")  # fmt: skip
     for where, t in results.items():
@@ -182,7 +182,7 @@ def test_export_stopped_for_a_minute_memory_stays_bounded(tmp_path: Path) -> Non
     # backpressure reached the source: ingest stopped reading with max_unacked waiting
     assert ingest["events"] == read_at[0] < EVENTS, (read_at, ingest)
     assert ingest["events_unacked"] == m and correlate["flows.export_unacked"] == m
-    for stage in control.STAGES:
+    for stage in topology.STAGES:
         assert peak[stage] <= bound[stage], (stage, peak[stage], bound[stage])
     for where, t in results.items():
         assert t.clean and t.duplicates == 0, (t.line(where), t.sample)

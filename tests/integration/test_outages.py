@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from nfflowd import topology
 from nfflowd.lab.events import generate
 from nfflowd.lab.nfcapd import Nfcapd
-from nfflowd.ops import control
 from tests.addresses import needs
 from tests.pipeline_harness import (
     end_replay,
@@ -142,7 +142,7 @@ def test_collector_down_for_ten_seconds(tmp_path: Path) -> None:
     print(out)
     assert proc.returncode == 0, err
     report = {ln.split()[0]: ln for ln in out.splitlines() if ln.strip()}
-    for stage in control.STAGES:
+    for stage in topology.STAGES:
         assert "starts=1" in report[stage].split(), report[stage]  # nothing crashed
     export = dict(kv.split("=") for kv in report["export"].split()[1:])
     refused, errors = int(export["c0_refused"]), int(export["c0_send_errors"])

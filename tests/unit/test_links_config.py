@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from nfflowd import config
+from nfflowd import config, topology
 from nfflowd.config import ConfigError, Settings
 from nfflowd.config.settings import LinkAddress, LinkSettings
-from nfflowd.ops import control
 from nfflowd.pipeline import endpoints
 
 KEYS = "/etc/nfflowd/curve"
@@ -43,8 +42,7 @@ def stages(*names: str) -> str:
 
 def test_defaults_every_stage_here_every_link_ipc(tmp_path: Path) -> None:
     s = config.load(None)
-    assert s.daemon.stages == ("ingest", "correlate", "export", "mirror") == control.STAGES
-    assert endpoints.STAGES == control.STAGES
+    assert s.daemon.stages == ("ingest", "correlate", "export", "mirror") == topology.STAGES
     assert s.links == LinkSettings()
     assert endpoints.address("/run/x", "events", s.links) == "ipc:///run/x/events.ipc"
 
@@ -164,10 +162,10 @@ def test_reload_restarts_the_stages_of_a_changed_link(tmp_path: Path) -> None:
     a = load_text(tmp_path, links(link("events", "tcp://10.0.0.1:5701")))
     b = load_text(tmp_path, links(link("events", "tcp://10.0.0.1:5799")))
     before, after = config.stage_sections(a), config.stage_sections(b)
-    changed = [s for s in control.STAGES if before[s] != after[s]]
+    changed = [s for s in topology.STAGES if before[s] != after[s]]
     assert changed == ["ingest", "correlate"]
     c = load_text(tmp_path, links(link("events", "tcp://10.0.0.1:5799"), curve_dir="/etc/other"))
-    assert [s for s in control.STAGES if config.stage_sections(c)[s] != after[s]] == [
+    assert [s for s in topology.STAGES if config.stage_sections(c)[s] != after[s]] == [
         "ingest",
         "correlate",
     ]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nfflowd import config
+from nfflowd import config, topology
 from nfflowd.messages import ConntrackEvent
 from nfflowd.ops import control
 from nfflowd.pipeline import endpoints, shards
@@ -59,14 +59,15 @@ def test_the_tuple_hash_is_the_same_in_another_process() -> None:
 
 
 def test_links_names_and_exporter_assignment() -> None:
-    assert [shards.link("events", i) for i in range(3)] == ["events", "events.1", "events.2"]
-    assert shards.base_link("flows.export.2") == "flows.export"
-    assert shards.base_link("flows.export") == "flows.export"
-    assert shards.correlators_of(0, 4, 2) == [0, 2] and shards.correlators_of(1, 4, 2) == [1, 3]
+    assert [topology.link("events", i) for i in range(3)] == ["events", "events.1", "events.2"]
+    assert topology.base_link("flows.export.2") == "flows.export"
+    assert topology.base_link("flows.export") == "flows.export"
+    assert topology.correlators_of(0, 4, 2) == [0, 2] and topology.correlators_of(1, 4, 2) == [1, 3]
     assert endpoints.endpoint("flows.export.2").filename == "flows-export-2.ipc"
     assert endpoints.endpoint("events").filename == "events.ipc"
     assert endpoints.address("/r", "events.3") == "ipc:///r/events-3.ipc"
-    assert shards.stage_of("correlate-3") == "correlate" and shards.stage_of("mirror") == "mirror"
+    assert topology.stage_of("correlate-3") == "correlate"
+    assert topology.stage_of("mirror") == "mirror"
 
 
 def test_supervisord_programs_get_numprocs(tmp_path: Path) -> None:

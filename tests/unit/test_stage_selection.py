@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nfflowd import config
+from nfflowd import config, topology
 from nfflowd.config.settings import LinkAddress, LinkSettings
 from nfflowd.ops import control
 from nfflowd.ops.replay import replay_settings
@@ -26,7 +26,7 @@ def programs(cp: configparser.RawConfigParser) -> list[str]:
 
 def test_all_stages_render_the_template_unchanged(tmp_path: Path) -> None:
     full = control.render(str(tmp_path))
-    assert control.select_stages(full, control.STAGES) == full
+    assert control.select_stages(full, topology.STAGES) == full
 
 
 @pytest.mark.parametrize(
