@@ -148,6 +148,7 @@ from nfflowd.config import Collector, Dispatcher, load  # noqa: E402
 from nfflowd.conntrack.kernel import NETLINK_NETFILTER, open_in_netns, run_in_netns  # noqa: E402
 from nfflowd.lab.nfcapd import Nfcapd  # noqa: E402
 from nfflowd.ops import control  # noqa: E402
+from nfflowd.pipeline import supervision  # noqa: E402
 
 NFCAPD_ARGS = ["-B", "8388608"]
 ULOGD_CONF = Path(__file__).resolve().parent / "ulogd.conf"
@@ -346,7 +347,7 @@ class NfflowdRun:
         self.pids = {"supervisord": self.proc.pid}
 
         def ready() -> bool:
-            infos = control.processes(str(self.rundir))
+            infos = supervision.processes(str(self.rundir))
             self.pids.update({p["name"]: p["pid"] for p in infos if p["pid"]})
             up = all(p["statename"] == "RUNNING" for p in infos) and len(infos) == len(STAGES)
             return up and listener_state(self.lab, self.pids.get("ingest", 0)) is not None

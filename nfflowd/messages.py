@@ -201,6 +201,12 @@ class Notice(NamedTuple):
     counters: dict[str, int]
 
 
+#: Notice tokens: a stage's counters once a second, and when it stops; ingest's
+#: ``eof`` once a saved log is read and acknowledged (``nfflowd replay`` waits for it).
+STATS_TOKEN = "stats"
+FINAL_TOKEN = "final"
+EOF_TOKEN = "eof"
+
 Message = EventBatch | FlowBatch | Ack | Notice
 
 #: Number of fields, used by the codec to validate items cheaply.

@@ -24,6 +24,7 @@ from nfflowd.correlate.correlator import Correlator
 from nfflowd.formats import flowtools_csv
 from nfflowd.messages import FlowRecord
 from nfflowd.ops import control
+from nfflowd.pipeline import supervision
 from nfflowd.pipeline.stage import read_stats
 from tests.addresses import txt
 
@@ -115,7 +116,7 @@ def wait_all_running(rundir: Path | str, timeout: float = 20) -> dict[str, int]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if control.is_running(str(rundir)):
-            infos = control.processes(str(rundir))
+            infos = supervision.processes(str(rundir))
             if len(infos) == 4 and all(p["statename"] == "RUNNING" for p in infos):
                 return {p["name"]: p["pid"] for p in infos}
         time.sleep(0.1)
@@ -216,7 +217,7 @@ def running_pid(rundir: Path | str, stage: str) -> int:
     if not os.path.exists(os.path.join(rundir, "supervisor.sock")):
         return 0
     try:
-        infos = control.processes(rundir)
+        infos = supervision.processes(rundir)
     except (OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError):
         return 0
     for p in infos:

@@ -13,6 +13,7 @@ from pathlib import Path
 from nfflowd.lab.nfcapd import Nfcapd
 from nfflowd.messages import FlowRecord
 from nfflowd.ops import control
+from nfflowd.pipeline import supervision
 from tests.pipeline_harness import Tally, csv_idents, nfdump_ident, record_ident, tally
 
 
@@ -24,7 +25,8 @@ def stage_pid(rundir: Path, stage: str) -> int:
     """
     if not (rundir / "supervisor.sock").exists() or not control.is_running(str(rundir)):
         return 0
-    return next((int(p["pid"]) for p in control.processes(str(rundir)) if p["name"] == stage), 0)
+    procs = supervision.processes(str(rundir))
+    return next((int(p["pid"]) for p in procs if p["name"] == stage), 0)
 
 
 def judge_delivery(

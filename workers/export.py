@@ -1,141 +1,18 @@
-"""Stage 3, export: ``flows.export`` link -> NetFlow v5/v9/IPFIX datagrams -> UDP collectors."""
+"""Stage 3, export: ``flows.export`` link -> NetFlow v5/v9/IPFIX datagrams -> UDP collectors.
+
+The work is :class:`nfflowd.outputs.exporter.Exporter`; the loop is
+:func:`nfflowd.pipeline.sink.consume`.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 import os
-import time
-from collections.abc import Sequence
-from typing import Protocol
 
 from nfflowd import topology
-from nfflowd.config import Collector, ExportSettings
-from nfflowd.formats.ipfix import IpfixEncoder
-from nfflowd.formats.netflow_v5 import V5Encoder
-from nfflowd.formats.netflow_v9 import V9Encoder
-from nfflowd.messages import FlowRecord
-from nfflowd.outputs.collector import UdpCollector
+from nfflowd.outputs.exporter import MAX_STREAMS, SEQUENCE_FILE, Exporter, shard_settings
 from nfflowd.pipeline import persist
 from nfflowd.pipeline.sink import consume
 from nfflowd.pipeline.stage import Stage
-
-log = logging.getLogger("nfflowd.export")
-
-#: In the run directory: (stream identity, sequence number) per collector.
-SEQUENCE_FILE = "export.sequence"
-
-
-class Encoder(Protocol):
-    sequence: int
-
-    def encode(self, records: Sequence[FlowRecord], now_ns: int) -> list[bytes]: ...
-
-
-#: Collectors whose sequence numbers ``<rundir>/export.sequence`` can keep.
-MAX_STREAMS = 64
-
-
-def stream_identity(exp: ExportSettings, c: Collector) -> int:
-    """What makes a stream of datagrams one sequence space for a collector."""
-    domain = exp.observation_domain if c.version != 5 else (exp.engine_type << 8 | exp.engine_id)
-    return persist.identity(f"{c.address}:{c.port}/v{c.version}/{c.source}/{domain}")
-
-
-def restore_sequences(slots: persist.Slots, streams: Sequence[tuple[int, Encoder]]) -> int:
-    """Give each (identity, encoder) the sequence its previous incarnation left, then
-    rewrite the table for exactly these streams.  Returns how many were restored."""
-    old = {slots[2 * i]: slots[2 * i + 1] for i in range(slots.count // 2) if slots[2 * i]}
-    restored = 0
-    for i in range(slots.count // 2):
-        slots[2 * i] = slots[2 * i + 1] = 0
-    for i, (ident, enc) in enumerate(streams[: slots.count // 2]):
-        if ident in old:
-            enc.sequence = old[ident]
-            restored += 1
-        slots[2 * i], slots[2 * i + 1] = ident, enc.sequence
-    return restored
-
-
-def make_encoder(exp: ExportSettings, c: Collector) -> Encoder:
-    """One encoder per collector: each has its own sequence numbers and template timers."""
-    if c.version == 5:
-        return V5Encoder(engine_type=exp.engine_type, engine_id=exp.engine_id)
-    common = {
-        "template_refresh_packets": exp.template_refresh_packets,
-        "template_refresh_seconds": float(exp.template_refresh_seconds),
-        "nat_events": c.nat_events,
-        "nat_event_numbering": c.nat_event_numbering,
-    }
-    if c.version == 9:
-        return V9Encoder(source_id=exp.observation_domain, **common)  # type: ignore[arg-type]
-    return IpfixEncoder(observation_domain=exp.observation_domain, **common)  # type: ignore[arg-type]
-
-
-class Exporter:
-    """Encodes flow records for every collector and sends them; one slow or dead collector
-    costs the others nothing but a failed non-blocking send."""
-
-    def __init__(self, exp: ExportSettings, sequences: persist.Slots | None = None) -> None:
-        """*sequences*: where each collector's sequence number survives a restart, so a
-        collector sees the stream go on (templates are sent again, as at any start)."""
-        self.targets: list[tuple[Encoder, UdpCollector]] = [
-            (make_encoder(exp, c), UdpCollector(c.address, c.port, source=c.source))
-            for c in exp.collectors
-        ]
-        if not self.targets:
-            log.warning("no collector configured: flow records are only mirrored")
-        if len(self.targets) > MAX_STREAMS:
-            log.warning("more than %d collectors: sequence numbers of the others restart at 0",
-                        MAX_STREAMS)  # fmt: skip
-        self.records = 0
-        self.sequences = sequences
-        if sequences is not None:
-            idents = [stream_identity(exp, c) for c in exp.collectors]
-            streams = [(ident, enc) for ident, (enc, _) in zip(idents, self.targets, strict=True)]
-            if restore_sequences(sequences, streams):
-                log.info("sequence numbers go on from %s",
-                         [enc.sequence for enc, _ in self.targets])  # fmt: skip
-
-    def handle(self, records: list[FlowRecord]) -> None:
-        self.records += len(records)
-        now = time.time_ns()
-        slots = self.sequences
-        for i, (enc, coll) in enumerate(self.targets):
-            datagrams = enc.encode(records, now)
-            if slots is not None and i < MAX_STREAMS:
-                # stored before sending: after a crash the stream skips ahead, never back
-                slots[2 * i + 1] = enc.sequence
-            for datagram in datagrams:
-                coll.send(datagram)
-
-    def flush(self) -> None:
-        """Every datagram is sent as soon as it is encoded; nothing is held back."""
-
-    def pending(self) -> int:
-        return 0
-
-    def counters(self) -> dict[str, int]:
-        out = {"records": self.records}
-        for i, (enc, coll) in enumerate(self.targets):
-            for name in ("records", "skipped_ipv6", "invalid", "datagrams", "template_sends",
-                         "split", "clamped"):  # fmt: skip
-                value = getattr(enc, name, None)
-                if isinstance(value, int):
-                    out[f"c{i}_{name}"] = value
-            for k, v in coll.counters.items():
-                out[f"c{i}_{k}"] = v
-        return out
-
-
-def shard_settings(exp: ExportSettings, shard: int) -> ExportSettings:
-    """Exporter *shard* is an exporter of its own to the collectors: engine id (v5) and
-    observation domain / source id (v9, IPFIX) offset by its number, its own sequences."""
-    if shard == 0:
-        return exp
-    domain = (exp.observation_domain + shard) & 0xFFFFFFFF
-    engine_id = (exp.engine_id + shard) & 0xFF
-    return dataclasses.replace(exp, engine_id=engine_id, observation_domain=domain)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,80 +22,23 @@ from collections.abc import Callable
 import zmq
 
 from nfflowd import topology
-from nfflowd.config import Settings
-from nfflowd.conntrack.sources import FileSource, NetlinkSource, ProgramSource, Source
-from nfflowd.messages import ConntrackEvent, EventBatch
+from nfflowd.conntrack.checkpoint import (
+    ALIVE,
+    blind_time,
+    open_checkpoint,
+    origin_pos,
+    origin_stream,
+    save_checkpoint,
+)
+from nfflowd.conntrack.sources import FileSource, make_source
+from nfflowd.messages import EOF_TOKEN, ConntrackEvent, EventBatch
 from nfflowd.pipeline import persist, shards
 from nfflowd.pipeline.links import Outlet
 from nfflowd.pipeline.stage import Stage
 
 log = logging.getLogger("nfflowd.ingest")
 
-#: The notice token of a finished saved log; ``replay`` waits for it.
-EOF_TOKEN = "eof"
-CHECKPOINT = "ingest.checkpoint"
-ALIVE = "ingest.alive"
 NOTICE_INTERVAL_S = 1.0
-
-
-def dump_interval(active_timeout_s: int) -> float:
-    """How often to dump the kernel table for the active timeout (0: never).
-
-    A long connection is reported at the first dump after its active timeout has
-    passed, so reports come at most this late; a dump of N connections costs
-    about N / 146,000 s of CPU (measured decode rate).
-    """
-    if active_timeout_s <= 0:
-        return 0.0
-    return float(min(60, max(1, active_timeout_s // 4)))
-
-
-def open_checkpoint(rundir: str) -> persist.Slots:
-    """Slots: (identity of the log paths, file index, byte offset)."""
-    return persist.Slots(os.path.join(rundir, CHECKPOINT), 3)
-
-
-def load_checkpoint(slots: persist.Slots, paths: tuple[str, ...]) -> tuple[int, int] | None:
-    """Where a previous incarnation got to in these logs (None: start from the beginning)."""
-    if slots[0] != persist.identity("\0".join(paths)):
-        return None
-    return (slots[1], slots[2])
-
-
-def save_checkpoint(
-    slots: persist.Slots, paths: tuple[str, ...], position: tuple[int, int]
-) -> None:
-    """Three memory stores (see nfflowd.pipeline.persist); the identity last, so a torn update
-    can only point at an older position of the same logs or at none."""
-    slots[0] = 0
-    slots[1], slots[2] = position
-    slots[0] = persist.identity("\0".join(paths))
-
-
-def make_source(settings: Settings, checkpoint: persist.Slots) -> Source:
-    src = settings.source
-    if src.type == "file":
-        resume = load_checkpoint(checkpoint, src.path)
-        if resume is not None:
-            log.info("resuming the saved log(s) at file %d offset %d", *resume)
-        return FileSource(src.path, resume=resume)
-    if src.type == "conntrack":
-        ct = settings.conntrack
-        return ProgramSource(ct.progname, ct.init_format, ct.format)
-    if src.type == "netlink":
-        return NetlinkSource(src, dump_interval_s=dump_interval(settings.export.active_timeout))
-    raise ValueError(f"unknown source type {src.type!r}")
-
-
-def origin_stream(paths: tuple[str, ...], shard: int) -> int:
-    """The stable origin stream of saved-log batches for correlator *shard* (nonzero)."""
-    return persist.identity("\0".join(paths)) << 8 | shard
-
-
-def origin_pos(position: tuple[int, int]) -> int:
-    """A saved-log position (file index, byte offset) as one number (files < 16 TiB)."""
-    index, offset = position
-    return index << 44 | offset
 
 
 def batch_of(
@@ -103,15 +46,6 @@ def batch_of(
 ) -> Callable[[int, int], EventBatch]:
     """How to build the batch of *events* once the link has given it a seq."""
     return lambda seq, acked: EventBatch("ingest", inc, seq, acked, events, stream, pos)
-
-
-def blind_time(alive: persist.Slots, live: bool, now_ns: int) -> int:
-    """Milliseconds no ingest listened to the kernel before this start (0: first start,
-    or a saved log, which resumes at its checkpoint instead)."""
-    last = alive[0]
-    if not live or not last or last > now_ns:
-        return 0
-    return (now_ns - last) // 1_000_000
 
 
 def main(argv: list[str] | None = None) -> int:

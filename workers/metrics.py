@@ -1,4 +1,5 @@
-"""The Prometheus endpoint (``<metrics> listen HOST:PORT``): stats files -> ``/metrics``.
+"""The Prometheus endpoint (``<metrics> listen HOST:PORT``): stats files -> ``/metrics``
+(:class:`nfflowd.outputs.prometheus.StatsCollector`).
 
 Not a pipeline stage: it reads what the stages leave in ``<rundir>/stats/``
 (see :meth:`nfflowd.pipeline.stage.Stage.notify`) on each scrape, asks supervisord
@@ -15,43 +16,15 @@ import os
 import signal
 import sys
 import threading
-import time
-import xmlrpc.client
-from collections.abc import Iterable
 from types import FrameType
-from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import Metric
 
-from nfflowd.config import ConfigError, load_resolved
-from nfflowd.ops import control
+from nfflowd.config import load_resolved
 from nfflowd.outputs import prometheus
-from nfflowd.pipeline.stage import SETTINGS_FILE, read_stats
+from nfflowd.pipeline.stage import SETTINGS_FILE
 
 log = logging.getLogger("nfflowd.outputs.prometheus")
-
-
-class StatsCollector:
-    """A prometheus-client collector that reads the run directory at each scrape."""
-
-    def __init__(self, rundir: str) -> None:
-        self.rundir = rundir
-
-    def states(self) -> dict[str, dict[str, Any]] | None:
-        """supervisord's view of the stages (None when it does not answer)."""
-        try:
-            return {p["name"]: p for p in control.processes(self.rundir)}
-        except (OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError):
-            return None
-
-    def collect(self) -> Iterable[Metric]:
-        try:
-            settings = load_resolved(os.path.join(self.rundir, SETTINGS_FILE))
-            targets: prometheus.Targets = prometheus.target_labels(settings)
-        except ConfigError:
-            targets = {}  # counters keep index labels (collector="#0")
-        return prometheus.families(read_stats(self.rundir), self.states(), targets, time.time())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("no <metrics> listen in the settings: nothing to serve")
         return 2
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StatsCollector(rundir))
+    registry.register(prometheus.StatsCollector(rundir))
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from nfflowd.config.general import Key
 from nfflowd.config.settings import _V, Dispatcher, MirrorSettings, _int, _suggest
-from nfflowd.outputs.syslog import FACILITIES, FLOW_LINE_LEVEL, LEVELS, parse_address
+from nfflowd.formats.syslog import FACILITIES, FLOW_LINE_LEVEL, LEVELS, parse_address
 
 KEYS = ("conf",)
 #: Log::Dispatch level names, least severe first; flow lines are logged at "notice".

@@ -48,6 +48,8 @@ LEVELS: dict[str, int] = {
 #: ``$dispatcher->notice``, so a dispatcher gets them when its min_level is at most
 #: notice.  Their syslog priority stays info (local6.info, as the tool documented it).
 FLOW_LINE_LEVEL = "notice"
+#: The syslog severity flow lines carry (local6.info, as the 2009 tool documented it).
+FLOW_LINE_SEVERITY = "info"
 
 #: C-locale month abbreviations for the RFC 3164 TIMESTAMP (never the host locale).
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")

@@ -15,6 +15,7 @@ from types import FrameType
 
 from nfflowd.config import ConfigError, MetricsSettings, Settings, load, load_resolved
 from nfflowd.ops import control, environment, install, replay, status
+from nfflowd.pipeline import supervision
 from nfflowd.pipeline.stage import SETTINGS_FILE, read_stats
 
 UNIT_NAME = install.UNIT_NAME
@@ -160,7 +161,7 @@ def cmd_check(config: str | None, foreground: bool, args: list[str]) -> int:
     rundir = settings.daemon.rundir
     running = control.is_running(rundir)
     findings += _metrics_findings(settings, control.metrics_process(rundir) if running else None)
-    stages = control.processes(rundir) if running else []
+    stages = supervision.processes(rundir) if running else []
     if ns.json:
         print(json.dumps({"findings": findings, "stages": stages}, default=str, indent=2))
     else:
@@ -235,7 +236,7 @@ def cmd_status(config: str | None, foreground: bool, args: list[str]) -> int:
         ns.rundir = settings.daemon.rundir
     rundir = os.path.abspath(ns.rundir)
     running = control.is_running(rundir)
-    procs = control.processes(rundir) if running else None
+    procs = supervision.processes(rundir) if running else None
     now = time.time()
     rows = status.rows(procs, read_stats(rundir), now)
     metrics: dict[str, object] = {}

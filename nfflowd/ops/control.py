@@ -16,15 +16,13 @@ import xmlrpc.client
 from importlib import resources
 from typing import Any
 
-from supervisor.xmlrpc import SupervisorTransport
-
 from nfflowd import topology
 from nfflowd.config import Settings, dump_resolved, load_resolved, stage_sections
 from nfflowd.ops import privileges
 from nfflowd.pipeline import endpoints, shards
 from nfflowd.pipeline.stage import SETTINGS_FILE, STATS_DIR
+from nfflowd.pipeline.supervision import GROUP, rpc
 
-GROUP = "nfflowd"
 #: Pipeline order: stopping in this order lets every stage drain into the next.
 CONF_NAME = "supervisord.conf"
 #: The Prometheus endpoint's program (``<metrics> listen``); outside the group, see below.
@@ -163,13 +161,6 @@ stdout_logfile_backups=1
 """
 
 
-def rpc(rundir: str) -> Any:
-    """An XML-RPC proxy to the supervisord of *rundir*."""
-    sock = os.path.join(os.path.abspath(rundir), "supervisor.sock")
-    transport = SupervisorTransport(None, None, serverurl="unix://" + sock)
-    return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
-
-
 def is_running(rundir: str) -> bool:
     try:
         state = rpc(rundir).supervisor.getState()
@@ -229,30 +220,12 @@ def wait_until_up(rundir: str, proc: subprocess.Popen[bytes] | None, timeout: fl
     raise ControlError(f"supervisord did not answer within {timeout:.0f} s")
 
 
-def processes(rundir: str) -> list[dict[str, Any]]:
-    """supervisord's view of the stages (getAllProcessInfo), plus each stage's start count."""
-    infos: list[dict[str, Any]] = [
-        p for p in rpc(rundir).supervisor.getAllProcessInfo() if p["group"] == GROUP
-    ]
-    for p in infos:
-        p["starts"] = start_count(rundir, p["name"])
-    return infos
-
-
 def metrics_process(rundir: str) -> dict[str, Any] | None:
     """supervisord's view of the metrics program (None when it has none)."""
     for p in rpc(rundir).supervisor.getAllProcessInfo():
         if p["group"] == METRICS and p["name"] == METRICS:
             return dict(p)
     return None
-
-
-def start_count(rundir: str, stage: str) -> int:
-    try:
-        with open(os.path.join(rundir, f"{stage}.starts")) as fh:
-            return int(fh.read().strip() or 0)
-    except (OSError, ValueError):
-        return 0
 
 
 def _names(proxy: Any, stage: str) -> list[str]:

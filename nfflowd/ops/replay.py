@@ -24,11 +24,9 @@ import zmq
 from nfflowd import topology
 from nfflowd.config import Settings
 from nfflowd.config.settings import DaemonSettings, LinkSettings
-from nfflowd.messages import Notice
+from nfflowd.messages import EOF_TOKEN, Notice
 from nfflowd.ops import control
-from nfflowd.pipeline import codec, endpoints
-
-EOF_TOKEN = "eof"  # same as nfflowd.workers.ingest.EOF_TOKEN
+from nfflowd.pipeline import codec, endpoints, supervision
 
 
 class ReplayError(RuntimeError):
@@ -118,7 +116,7 @@ def run(
 
 def _fail_on_fatal(rundir: str) -> None:
     try:
-        processes = control.processes(rundir)
+        processes = supervision.processes(rundir)
     except (OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError):
         return  # supervisord starting, or busy restarting a stage: ask again later
     for p in processes:

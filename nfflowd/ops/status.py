@@ -1,6 +1,6 @@
 """``nfflowd status``: supervisord's view of each stage merged with its stats file.
 
-Pure: :func:`rows` merges what the caller read (``control.processes``,
+Pure: :func:`rows` merges what the caller read (``supervision.processes``,
 ``stage.read_stats``); :func:`table` and :func:`document` format it for people
 and for machines.  The table shows a few key columns per stage, then all the
 counters of each stage below it, so nothing a stage counts is hidden.
@@ -29,7 +29,7 @@ def rows(
 ) -> list[dict[str, Any]]:
     """One row per stage: supervisord's state (None when it does not run) and the report.
 
-    *processes*: ``control.processes()`` (None: supervisord is not running);
+    *processes*: ``supervision.processes()`` (None: supervisord is not running);
     *stats*: ``stage.read_stats()``.  The stages either knows of, in pipeline order.
     """
     procs = {p["name"]: p for p in processes or ()}

@@ -1,4 +1,7 @@
-"""Stage counters -> Prometheus metric families.  Pure: no files, no sockets, no HTTP.
+"""Stage counters -> Prometheus metric families.
+
+:func:`families` is pure (no files, no sockets, no HTTP); :class:`StatsCollector`
+feeds it from the run directory and supervisord at each scrape.
 
 Every stage publishes a flat ``name -> int`` map of counters (its notices,
 kept in ``<rundir>/stats/<stage>.json`` by :meth:`nfflowd.pipeline.stage.Stage.notify`).
@@ -14,7 +17,10 @@ A counter this module does not know yet is still exported, untyped, as
 
 from __future__ import annotations
 
+import os
 import re
+import time
+import xmlrpc.client
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,17 +33,18 @@ from prometheus_client.core import (
 )
 
 from nfflowd import topology
+from nfflowd.config import ConfigError, load_resolved
 from nfflowd.config.settings import Settings
-from nfflowd.outputs.syslog import FLOW_LINE_LEVEL, LEVELS
+from nfflowd.formats.syslog import FLOW_LINE_LEVEL, LEVELS
+from nfflowd.pipeline import supervision
+from nfflowd.pipeline.stage import SETTINGS_FILE, read_stats
 from nfflowd.topology import STAGES
 
 PREFIX = "nfflowd_"
 #: Without supervisord's word, a stage whose last report is older than this is down.
 STALE_S = 5.0
-#: workers/mirror.py LINE_LEVEL: the syslog severity of flow lines (tests check the two
-#: agree).  A dispatcher whose min_level is above FLOW_LINE_LEVEL (notice) gets no lines
+#: A dispatcher whose min_level is above FLOW_LINE_LEVEL (notice) gets no flow lines
 #: and no ``d<i>_`` counters, so it takes no index.
-MIRROR_LINE_LEVEL = "info"
 
 COUNTER, GAUGE = "counter", "gauge"
 
@@ -318,3 +325,25 @@ def all_specs() -> Iterable[Spec]:
             if spec is not None:
                 seen.setdefault(spec.full_name, spec)
     return seen.values()
+
+
+class StatsCollector:
+    """A prometheus-client collector that reads the run directory at each scrape."""
+
+    def __init__(self, rundir: str) -> None:
+        self.rundir = rundir
+
+    def states(self) -> dict[str, dict[str, Any]] | None:
+        """supervisord's view of the stages (None when it does not answer)."""
+        try:
+            return {p["name"]: p for p in supervision.processes(self.rundir)}
+        except (OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError):
+            return None
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            settings = load_resolved(os.path.join(self.rundir, SETTINGS_FILE))
+            targets: Targets = target_labels(settings)
+        except ConfigError:
+            targets = {}  # counters keep index labels (collector="#0")
+        return families(read_stats(self.rundir), self.states(), targets, time.time())

@@ -33,6 +33,7 @@ from nfflowd import topology
 from nfflowd.lab.nfcapd import Nfcapd
 from nfflowd.messages import FlowRecord
 from nfflowd.ops import control
+from nfflowd.pipeline import supervision
 from tests.addresses import txt
 from tests.e2e.conftest import lab_prefix
 from tests.pipeline_harness import (
@@ -133,7 +134,7 @@ def test_live_traffic_with_stages_killed_every_second(tmp_path: Path, lab_ready:
                     killing = time.monotonic() - started
                     # every stage back, ingest subscribed again, before the traffic ends
                     wait_all_running(rundir, timeout=30)
-                    starts = control.start_count(str(rundir), "ingest")
+                    starts = supervision.start_count(str(rundir), "ingest")
                     deadline = time.monotonic() + 30
                     while len(subscriptions(rundir / "ingest.log")) < starts:
                         assert time.monotonic() < deadline, "the last ingest did not subscribe"

@@ -27,7 +27,7 @@ import pytest
 
 from nfflowd.lab.events import generate
 from nfflowd.ops import control
-from nfflowd.pipeline import curve
+from nfflowd.pipeline import curve, supervision
 from tests.addresses import needs
 
 PREFIX = f"nfcrv{os.getpid() % 100000}"
@@ -136,7 +136,7 @@ def wait_for(what: str, predicate: object, timeout: float = WAIT_S) -> None:
 
 
 def programs(rundir: Path) -> dict[str, str]:
-    return {p["name"]: p["statename"] for p in control.processes(str(rundir))}
+    return {p["name"]: p["statename"] for p in supervision.processes(str(rundir))}
 
 
 @pytest.mark.root

@@ -17,11 +17,12 @@ import pytest
 from nfflowd import topology
 from nfflowd.config import load
 from nfflowd.ops import control
+from nfflowd.pipeline import supervision
 from tests.pipeline_harness import GOLDEN, nfflowd, wait_all_running, write_config
 
 
 def pids(rundir: Path) -> dict[str, int]:
-    return {p["name"]: p["pid"] for p in control.processes(str(rundir))}
+    return {p["name"]: p["pid"] for p in supervision.processes(str(rundir))}
 
 
 def config(tmp_path: Path, engine_id: int = 0) -> Path:

@@ -15,7 +15,6 @@ under ``CI=true`` a missing program fails.
 
 from __future__ import annotations
 
-import importlib
 import ipaddress
 import os
 import shutil
@@ -33,10 +32,10 @@ from nfflowd.correlate.correlator import Correlator
 from nfflowd.formats import json_lines
 from nfflowd.lab.nfcapd import Nfcapd, free_udp_port, parse_nfdump_line
 from nfflowd.messages import FlowRecord
+from nfflowd.outputs.exporter import Exporter
 from tests.pipeline_harness import GOLDEN, csv_key, nfdump_key, nfflowd
 
 # workers/ is installed as nfflowd.workers; mypy checks it as `workers`, not under that name
-export_mod: Any = importlib.import_module("nfflowd.workers.export")
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 LOG = GOLDEN / "lab-events.log"
@@ -168,7 +167,7 @@ def test_restarted_collectors_decode_again_after_the_template_refresh() -> None:
         template_refresh_packets=2,
         template_refresh_seconds=0,
     )
-    exporter = export_mod.Exporter(settings)
+    exporter = Exporter(settings)
     sent: dict[str, list[bytes]] = {fmt: [] for fmt in VERSIONS}
     for fmt, (_enc, coll) in zip(VERSIONS, exporter.targets, strict=True):
         real_send = coll.send

@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 from nfflowd.lab.events import generate
-from nfflowd.ops import control
-from nfflowd.pipeline import endpoints
+from nfflowd.pipeline import endpoints, supervision
 from nfflowd.pipeline.sink import CHUNK
 from tests.pipeline_harness import end_replay, nfflowd, running_pid, start_replay, write_config
 
@@ -87,7 +86,7 @@ def test_stage_failing_on_start_ends_fatal_with_its_cause_logged(tmp_path: Path)
     try:
 
         def fatal() -> dict[str, dict[str, object]] | None:
-            states = {p["name"]: p for p in control.processes(str(rundir))}
+            states = {p["name"]: p for p in supervision.processes(str(rundir))}
             return states if states["export"]["statename"] == "FATAL" else None
 
         states = wait_for(fatal, 90, "export FATAL")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import importlib
 import io
 import ipaddress
 import json
@@ -18,11 +17,11 @@ from nfflowd import config
 from nfflowd.formats import flowtools_csv, json_lines
 from nfflowd.formats.json_lines import KEYS, format_line, iso_ms, parse_line
 from nfflowd.messages import Direction, EndReason, FlowRecord
+from nfflowd.outputs.mirror import Mirror, make_dispatchers
 from nfflowd.outputs.syslog import Dispatcher, ScreenDispatcher
 from tests.addresses import a
 
 # workers/ is installed as nfflowd.workers; mypy checks it as `workers`, not under that name
-mirror_mod: Any = importlib.import_module("nfflowd.workers.mirror")
 
 
 #: The SNAT connection tcp4-snat of tests/data/golden, its ORIGINAL_IN record.
@@ -237,7 +236,7 @@ def mirror_with(*formats: str) -> tuple[Any, list[io.StringIO]]:
     outputs: list[tuple[str, Dispatcher]] = [
         (fmt, ScreenDispatcher(stream)) for fmt, stream in zip(formats, streams, strict=True)
     ]
-    return mirror_mod.Mirror(settings, outputs), streams
+    return Mirror(settings, outputs), streams
 
 
 def test_mirror_formats_once_per_format(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -286,5 +285,5 @@ def test_mirror_builds_dispatchers_with_their_format(tmp_path: Any) -> None:
         "  <other>\n   class Log::Dispatch::Screen\n   stderr 1\n   min_level info\n"
         "  </other>\n </conf>\n</ptee>\n"
     )
-    outputs = mirror_mod.make_dispatchers(config.load(str(conf)))
+    outputs = make_dispatchers(config.load(str(conf)))
     assert [fmt for fmt, _ in outputs] == ["json", "csv"]

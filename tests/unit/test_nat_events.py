@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nfflowd.workers.export import make_encoder
 
 from nfflowd.config import Collector, ExportSettings
 from nfflowd.formats import ipfix, nat_events, netflow_v9
 from nfflowd.formats import ipfix_ies as ies
 from nfflowd.formats.netflow_v5 import V5Encoder
 from nfflowd.messages import FlowRecord
+from nfflowd.outputs.exporter import make_encoder
 from tests.addresses import a, txt
 
 GOLDEN = Path(__file__).parent.parent / "data" / "nat_events"

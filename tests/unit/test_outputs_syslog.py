@@ -5,7 +5,6 @@ The real-rsyslogd tests are in tests/integration/test_rsyslog.py.
 
 from __future__ import annotations
 
-import importlib
 import io
 import logging
 import os
@@ -16,13 +15,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from nfflowd import config
 from nfflowd.messages import FlowRecord
 from nfflowd.outputs import prometheus
+from nfflowd.outputs.mirror import Mirror
 from nfflowd.outputs.syslog import (
     FACILITIES,
     LEVELS,
@@ -38,7 +37,6 @@ from tests.addresses import a
 LOCAL_MSG = re.compile(rb"<(\d+)>([A-Z][a-z]{2} [ 123]\d \d\d:\d\d:\d\d) ([^ :]+): (.*)\Z")
 REMOTE_MSG = re.compile(rb"<(\d+)>([A-Z][a-z]{2} [ 123]\d \d\d:\d\d:\d\d) (\S+) ([^ :]+): (.*)\Z")
 # workers/ is installed as nfflowd.workers; mypy checks it as `workers`, not under that name
-mirror_mod: Any = importlib.import_module("nfflowd.workers.mirror")
 
 
 def poll(check: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -438,7 +436,7 @@ def test_min_level_notice_gets_flow_lines_and_above_is_noted(
 
     server = unix_server(sock_path)
     try:
-        mirror = mirror_mod.Mirror(settings)
+        mirror = Mirror(settings)
         assert len(mirror.dispatchers) == 1
         record = FlowRecord(1248952344422, 1248952480737, 4, 6, a("10.0.195.106"),
                             a("74.125.6.225"), 62380, 80, 720, 38052, a("192.76.7.154"),

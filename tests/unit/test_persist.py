@@ -6,15 +6,14 @@ import os
 import signal
 from pathlib import Path
 
-from nfflowd.workers.export import Exporter, restore_sequences, stream_identity
-from nfflowd.workers.ingest import blind_time
-
 from nfflowd.config import Collector, ExportSettings
+from nfflowd.conntrack.checkpoint import blind_time
 from nfflowd.formats.netflow_v5 import HEADER as V5_HEADER
 from nfflowd.formats.netflow_v5 import V5Encoder
 from nfflowd.formats.netflow_v9 import HEADER as V9_HEADER
 from nfflowd.formats.netflow_v9 import V9Encoder
 from nfflowd.messages import FlowRecord
+from nfflowd.outputs.exporter import Exporter, restore_sequences, stream_identity
 from nfflowd.pipeline import persist
 from tests.addresses import a
 

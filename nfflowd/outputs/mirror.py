@@ -1,0 +1,127 @@
+"""Flow records -> flow lines -> screen / syslog (the mirror stage's work).
+
+Each dispatcher has a ``format``: ``csv`` (flow-tools CSV, the 2009 tool's line,
+:mod:`nfflowd.formats.flowtools_csv`) or ``json`` (every field of the record,
+:mod:`nfflowd.formats.json_lines`).  A batch is formatted once per format in use,
+whatever the number of dispatchers sharing it.  A record a formatter rejects is
+counted (``invalid``), logged (rate-limited) and left out for every dispatcher;
+the rest of its batch goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from nfflowd.config import Settings
+from nfflowd.formats import flowtools_csv, json_lines
+from nfflowd.formats.syslog import FLOW_LINE_SEVERITY
+from nfflowd.formats.uptime import host_boot_ms
+from nfflowd.messages import FlowRecord
+from nfflowd.outputs.syslog import (
+    FLOW_LINE_LEVEL,
+    LEVELS,
+    Dispatcher,
+    ScreenDispatcher,
+    SyslogDispatcher,
+)
+
+log = logging.getLogger("nfflowd.mirror")
+
+#: Line formats a dispatcher can ask for (``<dispatcher> format``).
+FORMATS = ("csv", "json")
+#: At most one warning about invalid records in this many seconds.
+WARN_INTERVAL_S = 60.0
+
+Formatter = Callable[[FlowRecord], str]
+
+
+def make_dispatchers(settings: Settings) -> list[tuple[str, Dispatcher]]:
+    """(format, dispatcher) for each configured dispatcher that gets flow lines."""
+    out: list[tuple[str, Dispatcher]] = []
+    for d in settings.mirror.dispatchers:
+        if LEVELS[d.min_level] < LEVELS[FLOW_LINE_LEVEL]:
+            log.warning("dispatcher %s: min_level %s is above %s: it gets no flow lines",
+                        d.name, d.min_level, FLOW_LINE_LEVEL)  # fmt: skip
+            continue
+        if d.format not in FORMATS:
+            raise SystemExit(f"dispatcher {d.name}: unknown format {d.format!r}")
+        if d.kind == "screen":
+            out.append((d.format, ScreenDispatcher(stderr=d.stderr)))
+        elif d.kind == "syslog":
+            syslog = SyslogDispatcher(
+                d.address, ident=d.ident, facility=d.facility, severity=FLOW_LINE_SEVERITY
+            )
+            out.append((d.format, syslog))
+        else:
+            raise SystemExit(f"dispatcher {d.name}: unknown kind {d.kind!r}")
+    return out
+
+
+def make_formatters(exaddr: str, boot_ms: int) -> dict[str, Formatter]:
+    def csv(r: FlowRecord) -> str:
+        return flowtools_csv.format_line(r, exaddr=exaddr, boot_ms=boot_ms)
+
+    def json(r: FlowRecord) -> str:
+        return json_lines.format_line(r, exaddr=exaddr)
+
+    return {"csv": csv, "json": json}
+
+
+class Mirror:
+    def __init__(
+        self, settings: Settings, outputs: Sequence[tuple[str, Dispatcher]] | None = None
+    ) -> None:
+        """``outputs``: (format, dispatcher) pairs; by default built from ``settings``."""
+        self.outputs = list(make_dispatchers(settings) if outputs is None else outputs)
+        self.dispatchers = [d for _, d in self.outputs]
+        every = make_formatters(settings.export.exaddr, host_boot_ms())
+        in_use = dict.fromkeys(fmt for fmt, _ in self.outputs)  # ordered, unique
+        self.formatters = {fmt: every[fmt] for fmt in in_use}
+        self.lines = 0  # records mirrored (once each, whatever the number of formats)
+        self.invalid = 0  # records a formatter rejected
+        self._last_warning = -WARN_INTERVAL_S
+
+    def handle(self, records: list[FlowRecord]) -> None:
+        try:
+            by_format = {f: [fn(r) for r in records] for f, fn in self.formatters.items()}
+        except (ValueError, TypeError, AttributeError):
+            by_format = self._one_by_one(records)
+        self.lines += len(next(iter(by_format.values()), records))
+        for fmt, d in self.outputs:
+            d.emit(by_format[fmt])
+
+    def _one_by_one(self, records: list[FlowRecord]) -> dict[str, list[str]]:
+        """The slow path of a batch with a bad record: skip (and count) only the bad ones."""
+        out: dict[str, list[str]] = {f: [] for f in self.formatters}
+        for i, r in enumerate(records):
+            try:
+                lines = {f: fn(r) for f, fn in self.formatters.items()}
+            except (ValueError, TypeError, AttributeError) as exc:
+                self.invalid += 1
+                now = time.monotonic()
+                if now - self._last_warning >= WARN_INTERVAL_S:
+                    self._last_warning = now
+                    log.warning("record %d of a batch not mirrored: %s (%d so far)",
+                                i, exc, self.invalid)  # fmt: skip
+                continue
+            for f, line in lines.items():
+                out[f].append(line)
+        return out
+
+    def flush(self) -> None:
+        for d in self.dispatchers:
+            d.flush()
+
+    def pending(self) -> int:
+        """Records not yet delivered by every dispatcher (one line each, oldest first)."""
+        return max((d.pending for d in self.dispatchers if isinstance(d, SyslogDispatcher)),
+                   default=0)  # fmt: skip
+
+    def counters(self) -> dict[str, int]:
+        out = {"lines": self.lines, "invalid": self.invalid}
+        for i, d in enumerate(self.dispatchers):
+            for k, v in d.counters.items():
+                out[f"d{i}_{k}"] = v
+        return out
