@@ -38,6 +38,7 @@ lint: venv
 	$(VENV)/bin/ruff check nfflowd workers tests bench
 	$(VENV)/bin/ruff format --check nfflowd workers tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 test: sysdeps venv lint
 	$(PY) -m pytest -ra $(PYTEST_ARGS)

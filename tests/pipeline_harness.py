@@ -39,6 +39,7 @@ def write_config(
     syslog_socket: str | None,
     rundir: Path,
     screen: bool = False,
+    screen_stderr: bool = False,
     extra: str = "",
 ) -> Path:
     """A seed-style Config::General file pointing at our private collector and syslog."""
@@ -52,8 +53,10 @@ def write_config(
     parts.append("<ptee>\n  <conf>\n")
     parts += [f"    dispatchers {d}\n" for d in dispatchers]
     if screen:
-        parts.append("    <screen>\n      class Log::Dispatch::Screen\n      stderr 0\n"
-                     "      min_level debug\n    </screen>\n")  # fmt: skip
+        parts.append(
+            "    <screen>\n      class Log::Dispatch::Screen\n"
+            f"      stderr {int(screen_stderr)}\n      min_level debug\n    </screen>\n"
+        )
     if syslog_socket:
         parts.append(
             "    <syslog>\n      class Log::Dispatch::Syslog\n      ident nfflowd\n"
@@ -362,16 +365,30 @@ class PacedSyslog:
             os.unlink(self.path)
 
 
-def start_replay(conf: Path, rundir: Path, log: Path) -> subprocess.Popen[str]:
+class BackgroundReplay(subprocess.Popen[str]):
+    """A replay whose stdout and stderr go to files next to its run directory: with a
+    screen dispatcher it prints every flow line, more than a pipe nobody reads holds."""
+
+    def __init__(self, cmd: list[str], out: Path) -> None:
+        self.out_path, self.err_path = out.with_suffix(".stdout"), out.with_suffix(".stderr")
+        with open(self.out_path, "w") as so, open(self.err_path, "w") as se:
+            super().__init__(cmd, stdout=so, stderr=se, text=True)
+
+    def communicate(
+        self, input: str | None = None, timeout: float | None = None
+    ) -> tuple[str, str]:
+        self.wait(timeout)
+        return self.out_path.read_text(), self.err_path.read_text()
+
+
+def start_replay(conf: Path, rundir: Path, log: Path) -> BackgroundReplay:
     """`nfflowd replay` in the background (for tests that kill stages meanwhile)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "nfflowd.ops.cli", "-c", str(conf), "replay", "--rundir",
-         str(rundir), str(log)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    cmd = [sys.executable, "-m", "nfflowd.ops.cli", "-c", str(conf), "replay", "--rundir",
+           str(rundir), str(log)]  # fmt: skip
+    return BackgroundReplay(cmd, rundir.parent / f"{rundir.name}-replay")
 
 
-def end_replay(proc: subprocess.Popen[str], rundir: Path) -> None:
+def end_replay(proc: BackgroundReplay, rundir: Path) -> None:
     """Kill a replay that is still running and stop its supervisord (a killed CLI's)."""
     if proc.poll() is None:
         proc.kill()

@@ -66,7 +66,7 @@ class _Endpoint:
         env = dict(
             os.environ, PYTHONPATH=pkg_parent + os.pathsep + os.environ.get("PYTHONPATH", "")
         )
-        args = ["ip", "netns", "exec", ns, sys.executable, "-m", "nfflowd.lab.traffic"]
+        args = ["ip", "netns", "exec", ns, sys.executable, "-P", "-m", "nfflowd.lab.traffic"]
         pipe = subprocess.PIPE
         self.proc = subprocess.Popen(
             [*args, json.dumps(spec)], stdin=pipe, stdout=pipe, stderr=pipe, env=env

@@ -14,7 +14,7 @@ import xmlrpc.client
 from types import FrameType
 
 from nfflowd.config import ConfigError, MetricsSettings, Settings, load, load_resolved
-from nfflowd.ops import control, environment, install, replay, status
+from nfflowd.ops import control, environment, install, replay, screen, status
 from nfflowd.pipeline import supervision
 from nfflowd.pipeline.stage import SETTINGS_FILE, read_stats
 
@@ -49,13 +49,16 @@ def cmd_start(config: str | None, foreground: bool, args: list[str]) -> int:
         sys.stderr.write("nfflowd: not started: the stages cannot run as <daemon> user\n")
         return 1
     rundir = settings.daemon.rundir
+    followers: list[screen.Follower] = []
     try:
         if not foreground:
             control.launch_daemon(settings, rundir)
             print(f"nfflowd started (run directory {rundir})")
             return 0
+        followers = screen.follow(settings, rundir)  # the screen dispatcher's lines, here too
         proc = control.launch_foreground(settings, rundir)
     except control.ControlError as exc:
+        screen.stop(followers)
         sys.stderr.write(f"nfflowd: {exc}\n")
         return 1
     stopping: list[int] = []
@@ -70,8 +73,11 @@ def cmd_start(config: str | None, foreground: bool, args: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    print(f"nfflowd running in the foreground (run directory {rundir}); Ctrl-C stops it")
-    return 0 if proc.wait() in (0, -signal.SIGTERM) or stopping else 1
+    print(f"nfflowd running in the foreground (run directory {rundir}); Ctrl-C stops it",
+          flush=True)  # fmt: skip
+    rc = proc.wait()
+    screen.stop(followers)
+    return 0 if rc in (0, -signal.SIGTERM) or stopping else 1
 
 
 def cmd_stop(config: str | None, foreground: bool, args: list[str]) -> int:

@@ -146,7 +146,8 @@ def _metrics_program(settings: Settings, rundir: str, python: str | None = None)
     return f"""
 [program:{METRICS}]
 ; added because <metrics> listen {settings.metrics.listen} is set
-command={python or sys.executable} -m nfflowd.workers.metrics --rundir {rundir}
+command={python or sys.executable} -P -m nfflowd.workers.metrics --rundir {rundir}
+directory={rundir}
 priority=400
 autostart=true
 autorestart=true
@@ -170,7 +171,7 @@ def is_running(rundir: str) -> bool:
 
 
 def supervisord_command(conf: str, foreground: bool, *, silent: bool = False) -> list[str]:
-    cmd = [sys.executable, "-m", "supervisor.supervisord", "-c", conf]
+    cmd = [sys.executable, "-P", "-m", "supervisor.supervisord", "-c", conf]
     if foreground:
         cmd.append("-n")
     if silent:

@@ -5,7 +5,9 @@ directory unless one is given).  Ingest reads the logs; every batch is
 acknowledged end to end once its records have been exported and mirrored, and
 when the logs are exhausted and everything is acknowledged ingest publishes an
 ``eof`` notice.  Replay waits for it, stops the pipeline in order and prints
-what each stage counted (their ``final`` notices).
+what each stage counted (their ``final`` notices).  With a ``screen`` dispatcher
+the flow lines show on replay's own stdout (or stderr) too, as in the 2009 tool
+(:mod:`nfflowd.ops.screen`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from nfflowd import topology
 from nfflowd.config import Settings
 from nfflowd.config.settings import DaemonSettings, LinkSettings
 from nfflowd.messages import EOF_TOKEN, Notice
-from nfflowd.ops import control
+from nfflowd.ops import control, screen
 from nfflowd.pipeline import codec, endpoints, supervision
 
 
@@ -62,6 +64,7 @@ def run(
     proc = None
     seen: dict[str, dict[str, int]] = {}
     ok = False
+    followers = screen.follow(settings, run_dir) if out is not None else []
     try:
         proc = control.launch_foreground(settings, run_dir, silent=True)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -94,6 +97,7 @@ def run(
             if isinstance(msg, Notice):
                 seen[msg.stage] = msg.counters
         ok = True
+        screen.stop(followers)
         if out is not None:
             order = {s: i for i, s in enumerate(topology.STAGES)}
             names = set(topology.STAGES) - {topology.stage_of(n) for n in seen} | set(seen)
@@ -102,6 +106,7 @@ def run(
                 out.write(f"{name:<11} {counters}\n")
         return seen
     finally:
+        screen.stop(followers)
         sub.close(linger=0)
         ctx.destroy(linger=0)
         if proc is not None and proc.poll() is None:

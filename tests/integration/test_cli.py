@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections import Counter
 from importlib import resources
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from nfflowd import topology
 from nfflowd.config import load
 from nfflowd.ops import control
 from nfflowd.pipeline import supervision
-from tests.pipeline_harness import GOLDEN, nfflowd, wait_all_running, write_config
+from tests.pipeline_harness import GOLDEN, csv_key, nfflowd, wait_all_running, write_config
 
 
 def pids(rundir: Path) -> dict[str, int]:
@@ -172,7 +173,7 @@ def test_foreground_start_stops_cleanly_on_signal(
             os.killpg(proc.pid, signum)
         else:
             proc.send_signal(signum)
-        _, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -186,6 +187,28 @@ def test_foreground_start_stops_cleanly_on_signal(
     # everything the file source read was mirrored before the stages exited
     lines = (tmp_path / "run" / "mirror.out").read_text().splitlines()
     assert len(lines) == len((GOLDEN / "lab-expected.csv").read_text().splitlines())
+    # ... and, as with the 2009 tool, the screen dispatcher's lines showed on our terminal
+    # (supervisord -n logs there too)
+    assert [line for line in out.splitlines() if line.count(",") == 17] == lines
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("stderr", [False, True], ids=["stdout", "stderr 1"])
+def test_replay_shows_screen_lines_on_its_own_terminal(tmp_path: Path, stderr: bool) -> None:
+    """The 2009 tool printed a screen dispatcher's lines on its terminal; so does replay
+    (stderr with ``stderr 1``), while the mirror's file keeps them too."""
+    conf = write_config(tmp_path / "c.conf", collector_port=None, syslog_socket=None,
+                        rundir=tmp_path / "run", screen=True, screen_stderr=stderr)  # fmt: skip
+    res = nfflowd("-c", str(conf), "replay", "--rundir", str(tmp_path / "run"),
+                  str(GOLDEN / "lab-events.log"))  # fmt: skip
+    expected = (GOLDEN / "lab-expected.csv").read_text().splitlines()
+    terminal, other = (res.stderr, res.stdout) if stderr else (res.stdout, res.stderr)
+    shown = [line for line in terminal.splitlines() if line.count(",") == 17]
+    assert [line for line in other.splitlines() if line.count(",") == 17] == []
+    assert Counter(csv_key(x)[:9] for x in shown) == Counter(csv_key(x)[:9] for x in expected)
+    if not stderr:
+        assert (tmp_path / "run" / "mirror.out").read_text().splitlines() == shown
+    assert "mirror" in res.stdout  # the stages' final counters follow the lines
 
 
 def test_install_writes_a_systemd_unit(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The stages run from an installed wheel in a fresh venv, without the source tree.
+"""The stages run from an installed wheel in a fresh venv, even from inside the source tree.
 
 Proves the package-dir mapping: workers/ is installed as ``nfflowd.workers``
 and no generic top-level ``workers`` module lands in site-packages.
@@ -44,8 +44,10 @@ def test_wheel_in_fresh_venv_runs_a_replay(tmp_path: Path) -> None:
     conf = write_config(tmp_path / "c.conf", collector_port=None, syslog_socket=None,
                         rundir=tmp_path / "run", screen=True)  # fmt: skip
     log = GOLDEN / "lab-events.log"
+    # run from inside the source checkout: `python -m` would put its nfflowd/ (which has no
+    # workers/) first on sys.path; the stages start in the run directory with -P instead
     res = run([str(env_dir / "bin" / "nfflowd"), "-c", str(conf), "replay", "--rundir",
-               str(tmp_path / "run"), str(log)], cwd=tmp_path, timeout=120)  # fmt: skip
+               str(tmp_path / "run"), str(log)], cwd=ROOT, timeout=120)  # fmt: skip
     lines = (tmp_path / "run" / "mirror.out").read_text().splitlines()
     expected = (GOLDEN / "lab-expected.csv").read_text().splitlines()
     assert len(lines) == len(expected) > 0
