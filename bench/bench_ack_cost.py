@@ -29,8 +29,11 @@ LOST = re.compile(r"\(lost (\d+)\)")
 def worktree(rev: str, where: Path) -> Path:
     """A detached checkout of *rev*; nfflowd.workers made importable from it directly
     (the editable install maps that package to this tree's workers/)."""
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(where), rev],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(where), rev],
+        check=True,
+        capture_output=True,
+    )
     (where / "nfflowd" / "workers").symlink_to("../workers")
     return where
 
@@ -40,9 +43,14 @@ def run(tree: Path, events: int) -> tuple[float, str]:
     if tree != ROOT:
         env["PYTHONPATH"] = str(tree)  # ahead of the editable install of this tree
     # cwd too: `python -m` puts the working directory first on the stages' sys.path
-    res = subprocess.run([sys.executable, str(tree / "bench" / "bench_pipeline.py"),
-                          "--events", str(events)], cwd=tree,
-                         env=env, capture_output=True, text=True, check=False)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, str(tree / "bench" / "bench_pipeline.py"), "--events", str(events)],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     m = RATE.search(res.stdout)
     if m is None:
         raise SystemExit(f"{tree}: no figure in the output:\n{res.stdout}\n{res.stderr}")
@@ -65,15 +73,22 @@ def main() -> None:
                 rate, out = run(tree, ns.events)
                 rates[label].append(rate)
                 lost = LOST.findall(out)
-                print(f"round {r + 1} {label:17} {rate:9,.0f} events/s  lost {'/'.join(lost)}",
-                      flush=True)  # fmt: skip
+                print(
+                    f"round {r + 1} {label:17} {rate:9,.0f} events/s  lost {'/'.join(lost)}",
+                    flush=True,
+                )
     finally:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)],
-                       check=False, capture_output=True)  # fmt: skip
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)],
+            check=False,
+            capture_output=True,
+        )
     before = statistics.median(rates["before (no acks)"])
     now = statistics.median(rates["now (acks)"])
-    print(f"median before {before:,.0f} events/s, now {now:,.0f} events/s: "
-          f"the protocol costs {100 * (1 - now / before):.1f} % (budget 15 %)")  # fmt: skip
+    print(
+        f"median before {before:,.0f} events/s, now {now:,.0f} events/s: "
+        f"the protocol costs {100 * (1 - now / before):.1f} % (budget 15 %)"
+    )
 
 
 if __name__ == "__main__":

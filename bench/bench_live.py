@@ -125,8 +125,13 @@ def roles(argv: list[str]) -> None:
     p.add_argument("role", choices=("_sender", "_server"))
     for opt in ("--src", "--dst", "--addr"):
         p.add_argument(opt, default="")
-    for opt, kind in (("--rate", float), ("--seconds", float), ("--total", int),
-                      ("--slice", int), ("--slices", int)):  # fmt: skip
+    for opt, kind in (
+        ("--rate", float),
+        ("--seconds", float),
+        ("--total", int),
+        ("--slice", int),
+        ("--slices", int),
+    ):
         p.add_argument(opt, type=kind, default=1 if opt == "--slices" else 0)
     p.add_argument("--tcp", action="store_true")
     a = p.parse_args(argv)
@@ -222,9 +227,25 @@ def kernel_state(lab: labmod.Lab) -> dict[str, int]:
     rows = [[int(v, 16) for v in ln.split()] for ln in lines[1:] if ln.strip()]
     state = {n: sum(r[i] for r in rows) for i, n in enumerate(names) if n != "entries"}
     state["entries"] = rows[0][names.index("entries")]
-    out = subprocess.run(["ip", "netns", "exec", lab.fw, "nft", "-j", "list", "counter", "inet",
-                          "nfk_bench", "created"], capture_output=True, text=True, timeout=15,
-                         check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            lab.fw,
+            "nft",
+            "-j",
+            "list",
+            "counter",
+            "inet",
+            "nfk_bench",
+            "created",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=15,
+        check=True,
+    ).stdout
     counter = next(o["counter"] for o in json.loads(out)["nftables"] if "counter" in o)
     state["created"] = int(counter["packets"])
     return state
@@ -283,8 +304,15 @@ class FwNfcapd(Nfcapd):
         self._tx = open_in_netns(self.netns, socket.AF_INET, socket.SOCK_DGRAM, 0)
         assert self.proc is not None
         proc = self.proc
-        return bool(wait_for("nfcapd in the fw namespace", lambda: proc.poll() is not None
-                             or self._udp() is not None)) and proc.poll() is None  # fmt: skip
+        return (
+            bool(
+                wait_for(
+                    "nfcapd in the fw namespace",
+                    lambda: proc.poll() is not None or self._udp() is not None,
+                )
+            )
+            and proc.poll() is None
+        )
 
     def _state(self) -> tuple[int, int]:
         state = self._udp()
@@ -333,12 +361,21 @@ class NfflowdRun:
         mirror = (Dispatcher(name="screen", kind="screen"),) if a.mirror == "screen" else ()
         self.settings = dataclasses.replace(
             base,
-            source=dataclasses.replace(base.source, type="netlink", netns=lab.fw, rcvbuf=a.rcvbuf,
-                                       reliable=reliable, set_sysctls=True),
-            export=dataclasses.replace(base.export, exaddr="127.0.0.1", collectors=(
-                Collector(address="127.0.0.1", port=self.cap.port, version=a.version),)),
+            source=dataclasses.replace(
+                base.source,
+                type="netlink",
+                netns=lab.fw,
+                rcvbuf=a.rcvbuf,
+                reliable=reliable,
+                set_sysctls=True,
+            ),
+            export=dataclasses.replace(
+                base.export,
+                exaddr="127.0.0.1",
+                collectors=(Collector(address="127.0.0.1", port=self.cap.port, version=a.version),),
+            ),
             mirror=dataclasses.replace(base.mirror, dispatchers=mirror),
-        )  # fmt: skip
+        )
         self.proc: subprocess.Popen[bytes] | None = None
         self.pids: dict[str, int] = {}
 
@@ -411,21 +448,31 @@ class UlogdRun:
         self.cap = FwNfcapd(lab.fw, work)
         self.cap.start()
         self.conf = work / "ulogd.conf"
-        values = {"logfile": self.log, "plugindir": ulogd_plugindir(), "rcvbuf": a.rcvbuf,
-                  "rcvbuf_max": max(a.rcvbuf, 512 << 20), "reliable": int(reliable),
-                  "port": self.cap.port}  # fmt: skip
+        values = {
+            "logfile": self.log,
+            "plugindir": ulogd_plugindir(),
+            "rcvbuf": a.rcvbuf,
+            "rcvbuf_max": max(a.rcvbuf, 512 << 20),
+            "reliable": int(reliable),
+            "port": self.cap.port,
+        }
         self.conf.write_text(string.Template(ULOGD_CONF.read_text()).substitute(values))
         self.proc: subprocess.Popen[bytes] | None = None
         self.pids: dict[str, int] = {}
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(["ip", "netns", "exec", self.lab.fw, "ulogd", "-c",
-                                      str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.lab.fw, "ulogd", "-c", str(self.conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self.pids = {"ulogd": self.proc.pid}
         proc = self.proc
-        wait_for("ulogd to subscribe", lambda: proc.poll() is not None
-                 or listener_state(self.lab, proc.pid) is not None)  # fmt: skip
+        wait_for(
+            "ulogd to subscribe",
+            lambda: proc.poll() is not None or listener_state(self.lab, proc.pid) is not None,
+        )
         if proc.poll() is not None:
             raise RuntimeError(f"ulogd exited with status {proc.returncode}: see {self.log}")
 
@@ -477,28 +524,66 @@ def sample(lab: labmod.Lab, consumers: list[Consumer], t_end: float, st: dict[st
         mine["cpu"] = cpu
 
 
-def generate(lab: labmod.Lab, rate: int, a: argparse.Namespace, consumers: list[Consumer],
-             st: dict[str, Any]) -> dict[str, float]:  # fmt: skip
+def generate(
+    lab: labmod.Lab, rate: int, a: argparse.Namespace, consumers: list[Consumer], st: dict[str, Any]
+) -> dict[str, float]:
     """Run the senders for one step; return what they sent, their time and CPU."""
     per = rate / a.senders if rate else 0
-    jobs = [role(["_sender", "--src", lab.client4, "--dst", lab.server4, "--rate", str(per),
-                  "--seconds", str(a.seconds), "--total", str(a.max_total // a.senders),
-                  "--slice", str(i), "--slices", str(a.senders)], lab.client)
-            for i in range(a.senders)]  # fmt: skip
+    jobs = [
+        role(
+            [
+                "_sender",
+                "--src",
+                lab.client4,
+                "--dst",
+                lab.server4,
+                "--rate",
+                str(per),
+                "--seconds",
+                str(a.seconds),
+                "--total",
+                str(a.max_total // a.senders),
+                "--slice",
+                str(i),
+                "--slices",
+                str(a.senders),
+            ],
+            lab.client,
+        )
+        for i in range(a.senders)
+    ]
     if a.tcp_rate:
-        jobs.append(role(["_sender", "--tcp", "--src", lab.client4, "--dst", lab.server4, "--rate",
-                          str(a.tcp_rate), "--seconds", str(a.seconds)], lab.client))  # fmt: skip
+        jobs.append(
+            role(
+                [
+                    "_sender",
+                    "--tcp",
+                    "--src",
+                    lab.client4,
+                    "--dst",
+                    lab.server4,
+                    "--rate",
+                    str(a.tcp_rate),
+                    "--seconds",
+                    str(a.seconds),
+                ],
+                lab.client,
+            )
+        )
     deadline = time.monotonic() + a.seconds + 60
     while any(j.poll() is None for j in jobs) and time.monotonic() < deadline:
         sample(lab, consumers, 0.0, st)
         time.sleep(0.25)
     res = [json.loads(j.communicate(timeout=10)[0] or "{}") for j in jobs]
-    return {k: (max if k == "seconds" else sum)(r.get(k, 0) for r in res)
-            for k in ("sent", "seconds", "cpu")}  # fmt: skip
+    return {
+        k: (max if k == "seconds" else sum)(r.get(k, 0) for r in res)
+        for k in ("sent", "seconds", "cpu")
+    }
 
 
-def settle(lab: labmod.Lab, consumers: list[Consumer], a: argparse.Namespace,
-           st: dict[str, Any]) -> dict[str, float]:  # fmt: skip
+def settle(
+    lab: labmod.Lab, consumers: list[Consumer], a: argparse.Namespace, st: dict[str, Any]
+) -> dict[str, float]:
     """Let the connections expire, flush what the GC left, wait until the consumers are idle."""
     t_end = time.monotonic()
     while time.monotonic() < t_end + labmod.MAX_TIMEOUT + a.gc_wait:
@@ -526,8 +611,9 @@ def settle(lab: labmod.Lab, consumers: list[Consumer], a: argparse.Namespace,
     return {"flushed": flushed, "flush_s": flush_s}
 
 
-def run_step(lab: labmod.Lab, rate: int, consumers: list[Consumer],
-             a: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
+def run_step(
+    lab: labmod.Lab, rate: int, consumers: list[Consumer], a: argparse.Namespace
+) -> dict[str, Any]:
     labmod.flush(lab)
     for c in consumers:
         c.start()
@@ -566,23 +652,29 @@ def show_step(name: str, s: dict[str, Any]) -> tuple[str, str]:
     head = f"{name:<16} {rate:>7}"
     if "destroy" in r:
         new = r.get("new", 0) - r.get("dumped", 0)
-        got = (f"{new / secs:>7,.0f} {r['destroy'] / secs:>7,.0f} {created - new:>6,} "
-               f"{created - r['destroy']:>6,}")  # fmt: skip
+        got = (
+            f"{new / secs:>7,.0f} {r['destroy'] / secs:>7,.0f} {created - new:>6,} "
+            f"{created - r['destroy']:>6,}"
+        )
     else:
         got = f"{'n/a':>7} {'n/a':>7} {'n/a':>6} {'n/a':>6}"
-    delivery = (f"{head} {s['sent'] / secs:>7,.0f} {created / secs:>7,.0f} "
-                f"{s['drop'] + s['early_drop'] + s['insert_failed']:>5} {s['flushed']:>7,} {got} "
-                f"{r['stored']:>8,} {r['stored'] / created if created else 0:>5.2f} "
-                f"{r['collector_drops']:>5} "
-                f"{r.get('enobufs', 0):>5} {r.get('resyncs', '-'):>5} {r['sock_drops']:>7,} "
-                f"{r['peak_queue'] / 2**20:>6.1f} {r['busy_s']:>5.1f}")  # fmt: skip
+    delivery = (
+        f"{head} {s['sent'] / secs:>7,.0f} {created / secs:>7,.0f} "
+        f"{s['drop'] + s['early_drop'] + s['insert_failed']:>5} {s['flushed']:>7,} {got} "
+        f"{r['stored']:>8,} {r['stored'] / created if created else 0:>5.2f} "
+        f"{r['collector_drops']:>5} "
+        f"{r.get('enobufs', 0):>5} {r.get('resyncs', '-'):>5} {r['sock_drops']:>7,} "
+        f"{r['peak_queue'] / 2**20:>6.1f} {r['busy_s']:>5.1f}"
+    )
     cpu = r["cpu"]
     per = {n: cpu.get(n, 0.0) * 1e6 / kev for n in (*STAGES, "supervisord", "ulogd")}
     cols = " ".join(f"{per[n]:>6.1f}" if n in cpu else f"{'':>6}" for n in per)
     worst = max(v for n, v in per.items() if n in cpu and n != "supervisord")
     total = sum(cpu.values())
-    line = (f"{head} {created / secs:>7,.0f} {total:>6.2f} {total * 1e6 / kev:>6.1f}  {cols}  "
-            f"{1e6 / (2 * worst) if worst else 0:>7,.0f}")  # fmt: skip
+    line = (
+        f"{head} {created / secs:>7,.0f} {total:>6.2f} {total * 1e6 / kev:>6.1f}  {cols}  "
+        f"{1e6 / (2 * worst) if worst else 0:>7,.0f}"
+    )
     return delivery, line
 
 
@@ -671,11 +763,18 @@ def main(argv: list[str]) -> int:
     try:
         lab = labmod.up(a.prefix)
         for ns, rules in ((lab.client, CLIENT_RULES), (lab.fw, FW_RULES)):
-            subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=rules, text=True,
-                           check=True, timeout=15)  # fmt: skip
+            subprocess.run(
+                ["ip", "netns", "exec", ns, "nft", "-f", "-"],
+                input=rules,
+                text=True,
+                check=True,
+                timeout=15,
+            )
         server = role(["_server", "--addr", lab.server4], lab.server)
-        print(f"load average {loadavg()}; lab {a.prefix}* up; steps of {a.seconds:g} s "
-              f"(at most {a.max_total:,} conns); work dir {work}")  # fmt: skip
+        print(
+            f"load average {loadavg()}; lab {a.prefix}* up; steps of {a.seconds:g} s "
+            f"(at most {a.max_total:,} conns); work dir {work}"
+        )
         print(DELIVERY, flush=True)
         for n, spec in enumerate(passes):
             for rate in rates:

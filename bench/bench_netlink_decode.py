@@ -44,8 +44,10 @@ def rate(label: str, fn: Callable[[], int], seconds: float) -> float:
         done += fn()
     cpu = time.process_time() - cpu_start
     per_s = done / elapsed
-    print(f"{label:<44} {per_s:>12,.0f} msgs/s  {1e6 / per_s:8.2f} us/msg wall  "
-          f"{1e6 * cpu / done:8.2f} us/msg CPU")  # fmt: skip
+    print(
+        f"{label:<44} {per_s:>12,.0f} msgs/s  {1e6 / per_s:8.2f} us/msg wall  "
+        f"{1e6 * cpu / done:8.2f} us/msg CPU"
+    )
     return per_s
 
 
@@ -93,11 +95,15 @@ def pyroute2_decoder() -> Callable[[bytes], list[tuple[Any, ...]]] | None:
                 continue
             counters = msg.get_attr("CTA_COUNTERS_ORIG")
             stamp = msg.get_attr("CTA_TIMESTAMP")
-            out.append((
-                side(orig), side(msg.get_attr("CTA_TUPLE_REPLY")), msg.get_attr("CTA_ID"),
-                counters and counters.get_attr("CTA_COUNTERS_PACKETS"),
-                stamp and stamp.get_attr("CTA_TIMESTAMP_START"),
-            ))  # fmt: skip
+            out.append(
+                (
+                    side(orig),
+                    side(msg.get_attr("CTA_TUPLE_REPLY")),
+                    msg.get_attr("CTA_ID"),
+                    counters and counters.get_attr("CTA_COUNTERS_PACKETS"),
+                    stamp and stamp.get_attr("CTA_TIMESTAMP_START"),
+                )
+            )
         return out
 
     return decode
@@ -110,8 +116,10 @@ def main() -> None:
     grams = load()
     big = b"".join(grams) * max(1, 16384 // sum(map(len, grams)))  # ~ one dump recv
     per_big = len(grams) * (len(big) // sum(map(len, grams)))
-    print(f"{len(grams)} captured event messages, {sum(map(len, grams)) / len(grams):.0f} B avg; "
-          f"dump buffer {len(big)} B = {per_big} messages")  # fmt: skip
+    print(
+        f"{len(grams)} captured event messages, {sum(map(len, grams)) / len(grams):.0f} B avg; "
+        f"dump buffer {len(big)} B = {per_big} messages"
+    )
     counters = DecodeCounters()
 
     def ours_events() -> int:

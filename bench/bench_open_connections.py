@@ -116,9 +116,13 @@ def child_correlator(path: str) -> dict[str, float]:
     elapsed = time.perf_counter() - t0
     gc.collect()
     n = len(corr.open)
-    return {"open": n, "rss_b": (_status_kb("VmRSS") - rss0) * 1024 / n,
-            "hwm_b": (_status_kb("VmHWM") - hwm0) * 1024 / n,
-            "dict_b": sys.getsizeof(corr.open) / n, "feed_us": elapsed / n * 1e6}  # fmt: skip
+    return {
+        "open": n,
+        "rss_b": (_status_kb("VmRSS") - rss0) * 1024 / n,
+        "hwm_b": (_status_kb("VmHWM") - hwm0) * 1024 / n,
+        "dict_b": sys.getsizeof(corr.open) / n,
+        "feed_us": elapsed / n * 1e6,
+    }
 
 
 def child_table(path: str, kind: str, value_kind: str) -> dict[str, float]:
@@ -135,9 +139,13 @@ def child_table(path: str, kind: str, value_kind: str) -> dict[str, float]:
     rss1, n = _status_kb("VmRSS"), len(table)
     sample = list(itertools.islice(table.items(), 0, None, max(1, n // 1000)))
     key_b = sum(_deep_size(k) for k, _ in sample) / len(sample)
-    return {"open": n, "rss_b": (rss1 - rss0) * 1024 / n,
-            "dict_b": sys.getsizeof(table) / n, "key_b": key_b,
-            "value_b": sum(sys.getsizeof(v) for _, v in sample) / len(sample)}  # fmt: skip
+    return {
+        "open": n,
+        "rss_b": (rss1 - rss0) * 1024 / n,
+        "dict_b": sys.getsizeof(table) / n,
+        "key_b": key_b,
+        "value_b": sum(sys.getsizeof(v) for _, v in sample) / len(sample),
+    }
 
 
 def _deep_size(obj: object) -> int:
@@ -161,10 +169,15 @@ def child_profile(path: str, n: int) -> dict[str, object]:
     snap = tracemalloc.take_snapshot()
     tracemalloc.stop()
     n_open = len(corr.open)
-    top = [{"where": f"{Path(s.traceback[0].filename).name}:{s.traceback[0].lineno}",
-            "bytes_per_conn": s.size / n_open, "blocks_per_conn": s.count / n_open,
-            "code": _source(s.traceback[0].filename, s.traceback[0].lineno)}
-           for s in snap.statistics("lineno")[:6]]  # fmt: skip
+    top = [
+        {
+            "where": f"{Path(s.traceback[0].filename).name}:{s.traceback[0].lineno}",
+            "bytes_per_conn": s.size / n_open,
+            "blocks_per_conn": s.count / n_open,
+            "code": _source(s.traceback[0].filename, s.traceback[0].lineno),
+        }
+        for s in snap.statistics("lineno")[:6]
+    ]
     return {"open": n_open, "top": top}
 
 
@@ -239,8 +252,12 @@ class Logs:
 
 
 def make_logs(work: Path, conns: int, small: int) -> Logs:
-    logs = Logs(work / "new-ids.log", work / "new-noids.log",
-                work / "new-ids-small.log", work / "new-noids-small.log")  # fmt: skip
+    logs = Logs(
+        work / "new-ids.log",
+        work / "new-noids.log",
+        work / "new-ids-small.log",
+        work / "new-noids-small.log",
+    )
     generate(str(logs.ids), conns, new_only=True)
     generate(str(logs.ids_small), small, new_only=True)
     _strip_ids(logs.ids, logs.no_ids)
@@ -263,58 +280,84 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="nfflowd-open-conns-"))
     t0 = time.perf_counter()
     logs = make_logs(work, ns.conns, ns.small)
-    print(f"generated {ns.conns:,} NEW-only lines (and a {ns.small:,}-line baseline), with and "
-          f"without conntrack ids, in {time.perf_counter() - t0:.1f} s: {work}")  # fmt: skip
-    print(f"{os.cpu_count()} cores shared with other engineers' tests; "
-          "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))  # fmt: skip
+    print(
+        f"generated {ns.conns:,} NEW-only lines (and a {ns.small:,}-line baseline), with and "
+        f"without conntrack ids, in {time.perf_counter() - t0:.1f} s: {work}"
+    )
+    print(
+        f"{os.cpu_count()} cores shared with other engineers' tests; "
+        "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+    )
     print(f"target: <= {TARGET} bytes per open connection\n")
 
     print("(a) in process, nfflowd.correlate.correlator.Correlator fed by the text parser")
-    for label, log in (("by conntrack id (-o id, netlink)", logs.ids),
-                       ("by original tuple (no -o id)", logs.no_ids)):  # fmt: skip
+    for label, log in (
+        ("by conntrack id (-o id, netlink)", logs.ids),
+        ("by original tuple (no -o id)", logs.no_ids),
+    ):
         r = _child("correlator", str(log))
         b = float(r["rss_b"])  # type: ignore[arg-type]
-        print(f"  {label:34} {r['open']:>9,} open: {b:6.0f} B/conn RSS "
-              f"({r['hwm_b']:.0f} peak; dict alone {r['dict_b']:.0f}) "
-              f"{r['feed_us']:.2f} us/event parse+feed  {_verdict(b)}")  # fmt: skip
+        print(
+            f"  {label:34} {r['open']:>9,} open: {b:6.0f} B/conn RSS "
+            f"({r['hwm_b']:.0f} peak; dict alone {r['dict_b']:.0f}) "
+            f"{r['feed_us']:.2f} us/event parse+feed  {_verdict(b)}"
+        )
 
     if not ns.no_pipeline:
-        print(f"\n(b) pipeline (nfflowd replay), correlate peak RSS, {ns.conns:,} minus "
-              f"{ns.small:,} connections")  # fmt: skip
-        pairs = (("by conntrack id", logs.ids, logs.ids_small),
-                 ("by original tuple", logs.no_ids, logs.no_ids_small))  # fmt: skip
+        print(
+            f"\n(b) pipeline (nfflowd replay), correlate peak RSS, {ns.conns:,} minus "
+            f"{ns.small:,} connections"
+        )
+        pairs = (
+            ("by conntrack id", logs.ids, logs.ids_small),
+            ("by original tuple", logs.no_ids, logs.no_ids_small),
+        )
         for label, big, small in pairs:
             kb_small, _ = pipeline_peak_kb(small, work)
             kb_big, n_open = pipeline_peak_kb(big, work)
             b = (kb_big - kb_small) * 1024 / (ns.conns - ns.small)
-            print(f"  {label:34} {n_open:>9,} open: {b:6.0f} B/conn (peak "
-                  f"{kb_small / 1024:.1f} -> {kb_big / 1024:.1f} MiB)  {_verdict(b)}")  # fmt: skip
+            print(
+                f"  {label:34} {n_open:>9,} open: {b:6.0f} B/conn (peak "
+                f"{kb_small / 1024:.1f} -> {kb_big / 1024:.1f} MiB)  {_verdict(b)}"
+            )
 
     hwm_small, n_small = seed_hwm_kb(logs.no_ids_small)
     hwm_big, n_big = seed_hwm_kb(logs.no_ids)
     b = (hwm_big - hwm_small) * 1024 / max(1, n_big - n_small)
-    print(f"\n(c) the seed's technique (perl hash of NEW times), IPv4 TCP/UDP/ICMP only: "
-          f"{n_big:,} tracked, {b:.0f} B/conn (peak {hwm_small / 1024:.1f} -> "
-          f"{hwm_big / 1024:.1f} MiB)")  # fmt: skip
+    print(
+        f"\n(c) the seed's technique (perl hash of NEW times), IPv4 TCP/UDP/ICMP only: "
+        f"{n_big:,} tracked, {b:.0f} B/conn (peak {hwm_small / 1024:.1f} -> "
+        f"{hwm_big / 1024:.1f} MiB)"
+    )
 
-    print(f"\nprofile: tracemalloc, by original tuple, {ns.profile:,} connections "
-          "(what stays allocated, by the line that allocated it)")  # fmt: skip
+    print(
+        f"\nprofile: tracemalloc, by original tuple, {ns.profile:,} connections "
+        "(what stays allocated, by the line that allocated it)"
+    )
     prof = _child("profile", str(logs.no_ids), str(ns.profile))
     for s in prof["top"]:  # type: ignore[attr-defined]
-        print(f"  {s['bytes_per_conn']:6.1f} B/conn {s['blocks_per_conn']:4.2f} blocks  "
-              f"{s['where']:22} {s['code']}")  # fmt: skip
+        print(
+            f"  {s['bytes_per_conn']:6.1f} B/conn {s['blocks_per_conn']:4.2f} blocks  "
+            f"{s['where']:22} {s['code']}"
+        )
 
     print("\nexperiment: plain dict key -> start, same events, other representations")
     cost = _child("cost", str(logs.ids), "200000")  # ids present: every kind works
-    experiments = (("7-tuple", "int ns", logs.no_ids), ("packed", "int ns", logs.no_ids),
-                   ("packed", "float ms", logs.no_ids), ("ct_id", "int ns", logs.ids),
-                   ("ct_id", "float ms", logs.ids))  # fmt: skip
+    experiments = (
+        ("7-tuple", "int ns", logs.no_ids),
+        ("packed", "int ns", logs.no_ids),
+        ("packed", "float ms", logs.no_ids),
+        ("ct_id", "int ns", logs.ids),
+        ("ct_id", "float ms", logs.ids),
+    )
     for kind, value_kind, log in experiments:
         r = _child("table", str(log), kind, value_kind)
         b = float(r["rss_b"])  # type: ignore[arg-type]
-        print(f"  {kind:6} -> {value_kind:8} {b:6.0f} B/conn RSS (key {r['key_b']:.0f} + value "
-              f"{r['value_b']:.0f} + dict {r['dict_b']:.0f} by getsizeof)  "
-              f"key+insert+pop {cost[kind]:.0f} ns  {_verdict(b)}")  # fmt: skip
+        print(
+            f"  {kind:6} -> {value_kind:8} {b:6.0f} B/conn RSS (key {r['key_b']:.0f} + value "
+            f"{r['value_b']:.0f} + dict {r['dict_b']:.0f} by getsizeof)  "
+            f"key+insert+pop {cost[kind]:.0f} ns  {_verdict(b)}"
+        )
     if ns.keep:
         print(f"kept {work}")
     else:

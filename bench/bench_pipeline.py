@@ -34,14 +34,15 @@ def replay_settings(collector_port: int, correlators: int = 1, exporters: int = 
     return dataclasses.replace(
         base,
         export=dataclasses.replace(
-            base.export, exaddr="127.0.0.1",
+            base.export,
+            exaddr="127.0.0.1",
             collectors=(Collector(address="127.0.0.1", port=collector_port, version=5),),
         ),
         mirror=dataclasses.replace(
             base.mirror, dispatchers=(Dispatcher(name="screen", kind="screen"),)
         ),
         daemon=dataclasses.replace(base.daemon, correlators=correlators, exporters=exporters),
-    )  # fmt: skip
+    )
 
 
 def main() -> None:
@@ -55,8 +56,10 @@ def main() -> None:
     log = work / "events.log"
     t0 = time.perf_counter()
     expected = generate(str(log), ns.events)
-    print(f"generated {ns.events} events ({expected} expected records, IPv6 included) "
-          f"in {time.perf_counter() - t0:.1f} s: {log}")  # fmt: skip
+    print(
+        f"generated {ns.events} events ({expected} expected records, IPv6 included) "
+        f"in {time.perf_counter() - t0:.1f} s: {log}"
+    )
     rundir = str(work / "run")
     with Nfcapd(extra_args=["-B", "8388608"]) as cap:
         settings = replay_settings(cap.port, ns.correlators, ns.exporters)
@@ -77,8 +80,10 @@ def main() -> None:
     print(f"events/s end to end: {ns.events / elapsed:,.0f}")
     print(f"records/s end to end: {expected / elapsed:,.0f}")
     print(f"shards: {ns.correlators} correlate, {ns.exporters} export")
-    print(f"records: expected {expected}, correlated {correlated}, "
-          f"mirrored {mirrored} (lost {expected - mirrored})")  # fmt: skip
+    print(
+        f"records: expected {expected}, correlated {correlated}, "
+        f"mirrored {mirrored} (lost {expected - mirrored})"
+    )
     print(
         f"collector: IPv4 records sent {v4_expected}, stored by nfcapd {stored} "
         f"(lost {v4_expected - stored}); IPv6 skipped by v5: {skipped}"
@@ -88,9 +93,11 @@ def main() -> None:
     for name in sorted(counters, key=lambda n: (order.get(topology.stage_of(n), 9), n)):
         c = counters[name]
         total_cpu += c.get("cpu_ms", 0)
-        print(f"{name:<12} peak RSS {c.get('peak_rss_kb', 0) / 1024:6.1f} MiB   "
-              f"CPU {c.get('cpu_ms', 0) / 1000:6.2f} s   "
-              f"{1000 * c.get('cpu_ms', 0) / ns.events:5.1f} us/event")  # fmt: skip
+        print(
+            f"{name:<12} peak RSS {c.get('peak_rss_kb', 0) / 1024:6.1f} MiB   "
+            f"CPU {c.get('cpu_ms', 0) / 1000:6.2f} s   "
+            f"{1000 * c.get('cpu_ms', 0) / ns.events:5.1f} us/event"
+        )
     print(f"all stages: {1000 * total_cpu / ns.events:.1f} us of CPU per event")
     if not ns.keep:
         import shutil

@@ -42,8 +42,9 @@ def main() -> None:
         with open(log, "wb") as fh:
             proc = subprocess.Popen(
                 ["ip", "netns", "exec", the_lab.fw, "conntrack", "-E", "-o", "timestamp,id"],
-                stdout=fh, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
+                stdout=fh,
+                stderr=subprocess.DEVNULL,
+            )
             time.sleep(0.5)
             for _ in range(ns.rounds):
                 lab.traffic(the_lab)

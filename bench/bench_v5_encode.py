@@ -21,8 +21,27 @@ def make_records(n: int, now_ms: int) -> list[FlowRecord]:
         sport = 1024 + i % 60000
         packets = 10 + i % 100
         proto = 6 if i % 3 else 17
-        r = FlowRecord(first, now_ms - i % 1000, 4, proto, src, dst, sport, 443, packets,
-                       1500 * packets, src, dst, sport, 443, 1, 3, 0, 0, i)  # fmt: skip
+        r = FlowRecord(
+            first,
+            now_ms - i % 1000,
+            4,
+            proto,
+            src,
+            dst,
+            sport,
+            443,
+            packets,
+            1500 * packets,
+            src,
+            dst,
+            sport,
+            443,
+            1,
+            3,
+            0,
+            0,
+            i,
+        )
         out.append(r)
     return out
 

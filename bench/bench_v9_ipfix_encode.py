@@ -31,15 +31,34 @@ def make_records(n: int, now_ms: int, v6_share: float) -> list[FlowRecord]:
             dst = bytes((203, 0, 113, i % 250 + 1))
             post = bytes((198, 51, 100, 7))
             fam = 4
-        r = FlowRecord(first, now_ms - i % 1000, fam, proto, src, dst, sport, 443, packets,
-                       1500 * packets, post, dst, 30000 + i % 30000, 443, 1 + i % 3, 3, 0, 0,
-                       i)  # fmt: skip
+        r = FlowRecord(
+            first,
+            now_ms - i % 1000,
+            fam,
+            proto,
+            src,
+            dst,
+            sport,
+            443,
+            packets,
+            1500 * packets,
+            post,
+            dst,
+            30000 + i % 30000,
+            443,
+            1 + i % 3,
+            3,
+            0,
+            0,
+            i,
+        )
         out.append(r)
     return out
 
 
-def run(name: str, enc: V9Encoder | IpfixEncoder, batches: list[list[FlowRecord]], n: int,
-        now_ns: int) -> float:  # fmt: skip
+def run(
+    name: str, enc: V9Encoder | IpfixEncoder, batches: list[list[FlowRecord]], n: int, now_ns: int
+) -> float:
     for b in batches[:5]:  # warm up
         enc.encode(b, now_ns)
     best = 0.0
@@ -53,8 +72,10 @@ def run(name: str, enc: V9Encoder | IpfixEncoder, batches: list[list[FlowRecord]
                 octets += len(d)
         dt = time.perf_counter() - t0
         best = max(best, n / dt)
-        print(f"{name}: {n} records in {dt:.3f}s = {n / dt:,.0f} records/s "
-              f"({datagrams} datagrams, {octets / datagrams:.0f} bytes avg)")  # fmt: skip
+        print(
+            f"{name}: {n} records in {dt:.3f}s = {n / dt:,.0f} records/s "
+            f"({datagrams} datagrams, {octets / datagrams:.0f} bytes avg)"
+        )
     return best
 
 
@@ -67,8 +88,10 @@ def main() -> None:
     batches = [records[i : i + batch] for i in range(0, n, batch)]
     v9 = run("v9", V9Encoder(boot_ms=now_ns // 1_000_000 - 86_400_000), batches, n, now_ns)
     fix = run("ipfix", IpfixEncoder(), batches, n, now_ns)
-    print(f"best: v9 {v9:,.0f} records/s, ipfix {fix:,.0f} records/s "
-          f"(batch {batch}, IPv6 share {v6_share:.0%}, mtu 1400)")  # fmt: skip
+    print(
+        f"best: v9 {v9:,.0f} records/s, ipfix {fix:,.0f} records/s "
+        f"(batch {batch}, IPv6 share {v6_share:.0%}, mtu 1400)"
+    )
 
 
 if __name__ == "__main__":

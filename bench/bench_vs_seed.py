@@ -78,8 +78,10 @@ def run_seed(log: Path, out: Path) -> tuple[Run, str]:
     with open(out, "wb") as fh:
         res = subprocess.run(
             ["perl", str(HERE / "seed_ct2ft.pl"), "-s", str(log)],
-            stdout=fh, stderr=subprocess.PIPE, check=True,
-        )  # fmt: skip
+            stdout=fh,
+            stderr=subprocess.PIPE,
+            check=True,
+        )
     wall, cpu = time.perf_counter() - t0, _cpu(resource.RUSAGE_CHILDREN) - c0
     with open(out, "rb") as fh:
         records = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
@@ -158,8 +160,10 @@ def main() -> None:
         f"nfflowd must produce {expected:,} records; the seed 3 x {seed_conns:,} = "
         f"{3 * seed_conns:,} (IPv4 TCP, UDP, ICMP echo; not IPv6, GRE, unreplied UDP)"
     )
-    print(f"{os.cpu_count()} cores, shared with other engineers' test runs: "
-          "the load average before each run is shown")  # fmt: skip
+    print(
+        f"{os.cpu_count()} cores, shared with other engineers' test runs: "
+        "the load average before each run is shown"
+    )
 
     runs: list[Run] = []
     print(f"[seed] {_load()}", flush=True)
@@ -175,23 +179,33 @@ def main() -> None:
         runs.append(run_pipeline(log, work / "run"))
 
     print()
-    print(f"{'run':50} {'wall s':>7} {'CPU s':>7} {'events/s':>9} {'ev/CPU-s':>9} "
-          f"{'records':>10} {'vs seed':>8} {'per CPU':>8}")  # fmt: skip
+    print(
+        f"{'run':50} {'wall s':>7} {'CPU s':>7} {'events/s':>9} {'ev/CPU-s':>9} "
+        f"{'records':>10} {'vs seed':>8} {'per CPU':>8}"
+    )
     for r in runs:
         rate, per_cpu = ns.events / r.wall_s, ns.events / max(r.cpu_s, 1e-9)
         ratio = seed.wall_s / r.wall_s
         ratio_cpu = seed.cpu_s / max(r.cpu_s, 1e-9)
-        print(f"{r.name:50} {r.wall_s:7.2f} {r.cpu_s:7.2f} {rate:9,.0f} {per_cpu:9,.0f} "
-              f"{r.records:10,} {ratio:7.2f}x {ratio_cpu:7.2f}x"
-              + (f"  ({r.note})" if r.note else ""))  # fmt: skip
-    print("vs seed: events/s of the run / events/s of the seed (wall); per CPU: the same per "
-          "CPU-second (the pipeline's CPU is the sum of its four stages)")  # fmt: skip
+        print(
+            f"{r.name:50} {r.wall_s:7.2f} {r.cpu_s:7.2f} {rate:9,.0f} {per_cpu:9,.0f} "
+            f"{r.records:10,} {ratio:7.2f}x {ratio_cpu:7.2f}x" + (f"  ({r.note})" if r.note else "")
+        )
+    print(
+        "vs seed: events/s of the run / events/s of the seed (wall); per CPU: the same per "
+        "CPU-second (the pipeline's CPU is the sum of its four stages)"
+    )
     verdict = "equal" if seed.records == 3 * seed_conns else "DIFFERENT"
-    print(f"check: seed wrote {seed.records:,} records, the generator expects "
-          f"{3 * seed_conns:,} for what the seed handles: {verdict}")  # fmt: skip
+    print(
+        f"check: seed wrote {seed.records:,} records, the generator expects "
+        f"{3 * seed_conns:,} for what the seed handles: {verdict}"
+    )
     nf = [r for r in runs[1:] if r.records != expected]
-    print("check: nfflowd runs wrote " + ("the expected " if not nf else "NOT all the expected ")
-          + f"{expected:,} records")  # fmt: skip
+    print(
+        "check: nfflowd runs wrote "
+        + ("the expected " if not nf else "NOT all the expected ")
+        + f"{expected:,} records"
+    )
     if ns.keep:
         print(f"kept {work}")
     else:

@@ -17,8 +17,9 @@ def write_pcap(path: Path, payloads: list[bytes], dport: int) -> None:
     out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 101)]
     for i, data in enumerate(payloads):
         udp = struct.pack("!HHHH", 40000, dport, 8 + len(data), 0) + data
-        hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), i, 0, 64, 17, 0,
-                          a("127.0.0.2"), a("127.0.0.1"))  # fmt: skip
+        hdr = struct.pack(
+            "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), i, 0, 64, 17, 0, a("127.0.0.2"), a("127.0.0.1")
+        )
         words = sum(struct.unpack("!10H", hdr))
         while words > 0xFFFF:
             words = (words & 0xFFFF) + (words >> 16)

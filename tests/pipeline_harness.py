@@ -94,15 +94,31 @@ def csv_key(line: str) -> tuple[Any, ...]:
     end_ms = int(f["unix_secs"]) * 1000 + int(f["unix_nsecs"]) // 1_000_000
     base = end_ms - int(f["sysuptime"])
     return (
-        base + int(f["first"]), base + int(f["last"]), f["srcaddr"], f["dstaddr"],
-        int(f["srcport"]), int(f["dstport"]), int(f["prot"]), int(f["dpkts"]), int(f["doctets"]),
+        base + int(f["first"]),
+        base + int(f["last"]),
+        f["srcaddr"],
+        f["dstaddr"],
+        int(f["srcport"]),
+        int(f["dstport"]),
+        int(f["prot"]),
+        int(f["dpkts"]),
+        int(f["doctets"]),
         f["exaddr"],
-    )  # fmt: skip
+    )
 
 
 def nfdump_key(rec: dict[str, Any]) -> tuple[Any, ...]:
-    return (rec["first_ms"], rec["last_ms"], rec["src"], rec["dst"], rec["sport"], rec["dport"],
-            rec["proto"], rec["packets"], rec["bytes"])  # fmt: skip
+    return (
+        rec["first_ms"],
+        rec["last_ms"],
+        rec["src"],
+        rec["dst"],
+        rec["sport"],
+        rec["dport"],
+        rec["proto"],
+        rec["packets"],
+        rec["bytes"],
+    )
 
 
 def is_ipv4(text: str) -> bool:
@@ -191,9 +207,11 @@ class Tally:
 
     def line(self, where: str) -> str:
         pct = 100.0 * self.duplicates / max(1, self.expected)
-        return (f"{where}: {self.received} received of {self.expected} expected, "
-                f"{self.missing} missing, {self.duplicates} duplicates ({pct:.3f} %), "
-                f"{self.unknown} unknown, {self.malformed} malformed")  # fmt: skip
+        return (
+            f"{where}: {self.received} received of {self.expected} expected, "
+            f"{self.missing} missing, {self.duplicates} duplicates ({pct:.3f} %), "
+            f"{self.unknown} unknown, {self.malformed} malformed"
+        )
 
 
 def tally(
@@ -383,8 +401,17 @@ class BackgroundReplay(subprocess.Popen[str]):
 
 def start_replay(conf: Path, rundir: Path, log: Path) -> BackgroundReplay:
     """`nfflowd replay` in the background (for tests that kill stages meanwhile)."""
-    cmd = [sys.executable, "-m", "nfflowd.ops.cli", "-c", str(conf), "replay", "--rundir",
-           str(rundir), str(log)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "nfflowd.ops.cli",
+        "-c",
+        str(conf),
+        "replay",
+        "--rundir",
+        str(rundir),
+        str(log),
+    ]
     return BackgroundReplay(cmd, rundir.parent / f"{rundir.name}-replay")
 
 

@@ -49,8 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         corr.journal = journal
     inlet = Inlet(stage, topology.link("events", shard))
     limit = settings.daemon.max_unacked
-    outs = {"export": Outlet(stage, topology.link("flows.export", shard), limit),
-            "mirror": Outlet(stage, topology.link("flows.mirror", shard), limit)}  # fmt: skip
+    outs = {
+        "export": Outlet(stage, topology.link("flows.export", shard), limit),
+        "mirror": Outlet(stage, topology.link("flows.mirror", shard), limit),
+    }
     ledger = Ledger(outputs=tuple(outs))
     # origins of the event batches fed to the table lately: a restarted ingest
     # re-reads at most max_unacked batches of a saved log
@@ -69,15 +71,23 @@ def main(argv: list[str] | None = None) -> int:
 
     def counters() -> dict[str, int]:
         c = corr.counters
-        merged = {"new": c.new, "destroy": c.destroy, "update": c.update,
-                  "records": c.records, "open": len(corr.open), "purged": c.purged,
-                  "destroy_without_new": c.destroy_without_new,
-                  "interim_reports": c.interim_reports, "new_duplicate": c.new_duplicate,
-                  "replayed": c.replayed, "reread_events": reread_events,
-                  "newest_event_ms": corr.clock_ns // 1_000_000,
-                  "pending_batches": len(ledger.entries),
-                  "report_state_full": journal.full if journal else 0,
-                  **inlet.counters()}  # fmt: skip
+        merged = {
+            "new": c.new,
+            "destroy": c.destroy,
+            "update": c.update,
+            "records": c.records,
+            "open": len(corr.open),
+            "purged": c.purged,
+            "destroy_without_new": c.destroy_without_new,
+            "interim_reports": c.interim_reports,
+            "new_duplicate": c.new_duplicate,
+            "replayed": c.replayed,
+            "reread_events": reread_events,
+            "newest_event_ms": corr.clock_ns // 1_000_000,
+            "pending_batches": len(ledger.entries),
+            "report_state_full": journal.full if journal else 0,
+            **inlet.counters(),
+        }
         for out in outs.values():
             merged.update(out.counters())
         return merged
@@ -141,8 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             if records:
                 flow_seq = outs["export"].outbox.reserve()
                 floor = min(out.outbox.acked_upto for out in outs.values())
-                batch = FlowBatch("correlate", stage.incarnation, flow_seq, floor,
-                                  *origin, records)  # fmt: skip
+                batch = FlowBatch("correlate", stage.incarnation, flow_seq, floor, *origin, records)
                 data = codec.encode(batch)
                 for out in outs.values():
                     out.send_encoded(flow_seq, data)

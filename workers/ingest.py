@@ -56,9 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     alive = persist.Slots(os.path.join(stage.rundir, ALIVE), 1)
     blind_ms = blind_time(alive, settings.source.type != "file", time.time_ns())
     if blind_ms:
-        log.warning("no ingest listened for %.1f s before this start: connections that began "
-                    "and ended in that time were not seen (the dump brings back those still "
-                    "open)", blind_ms / 1000)  # fmt: skip
+        log.warning(
+            "no ingest listened for %.1f s before this start: connections that began "
+            "and ended in that time were not seen (the dump brings back those still "
+            "open)",
+            blind_ms / 1000,
+        )
     source = make_source(settings, checkpoint)
     n = settings.daemon.correlators
     limit = settings.daemon.max_unacked
@@ -69,8 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     # file position after each read, with the seq of the batch it gave each correlator
     # (0: none); the checkpoint moves once every one of them is acknowledged
     reads: deque[tuple[tuple[int, int], list[int]]] = deque()
-    streams = [origin_stream(settings.source.path, i) if isinstance(source, FileSource) else 0
-               for i in range(n)]  # fmt: skip
+    streams = [
+        origin_stream(settings.source.path, i) if isinstance(source, FileSource) else 0
+        for i in range(n)
+    ]
     sent = 0
     next_notice = 0.0
 

@@ -257,8 +257,9 @@ def dump_table(
                 n = sock.recv_into(buf, len(buf), socket.MSG_TRUNC)
             except BlockingIOError:
                 continue
-            events.extend(decode_messages(memoryview(buf)[: min(n, len(buf))], time.time_ns(),
-                                          counters))  # fmt: skip
+            events.extend(
+                decode_messages(memoryview(buf)[: min(n, len(buf))], time.time_ns(), counters)
+            )
             if counters.errors != errors:
                 raise OSError(counters.last_errno, f"conntrack dump: {counters.last_error}")
     return events

@@ -200,8 +200,9 @@ class _Decoder:
         setattr(self.c, kind, getattr(self.c, kind) + 1)
         self.c.last_error = f"offset {offset}: {what}"
 
-    def scalar(self, attrs: dict[int, tuple[int, int]], typ: int, fmt: struct.Struct,
-               where: str) -> int | None:  # fmt: skip
+    def scalar(
+        self, attrs: dict[int, tuple[int, int]], typ: int, fmt: struct.Struct, where: str
+    ) -> int | None:
         loc = attrs.get(typ)
         if loc is None:
             return None
@@ -278,8 +279,15 @@ class _Decoder:
             sport = dport = 0
         return family, proto, src, dst, sport, dport
 
-    def pair(self, attrs: dict[int, tuple[int, int]], typ: int, first: int, second: int,
-             alt: tuple[int, int], where: str) -> tuple[int | None, int | None]:  # fmt: skip
+    def pair(
+        self,
+        attrs: dict[int, tuple[int, int]],
+        typ: int,
+        first: int,
+        second: int,
+        alt: tuple[int, int],
+        where: str,
+    ) -> tuple[int | None, int | None]:
         """A nest of two u64 (or, for counters, old u32 ``alt``) values."""
         loc = attrs.get(typ)
         if loc is None:
@@ -329,13 +337,30 @@ class _Decoder:
         if self.kernel_time:
             now = self.scalar(attrs, CTA_TIMESTAMP_EVENT, BE64, "CTA_TIMESTAMP_EVENT") or now
         return ConntrackEvent(
-            int(etype), now, fam, proto, osrc, odst, osp, odp, rsrc, rdst, rsp, rdp,
-            opk, oby, rpk, rby,
-            self.scalar(attrs, CTA_ID, BE32, "CTA_ID"), start, stop, delta,
+            int(etype),
+            now,
+            fam,
+            proto,
+            osrc,
+            odst,
+            osp,
+            odp,
+            rsrc,
+            rdst,
+            rsp,
+            rdp,
+            opk,
+            oby,
+            rpk,
+            rby,
+            self.scalar(attrs, CTA_ID, BE32, "CTA_ID"),
+            start,
+            stop,
+            delta,
             self.scalar(attrs, CTA_MARK, BE32, "CTA_MARK") or 0,
             self.scalar(attrs, CTA_ZONE, BE16, "CTA_ZONE") or 0,
             self.scalar(attrs, CTA_STATUS, BE32, "CTA_STATUS") or 0,
-        )  # fmt: skip
+        )
 
 
 _FAMILIES = frozenset({(AF_INET, 4), (AF_INET6, 6), (AF_UNSPEC, 4), (AF_UNSPEC, 6)})

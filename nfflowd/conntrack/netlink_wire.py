@@ -144,8 +144,11 @@ def _encode_tuple(
     l4 = [_attr(CTA_PROTO_NUM, U8.pack(proto))]
     if proto in (IPPROTO_ICMP, IPPROTO_ICMPV6):
         first = CTA_PROTO_ICMP_ID if proto == IPPROTO_ICMP else CTA_PROTO_ICMPV6_ID
-        l4 += [_attr(first, BE16.pack(sp)), _attr(first + 1, U8.pack(dp >> 8)),
-               _attr(first + 2, U8.pack(dp & 0xFF))]  # fmt: skip
+        l4 += [
+            _attr(first, BE16.pack(sp)),
+            _attr(first + 1, U8.pack(dp >> 8)),
+            _attr(first + 2, U8.pack(dp & 0xFF)),
+        ]
     elif proto in PORT_PROTOS:
         l4 += [_attr(CTA_PROTO_SRC_PORT, BE16.pack(sp)), _attr(CTA_PROTO_DST_PORT, BE16.pack(dp))]
     return _nest(
@@ -162,12 +165,26 @@ def encode_event(ev: ConntrackEvent, seq: int = 0, dump: bool = False) -> bytes:
     are not carried (the decoder takes the receive time and derives delta-time).
     """
     parts = [
-        _encode_tuple(CTA_TUPLE_ORIG, ev.family, ev.proto, ev.orig_src, ev.orig_dst,
-                      ev.orig_sport, ev.orig_dport),
-        _encode_tuple(CTA_TUPLE_REPLY, ev.family, ev.proto, ev.reply_src, ev.reply_dst,
-                      ev.reply_sport, ev.reply_dport),
+        _encode_tuple(
+            CTA_TUPLE_ORIG,
+            ev.family,
+            ev.proto,
+            ev.orig_src,
+            ev.orig_dst,
+            ev.orig_sport,
+            ev.orig_dport,
+        ),
+        _encode_tuple(
+            CTA_TUPLE_REPLY,
+            ev.family,
+            ev.proto,
+            ev.reply_src,
+            ev.reply_dst,
+            ev.reply_sport,
+            ev.reply_dport,
+        ),
         _attr(CTA_STATUS, BE32.pack(ev.status)),
-    ]  # fmt: skip
+    ]
     if ev.mark:
         parts.append(_attr(CTA_MARK, BE32.pack(ev.mark)))
     for typ, pk, by in (

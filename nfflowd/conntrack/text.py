@@ -177,9 +177,48 @@ def parse_line(
         if raise_or_none is None:
             return None
         raise raise_or_none
-    (sec, frac, pad, ev, l3, l3n, l4, l4n, osrc, odst, osp, odp, oty, oco, oid, osk, odk,
-     ozone, opk, obt, unrep, rsrc, rdst, rsp, rdp, rty, rco, rid, rsk, rdk, _rz, rpk, rbt,
-     tail, flag, tmark, tzone, tdelta, tid, rest) = m.groups()  # fmt: skip
+    (
+        sec,
+        frac,
+        pad,
+        ev,
+        l3,
+        l3n,
+        l4,
+        l4n,
+        osrc,
+        odst,
+        osp,
+        odp,
+        oty,
+        oco,
+        oid,
+        osk,
+        odk,
+        ozone,
+        opk,
+        obt,
+        unrep,
+        rsrc,
+        rdst,
+        rsp,
+        rdp,
+        rty,
+        rco,
+        rid,
+        rsk,
+        rdk,
+        _rz,
+        rpk,
+        rbt,
+        tail,
+        flag,
+        tmark,
+        tzone,
+        tdelta,
+        tid,
+        rest,
+    ) = m.groups()
 
     if sec is None:
         time_ns = time.time_ns() if now_ns is None else now_ns
@@ -255,11 +294,30 @@ def parse_line(
 
     etype = _EVENTS[ev] if ev is not None else default_type
     fields = (
-        etype, time_ns, family, proto,
-        addrs[0], addrs[1], osport, odport, addrs[2], addrs[3], rsport, rdport,
-        opackets, obytes, rpackets, rbytes,
-        ct_id, None, None, delta, mark, zone, status,
-    )  # fmt: skip
+        etype,
+        time_ns,
+        family,
+        proto,
+        addrs[0],
+        addrs[1],
+        osport,
+        odport,
+        addrs[2],
+        addrs[3],
+        rsport,
+        rdport,
+        opackets,
+        obytes,
+        rpackets,
+        rbytes,
+        ct_id,
+        None,
+        None,
+        delta,
+        mark,
+        zone,
+        status,
+    )
     return _new_tuple(ConntrackEvent, fields)
 
 
@@ -328,11 +386,19 @@ _GROUP_FIELDS = {"sec": "timestamp", "l3": "layer 3 protocol", "l4": "protocol"}
     d + g: f
     for d in "or"
     for g, f in (
-        ("s", "src"), ("d", "dst"), ("sp", "sport"), ("dp", "dport"), ("ty", "type"),
-        ("co", "code"), ("id", "id"), ("sk", "srckey"), ("dk", "dstkey"), ("p", "packets"),
+        ("s", "src"),
+        ("d", "dst"),
+        ("sp", "sport"),
+        ("dp", "dport"),
+        ("ty", "type"),
+        ("co", "code"),
+        ("id", "id"),
+        ("sk", "srckey"),
+        ("dk", "dstkey"),
+        ("p", "packets"),
         ("b", "bytes"),
     )
-}  # fmt: skip
+}
 
 
 def _out_of_range(m: re.Match[str], groups: tuple[str, ...], limit: int) -> ParseError:

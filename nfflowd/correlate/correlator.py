@@ -69,8 +69,15 @@ def tuple_key(ev: ConntrackEvent) -> TupleKey:
             + _KEY_TAIL.pack(ev.proto, ev.orig_sport, ev.orig_dport, ev.zone)
         )
     except struct.error:
-        return (ev.family, ev.proto, ev.orig_src, ev.orig_dst, ev.orig_sport, ev.orig_dport,
-                ev.zone)  # fmt: skip
+        return (
+            ev.family,
+            ev.proto,
+            ev.orig_src,
+            ev.orig_dst,
+            ev.orig_sport,
+            ev.orig_dport,
+            ev.zone,
+        )
 
 
 def is_natted(ev: ConntrackEvent) -> bool:
@@ -107,8 +114,11 @@ def flow_records(
     proto = ev.proto
     if proto in PORT_PROTOCOLS:
         o_sport, o_dport, r_sport, r_dport = (
-            ev.orig_sport, ev.orig_dport, ev.reply_sport, ev.reply_dport
-        )  # fmt: skip
+            ev.orig_sport,
+            ev.orig_dport,
+            ev.reply_sport,
+            ev.reply_dport,
+        )
         out_sport, out_dport = ev.reply_dport, ev.reply_sport
         back_sport, back_dport = ev.orig_dport, ev.orig_sport
     elif proto in ICMP_PROTOCOLS:
@@ -119,29 +129,87 @@ def flow_records(
         o_sport = o_dport = r_sport = r_dport = out_sport = out_dport = 0
         back_sport = back_dport = 0
     o_pkts, o_bytes, r_pkts, r_bytes = counters or (
-        ev.orig_packets, ev.orig_bytes, ev.reply_packets, ev.reply_bytes
-    )  # fmt: skip
+        ev.orig_packets,
+        ev.orig_bytes,
+        ev.reply_packets,
+        ev.reply_bytes,
+    )
     out: list[FlowRecord] = []
     fam, mark, zone, ctid = ev.family, ev.mark, ev.zone, ev.ct_id or 0
     left_src, left_dst = ev.reply_dst, ev.reply_src
     if o_pkts is None or o_pkts or o_bytes:
         pk, by = o_pkts or 0, o_bytes or 0
-        out.append(FlowRecord(
-            first, last, fam, proto, ev.orig_src, ev.orig_dst, o_sport, o_dport, pk, by,
-            left_src, left_dst, out_sport, out_dport, Direction.ORIGINAL_IN, end, mark, zone, ctid,
-        ))  # fmt: skip
-        if is_natted(ev):
-            out.append(FlowRecord(
-                first, last, fam, proto, left_src, left_dst, out_sport, out_dport, pk, by,
-                left_src, left_dst, out_sport, out_dport, Direction.ORIGINAL_OUT, end, mark, zone,
+        out.append(
+            FlowRecord(
+                first,
+                last,
+                fam,
+                proto,
+                ev.orig_src,
+                ev.orig_dst,
+                o_sport,
+                o_dport,
+                pk,
+                by,
+                left_src,
+                left_dst,
+                out_sport,
+                out_dport,
+                Direction.ORIGINAL_IN,
+                end,
+                mark,
+                zone,
                 ctid,
-            ))  # fmt: skip
+            )
+        )
+        if is_natted(ev):
+            out.append(
+                FlowRecord(
+                    first,
+                    last,
+                    fam,
+                    proto,
+                    left_src,
+                    left_dst,
+                    out_sport,
+                    out_dport,
+                    pk,
+                    by,
+                    left_src,
+                    left_dst,
+                    out_sport,
+                    out_dport,
+                    Direction.ORIGINAL_OUT,
+                    end,
+                    mark,
+                    zone,
+                    ctid,
+                )
+            )
     if r_pkts is None or r_pkts or r_bytes:
-        out.append(FlowRecord(
-            first, last, fam, proto, ev.reply_src, ev.reply_dst, r_sport, r_dport,
-            r_pkts or 0, r_bytes or 0, ev.orig_dst, ev.orig_src, back_sport, back_dport,
-            Direction.REPLY_IN, end, mark, zone, ctid,
-        ))  # fmt: skip
+        out.append(
+            FlowRecord(
+                first,
+                last,
+                fam,
+                proto,
+                ev.reply_src,
+                ev.reply_dst,
+                r_sport,
+                r_dport,
+                r_pkts or 0,
+                r_bytes or 0,
+                ev.orig_dst,
+                ev.orig_src,
+                back_sport,
+                back_dport,
+                Direction.REPLY_IN,
+                end,
+                mark,
+                zone,
+                ctid,
+            )
+        )
     return out
 
 
@@ -275,8 +343,14 @@ class Correlator:
             return
         base = entry if isinstance(entry, list) else [start, since, 0, 0, 0, 0]
         recs = flow_records(ev, since, now, _deltas(ev, base), EndReason.ACTIVE_TIMEOUT)
-        after = [start, now, ev.orig_packets or 0, ev.orig_bytes or 0,
-                 ev.reply_packets or 0, ev.reply_bytes or 0]  # fmt: skip
+        after = [
+            start,
+            now,
+            ev.orig_packets or 0,
+            ev.orig_bytes or 0,
+            ev.reply_packets or 0,
+            ev.reply_bytes or 0,
+        ]
         self.open[key] = after
         if self.journal is not None and isinstance(key, int):
             self.journal.reported(key, entry, after)

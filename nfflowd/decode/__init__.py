@@ -137,9 +137,24 @@ def _time(f: dict[str, Any], ms: str, secs: str, uptime: str, boot_ms: int | Non
 
 def _v5_flow(r: netflow_v5.V5Record, boot_ms: int) -> Flow:
     fields = {k: _json_value(k, v) for k, v in r._asdict().items()}
-    return Flow(boot_ms + r.first, boot_ms + r.last, r.prot, _addr(r.srcaddr), r.srcport,
-                _addr(r.dstaddr), r.dstport, None, None, None, None, r.dpkts, r.doctets, None,
-                None, fields)  # fmt: skip
+    return Flow(
+        boot_ms + r.first,
+        boot_ms + r.last,
+        r.prot,
+        _addr(r.srcaddr),
+        r.srcport,
+        _addr(r.dstaddr),
+        r.dstport,
+        None,
+        None,
+        None,
+        None,
+        r.dpkts,
+        r.doctets,
+        None,
+        None,
+        fields,
+    )
 
 
 def _template_flow(f: dict[str, Any], boot_ms: int | None) -> Flow:
@@ -150,16 +165,22 @@ def _template_flow(f: dict[str, Any], boot_ms: int | None) -> Flow:
         dport = _int(f, "icmpTypeCodeIPv4", "icmpTypeCodeIPv6", "ie32", "ie139") or dport
     return Flow(
         _time(f, "flowStartMilliseconds", "ie150", "ie22", boot_ms),
-        _time(f, "flowEndMilliseconds", "ie151", "ie21", boot_ms), proto,
-        _ip(fields, "sourceIPv4Address", "sourceIPv6Address"), _int(f, "sourceTransportPort"),
-        _ip(fields, "destinationIPv4Address", "destinationIPv6Address"), dport,
+        _time(f, "flowEndMilliseconds", "ie151", "ie21", boot_ms),
+        proto,
+        _ip(fields, "sourceIPv4Address", "sourceIPv6Address"),
+        _int(f, "sourceTransportPort"),
+        _ip(fields, "destinationIPv4Address", "destinationIPv6Address"),
+        dport,
         _ip(fields, "postNATSourceIPv4Address", "postNATSourceIPv6Address"),
         _int(f, "postNAPTSourceTransportPort"),
         _ip(fields, "postNATDestinationIPv4Address", "postNATDestinationIPv6Address"),
-        _int(f, "postNAPTDestinationTransportPort"), _int(f, "packetDeltaCount", "ie86"),
-        _int(f, "octetDeltaCount", "ie85"), _int(f, "flowEndReason"), _int(f, "flowDirection"),
+        _int(f, "postNAPTDestinationTransportPort"),
+        _int(f, "packetDeltaCount", "ie86"),
+        _int(f, "octetDeltaCount", "ie85"),
+        _int(f, "flowEndReason"),
+        _int(f, "flowDirection"),
         fields,
-    )  # fmt: skip
+    )
 
 
 def _unknown_sets(data: bytes, start: int, source: int, templates: Templates) -> tuple[int, ...]:
@@ -203,9 +224,14 @@ class _Session:
         h, records = netflow_v5.unpack_datagram(payload)
         export_ms = h.unix_secs * 1000 + h.unix_nsecs // 1_000_000
         boot_ms = export_ms - h.sys_uptime
-        return base._replace(version=5, export_ms=export_ms, sequence=h.flow_sequence,
-                             header_count=h.count, source_id=h.engine_type << 8 | h.engine_id,
-                             flows=tuple(_v5_flow(r, boot_ms) for r in records))  # fmt: skip
+        return base._replace(
+            version=5,
+            export_ms=export_ms,
+            sequence=h.flow_sequence,
+            header_count=h.count,
+            source_id=h.engine_type << 8 | h.engine_id,
+            flows=tuple(_v5_flow(r, boot_ms) for r in records),
+        )
 
     def _templated(self, base: Decoded, payload: bytes, version: int, host: str) -> Decoded:
         templates = self.templates.setdefault((host, version), {})
@@ -221,12 +247,16 @@ class _Session:
             export_ms, sequence, boot_ms = hx.export_time * 1000, hx.sequence, None
         announced = sum(1 for k, t in templates.items() if before.get(k) is not t)
         return base._replace(
-            version=version, export_ms=export_ms, sequence=sequence, header_count=count,
-            source_id=source, templates_announced=announced,
+            version=version,
+            export_ms=export_ms,
+            sequence=sequence,
+            header_count=count,
+            source_id=source,
+            templates_announced=announced,
             templates_known=sum(1 for k in templates if k[0] == source),
             no_template=_unknown_sets(payload, start, source, templates),
             flows=tuple(_template_flow(f, boot_ms) for f in records),
-        )  # fmt: skip
+        )
 
     def _sequence(self, d: Decoded, host: str) -> Decoded:
         assert d.sequence is not None and d.source_id is not None
@@ -241,8 +271,14 @@ class _Session:
 
 def _hex_datagrams(data: bytes) -> Iterator[tuple[Decoded, bytes | None]]:
     if b"\0" in data:  # binary, and no capture either
-        yield Decoded(1, f"offset {data.index(0)}", "neither a pcap/pcapng capture nor hex text "
-                      f"(starts with {data[:4].hex()})"), None  # fmt: skip
+        yield (
+            Decoded(
+                1,
+                f"offset {data.index(0)}",
+                f"neither a pcap/pcapng capture nor hex text (starts with {data[:4].hex()})",
+            ),
+            None,
+        )
         return
     index = 0
     for number, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
@@ -273,8 +309,13 @@ def _captured_datagrams(data: bytes) -> Iterator[tuple[Decoded, bytes | None, st
             except ValueError as e:
                 yield base._replace(error=f"frame: {e}"), None, ""
                 continue
-            yield base._replace(exporter=_hostport(u.src, u.sport),
-                                collector=_hostport(u.dst, u.dport)), u.payload, u.src  # fmt: skip
+            yield (
+                base._replace(
+                    exporter=_hostport(u.src, u.sport), collector=_hostport(u.dst, u.dport)
+                ),
+                u.payload,
+                u.src,
+            )
     except ValueError as e:
         yield Decoded(last + 1, "capture file", f"broken capture, reading stops: {e}"), None, ""
 
@@ -318,8 +359,10 @@ def format_flow(f: Flow) -> str:
     if first[:11] == last[:11] and len(last) > 11:
         last = last[11:]
     proto = "-" if f.proto is None else PROTOCOLS.get(f.proto, str(f.proto))
-    line = (f"  {first} -> {last}  {proto:<5} {_hostport(f.src, f.sport):>21} -> "
-            f"{_hostport(f.dst, f.dport, f.proto in ICMP):<21}")  # fmt: skip
+    line = (
+        f"  {first} -> {last}  {proto:<5} {_hostport(f.src, f.sport):>21} -> "
+        f"{_hostport(f.dst, f.dport, f.proto in ICMP):<21}"
+    )
     if f.post_src is not None or f.post_dst is not None:
         line += (
             f"  nat {_hostport(f.post_src, f.post_sport)} -> {_hostport(f.post_dst, f.post_dport)}"
@@ -349,8 +392,11 @@ def format_text(d: Decoded) -> list[str]:
     if d.exporter:
         head += f"  {d.exporter} -> {d.collector}"
     sid = d.source_id or 0
-    head += {5: f"  v5 engine {sid >> 8}/{sid & 0xFF}", 9: f"  v9 source {sid}",
-             10: f"  IPFIX domain {sid}"}[d.version] + f"  seq {d.sequence}"  # fmt: skip
+    head += {
+        5: f"  v5 engine {sid >> 8}/{sid & 0xFF}",
+        9: f"  v9 source {sid}",
+        10: f"  IPFIX domain {sid}",
+    }[d.version] + f"  seq {d.sequence}"
     if d.expected_sequence is not None:
         lost = (d.sequence or 0) - d.expected_sequence & _U32
         head += f" (GAP: expected {d.expected_sequence}, {lost} missing or reordered)"
@@ -401,7 +447,10 @@ def main(argv: list[str]) -> int:
         sys.stdout.flush()
     except BrokenPipeError:  # e.g. | head: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    print(f"{counts['datagrams']} datagrams, {counts['records']} records, "
-          f"{counts['errors']} errors, {counts['gaps']} sequence gaps, "
-          f"{counts['skipped']} captured packets skipped (not UDP)", file=sys.stderr)  # fmt: skip
+    print(
+        f"{counts['datagrams']} datagrams, {counts['records']} records, "
+        f"{counts['errors']} errors, {counts['gaps']} sequence gaps, "
+        f"{counts['skipped']} captured packets skipped (not UDP)",
+        file=sys.stderr,
+    )
     return 1 if counts["errors"] else 0

@@ -136,8 +136,9 @@ def _read_pcap(data: bytes) -> Iterator[Packet]:
             raise ValueError(f"offset {off}: packet record of {caplen} bytes runs past the end")
         number += 1
         start = off + record.size
-        yield Packet(number, off, secs * 1_000_000_000 + frac * scale, linktype,
-                     data[start : start + caplen])  # fmt: skip
+        yield Packet(
+            number, off, secs * 1_000_000_000 + frac * scale, linktype, data[start : start + caplen]
+        )
         off = start + caplen
 
 
@@ -195,8 +196,16 @@ def _read_pcapng(data: bytes) -> Iterator[Packet]:
         off += blen
 
 
-def _packet(data: bytes, btype: int, body: int, end: int, order: str,
-            interfaces: list[_Interface], number: int, off: int) -> Packet:  # fmt: skip
+def _packet(
+    data: bytes,
+    btype: int,
+    body: int,
+    end: int,
+    order: str,
+    interfaces: list[_Interface],
+    number: int,
+    off: int,
+) -> Packet:
     if btype == PCAPNG_SPB:
         iface, ts, fixed = 0, 0, 4
         caplen = min(struct.unpack_from(order + "I", data, body)[0], end - body - fixed)
@@ -257,15 +266,18 @@ def udp_datagram(linktype: int, frame: bytes) -> Udp:
         )
         ihl = (vihl & 0x0F) * 4
         if vihl >> 4 != 4 or ihl < IPV4_HEADER.size or total < ihl:
-            raise ValueError(f"offset {off}: bad IPv4 header (version/IHL {vihl:#04x}, "
-                             f"total length {total})")  # fmt: skip
+            raise ValueError(
+                f"offset {off}: bad IPv4 header (version/IHL {vihl:#04x}, total length {total})"
+            )
         if proto != IPPROTO_UDP:
             raise NotUdp(f"IPv4 protocol {proto}")
         if frag & 0x1FFF:
             raise NotUdp(f"IPv4 fragment (id {ident:#06x}) after the first")
         if frag & 0x2000:
-            raise ValueError(f"offset {off}: IPv4 fragmented UDP datagram (id {ident:#06x}): "
-                             "reassembly not supported")  # fmt: skip
+            raise ValueError(
+                f"offset {off}: IPv4 fragmented UDP datagram (id {ident:#06x}): "
+                "reassembly not supported"
+            )
         end, off = off + total, off + ihl
     elif etype == ETHERTYPE_IPV6:
         if len(frame) - off < IPV6_HEADER.size:
@@ -282,8 +294,10 @@ def udp_datagram(linktype: int, frame: bytes) -> Udp:
     else:
         raise NotUdp(f"ethertype {etype:#06x}")
     if end > len(frame):
-        raise ValueError(f"offset {len(frame)}: frame captured up to byte {len(frame)}, its IP "
-                         f"packet ends at {end} (snaplen too small?)")  # fmt: skip
+        raise ValueError(
+            f"offset {len(frame)}: frame captured up to byte {len(frame)}, its IP "
+            f"packet ends at {end} (snaplen too small?)"
+        )
     if end - off < UDP_HEADER.size:
         raise ValueError(f"offset {off}: truncated UDP header")
     sport, dport, length, _csum = UDP_HEADER.unpack_from(frame, off)

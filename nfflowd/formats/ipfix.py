@@ -294,8 +294,27 @@ class IpfixEncoder:
         off, with_templates = self._open(now_ms)
         set_start = set_id = count = 0
         for rec in records:
-            (first, last, fam, proto, src, dst, sport, dport, packets, octets, psrc, pdst,
-             psport, pdport, direction, end_reason, _mark, _zone, _ct) = rec  # fmt: skip
+            (
+                first,
+                last,
+                fam,
+                proto,
+                src,
+                dst,
+                sport,
+                dport,
+                packets,
+                octets,
+                psrc,
+                pdst,
+                psport,
+                pdport,
+                direction,
+                end_reason,
+                _mark,
+                _zone,
+                _ct,
+            ) = rec
             if fam == 4:
                 sid, pack, size, alen = TEMPLATE_ID_V4, pack4, size4, 4
             elif fam == 6:
@@ -317,9 +336,28 @@ class IpfixEncoder:
                 pos = off + SET_HEADER_SIZE
             icmp = proto == 1 or proto == 58
             try:
-                pack(buf, pos, src, dst, 0 if icmp else sport, dport if icmp else 0, dport,
-                     proto, 1 if direction == 2 else 0, end_reason, packets, octets, first,
-                     last, 0, 0, psrc, pdst, psport, pdport)  # fmt: skip
+                pack(
+                    buf,
+                    pos,
+                    src,
+                    dst,
+                    0 if icmp else sport,
+                    dport if icmp else 0,
+                    dport,
+                    proto,
+                    1 if direction == 2 else 0,
+                    end_reason,
+                    packets,
+                    octets,
+                    first,
+                    last,
+                    0,
+                    0,
+                    psrc,
+                    pdst,
+                    psport,
+                    pdport,
+                )
             except struct.error:
                 self.invalid += 1
                 continue
@@ -331,11 +369,23 @@ class IpfixEncoder:
             off = pos + size
             count += 1
         if self.nat is not None:
-            f = self.nat.fill(records, Fill(off, with_templates, set_start, set_id, count), buf,
-                              limit, 1, lambda f: self._finish(f.off, f.count, f.templates, now_ms,
-                              export_time), lambda: Fill(*self._open(now_ms)), out)  # fmt: skip
+            f = self.nat.fill(
+                records,
+                Fill(off, with_templates, set_start, set_id, count),
+                buf,
+                limit,
+                1,
+                lambda f: self._finish(f.off, f.count, f.templates, now_ms, export_time),
+                lambda: Fill(*self._open(now_ms)),
+                out,
+            )
             off, with_templates, set_start, set_id, count = (
-                f.off, f.templates, f.set_start, f.set_id, f.count)  # fmt: skip
+                f.off,
+                f.templates,
+                f.set_start,
+                f.set_id,
+                f.count,
+            )
         if count:
             set_header(buf, set_start, set_id, off - set_start)
             out.append(self._finish(off, count, with_templates, now_ms, export_time))

@@ -106,17 +106,33 @@ OBSERVATION_TIME_MILLISECONDS = IE(
 BY_ID: dict[int, IE] = {
     ie.id: ie
     for ie in (
-        OCTET_DELTA_COUNT, PACKET_DELTA_COUNT, PROTOCOL_IDENTIFIER, SOURCE_TRANSPORT_PORT,
-        SOURCE_IPV4_ADDRESS, INGRESS_INTERFACE, DESTINATION_TRANSPORT_PORT,
-        DESTINATION_IPV4_ADDRESS, EGRESS_INTERFACE, SOURCE_IPV6_ADDRESS,
-        DESTINATION_IPV6_ADDRESS, ICMP_TYPE_CODE_IPV4, FLOW_DIRECTION, FLOW_END_REASON,
-        ICMP_TYPE_CODE_IPV6, FLOW_START_MILLISECONDS, FLOW_END_MILLISECONDS,
-        POST_NAT_SOURCE_IPV4_ADDRESS, POST_NAT_DESTINATION_IPV4_ADDRESS,
-        POST_NAPT_SOURCE_TRANSPORT_PORT, POST_NAPT_DESTINATION_TRANSPORT_PORT, NAT_EVENT,
-        POST_NAT_SOURCE_IPV6_ADDRESS, POST_NAT_DESTINATION_IPV6_ADDRESS,
+        OCTET_DELTA_COUNT,
+        PACKET_DELTA_COUNT,
+        PROTOCOL_IDENTIFIER,
+        SOURCE_TRANSPORT_PORT,
+        SOURCE_IPV4_ADDRESS,
+        INGRESS_INTERFACE,
+        DESTINATION_TRANSPORT_PORT,
+        DESTINATION_IPV4_ADDRESS,
+        EGRESS_INTERFACE,
+        SOURCE_IPV6_ADDRESS,
+        DESTINATION_IPV6_ADDRESS,
+        ICMP_TYPE_CODE_IPV4,
+        FLOW_DIRECTION,
+        FLOW_END_REASON,
+        ICMP_TYPE_CODE_IPV6,
+        FLOW_START_MILLISECONDS,
+        FLOW_END_MILLISECONDS,
+        POST_NAT_SOURCE_IPV4_ADDRESS,
+        POST_NAT_DESTINATION_IPV4_ADDRESS,
+        POST_NAPT_SOURCE_TRANSPORT_PORT,
+        POST_NAPT_DESTINATION_TRANSPORT_PORT,
+        NAT_EVENT,
+        POST_NAT_SOURCE_IPV6_ADDRESS,
+        POST_NAT_DESTINATION_IPV6_ADDRESS,
         OBSERVATION_TIME_MILLISECONDS,
     )
-}  # fmt: skip
+}
 BY_NAME: dict[str, IE] = {ie.name: ie for ie in BY_ID.values()}
 
 #: flowDirection values (IANA IE 61).
@@ -126,11 +142,25 @@ FLOW_DIRECTION_EGRESS = 1
 
 def _flow_fields(src: IE, dst: IE, icmp: IE, post_src: IE, post_dst: IE) -> tuple[IE, ...]:
     return (
-        src, dst, SOURCE_TRANSPORT_PORT, icmp, DESTINATION_TRANSPORT_PORT, PROTOCOL_IDENTIFIER,
-        FLOW_DIRECTION, FLOW_END_REASON, PACKET_DELTA_COUNT, OCTET_DELTA_COUNT,
-        FLOW_START_MILLISECONDS, FLOW_END_MILLISECONDS, INGRESS_INTERFACE, EGRESS_INTERFACE,
-        post_src, post_dst, POST_NAPT_SOURCE_TRANSPORT_PORT, POST_NAPT_DESTINATION_TRANSPORT_PORT,
-    )  # fmt: skip
+        src,
+        dst,
+        SOURCE_TRANSPORT_PORT,
+        icmp,
+        DESTINATION_TRANSPORT_PORT,
+        PROTOCOL_IDENTIFIER,
+        FLOW_DIRECTION,
+        FLOW_END_REASON,
+        PACKET_DELTA_COUNT,
+        OCTET_DELTA_COUNT,
+        FLOW_START_MILLISECONDS,
+        FLOW_END_MILLISECONDS,
+        INGRESS_INTERFACE,
+        EGRESS_INTERFACE,
+        post_src,
+        post_dst,
+        POST_NAPT_SOURCE_TRANSPORT_PORT,
+        POST_NAPT_DESTINATION_TRANSPORT_PORT,
+    )
 
 
 #: The IPv4 flow template's fields, in wire order.
@@ -162,12 +192,27 @@ def flow_values(rec: FlowRecord) -> tuple[object, ...]:
     proto = rec.proto
     icmp = proto in ICMP_PROTOCOLS
     return (
-        rec.src, rec.dst, 0 if icmp else rec.sport, rec.dport if icmp else 0, rec.dport, proto,
-        FLOW_DIRECTION_EGRESS if rec.direction == Direction.ORIGINAL_OUT
+        rec.src,
+        rec.dst,
+        0 if icmp else rec.sport,
+        rec.dport if icmp else 0,
+        rec.dport,
+        proto,
+        FLOW_DIRECTION_EGRESS
+        if rec.direction == Direction.ORIGINAL_OUT
         else FLOW_DIRECTION_INGRESS,
-        rec.end_reason, rec.packets, rec.octets, rec.first_ms, rec.last_ms, 0, 0,
-        rec.post_src, rec.post_dst, rec.post_sport, rec.post_dport,
-    )  # fmt: skip
+        rec.end_reason,
+        rec.packets,
+        rec.octets,
+        rec.first_ms,
+        rec.last_ms,
+        0,
+        0,
+        rec.post_src,
+        rec.post_dst,
+        rec.post_sport,
+        rec.post_dport,
+    )
 
 
 # -- decoding data records by a received template ---------------------------------

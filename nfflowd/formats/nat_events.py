@@ -107,10 +107,18 @@ MAX_OPEN = 1 << 18
 
 def _fields(src: IE, dst: IE, post_src: IE, post_dst: IE) -> tuple[IE, ...]:
     return (
-        OBSERVATION_TIME_MILLISECONDS, NAT_EVENT, PROTOCOL_IDENTIFIER, src, dst,
-        SOURCE_TRANSPORT_PORT, DESTINATION_TRANSPORT_PORT, post_src, post_dst,
-        POST_NAPT_SOURCE_TRANSPORT_PORT, POST_NAPT_DESTINATION_TRANSPORT_PORT,
-    )  # fmt: skip
+        OBSERVATION_TIME_MILLISECONDS,
+        NAT_EVENT,
+        PROTOCOL_IDENTIFIER,
+        src,
+        dst,
+        SOURCE_TRANSPORT_PORT,
+        DESTINATION_TRANSPORT_PORT,
+        post_src,
+        post_dst,
+        POST_NAPT_SOURCE_TRANSPORT_PORT,
+        POST_NAPT_DESTINATION_TRANSPORT_PORT,
+    )
 
 
 #: The NAT event templates' fields, in wire order.
@@ -141,9 +149,11 @@ _BY_FAMILY = {4: (TEMPLATE_ID_V4, RECORD_V4, 4), 6: (TEMPLATE_ID_V6, RECORD_V6, 
 def is_translated(r: FlowRecord) -> bool:
     """Whether ``r`` is the ORIGINAL_IN record of a connection NAT changed."""
     return r.direction == _ORIGINAL_IN and (
-        r.src != r.post_src or r.dst != r.post_dst
-        or r.sport != r.post_sport or r.dport != r.post_dport
-    )  # fmt: skip
+        r.src != r.post_src
+        or r.dst != r.post_dst
+        or r.sport != r.post_sport
+        or r.dport != r.post_dport
+    )
 
 
 @dataclass
@@ -184,8 +194,17 @@ class NatEvents:
             if not len(r.src) == len(r.dst) == len(r.post_src) == len(r.post_dst) == alen:
                 continue
             key = r.ct_id or (r.family, r.proto, r.src, r.dst, r.sport, r.dport, r.zone)
-            tail = (r.proto, r.src, r.dst, r.sport, r.dport, r.post_src, r.post_dst,
-                    r.post_sport, r.post_dport)  # fmt: skip
+            tail = (
+                r.proto,
+                r.src,
+                r.dst,
+                r.sport,
+                r.dport,
+                r.post_src,
+                r.post_dst,
+                r.post_sport,
+                r.post_dport,
+            )
             if r.end_reason == _INTERIM:
                 if key in self.open:
                     continue

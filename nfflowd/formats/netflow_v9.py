@@ -142,8 +142,10 @@ def _parse_options(data: bytes, off: int, end: int, source: int, templates: Temp
             raise ValueError(f"offset {off}: options template {tid}: bad lengths")
         fields = [Field(*FIELD.unpack_from(data, p)) for p in range(off, off + scope_len, 4)]
         names = [SCOPE_NAMES.get(f.id, f"scope{f.id}") for f in fields]
-        opts = [Field(*FIELD.unpack_from(data, p))
-                for p in range(off + scope_len, off + scope_len + opt_len, 4)]  # fmt: skip
+        opts = [
+            Field(*FIELD.unpack_from(data, p))
+            for p in range(off + scope_len, off + scope_len + opt_len, 4)
+        ]
         off += scope_len + opt_len
         scoped = compile_template(tid, opts)
         templates[(source, tid)] = compile_template(
@@ -319,8 +321,27 @@ class V9Encoder:
         off, with_templates = self._open(now_ms)
         set_start = set_id = count = 0
         for rec in records:
-            (first, last, fam, proto, src, dst, sport, dport, packets, octets, psrc, pdst,
-             psport, pdport, direction, end_reason, _mark, _zone, _ct) = rec  # fmt: skip
+            (
+                first,
+                last,
+                fam,
+                proto,
+                src,
+                dst,
+                sport,
+                dport,
+                packets,
+                octets,
+                psrc,
+                pdst,
+                psport,
+                pdport,
+                direction,
+                end_reason,
+                _mark,
+                _zone,
+                _ct,
+            ) = rec
             if fam == 4:
                 sid, pack, size, alen = TEMPLATE_ID_V4, pack4, size4, 4
             elif fam == 6:
@@ -342,9 +363,28 @@ class V9Encoder:
                 pos = off + FLOWSET_HEADER_SIZE
             icmp = proto == 1 or proto == 58
             try:
-                pack(buf, pos, src, dst, 0 if icmp else sport, dport if icmp else 0, dport,
-                     proto, 1 if direction == 2 else 0, end_reason, packets, octets, first,
-                     last, 0, 0, psrc, pdst, psport, pdport)  # fmt: skip
+                pack(
+                    buf,
+                    pos,
+                    src,
+                    dst,
+                    0 if icmp else sport,
+                    dport if icmp else 0,
+                    dport,
+                    proto,
+                    1 if direction == 2 else 0,
+                    end_reason,
+                    packets,
+                    octets,
+                    first,
+                    last,
+                    0,
+                    0,
+                    psrc,
+                    pdst,
+                    psport,
+                    pdport,
+                )
             except struct.error:
                 self.invalid += 1
                 continue
@@ -356,11 +396,23 @@ class V9Encoder:
             off = pos + size
             count += 1
         if self.nat is not None:
-            f = self.nat.fill(records, Fill(off, with_templates, set_start, set_id, count), buf,
-                              limit, 4, lambda f: self._finish(f.off, f.count, f.templates, now_ms,
-                              uptime, secs), lambda: Fill(*self._open(now_ms)), out)  # fmt: skip
+            f = self.nat.fill(
+                records,
+                Fill(off, with_templates, set_start, set_id, count),
+                buf,
+                limit,
+                4,
+                lambda f: self._finish(f.off, f.count, f.templates, now_ms, uptime, secs),
+                lambda: Fill(*self._open(now_ms)),
+                out,
+            )
             off, with_templates, set_start, set_id, count = (
-                f.off, f.templates, f.set_start, f.set_id, f.count)  # fmt: skip
+                f.off,
+                f.templates,
+                f.set_start,
+                f.set_id,
+                f.count,
+            )
         if count:
             off = self._close(set_start, set_id, off)
             out.append(self._finish(off, count, with_templates, now_ms, uptime, secs))

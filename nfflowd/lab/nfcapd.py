@@ -175,8 +175,16 @@ class Nfcapd:
         for attempt in range(5):
             if not self._fixed_port:
                 self.port = free_udp_port(self.host)
-            cmd = [self.nfcapd, "-b", self.host, "-p", str(self.port), "-w", str(self.directory),
-                   *self.extra_args]  # fmt: skip
+            cmd = [
+                self.nfcapd,
+                "-b",
+                self.host,
+                "-p",
+                str(self.port),
+                "-w",
+                str(self.directory),
+                *self.extra_args,
+            ]
             self.proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
             )

@@ -73,8 +73,9 @@ def cmd_start(config: str | None, foreground: bool, args: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    print(f"nfflowd running in the foreground (run directory {rundir}); Ctrl-C stops it",
-          flush=True)  # fmt: skip
+    print(
+        f"nfflowd running in the foreground (run directory {rundir}); Ctrl-C stops it", flush=True
+    )
     rc = proc.wait()
     screen.stop(followers)
     return 0 if rc in (0, -signal.SIGTERM) or stopping else 1
@@ -142,9 +143,12 @@ def cmd_install(config: str | None, foreground: bool, args: list[str]) -> int:
 def cmd_check(config: str | None, foreground: bool, args: list[str]) -> int:
     p = argparse.ArgumentParser(prog="nfflowd check")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--write-settings", action="store_true",
-                   help="also lay out the run directory (settings.json) for a supervisord "
-                        "of your own that includes deploy/supervisord.conf")  # fmt: skip
+    p.add_argument(
+        "--write-settings",
+        action="store_true",
+        help="also lay out the run directory (settings.json) for a supervisord "
+        "of your own that includes deploy/supervisord.conf",
+    )
     ns = p.parse_args(args)
     settings = _load(config, quiet=True)
     if settings is None:
@@ -178,8 +182,10 @@ def cmd_check(config: str | None, foreground: bool, args: list[str]) -> int:
         now = time.time()
         for s in stages:
             up = int(now - s["start"]) if s["statename"] == "RUNNING" else 0
-            print(f"stage    {s['name']:<10} {s['statename']:<9} pid {s['pid']:<7} "
-                  f"uptime {up:>6}s restarts {max(0, s['starts'] - 1)}")  # fmt: skip
+            print(
+                f"stage    {s['name']:<10} {s['statename']:<9} pid {s['pid']:<7} "
+                f"uptime {up:>6}s restarts {max(0, s['starts'] - 1)}"
+            )
     return 1 if any(level == "error" for level, _ in findings) else 0
 
 
@@ -248,8 +254,10 @@ def cmd_status(config: str | None, foreground: bool, args: list[str]) -> int:
     metrics: dict[str, object] = {}
     if running:
         info = control.metrics_process(rundir)
-        metrics = {"listen": _running_metrics(rundir).listen or None,
-                   "statename": info["statename"] if info else None}  # fmt: skip
+        metrics = {
+            "listen": _running_metrics(rundir).listen or None,
+            "statename": info["statename"] if info else None,
+        }
     if ns.json:
         print(json.dumps(status.document(rundir, running, rows, metrics), indent=2))
     else:

@@ -232,8 +232,11 @@ def metrics_process(rundir: str) -> dict[str, Any] | None:
 def _names(proxy: Any, stage: str) -> list[str]:
     """The supervisord process names of *stage*: ``correlate``, or its shards
     ``correlate-0`` ... (nfflowd.pipeline.shards); none when this host does not run it."""
-    return [p["name"] for p in proxy.supervisor.getAllProcessInfo()
-            if p["group"] == GROUP and topology.stage_of(p["name"]) == stage]  # fmt: skip
+    return [
+        p["name"]
+        for p in proxy.supervisor.getAllProcessInfo()
+        if p["group"] == GROUP and topology.stage_of(p["name"]) == stage
+    ]
 
 
 def _stop_process(proxy: Any, stage: str) -> None:
@@ -278,8 +281,10 @@ def reload(settings: Settings, rundir: str) -> list[str]:
     old = load_resolved(os.path.join(rundir, SETTINGS_FILE))
     shape = ("correlators", "exporters", "stages")
     if any(getattr(old.daemon, k) != getattr(settings.daemon, k) for k in shape):
-        raise ControlError("<daemon> correlators/exporters/stages changed: supervisord's "
-                           "programs change with them, use `nfflowd restart`")  # fmt: skip
+        raise ControlError(
+            "<daemon> correlators/exporters/stages changed: supervisord's "
+            "programs change with them, use `nfflowd restart`"
+        )
     before, after = stage_sections(old), stage_sections(settings)
     changed = [s for s in old.daemon.stages if before.get(s) != after.get(s)]
     group = privileges.shared_group(rundir)  # as the running stages were started

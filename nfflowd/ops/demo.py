@@ -54,25 +54,32 @@ def demo_settings(port: int, rundir: str, source: dict[str, Any] | None = None) 
 def show(cap: Nfcapd, rundir: str) -> None:
     rows = cap.records()
     print(f"\n== what the collector (nfcapd) stored: {len(rows)} NetFlow v5 records ==")
-    print(f"{'first (UTC)':<23} {'proto':>5}  {'source':>22} -> {'destination':<22} "
-          f"{'packets':>7} {'bytes':>8}")  # fmt: skip
+    print(
+        f"{'first (UTC)':<23} {'proto':>5}  {'source':>22} -> {'destination':<22} "
+        f"{'packets':>7} {'bytes':>8}"
+    )
     for r in rows:
         first = time.strftime("%H:%M:%S", time.gmtime(r["first_ms"] / 1000))
         first += f".{r['first_ms'] % 1000:03d}"
         src = f"{r['src']}:{r['sport']}"
         dst = f"{r['dst']}:{r['dport']}"
-        print(f"{first:<23} {r['proto']:>5}  {src:>22} -> {dst:<22} "
-              f"{r['packets']:>7} {r['bytes']:>8}")  # fmt: skip
+        print(
+            f"{first:<23} {r['proto']:>5}  {src:>22} -> {dst:<22} {r['packets']:>7} {r['bytes']:>8}"
+        )
     out = os.path.join(rundir, "mirror.out")
     lines = Path(out).read_text().splitlines() if os.path.exists(out) else []
     print(f"\n== nfflowd's own flow-tools CSV lines (what syslog gets): {len(lines)} ==")
-    print("unix_secs,unix_nsecs,sysuptime,exaddr,dpkts,doctets,first,last,srcaddr,dstaddr,"
-          "nexthop,input,output,srcport,dstport,prot,tos,tcp_flags")  # fmt: skip
+    print(
+        "unix_secs,unix_nsecs,sysuptime,exaddr,dpkts,doctets,first,last,srcaddr,dstaddr,"
+        "nexthop,input,output,srcport,dstport,prot,tos,tcp_flags"
+    )
     for line in lines:
         print(line)
-    print("\nOne NATed connection gives three records: as it arrived, as it left the firewall "
-          "(post-NAT), and the reply; an un-NATed one gives two.  IPv6 flows are in the CSV "
-          "only: NetFlow v5 cannot carry them.")  # fmt: skip
+    print(
+        "\nOne NATed connection gives three records: as it arrived, as it left the firewall "
+        "(post-NAT), and the reply; an un-NATed one gives two.  IPv6 flows are in the CSV "
+        "only: NetFlow v5 cannot carry them."
+    )
 
 
 def log_demo(rundir: str) -> int:
@@ -90,8 +97,10 @@ def lab_demo(rundir: str, prefix: str = lab.DEFAULT_PREFIX) -> int:
         settings = demo_settings(
             cap.port, rundir, {"type": "netlink", "netns": the_lab.fw, "set_sysctls": True}
         )
-        print(f"lab up: {the_lab.client} -> {the_lab.fw} (NAT) -> {the_lab.server}; "
-              f"nfflowd reads {the_lab.fw}'s conntrack over ctnetlink")  # fmt: skip
+        print(
+            f"lab up: {the_lab.client} -> {the_lab.fw} (NAT) -> {the_lab.server}; "
+            f"nfflowd reads {the_lab.fw}'s conntrack over ctnetlink"
+        )
         proc = control.launch_foreground(settings, rundir, silent=True)
         try:
             time.sleep(1.0)  # the ingest stage subscribes and dumps the table

@@ -85,17 +85,24 @@ def source_findings(settings: Settings) -> list[Finding]:
             out.append(("ok", f"conntrack program: {prog}"))
         args = shlex.split(ct.format)
         if "-n" in args or "--src-nat" in args:
-            out.append((
-                "warning",
-                "<conntrack> format contains -n: in conntrack-tools -n means --src-nat, a FILTER "
-                "that keeps only source-NATed connections (the 2009 tool's default, and why it "
-                "'assumed source NAT'); remove it to see every connection",
-            ))  # fmt: skip
+            out.append(
+                (
+                    "warning",
+                    "<conntrack> format contains -n: in conntrack-tools -n means --src-nat, a "
+                    "FILTER that keeps only source-NATed connections (the 2009 tool's default, "
+                    "and why it 'assumed source NAT'); remove it to see every connection",
+                )
+            )
     elif src.type == "netlink":
         where = f" of netns {src.netns}" if src.netns else ""
-        out.append(("ok", f"source: the kernel's conntrack table and events{where} over "
-                          "ctnetlink (<source> type netlink, the default; type conntrack "
-                          "runs the conntrack program as in 2009)"))  # fmt: skip
+        out.append(
+            (
+                "ok",
+                f"source: the kernel's conntrack table and events{where} over "
+                "ctnetlink (<source> type netlink, the default; type conntrack "
+                "runs the conntrack program as in 2009)",
+            )
+        )
         if shlex.split(settings.conntrack.format) != shlex.split(ConntrackSettings().format):
             args = shlex.split(settings.conntrack.format)
             why = (
@@ -133,11 +140,21 @@ def mirror_findings(settings: Settings) -> list[Finding]:
 def export_findings(settings: Settings) -> list[Finding]:
     out: list[Finding] = []
     for c in settings.export.collectors:
-        out.append(("ok", f"collector {c.address} port {c.port} NetFlow v{c.version}"
-                          + (f" from {c.source}" if c.source else "")))  # fmt: skip
+        out.append(
+            (
+                "ok",
+                f"collector {c.address} port {c.port} NetFlow v{c.version}"
+                + (f" from {c.source}" if c.source else ""),
+            )
+        )
         if c.version == 5:
-            out.append(("note", "NetFlow v5 cannot carry IPv6: IPv6 flows are counted "
-                                "(skipped_ipv6) and only mirrored"))  # fmt: skip
+            out.append(
+                (
+                    "note",
+                    "NetFlow v5 cannot carry IPv6: IPv6 flows are counted "
+                    "(skipped_ipv6) and only mirrored",
+                )
+            )
     return out
 
 
@@ -159,11 +176,13 @@ def link_findings(settings: Settings) -> list[Finding]:
                 out.append(("ok", f"{where}, CURVE keys in {links.curve_dir}"))
             refused = curve.refused_count(settings.daemon.rundir, link.name)
             if side == "receiver" and refused:
-                out.append((
-                    "warning",
-                    f"link {link.name}: {refused} connection attempts refused (peers without "
-                    f"an admitted CURVE key; see {stage}.log)",
-                ))  # fmt: skip
+                out.append(
+                    (
+                        "warning",
+                        f"link {link.name}: {refused} connection attempts refused (peers without "
+                        f"an admitted CURVE key; see {stage}.log)",
+                    )
+                )
     return out
 
 
@@ -178,36 +197,58 @@ def privilege_findings(settings: Settings, *, probe: bool = True) -> list[Findin
     if user is None:
         if os.geteuid() != 0:
             return []
-        return [("note", "correlate, export and mirror run as root: set `<daemon> user "
-                         "nfflowd` so only ingest keeps root (nfflowd install creates the "
-                         "user); see README, Least privilege")]  # fmt: skip
+        return [
+            (
+                "note",
+                "correlate, export and mirror run as root: set `<daemon> user "
+                "nfflowd` so only ingest keeps root (nfflowd install creates the "
+                "user); see README, Least privilege",
+            )
+        ]
     try:
         acct = privileges.account_for(user)
     except privileges.PrivilegeError as exc:
         return [("error", str(exc))]
     if acct is None:
         return [("note", f"<daemon> user {user}: we already run as {user}, nothing to switch")]
-    out: list[Finding] = [("ok", f"<daemon> user {user} (uid {acct.uid}): correlate, export, "
-                                 "mirror and metrics run as it, ingest as root")]  # fmt: skip
+    out: list[Finding] = [
+        (
+            "ok",
+            f"<daemon> user {user} (uid {acct.uid}): correlate, export, "
+            "mirror and metrics run as it, ingest as root",
+        )
+    ]
     sharers = privileges.group_sharers(acct)
     if sharers:
-        out.append(("warning", f"<daemon> user {user}: its group (gid {acct.gid}) also holds "
-                               f"{', '.join(sharers)}, who could enter the run directory; "
-                               "give it a group of its own"))  # fmt: skip
+        out.append(
+            (
+                "warning",
+                f"<daemon> user {user}: its group (gid {acct.gid}) also holds "
+                f"{', '.join(sharers)}, who could enter the run directory; "
+                "give it a group of its own",
+            )
+        )
     m = settings.metrics
     lowest = _unprivileged_port_start()
     if m.address is not None and m.port < lowest:
-        out.append(("error", f"<metrics> listen {m.listen}: the metrics program runs as {user} "
-                             f"and cannot bind a port below {lowest}"))  # fmt: skip
+        out.append(
+            (
+                "error",
+                f"<metrics> listen {m.listen}: the metrics program runs as {user} "
+                f"and cannot bind a port below {lowest}",
+            )
+        )
     links = settings.links
     readable = [links.curve_dir] if links.addresses and links.curve_dir else []
     problem = privileges.probe(acct, settings.daemon.rundir, readable) if probe else None
     if problem:
-        out.append((
-            "error",
-            f"<daemon> user {user} cannot run the stages: {problem} (install nfflowd "
-            "where that user can read it, e.g. a venv under /opt)",
-        ))  # fmt: skip
+        out.append(
+            (
+                "error",
+                f"<daemon> user {user} cannot run the stages: {problem} (install nfflowd "
+                "where that user can read it, e.g. a venv under /opt)",
+            )
+        )
     return out
 
 

@@ -110,8 +110,11 @@ def unit_text(settings: Settings, config: str | None) -> str:
         "RestrictNamespaces=" + ("net" if src.netns else "yes"),
     ]
     if bundle_path(sys.argv[0]) is not None:
-        lines += ["# the single-file bundle unpacks itself here",
-                  f"Environment=SHIV_ROOT={BUNDLE_CACHE}", "CacheDirectory=nfflowd"]  # fmt: skip
+        lines += [
+            "# the single-file bundle unpacks itself here",
+            f"Environment=SHIV_ROOT={BUNDLE_CACHE}",
+            "CacheDirectory=nfflowd",
+        ]
     if src.set_sysctls:
         lines.append("# no ProtectKernelTunables: <source> set_sysctls 1 writes /proc/sys")
     else:

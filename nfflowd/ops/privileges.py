@@ -126,8 +126,11 @@ def user_file(name: str) -> bool:
     """
     if _LOG.search(name):
         return False  # supervisord writes the logs, as root
-    stems = {e.filename.removesuffix(".ipc") for e in endpoints.TABLE
-             if e.bound_by == "receiver" and e.receiver in UNPRIVILEGED}  # fmt: skip
+    stems = {
+        e.filename.removesuffix(".ipc")
+        for e in endpoints.TABLE
+        if e.bound_by == "receiver" and e.receiver in UNPRIVILEGED
+    }
     stem, _, ext = name.partition(".")
     if ext == "ipc" and re.sub(r"-\d+$", "", stem) in stems:
         return True
@@ -224,9 +227,16 @@ def probe(acct: Account, rundir: str, readable: Iterable[str] = ()) -> str | Non
     cmd = [sys.executable, "-c", _PROBE, parent, *readable]
     try:
         res = subprocess.run(
-            cmd, user=acct.uid, group=acct.gid, extra_groups=groups, cwd="/",
-            capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
+            cmd,
+            user=acct.uid,
+            group=acct.gid,
+            extra_groups=groups,
+            cwd="/",
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
     except OSError as exc:
         return f"cannot run {sys.executable} as {acct.name}: {exc.strerror or exc}"
     if res.returncode == 0:

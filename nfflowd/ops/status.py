@@ -45,16 +45,18 @@ def rows(
         if rec is not None:
             report = {k: rec.get(k) for k in ("pid", "incarnation", "token", "time")}
             report["age"] = round(max(0.0, now - float(rec.get("time", now))), 1)
-        out.append({
-            "stage": name,
-            "statename": None if p is None else p.get("statename"),
-            "pid": (p or {}).get("pid") or None,
-            "uptime": int(now - float(p["start"])) if running and p else 0,
-            "starts": starts,
-            "restarts": max(0, starts - 1),
-            "report": report,
-            "counters": dict(rec["counters"]) if rec is not None else {},
-        })  # fmt: skip
+        out.append(
+            {
+                "stage": name,
+                "statename": None if p is None else p.get("statename"),
+                "pid": (p or {}).get("pid") or None,
+                "uptime": int(now - float(p["start"])) if running and p else 0,
+                "starts": starts,
+                "restarts": max(0, starts - 1),
+                "report": report,
+                "counters": dict(rec["counters"]) if rec is not None else {},
+            }
+        )
     return out
 
 
@@ -72,10 +74,12 @@ def _sum(counters: Mapping[str, int], *, suffix: str = "", prefix: str = "") -> 
 def _indexed(counters: Mapping[str, int], letter: str, name: str) -> int:
     """Sum of ``<letter><i>_<name>`` over every collector / dispatcher i."""
     return sum(
-        v for k, v in counters.items()
-        if k.startswith(letter) and k.partition("_")[0][1:].isdigit()
+        v
+        for k, v in counters.items()
+        if k.startswith(letter)
+        and k.partition("_")[0][1:].isdigit()
         and k.partition("_")[2] == name
-    )  # fmt: skip
+    )
 
 
 def summary(stage: str, c: Mapping[str, int]) -> str:
@@ -90,12 +94,17 @@ def summary(stage: str, c: Mapping[str, int]) -> str:
         events = sum(c.get(k, 0) for k in ("new", "update", "destroy"))
         parts = [f"events {events}", f"records {c.get('records', 0)}", f"open {c.get('open', 0)}"]
     elif stage == "export":
-        parts = [f"records {c.get('records', 0)}",
-                 f"datagrams {_indexed(c, 'c', 'datagrams_sent')}",
-                 f"send errors {_indexed(c, 'c', 'send_errors')}"]  # fmt: skip
+        parts = [
+            f"records {c.get('records', 0)}",
+            f"datagrams {_indexed(c, 'c', 'datagrams_sent')}",
+            f"send errors {_indexed(c, 'c', 'send_errors')}",
+        ]
     elif stage == "mirror":
-        parts = [f"records {c.get('lines', 0)}", f"pending {_indexed(c, 'd', 'pending')}",
-                 f"send errors {_indexed(c, 'd', 'send_errors')}"]  # fmt: skip
+        parts = [
+            f"records {c.get('lines', 0)}",
+            f"pending {_indexed(c, 'd', 'pending')}",
+            f"send errors {_indexed(c, 'd', 'send_errors')}",
+        ]
     else:
         return ""
     return ", ".join(parts)
@@ -114,8 +123,9 @@ def uptime_text(seconds: int) -> str:
     return f"{m}m{s:02d}s" if m else f"{s}s"
 
 
-def table(rundir: str, running: bool, rows_: Sequence[Mapping[str, Any]],
-          metrics: Mapping[str, Any]) -> str:  # fmt: skip
+def table(
+    rundir: str, running: bool, rows_: Sequence[Mapping[str, Any]], metrics: Mapping[str, Any]
+) -> str:
     """The human-readable status: a line per stage, then all the counters of each stage."""
     lines = [f"nfflowd is {'running' if running else 'not running'} (run directory {rundir})"]
     if not running and not any(r["report"] for r in rows_):
@@ -126,17 +136,20 @@ def table(rundir: str, running: bool, rows_: Sequence[Mapping[str, Any]],
     cells = [head]
     for r in rows_:
         c, rep = r["counters"], r["report"]
-        cells.append((
-            r["stage"],
-            r["statename"] or ("-" if running else "down"),
-            str(r["pid"] or "-"),
-            uptime_text(r["uptime"]),
-            str(r["restarts"]),
-            str(_sum(c, suffix="_unacked")) if rep else "-",
-            str(_sum(c, prefix="malformed_")) if rep else "-",
-            f"{rep['age']:.0f}s ago" + (f" ({rep['token']})" if rep["token"] != "stats" else "")
-            if rep else "none",
-        ))  # fmt: skip
+        cells.append(
+            (
+                r["stage"],
+                r["statename"] or ("-" if running else "down"),
+                str(r["pid"] or "-"),
+                uptime_text(r["uptime"]),
+                str(r["restarts"]),
+                str(_sum(c, suffix="_unacked")) if rep else "-",
+                str(_sum(c, prefix="malformed_")) if rep else "-",
+                f"{rep['age']:.0f}s ago" + (f" ({rep['token']})" if rep["token"] != "stats" else "")
+                if rep
+                else "none",
+            )
+        )
     widths = [max(len(row[i]) for row in cells) for i in range(len(head))]
     for i, row in enumerate(cells):
         text = "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))

@@ -90,16 +90,18 @@ class Exporter:
         if not self.targets:
             log.warning("no collector configured: flow records are only mirrored")
         if len(self.targets) > MAX_STREAMS:
-            log.warning("more than %d collectors: sequence numbers of the others restart at 0",
-                        MAX_STREAMS)  # fmt: skip
+            log.warning(
+                "more than %d collectors: sequence numbers of the others restart at 0", MAX_STREAMS
+            )
         self.records = 0
         self.sequences = sequences
         if sequences is not None:
             idents = [stream_identity(exp, c) for c in exp.collectors]
             streams = [(ident, enc) for ident, (enc, _) in zip(idents, self.targets, strict=True)]
             if restore_sequences(sequences, streams):
-                log.info("sequence numbers go on from %s",
-                         [enc.sequence for enc, _ in self.targets])  # fmt: skip
+                log.info(
+                    "sequence numbers go on from %s", [enc.sequence for enc, _ in self.targets]
+                )
 
     def handle(self, records: list[FlowRecord]) -> None:
         self.records += len(records)
@@ -122,8 +124,15 @@ class Exporter:
     def counters(self) -> dict[str, int]:
         out = {"records": self.records}
         for i, (enc, coll) in enumerate(self.targets):
-            for name in ("records", "skipped_ipv6", "invalid", "datagrams", "template_sends",
-                         "split", "clamped"):  # fmt: skip
+            for name in (
+                "records",
+                "skipped_ipv6",
+                "invalid",
+                "datagrams",
+                "template_sends",
+                "split",
+                "clamped",
+            ):
                 value = getattr(enc, name, None)
                 if isinstance(value, int):
                     out[f"c{i}_{name}"] = value

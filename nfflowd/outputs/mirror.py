@@ -42,8 +42,12 @@ def make_dispatchers(settings: Settings) -> list[tuple[str, Dispatcher]]:
     out: list[tuple[str, Dispatcher]] = []
     for d in settings.mirror.dispatchers:
         if LEVELS[d.min_level] < LEVELS[FLOW_LINE_LEVEL]:
-            log.warning("dispatcher %s: min_level %s is above %s: it gets no flow lines",
-                        d.name, d.min_level, FLOW_LINE_LEVEL)  # fmt: skip
+            log.warning(
+                "dispatcher %s: min_level %s is above %s: it gets no flow lines",
+                d.name,
+                d.min_level,
+                FLOW_LINE_LEVEL,
+            )
             continue
         if d.format not in FORMATS:
             raise SystemExit(f"dispatcher {d.name}: unknown format {d.format!r}")
@@ -103,8 +107,9 @@ class Mirror:
                 now = time.monotonic()
                 if now - self._last_warning >= WARN_INTERVAL_S:
                     self._last_warning = now
-                    log.warning("record %d of a batch not mirrored: %s (%d so far)",
-                                i, exc, self.invalid)  # fmt: skip
+                    log.warning(
+                        "record %d of a batch not mirrored: %s (%d so far)", i, exc, self.invalid
+                    )
                 continue
             for f, line in lines.items():
                 out[f].append(line)
@@ -116,8 +121,9 @@ class Mirror:
 
     def pending(self) -> int:
         """Records not yet delivered by every dispatcher (one line each, oldest first)."""
-        return max((d.pending for d in self.dispatchers if isinstance(d, SyslogDispatcher)),
-                   default=0)  # fmt: skip
+        return max(
+            (d.pending for d in self.dispatchers if isinstance(d, SyslogDispatcher)), default=0
+        )
 
     def counters(self) -> dict[str, int]:
         out = {"lines": self.lines, "invalid": self.invalid}

@@ -207,10 +207,12 @@ Targets = Mapping[str, Sequence[Mapping[str, str]]]
 def target_labels(settings: Settings) -> dict[str, list[dict[str, str]]]:
     """Labels of export's collectors (``c<i>``) and mirror's dispatchers (``d<i>``)."""
     collectors = [
-        {"collector": (f"[{c.address}]" if ":" in c.address else c.address) + f":{c.port}",
-         "version": str(c.version)}
+        {
+            "collector": (f"[{c.address}]" if ":" in c.address else c.address) + f":{c.port}",
+            "version": str(c.version),
+        }
         for c in settings.export.collectors
-    ]  # fmt: skip
+    ]
     dispatchers = [
         {"dispatcher": d.name, "kind": d.kind}
         for d in settings.mirror.dispatchers

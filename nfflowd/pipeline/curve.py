@@ -62,8 +62,13 @@ _FAILED = (
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
-_WATCHED = (_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_MONITOR_STOPPED
-            | zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)  # fmt: skip
+_WATCHED = (
+    _FAILED
+    | zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_MONITOR_STOPPED
+    | zmq.EVENT_CONNECTED
+    | zmq.EVENT_DISCONNECTED
+)
 _PROTOCOL_ERRORS: dict[int, str] = {
     int(zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH): "the peer does not speak CURVE",
     int(zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC): "bad CURVE handshake (wrong server key?)",
@@ -91,8 +96,13 @@ def keygen(directory: str) -> list[str]:
     """
     directory = os.path.abspath(directory)
     clients = os.path.join(directory, CLIENTS)
-    wanted = [SERVER_PUBLIC, SERVER_SECRET, CLIENT_PUBLIC, CLIENT_SECRET,
-              os.path.join(CLIENTS, CLIENT_PUBLIC)]  # fmt: skip
+    wanted = [
+        SERVER_PUBLIC,
+        SERVER_SECRET,
+        CLIENT_PUBLIC,
+        CLIENT_SECRET,
+        os.path.join(CLIENTS, CLIENT_PUBLIC),
+    ]
     existing = [w for w in wanted if os.path.exists(os.path.join(directory, w))]
     if existing:
         raise CurveError(f"{directory}: {', '.join(existing)} exist already; not overwriting keys")
@@ -358,8 +368,12 @@ def _monitor(
             elif event & _FAILED:
                 failures += 1
                 if _should_log(failures):
-                    log.warning("%s: the receiver refused this sender: %s [%d so far]",
-                                name, _why(event, value), failures)  # fmt: skip
+                    log.warning(
+                        "%s: the receiver refused this sender: %s [%d so far]",
+                        name,
+                        _why(event, value),
+                        failures,
+                    )
     except zmq.ContextTerminated:
         pass
     finally:

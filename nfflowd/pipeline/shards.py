@@ -31,8 +31,11 @@ def shard_of(ev: ConntrackEvent, n: int) -> int:
     """The correlator (0..n-1) for the connection of *ev*."""
     if ev.ct_id:
         return ev.ct_id % n
-    key = ev.orig_src + ev.orig_dst + _TUPLE.pack(ev.orig_sport, ev.orig_dport, ev.proto & 0xFF,
-                                                   ev.zone & 0xFFFF)  # fmt: skip
+    key = (
+        ev.orig_src
+        + ev.orig_dst
+        + _TUPLE.pack(ev.orig_sport, ev.orig_dport, ev.proto & 0xFF, ev.zone & 0xFFFF)
+    )
     return zlib.crc32(key) % n
 
 

@@ -108,10 +108,12 @@ class _Partials:
         # their origin is known as delivered)
         acked_inc, acked_upto = slots[0], slots[1]
         self.inherited = [
-            k for k in range(PARTIALS)
-            if self._get(k, _P_LEN) and self._get(k, _P_INC)
+            k
+            for k in range(PARTIALS)
+            if self._get(k, _P_LEN)
+            and self._get(k, _P_INC)
             and not (self._get(k, _P_INC) == acked_inc and self._get(k, _P_SEQ) <= acked_upto)
-        ]  # fmt: skip
+        ]
         free = [k for k in range(PARTIALS) if k not in self.inherited]
         # the entry that follows our own batch (the oldest inherited one if none is free)
         self.mine = free[0] if free else self.inherited.pop(0)
@@ -127,15 +129,26 @@ class _Partials:
         """Records of this batch a predecessor delivered (0: none known), and the entry."""
         for k in self.inherited:
             same = (self._get(k, _P_INC), self._get(k, _P_SEQ)) == (inc, seq)
-            recomputed = (self._get(k, _P_ORIGIN_A), self._get(k, _P_ORIGIN_B),
-                          self._get(k, _P_LEN)) == (*origin, length)  # fmt: skip
+            recomputed = (
+                self._get(k, _P_ORIGIN_A),
+                self._get(k, _P_ORIGIN_B),
+                self._get(k, _P_LEN),
+            ) == (*origin, length)
             if same or recomputed:
                 self.inherited.remove(k)  # cleared once `mine` tracks the batch
                 return min(self._get(k, _P_DONE), length), k
         return 0, -1
 
-    def track(self, key: object, inc: int, seq: int, origin: tuple[int, int], length: int,
-              done: int, inherited: int = -1) -> None:  # fmt: skip
+    def track(
+        self,
+        key: object,
+        inc: int,
+        seq: int,
+        origin: tuple[int, int],
+        length: int,
+        done: int,
+        inherited: int = -1,
+    ) -> None:
         """Let `mine` describe this batch (*key* identifies it in memory)."""
         if self.tracked is key:
             if done > self._get(self.mine, _P_DONE):

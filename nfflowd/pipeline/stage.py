@@ -208,9 +208,15 @@ class Stage:
         merged["starts"] = self.starts
         with contextlib.suppress(zmq.Again):
             self._notices.send(codec.encode(Notice(self.name, token, merged)), zmq.NOBLOCK)
-        record = {"stage": self.name, "pid": os.getpid(), "incarnation": self.incarnation,
-                  "starts": self.starts, "time": time.time(), "token": token,
-                  "counters": merged}  # fmt: skip
+        record = {
+            "stage": self.name,
+            "pid": os.getpid(),
+            "incarnation": self.incarnation,
+            "starts": self.starts,
+            "time": time.time(),
+            "token": token,
+            "counters": merged,
+        }
         try:
             write_stats(self._stats_path, record)
         except OSError as exc:

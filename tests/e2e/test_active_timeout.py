@@ -61,18 +61,24 @@ def test_long_connection_interim_records_sum_to_kernel_counters(
     events = tmp_path / "conntrack-E.log"
     with labmod.running(lab_prefix("at")) as lab, Nfcapd() as cap:
         conf = write_config(
-            tmp_path / "nfflowd.conf", collector_port=cap.port, syslog_socket=None,
-            rundir=rundir, screen=True,
-            extra=(f"<source>\n  type netlink\n  netns {lab.fw}\n  set_sysctls 1\n</source>\n"
-                   "<export>\n  active_timeout 3\n</export>\n"),
-        )  # fmt: skip
+            tmp_path / "nfflowd.conf",
+            collector_port=cap.port,
+            syslog_socket=None,
+            rundir=rundir,
+            screen=True,
+            extra=(
+                f"<source>\n  type netlink\n  netns {lab.fw}\n  set_sysctls 1\n</source>\n"
+                "<export>\n  active_timeout 3\n</export>\n"
+            ),
+        )
         nfflowd("-c", str(conf), "start")
         try:
             with open(events, "wb") as fh, labmod.capture(lab, fh, "timestamp,id"):
                 server = subprocess.Popen(
                     ["ip", "netns", "exec", lab.server, sys.executable, "-c", SERVER],
-                    stdout=subprocess.PIPE, text=True,
-                )  # fmt: skip
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
                 assert server.stdout is not None and server.stdout.readline().strip() == "ready"
                 client = subprocess.Popen(
                     ["ip", "netns", "exec", lab.client, sys.executable, "-c", CLIENT]

@@ -28,8 +28,11 @@ def test_conntrack_program_source_in_the_lab(tmp_path: Path, lab_ready: None) ->
     rundir = tmp_path / "run"
     with labmod.running(lab_prefix("prog")) as lab, Nfcapd() as cap:
         conf = write_config(
-            tmp_path / "nfflowd.conf", collector_port=cap.port, syslog_socket=None,
-            rundir=rundir, screen=True,
+            tmp_path / "nfflowd.conf",
+            collector_port=cap.port,
+            syslog_socket=None,
+            rundir=rundir,
+            screen=True,
             extra=(
                 "<source>\n  type conntrack\n</source>\n"
                 "<conntrack>\n  progname ip\n"
@@ -37,7 +40,7 @@ def test_conntrack_program_source_in_the_lab(tmp_path: Path, lab_ready: None) ->
                 f"  format netns exec {lab.fw} conntrack -E -e NEW,DESTROY -o timestamp,id\n"
                 "</conntrack>\n"
             ),
-        )  # fmt: skip
+        )
         nfflowd("-c", str(conf), "start")
         try:
             time.sleep(1.5)  # the program starts and subscribes

@@ -159,8 +159,10 @@ def test_live_traffic_with_stages_killed_every_second(tmp_path: Path, lab_ready:
         stored = cap.records()
 
     print(chaos.summary())
-    print(f"{len(runs)} runs of the lab mix during {killing:.1f} s of kills; "
-          f"{len(witness)} records by the witness")  # fmt: skip
+    print(
+        f"{len(runs)} runs of the lab mix during {killing:.1f} s of kills; "
+        f"{len(witness)} records by the witness"
+    )
     windows = blind_windows(chaos.log, subscriptions(rundir / "ingest.log"))
     print("no ingest listening: " + ", ".join(f"{b - a:.1f} s" for a, b in windows))
 
@@ -185,13 +187,21 @@ def test_live_traffic_with_stages_killed_every_second(tmp_path: Path, lab_ready:
         excused = sum((every - received).values()) - sum(missing.values())
         extra = received - every
         unknown = sum(n for k, n in extra.items() if k not in every)
-        print(f"{where}: {sum(received.values())} received of {sum(every.values())}; "
-              f"{sum(missing.values())} missing, {excused} lost while no ingest listened, "
-              f"{sum(extra.values()) - unknown} duplicates, {unknown} unknown")  # fmt: skip
+        print(
+            f"{where}: {sum(received.values())} received of {sum(every.values())}; "
+            f"{sum(missing.values())} missing, {excused} lost while no ingest listened, "
+            f"{sum(extra.values()) - unknown} duplicates, {unknown} unknown"
+        )
         duplicates = sum(extra.values()) - unknown
         if missing or unknown or duplicates > DUPLICATE_BOUND * sum(every.values()):
-            problems.append((where, list(missing)[:5], [k for k in extra if k not in every][:5],
-                             f"{duplicates} duplicates"))  # fmt: skip
+            problems.append(
+                (
+                    where,
+                    list(missing)[:5],
+                    [k for k in extra if k not in every][:5],
+                    f"{duplicates} duplicates",
+                )
+            )
     assert min(chaos.kills[s] for s in topology.STAGES) >= MIN_KILLS, chaos.summary()
     assert len(runs) >= MIN_KILLS and witness
     assert not problems, problems

@@ -132,10 +132,19 @@ def nfdump_rows(cap: Nfcapd) -> list[dict[str, Any]]:
     for cols in cap.rows(NFDUMP_FMT):
         rec = parse_nfdump_line("|".join(cols[:9]))
         rec["row"] = (
-            rec["src"], rec["dst"], rec["sport"], rec["dport"], rec["proto"], rec["packets"],
-            rec["bytes"], addr(cols[9]), addr(cols[10]), int(cols[11]), int(cols[12]),
+            rec["src"],
+            rec["dst"],
+            rec["sport"],
+            rec["dport"],
+            rec["proto"],
+            rec["packets"],
+            rec["bytes"],
+            addr(cols[9]),
+            addr(cols[10]),
+            int(cols[11]),
+            int(cols[12]),
             cols[13],
-        )  # fmt: skip
+        )
         rec["end"] = int(cols[14])
         rec["received_ms"] = utc_ms(cols[15])
         out.append(rec)
@@ -160,9 +169,20 @@ def export_counters(rundir: Path) -> dict[str, int]:
 
 def mirrored_row(j: dict[str, Any]) -> Row:
     """A JSON mirror line as a Row (direction: egress for the original as it left)."""
-    return (j["src"], j["dst"], j["sport"], j["dport"], j["proto"], j["packets"], j["bytes"],
-            j["post_src"], j["post_dst"], j["post_sport"], j["post_dport"],
-            "E" if j["direction"] == "original_out" else "I")  # fmt: skip
+    return (
+        j["src"],
+        j["dst"],
+        j["sport"],
+        j["dport"],
+        j["proto"],
+        j["packets"],
+        j["bytes"],
+        j["post_src"],
+        j["post_dst"],
+        j["post_sport"],
+        j["post_dport"],
+        "E" if j["direction"] == "original_out" else "I",
+    )
 
 
 def witnessed(flows: list[labmod.Expected], destroys: list[Any]) -> list[tuple[Row, Any]]:
@@ -173,7 +193,11 @@ def witnessed(flows: list[labmod.Expected], destroys: list[Any]) -> list[tuple[R
         e = by_key.get((f.proto, f.orig_src, f.orig_dst, f.orig_sport, f.orig_dport))
         assert e is not None, f"{f.name}: no DESTROY from conntrack -E"
         assert (e.reply.src, e.reply.dst, e.reply.sport, e.reply.dport) == (
-            f.reply_src, f.reply_dst, f.reply_sport, f.reply_dport), f.name  # fmt: skip
+            f.reply_src,
+            f.reply_dst,
+            f.reply_sport,
+            f.reply_dport,
+        ), f.name
         counters = (e.orig.packets, e.orig.bytes, e.reply.packets, e.reply.bytes)
         exact = f.wire_bytes()
         if exact is not None:  # datagram flows: the lab knows the bytes exactly
@@ -297,7 +321,11 @@ def test_live_lab_to_v9_ipfix_and_a_dead_collector(
     )
     for j in lines:
         assert (j["exaddr"], j["end_reason"], j["mark"], j["zone"]) == (
-            EXADDR, "end_of_flow", 0, 0), j  # fmt: skip
+            EXADDR,
+            "end_of_flow",
+            0,
+            0,
+        ), j
         egress = j["direction"] == "original_out"
         assert egress or j["direction"] in ("original_in", "reply_in"), j
     v6 = [j for j in lines if j["family"] == 6]

@@ -103,7 +103,7 @@ def parse_listing(text: str, dport: int) -> dict[str, list[int]]:
                 k: [int(v) for v in re.findall(rf"\b{k}=(\d+)", line)]
                 for k in ("packets", "bytes", "id")
             }
-    raise AssertionError(f"no entry for dport {dport} in {text!r}")  # fmt: skip
+    raise AssertionError(f"no entry for dport {dport} in {text!r}")
 
 
 def test_tcp_new_and_destroy_on_lo(netns: str) -> None:
@@ -209,8 +209,10 @@ def test_burst_default_mode_counts_enobufs(
         ns_exec(netns, "conntrack", "-F")
         got += collect(listener, lambda g: False, timeout=1.0)
         new, destroy = flows(got, EventType.NEW), flows(got, EventType.DESTROY)
-        print(f"\ndefault mode, rcvbuf {listener.rcvbuf}: {BURST} flows, NEW {len(new)}, "
-              f"DESTROY {len(destroy)}, ENOBUFS reported {listener.enobufs}")  # fmt: skip
+        print(
+            f"\ndefault mode, rcvbuf {listener.rcvbuf}: {BURST} flows, NEW {len(new)}, "
+            f"DESTROY {len(destroy)}, ENOBUFS reported {listener.enobufs}"
+        )
         record_property("default_lost_destroy", BURST - len(destroy))
         assert listener.enobufs >= 1
         assert listener.take_resync() and not listener.take_resync()
@@ -240,8 +242,10 @@ def test_burst_reliable_mode_loses_no_destroy(
         got += collect(listener, lambda g: len(flows(g, EventType.DESTROY)) >= BURST, 60, 0.01)
         took = time.monotonic() - t0
         new, destroy = flows(got, EventType.NEW), flows(got, EventType.DESTROY)
-        print(f"\nreliable mode, rcvbuf {listener.rcvbuf}: {BURST} flows, NEW {len(new)}, "
-              f"DESTROY {len(destroy)} in {took:.1f}s, ENOBUFS {listener.enobufs}")  # fmt: skip
+        print(
+            f"\nreliable mode, rcvbuf {listener.rcvbuf}: {BURST} flows, NEW {len(new)}, "
+            f"DESTROY {len(destroy)} in {took:.1f}s, ENOBUFS {listener.enobufs}"
+        )
         record_property("reliable_lost_destroy", BURST - len(destroy))
         assert len(destroy) == BURST
         assert listener.enobufs == 0

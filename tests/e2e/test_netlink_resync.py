@@ -83,9 +83,11 @@ def tcp_entries(
     return {
         (e.orig_sport, e.orig_dport): e
         for e in events
-        if e.type == EventType.NEW and e.proto == 6 and e.orig_src == LO
+        if e.type == EventType.NEW
+        and e.proto == 6
+        and e.orig_src == LO
         and (e.orig_sport, e.orig_dport) in ports
-    }  # fmt: skip
+    }
 
 
 def test_overrun_is_counted_logged_and_resynced_by_a_dump(
@@ -123,9 +125,10 @@ def test_overrun_is_counted_logged_and_resynced_by_a_dump(
                 now, then = ev.orig_bytes, first[key].orig_bytes
                 assert now is not None and then is not None and now >= then + 1000
             warned = [
-                r for r in caplog.records
+                r
+                for r in caplog.records
                 if r.levelno == logging.WARNING and "kernel dropped conntrack events" in r.message
-            ]  # fmt: skip
+            ]
             assert warned and "resyncing" in warned[0].message
             assert "ENOBUFS #1" in warned[0].message
         finally:
@@ -146,9 +149,30 @@ def test_decoder_attribute_counters_reach_the_source_counters(netns: str) -> Non
         src.read(0)
         assert (src.counters["bad_attrs"], src.counters["unknown_attrs"]) == (0, 0)
         fake = ConntrackEvent(
-            EventType.DESTROY, 0, 4, 17, LO, LO, 40000, 53, LO, LO, 53, 40000,
-            None, None, None, None, 77, None, None, None, 0, 0, 0,
-        )  # fmt: skip
+            EventType.DESTROY,
+            0,
+            4,
+            17,
+            LO,
+            LO,
+            40000,
+            53,
+            LO,
+            LO,
+            53,
+            40000,
+            None,
+            None,
+            None,
+            None,
+            77,
+            None,
+            None,
+            None,
+            0,
+            0,
+            0,
+        )
         raw = with_bad_and_unknown_attributes(nl.encode_event(fake))
         # a root process may unicast to the listener's netlink port (as the kernel does)
         with socket.socket(fileno=os.dup(src.listener.fileno())) as mine:

@@ -79,8 +79,16 @@ def in_ns(ns: str, *args: str, check: bool = True) -> subprocess.CompletedProces
 
 
 def nfflowd_in(ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return in_ns(ns, "env", "NFFLOWD_LOGLEVEL=INFO", sys.executable, "-m", "nfflowd.ops.cli", *args,
-                 check=check)  # fmt: skip
+    return in_ns(
+        ns,
+        "env",
+        "NFFLOWD_LOGLEVEL=INFO",
+        sys.executable,
+        "-m",
+        "nfflowd.ops.cli",
+        *args,
+        check=check,
+    )
 
 
 def _delete_namespaces() -> None:
@@ -100,8 +108,9 @@ def two_hosts() -> Iterator[None]:
         for ns in (NS_A, NS_B):
             run("ip", "netns", "add", ns)
             in_ns(ns, "ip", "link", "set", "lo", "up")
-        in_ns(NS_A, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0",
-              "netns", NS_B)  # fmt: skip
+        in_ns(
+            NS_A, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", NS_B
+        )
         for ns, addr in ((NS_A, ADDR_A), (NS_B, ADDR_B)):
             in_ns(ns, "ip", "addr", "add", f"{addr}/24", "dev", "eth0")
             in_ns(ns, "ip", "link", "set", "eth0", "up")
@@ -150,14 +159,21 @@ def test_events_link_across_hosts_with_curve(tmp_path: Path, two_hosts: None) ->
     out = run(sys.executable, "-m", "nfflowd.ops.cli", "keygen", str(everything)).stdout
     assert "server.key, client.key_secret" in out
     keys_a, keys_b = tmp_path / "keys-a", tmp_path / "keys-b"
-    for keys, names in ((keys_a, ("server.key", "client.key_secret")),
-                        (keys_b, ("server.key_secret", "clients/client.key"))):  # fmt: skip
+    for keys, names in (
+        (keys_a, ("server.key", "client.key_secret")),
+        (keys_b, ("server.key_secret", "clients/client.key")),
+    ):
         for name in names:
             (keys / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(everything / name, keys / name)
     run_a, run_b = tmp_path / "run-a", tmp_path / "run-b"
-    conf_a = host_config(tmp_path / "a.conf", run_a, keys_a, "ingest",
-                         f"<source>\n    type file\n    path {log}\n</source>\n")  # fmt: skip
+    conf_a = host_config(
+        tmp_path / "a.conf",
+        run_a,
+        keys_a,
+        "ingest",
+        f"<source>\n    type file\n    path {log}\n</source>\n",
+    )
     conf_b = host_config(tmp_path / "b.conf", run_b, keys_b, "correlate export mirror")
     mirror_out = run_b / "mirror.out"
     started: list[tuple[str, Path]] = []
@@ -165,10 +181,13 @@ def test_events_link_across_hosts_with_curve(tmp_path: Path, two_hosts: None) ->
         for ns, conf in ((NS_B, conf_b), (NS_A, conf_a)):  # the receiver first
             nfflowd_in(ns, "-c", str(conf), "start")
             started.append((ns, conf))
-        wait_for("both hosts' stages RUNNING", lambda: (
-            programs(run_a) == {"ingest": "RUNNING"}
-            and programs(run_b) == dict.fromkeys(("correlate", "export", "mirror"), "RUNNING")
-        ))  # fmt: skip
+        wait_for(
+            "both hosts' stages RUNNING",
+            lambda: (
+                programs(run_a) == {"ingest": "RUNNING"}
+                and programs(run_b) == dict.fromkeys(("correlate", "export", "mirror"), "RUNNING")
+            ),
+        )
         # every record crosses: A's ingest -> tcp+CURVE -> B's correlate -> B's mirror
         wait_for(f"{expected} flow lines on B", lambda: len(lines(mirror_out)) >= expected)
         got = lines(mirror_out)
@@ -190,8 +209,10 @@ def test_events_link_across_hosts_with_curve(tmp_path: Path, two_hosts: None) ->
         for mode, marker, needed in (("fresh", "10.66.0.1", 1), ("plain", "10.66.0.2", 2)):
             probe = in_ns(NS_A, sys.executable, "-c", PROBE, LINK, mode, str(keys_a), marker)
             assert probe.stdout.strip() == "silent", probe.stderr
-            wait_for(f"{mode}: refusal counted",
-                     lambda n=needed: curve.refused_count(str(run_b), "events") >= n)  # fmt: skip
+            wait_for(
+                f"{mode}: refusal counted",
+                lambda n=needed: curve.refused_count(str(run_b), "events") >= n,
+            )
         correlate_log = (run_b / "correlate.log").read_text()
         assert "events: refused a peer: client key not admitted (ZAP status 400)" in correlate_log
         assert f"peer {ADDR_A}: refused: client key" in correlate_log
@@ -209,9 +230,10 @@ def test_events_link_across_hosts_with_curve(tmp_path: Path, two_hosts: None) ->
         # which nothing of the refused probes can still be on its way
         probe = in_ns(NS_A, sys.executable, "-c", PROBE, LINK, "admitted", str(keys_a), "10.66.0.3")
         assert probe.stdout.strip() == "answered", probe.stderr
-        wait_for("the admitted probe's record", lambda: any(
-            "10.66.0.3" in line for line in lines(mirror_out)
-        ))  # fmt: skip
+        wait_for(
+            "the admitted probe's record",
+            lambda: any("10.66.0.3" in line for line in lines(mirror_out)),
+        )
         text = mirror_out.read_text()
         assert "10.66.0.1" not in text and "10.66.0.2" not in text
 

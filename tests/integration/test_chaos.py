@@ -72,8 +72,13 @@ def chaos_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Chaos, dict[str
         PacedSyslog(tmp_path / "syslog.sock", SYSLOG_RATE) as syslog,
     ):
         daemon = f"<daemon>\n  max_unacked {MAX_UNACKED}\n</daemon>\n"
-        conf = write_config(tmp_path / "c.conf", collector_port=cap.port,
-                            syslog_socket=syslog.path, rundir=rundir, extra=daemon)  # fmt: skip
+        conf = write_config(
+            tmp_path / "c.conf",
+            collector_port=cap.port,
+            syslog_socket=syslog.path,
+            rundir=rundir,
+            extra=daemon,
+        )
         proc = start_replay(conf, rundir, log)
         started = time.monotonic()
         try:
@@ -132,8 +137,9 @@ def test_ingest_restarted_while_the_mirror_lags_loses_nothing(tmp_path: Path) ->
     generate(str(log), 60_000)  # 60 batches of 1000 events: fewer than max_unacked (64)
     expected = [record_ident(r) for r in expected_records(log)]
     rundir = tmp_path / "run"
-    conf = write_config(tmp_path / "c.conf", collector_port=None, syslog_socket=None,
-                        rundir=rundir, screen=True)  # fmt: skip
+    conf = write_config(
+        tmp_path / "c.conf", collector_port=None, syslog_socket=None, rundir=rundir, screen=True
+    )
     proc = start_replay(conf, rundir, log)
     mirror = 0
     try:

@@ -28,11 +28,16 @@ def pids(rundir: Path) -> dict[str, int]:
 
 def config(tmp_path: Path, engine_id: int = 0) -> Path:
     return write_config(
-        tmp_path / "nfflowd.conf", collector_port=None, syslog_socket=None,
-        rundir=tmp_path / "run", screen=True,
-        extra=(f"<source>\n  type file\n  path {GOLDEN / 'lab-events.log'}\n</source>\n"
-               f"<export>\n  engine_id {engine_id}\n</export>\n"),
-    )  # fmt: skip
+        tmp_path / "nfflowd.conf",
+        collector_port=None,
+        syslog_socket=None,
+        rundir=tmp_path / "run",
+        screen=True,
+        extra=(
+            f"<source>\n  type file\n  path {GOLDEN / 'lab-events.log'}\n</source>\n"
+            f"<export>\n  engine_id {engine_id}\n</export>\n"
+        ),
+    )
 
 
 def test_help_and_version() -> None:
@@ -63,15 +68,35 @@ def test_start_check_reload_restart_stop(tmp_path: Path) -> None:
             assert f"stage    {stage:<10} RUNNING   pid {pid}" in check
         # supervisorctl on the rendered config sees the group
         status = subprocess.run(
-            [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(run / "supervisord.conf"),
-             "status"], capture_output=True, text=True, check=False,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "supervisor.supervisorctl",
+                "-c",
+                str(run / "supervisord.conf"),
+                "status",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert status.stdout.count("nfflowd:") == 4 and "RUNNING" in status.stdout
         # an operator's supervisorctl restart of one stage leaves the other three alone
         ctl = subprocess.run(
-            [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(run / "supervisord.conf"),
-             "restart", "nfflowd:export"], capture_output=True, text=True, check=False, timeout=120,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "supervisor.supervisorctl",
+                "-c",
+                str(run / "supervisord.conf"),
+                "restart",
+                "nfflowd:export",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
         assert ctl.returncode == 0 and "export: started" in ctl.stdout, ctl.stdout + ctl.stderr
         restarted = wait_all_running(run)
         assert restarted["export"] != before["export"]
@@ -126,8 +151,10 @@ def test_the_shipped_supervisord_conf_runs_as_is(tmp_path: Path) -> None:
         env = dict(os.environ, NFFLOWD_RUNDIR=str(run), NFFLOWD_PYTHON=sys.executable)
         proc = subprocess.Popen(
             [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(path)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-        )  # fmt: skip
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
         try:
             stages = wait_all_running(run, timeout=60)
             assert sorted(stages) == sorted(topology.STAGES)
@@ -164,8 +191,11 @@ def test_foreground_start_stops_cleanly_on_signal(
     run = str(tmp_path / "run")
     proc = subprocess.Popen(
         [sys.executable, "-m", "nfflowd.ops.cli", "-c", str(conf), "-f", "start"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     err = ""
     try:
         wait_all_running(run)
@@ -197,10 +227,17 @@ def test_foreground_start_stops_cleanly_on_signal(
 def test_replay_shows_screen_lines_on_its_own_terminal(tmp_path: Path, stderr: bool) -> None:
     """The 2009 tool printed a screen dispatcher's lines on its terminal; so does replay
     (stderr with ``stderr 1``), while the mirror's file keeps them too."""
-    conf = write_config(tmp_path / "c.conf", collector_port=None, syslog_socket=None,
-                        rundir=tmp_path / "run", screen=True, screen_stderr=stderr)  # fmt: skip
-    res = nfflowd("-c", str(conf), "replay", "--rundir", str(tmp_path / "run"),
-                  str(GOLDEN / "lab-events.log"))  # fmt: skip
+    conf = write_config(
+        tmp_path / "c.conf",
+        collector_port=None,
+        syslog_socket=None,
+        rundir=tmp_path / "run",
+        screen=True,
+        screen_stderr=stderr,
+    )
+    res = nfflowd(
+        "-c", str(conf), "replay", "--rundir", str(tmp_path / "run"), str(GOLDEN / "lab-events.log")
+    )
     expected = (GOLDEN / "lab-expected.csv").read_text().splitlines()
     terminal, other = (res.stderr, res.stdout) if stderr else (res.stdout, res.stderr)
     shown = [line for line in terminal.splitlines() if line.count(",") == 17]

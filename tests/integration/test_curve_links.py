@@ -136,8 +136,9 @@ def test_curve_link_admits_known_keys_only(
 def test_context_destroy_ends_the_curve_threads(tmp_path: Path, keys: Path) -> None:
     """Stage.close() only destroys the context: the ZAP and monitor threads must end."""
     c: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    links = LinkSettings((LinkAddress("flows.export", f"tcp://127.0.0.1:{free_tcp_port()}"),),
-                         str(keys))  # fmt: skip
+    links = LinkSettings(
+        (LinkAddress("flows.export", f"tcp://127.0.0.1:{free_tcp_port()}"),), str(keys)
+    )
     sock = endpoints.open_socket(c, str(tmp_path), "flows.export", "receiver", links=links)
     assert sock.getsockopt(zmq.CURVE_SERVER) == 1
     ours = [t for t in threading.enumerate() if t.name.startswith("nfflowd-")]
@@ -157,8 +158,13 @@ def test_missing_keys_fail_at_open(tmp_path: Path, keys: Path) -> None:
         with pytest.raises(curve.CurveError, match=r"client\.key_secret"):
             endpoints.open_socket(c, str(tmp_path), "events", "sender", links=links)
         with pytest.raises(curve.CurveError, match="without CURVE keys"):
-            endpoints.open_socket(c, str(tmp_path), "events", "receiver",
-                                  links=LinkSettings((LinkAddress("events", addr),)))  # fmt: skip
+            endpoints.open_socket(
+                c,
+                str(tmp_path),
+                "events",
+                "receiver",
+                links=LinkSettings((LinkAddress("events", addr),)),
+            )
     finally:
         c.destroy(linger=0)
 
@@ -171,8 +177,13 @@ def test_check_and_start_refuse_a_tcp_link_without_keys(tmp_path: Path) -> None:
         f"<source>\n    type file\n    path {tmp_path / 'events.log'}\n</source>\n"
     )
     (tmp_path / "events.log").write_text("")
-    conf = write_config(tmp_path / "nfflowd.conf", collector_port=None, syslog_socket=None,
-                        rundir=tmp_path / "run", extra=links)  # fmt: skip
+    conf = write_config(
+        tmp_path / "nfflowd.conf",
+        collector_port=None,
+        syslog_socket=None,
+        rundir=tmp_path / "run",
+        extra=links,
+    )
     # no keys yet: check and start refuse
     res = nfflowd("-c", str(conf), "check", check=False)
     assert res.returncode == 1

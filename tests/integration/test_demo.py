@@ -46,9 +46,12 @@ def run_demo(tmp_path: Path, *args: str, timeout: float = 240) -> tuple[int, str
     nfcapd too); TMPDIR puts its run directory under *tmp_path*."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "nfflowd.ops.cli", "demo", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
         env=dict(os.environ, TMPDIR=str(tmp_path), NFFLOWD_LOGLEVEL="INFO"),
-    )  # fmt: skip
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     finally:
@@ -83,8 +86,15 @@ def parse_output(out: str) -> tuple[list[Flow], list[Line]]:
 
 def csv_flow(f: Line) -> Flow:
     src, dst = str(f["srcaddr"]), str(f["dstaddr"])
-    return (int(f["prot"]), src, int(f["srcport"]), dst, int(f["dstport"]), int(f["dpkts"]),
-            int(f["doctets"]))  # fmt: skip
+    return (
+        int(f["prot"]),
+        src,
+        int(f["srcport"]),
+        dst,
+        int(f["dstport"]),
+        int(f["dpkts"]),
+        int(f["doctets"]),
+    )
 
 
 def check_agreement(rows: list[Flow], csv: list[Line]) -> None:

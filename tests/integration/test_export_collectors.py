@@ -82,7 +82,7 @@ def golden_nat(fmt: str) -> list[tuple[tuple[str, str, int, int], tuple[Any, ...
         ((n, s, 53761, 5001), (n, s, 53761, 5001), "I"),  # no NAT
         ((c6, s6, 33755, 5001), (*v6(pub6, s6), 33755, 5001), "I"),  # NAT66
         ((s6, pub6, 5001, 33755), (*v6(s6, c6), 5001, 33755), "I"),
-    ]  # fmt: skip
+    ]
 
 
 @pytest.mark.timeout(180)
@@ -117,15 +117,30 @@ def test_replay_into_v9_and_ipfix_collectors_at_once(tmp_path: Path) -> None:
     assert "export" in res.stdout
     # the JSON mirror has every record too, and every post-NAT address (281/282 included)
     lines = [json_lines.parse_line(x) for x in (rundir / "mirror.out").read_text().splitlines()]
-    assert Counter(
-        (j["first_ms"], j["last_ms"], j["src"], j["dst"], j["sport"], j["dport"], j["proto"],
-         j["packets"], j["bytes"])
-        for j in lines
-    ) == want  # fmt: skip
+    assert (
+        Counter(
+            (
+                j["first_ms"],
+                j["last_ms"],
+                j["src"],
+                j["dst"],
+                j["sport"],
+                j["dport"],
+                j["proto"],
+                j["packets"],
+                j["bytes"],
+            )
+            for j in lines
+        )
+        == want
+    )
     assert {j["exaddr"] for j in lines} == {"127.0.0.1"}
     for (src, dst, sport, dport), post, direction in golden_nat("json"):
-        (j,) = [j for j in lines if (j["src"], j["dst"], j["sport"], j["dport"]) == (
-            src, dst, sport, dport)]  # fmt: skip
+        (j,) = [
+            j
+            for j in lines
+            if (j["src"], j["dst"], j["sport"], j["dport"]) == (src, dst, sport, dport)
+        ]
         assert (j["post_src"], j["post_dst"], j["post_sport"], j["post_dport"]) == post
         assert (j["direction"] == "original_out") == (direction == "E")
 
@@ -146,9 +161,17 @@ def golden_records() -> list[FlowRecord]:
 
 def record_key(r: FlowRecord) -> tuple[Any, ...]:
     """A record as nfdump_key() shows it."""
-    return (r.first_ms, r.last_ms, str(ipaddress.ip_address(r.src)),
-            str(ipaddress.ip_address(r.dst)), r.sport, r.dport, r.proto, r.packets,
-            r.octets)  # fmt: skip
+    return (
+        r.first_ms,
+        r.last_ms,
+        str(ipaddress.ip_address(r.src)),
+        str(ipaddress.ip_address(r.dst)),
+        r.sport,
+        r.dport,
+        r.proto,
+        r.packets,
+        r.octets,
+    )
 
 
 def has_templates(fmt: str, datagram: bytes) -> bool:

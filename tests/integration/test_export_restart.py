@@ -63,8 +63,13 @@ def test_a_killed_export_continues_its_sequence(tmp_path: Path) -> None:
     rundir = tmp_path / "run"
     coll = Collector()
     coll.start()
-    conf = write_config(tmp_path / "c.conf", collector_port=coll.port, syslog_socket=None,
-                        rundir=rundir, screen=True)  # fmt: skip
+    conf = write_config(
+        tmp_path / "c.conf",
+        collector_port=coll.port,
+        syslog_socket=None,
+        rundir=rundir,
+        screen=True,
+    )
     proc = start_replay(conf, rundir, log)
     try:
         deadline = time.monotonic() + 30
@@ -91,8 +96,10 @@ def test_a_killed_export_continues_its_sequence(tmp_path: Path) -> None:
     lines = (rundir / "mirror.out").read_text().splitlines()
     v4 = sum(1 for ln in lines if is_ipv4(ln.split(",")[8]))
     duplicates = coll.records - v4
-    print(f"{len(coll.headers)} datagrams, {coll.records} records for {v4} IPv4 flows: "
-          f"{duplicates} duplicates, sequence skipped {skipped}")  # fmt: skip
+    print(
+        f"{len(coll.headers)} datagrams, {coll.records} records for {v4} IPv4 flows: "
+        f"{duplicates} duplicates, sequence skipped {skipped}"
+    )
     assert len(lines) == expected  # the mirror saw everything once (it was not killed)
     # none lost; at most the chunk the kill cut (one datagram) goes twice, and the
     # sequence (stored before each send) skips at most that chunk

@@ -59,10 +59,13 @@ def host_values() -> dict[str, str | None]:
 
 def netlink_config(tmp_path: Path, ns: str, extra: str = "") -> Path:
     return write_config(
-        tmp_path / "nfflowd.conf", collector_port=None, syslog_socket=None,
-        rundir=tmp_path / "run", screen=True,
+        tmp_path / "nfflowd.conf",
+        collector_port=None,
+        syslog_socket=None,
+        rundir=tmp_path / "run",
+        screen=True,
         extra=f"<source>\n  type netlink\n  netns {ns}\n{extra}</source>\n",
-    )  # fmt: skip
+    )
 
 
 def switch_lines(out: str, ns: str) -> dict[str, str]:
@@ -154,8 +157,13 @@ def test_set_sysctls_turns_acct_and_timestamp_on_in_the_source_namespace(
         assert (sysctl_in(netns, ACCT), sysctl_in(netns, TIMESTAMP)) == ("1", "1")
         assert host_values() == before  # the namespace's, not the host's
         # and they work: a connection made now has counters and a kernel start time
-        subprocess.run(["ip", "netns", "exec", netns, "nft", "-f", "-"], input=TRACKING_RULES,
-                       text=True, check=True, timeout=10)  # fmt: skip
+        subprocess.run(
+            ["ip", "netns", "exec", netns, "nft", "-f", "-"],
+            input=TRACKING_RULES,
+            text=True,
+            check=True,
+            timeout=10,
+        )
         t0 = time.time_ns()
         run_in_netns(netns, udp_exchange)
         (entry,) = [e for e in dump_table(netns, timeout=10) if e.proto == 17]

@@ -105,9 +105,14 @@ def idle_rss(tmp_path: Path) -> dict[str, int]:
     empty = tmp_path / "empty.log"
     empty.write_text("")
     rundir = tmp_path / "idle"
-    conf = write_config(tmp_path / "idle.conf", collector_port=None, syslog_socket=None,
-                        rundir=rundir, screen=True,
-                        extra=f"<source>\n  type file\n  path {empty}\n</source>\n")  # fmt: skip
+    conf = write_config(
+        tmp_path / "idle.conf",
+        collector_port=None,
+        syslog_socket=None,
+        rundir=rundir,
+        screen=True,
+        extra=f"<source>\n  type file\n  path {empty}\n</source>\n",
+    )
     nfflowd("-c", str(conf), "start")
     try:
         pids = wait_all_running(rundir)
@@ -142,15 +147,24 @@ def test_export_stopped_for_a_minute_memory_stays_bounded(tmp_path: Path) -> Non
     rundir = tmp_path / "run"
     peak: dict[str, int] = dict.fromkeys(topology.STAGES, 0)
     with Nfcapd(extra_args=["-B", "8388608"]) as cap:
-        conf = write_config(tmp_path / "c.conf", collector_port=cap.port, syslog_socket=None,
-                            rundir=rundir, screen=True,
-                            extra=f"<daemon>\n  max_unacked {m}\n</daemon>\n")  # fmt: skip
+        conf = write_config(
+            tmp_path / "c.conf",
+            collector_port=cap.port,
+            syslog_socket=None,
+            rundir=rundir,
+            screen=True,
+            extra=f"<daemon>\n  max_unacked {m}\n</daemon>\n",
+        )
         proc = start_replay(conf, rundir, log)
         export = 0
         try:
             pids = wait_all_running(rundir, timeout=60)
-            wait_settled(lambda: int(stage_counters(rundir, "export").get("records", 0)), 1,
-                         timeout=60, quiet=60)  # fmt: skip
+            wait_settled(
+                lambda: int(stage_counters(rundir, "export").get("records", 0)),
+                1,
+                timeout=60,
+                quiet=60,
+            )
             export = pids["export"]
             os.kill(export, signal.SIGSTOP)
             stopped = time.monotonic()
@@ -175,8 +189,10 @@ def test_export_stopped_for_a_minute_memory_stays_bounded(tmp_path: Path) -> Non
         assert proc.returncode == 0, err
         results = judge_delivery(expected, cap, mirror_lines(rundir), "mirror (screen)")
     for stage in topology.STAGES:
-        print(f"{stage:<9} idle {base[stage]:>7} KiB  peak while export stopped "
-              f"{peak[stage]:>7} KiB  bound {bound[stage]:>7} KiB")  # fmt: skip
+        print(
+            f"{stage:<9} idle {base[stage]:>7} KiB  peak while export stopped "
+            f"{peak[stage]:>7} KiB  bound {bound[stage]:>7} KiB"
+        )
     for where, t in results.items():
         print(t.line(where))
     # backpressure reached the source: ingest stopped reading with max_unacked waiting

@@ -71,8 +71,12 @@ def second_log(path: Path, events: int) -> int:
     """A log whose connections are new to correlate: other ids, later times."""
     expected = generate(str(path), events, seed=2, start_s=1_764_100_000)
     # the conntrack id ends the line (ICMP tuples have an `id=` of their own)
-    text = re.sub(r" id=(\d+)$", lambda m: f" id={int(m[1]) + 10_000_000}", path.read_text(),
-                  flags=re.MULTILINE)  # fmt: skip
+    text = re.sub(
+        r" id=(\d+)$",
+        lambda m: f" id={int(m[1]) + 10_000_000}",
+        path.read_text(),
+        flags=re.MULTILINE,
+    )
     path.write_text(text)
     return expected
 
@@ -87,11 +91,16 @@ def udp_sink() -> Iterator[int]:
 
 def config(tmp_path: Path, log: Path, collector: int, metrics_port: int) -> Path:
     return write_config(
-        tmp_path / "nfflowd.conf", collector_port=collector, syslog_socket=None,
-        rundir=tmp_path / "run", screen=True,
-        extra=(f"<source>\n  type file\n  path {log}\n</source>\n"
-               f"<metrics>\n  listen 127.0.0.1:{metrics_port}\n</metrics>\n"),
-    )  # fmt: skip
+        tmp_path / "nfflowd.conf",
+        collector_port=collector,
+        syslog_socket=None,
+        rundir=tmp_path / "run",
+        screen=True,
+        extra=(
+            f"<source>\n  type file\n  path {log}\n</source>\n"
+            f"<metrics>\n  listen 127.0.0.1:{metrics_port}\n</metrics>\n"
+        ),
+    )
 
 
 @pytest.mark.slow

@@ -72,9 +72,21 @@ def golden_cases() -> list[tuple[str, str, list[bytes], list[Event]]]:
             dgs += [bytes.fromhex(x) for x in batch["datagrams"]]
             for e in batch["events"]:
                 kind = create if e["event"] == "create" else delete
-                want.append((e["time_ms"], kind, e["proto"], e["src"], e["dst"], e["sport"],
-                             e["dport"], e["post_src"], e["post_dst"], e["post_sport"],
-                             e["post_dport"]))  # fmt: skip
+                want.append(
+                    (
+                        e["time_ms"],
+                        kind,
+                        e["proto"],
+                        e["src"],
+                        e["dst"],
+                        e["sport"],
+                        e["dport"],
+                        e["post_src"],
+                        e["post_dst"],
+                        e["post_sport"],
+                        e["post_dport"],
+                    )
+                )
         out.append((case["format"], path.stem, dgs, want))
     assert {fmt for fmt, *_ in out} == {"v9", "ipfix"}
     return out
@@ -83,8 +95,9 @@ def golden_cases() -> list[tuple[str, str, list[bytes], list[Event]]]:
 def live(fmt: str, numbering: int) -> tuple[list[bytes], list[Event], int]:
     """Datagrams of the unit tests' connection mix, its events, and its flow count."""
     recs = mix()
-    enc = encoder(fmt, mtu=600, template_refresh_packets=3, nat_events=True,
-                  nat_event_numbering=numbering)  # fmt: skip
+    enc = encoder(
+        fmt, mtu=600, template_refresh_packets=3, nat_events=True, nat_event_numbering=numbering
+    )
     dgs = enc.encode(recs, NOW_NS)
     assert len(dgs) > 1 and enc.invalid == 0
     return dgs, events_of(recs, numbering), len(recs)
@@ -105,9 +118,13 @@ def nfdump_json(cap: Nfcapd) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for path in cap.files():
         res = subprocess.run(
-            ["nfdump", "-r", str(path), "-o", "json"], capture_output=True, text=True,
-            timeout=120, check=True, env=dict(os.environ, TZ="UTC", LC_ALL="C"),
-        )  # fmt: skip
+            ["nfdump", "-r", str(path), "-o", "json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+            env=dict(os.environ, TZ="UTC", LC_ALL="C"),
+        )
         if res.stdout.lstrip().startswith("["):
             out += json.loads(res.stdout)
     return out
@@ -119,9 +136,18 @@ def nfdump_event(fmt: str, r: dict[str, Any]) -> Event:
         ports = (0, r["icmp_type"] << 8 | r["icmp_code"])
     else:
         ports = (r["src_port"], r["dst_port"])
-    return (nfdump_ms(r["t_event"]), int(r["nat_event_id"]), r["proto"], r[f"src{v}_addr"],
-            r[f"dst{v}_addr"], *ports, r.get(f"src{v}_xlt_ip"), r.get(f"dst{v}_xlt_ip"),
-            int(r["src_xlt_port"]), int(r["dst_xlt_port"]))  # fmt: skip
+    return (
+        nfdump_ms(r["t_event"]),
+        int(r["nat_event_id"]),
+        r["proto"],
+        r[f"src{v}_addr"],
+        r[f"dst{v}_addr"],
+        *ports,
+        r.get(f"src{v}_xlt_ip"),
+        r.get(f"dst{v}_xlt_ip"),
+        int(r["src_xlt_port"]),
+        int(r["dst_xlt_port"]),
+    )
 
 
 def nfdump_view(fmt: str, e: Event) -> Event:
@@ -174,11 +200,19 @@ TSHARK_POST = {
 def tshark_event(f: dict[str, Any]) -> Event:
     v = "v6" if "cflow.srcaddrv6" in f else ""
     post = TSHARK_POST[v]
-    return (abs_ms(f["cflow.observation_time_milliseconds"]), int(f["cflow.nat_event"]),
-            int(f["cflow.protocol"]), f[f"cflow.srcaddr{v}"], f[f"cflow.dstaddr{v}"],
-            int(f["cflow.srcport"]), int(f["cflow.dstport"]), f[post[0]], f[post[1]],
-            int(f["cflow.post_naptsource_transport_port"]),
-            int(f["cflow.post_naptdestination_transport_port"]))  # fmt: skip
+    return (
+        abs_ms(f["cflow.observation_time_milliseconds"]),
+        int(f["cflow.nat_event"]),
+        int(f["cflow.protocol"]),
+        f[f"cflow.srcaddr{v}"],
+        f[f"cflow.dstaddr{v}"],
+        int(f["cflow.srcport"]),
+        int(f["cflow.dstport"]),
+        f[post[0]],
+        f[post[1]],
+        int(f["cflow.post_naptsource_transport_port"]),
+        int(f["cflow.post_naptdestination_transport_port"]),
+    )
 
 
 def check_tshark(fmt: str, dgs: list[bytes], want: list[Event], tmp_path: Path) -> None:
@@ -221,11 +255,13 @@ def test_export_stage_sends_nat_events_only_where_configured() -> None:
     RFC 8158's 4/5, IPFIX without nat_events (flows only)."""
     recs = mix()
     with Nfcapd() as v9, Nfcapd() as fx4, Nfcapd() as plain:
-        exp = ExportSettings(collectors=(
-            Collector("127.0.0.1", v9.port, 9, nat_events=True, nat_event_numbering=1),
-            Collector("127.0.0.1", fx4.port, 10, nat_events=True, nat_event_numbering=4),
-            Collector("127.0.0.1", plain.port, 10),
-        ))  # fmt: skip
+        exp = ExportSettings(
+            collectors=(
+                Collector("127.0.0.1", v9.port, 9, nat_events=True, nat_event_numbering=1),
+                Collector("127.0.0.1", fx4.port, 10, nat_events=True, nat_event_numbering=4),
+                Collector("127.0.0.1", plain.port, 10),
+            )
+        )
         exporter = Exporter(exp)
         try:
             exporter.handle(recs[:5])
@@ -236,9 +272,11 @@ def test_export_stage_sends_nat_events_only_where_configured() -> None:
                 coll.close()
         got = [[r for r in nfdump_json(cap) if "nat_event_id" in r] for cap in (v9, fx4, plain)]
     assert [nfdump_event("v9", r) for r in got[0]] == [
-        nfdump_view("v9", e) for e in events_of(recs, 1)]  # fmt: skip
+        nfdump_view("v9", e) for e in events_of(recs, 1)
+    ]
     assert [nfdump_event("ipfix", r) for r in got[1]] == [
-        nfdump_view("ipfix", e) for e in events_of(recs, 4)]  # fmt: skip
+        nfdump_view("ipfix", e) for e in events_of(recs, 4)
+    ]
     assert got[2] == []
     assert counters["c0_records"] == counters["c1_records"] == len(recs) + 10
     assert counters["c2_records"] == len(recs)

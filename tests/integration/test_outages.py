@@ -44,9 +44,13 @@ def test_syslog_down_for_ten_seconds_loses_nothing(tmp_path: Path) -> None:
     expected = generate(str(log), 100_000)
     rundir = tmp_path / "run"
     with RsyslogHarness(tmp_path / "syslog") as syslog:
-        conf = write_config(tmp_path / "c.conf", collector_port=None,
-                            syslog_socket=syslog.socket_path, rundir=rundir,
-                            extra="<daemon>\n  max_unacked 8\n</daemon>\n")  # fmt: skip
+        conf = write_config(
+            tmp_path / "c.conf",
+            collector_port=None,
+            syslog_socket=syslog.socket_path,
+            rundir=rundir,
+            extra="<daemon>\n  max_unacked 8\n</daemon>\n",
+        )
         proc = start_replay(conf, rundir, log)
         try:
             deadline = time.monotonic() + 60
@@ -104,9 +108,14 @@ def test_collector_down_for_ten_seconds(tmp_path: Path) -> None:
     first = Nfcapd(tmp_path / "nfcapd-1", extra_args=big)
     first.start()
     second = Nfcapd(tmp_path / "nfcapd-2", port=first.port, extra_args=big)
-    conf = write_config(tmp_path / "c.conf", collector_port=first.port, syslog_socket=None,
-                        rundir=rundir, screen=True,
-                        extra="<daemon>\n  max_unacked 8\n</daemon>\n")  # fmt: skip
+    conf = write_config(
+        tmp_path / "c.conf",
+        collector_port=first.port,
+        syslog_socket=None,
+        rundir=rundir,
+        screen=True,
+        extra="<daemon>\n  max_unacked 8\n</daemon>\n",
+    )
     proc = start_replay(conf, rundir, log)
     paused: list[int] = []
 
@@ -148,9 +157,11 @@ def test_collector_down_for_ten_seconds(tmp_path: Path) -> None:
     refused, errors = int(export["c0_refused"]), int(export["c0_send_errors"])
     got_before, got_after = [nfdump_ident(r) for r in before], [nfdump_ident(r) for r in after]
     lost = len(want) - len(got_before) - len(got_after)
-    print(f"collector down 10 s: {len(got_before)} records before, {lost} sent while down, "
-          f"{len(got_after)} after; refused {refused} (during the outage: "
-          f"{during.get('c0_refused')}), send errors {errors}")  # fmt: skip
+    print(
+        f"collector down 10 s: {len(got_before)} records before, {lost} sent while down, "
+        f"{len(got_after)} after; refused {refused} (during the outage: "
+        f"{during.get('c0_refused')}), send errors {errors}"
+    )
     assert got_before and got_after and lost > 0
     assert Counter(got_before) == Counter(want[: len(got_before)])  # an exact prefix
     assert Counter(got_after) == Counter(want[len(want) - len(got_after) :])  # exact suffix

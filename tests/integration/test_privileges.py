@@ -56,9 +56,20 @@ for path in sys.argv[1:]:
 
 def _useradd(name: str) -> pwd.struct_passwd:
     subprocess.run(
-        ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
-         "--shell", "/usr/sbin/nologin", name], check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            "useradd",
+            "--system",
+            "--user-group",
+            "--no-create-home",
+            "--home-dir",
+            "/nonexistent",
+            "--shell",
+            "/usr/sbin/nologin",
+            name,
+        ],
+        check=True,
+        capture_output=True,
+    )
     return pwd.getpwnam(name)
 
 
@@ -114,10 +125,11 @@ def interpreter_reachable(*users: pwd.struct_passwd) -> Iterator[None]:
     paths = [sys.executable, nfflowd.__file__, zmq.__file__, msgpack.__file__]
     dirs = sorted({d for user in users for d in _blocked_dirs(user, paths)})
     saved = [
-        subprocess.run(["getfacl", "--absolute-names", "-p", d], check=True,
-                       capture_output=True, text=True).stdout
+        subprocess.run(
+            ["getfacl", "--absolute-names", "-p", d], check=True, capture_output=True, text=True
+        ).stdout
         for d in dirs
-    ]  # fmt: skip
+    ]
     try:
         for d in dirs:
             for user in users:
@@ -131,10 +143,18 @@ def interpreter_reachable(*users: pwd.struct_passwd) -> Iterator[None]:
 
 def _connect_as(user: pwd.struct_passwd | None, paths: list[Path]) -> list[str]:
     """What a plain AF_UNIX connect to each of *paths* gives, run as *user* (None: root)."""
-    switch = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}",
-              "--init-groups"] if user else []  # fmt: skip
-    res = subprocess.run([*switch, sys.executable, "-I", "-c", CONNECT, *map(str, paths)],
-                         capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    switch = (
+        ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups"]
+        if user
+        else []
+    )
+    res = subprocess.run(
+        [*switch, sys.executable, "-I", "-c", CONNECT, *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return res.stdout.split()
 
 
@@ -237,8 +257,11 @@ def test_stages_run_as_the_user_and_nobody_else_gets_in(
             assert (run / "export.sequence").stat().st_uid == user.pw_uid  # handed over
             sock = run / "supervisor.sock"
             assert sock.stat().st_uid == 0 and stat.S_IMODE(sock.stat().st_mode) == 0o700
-            bound = [run / e.filename for e in endpoints.TABLE if e.bound_by == "receiver"
-                     and e.receiver in UNPRIVILEGED_STAGES]  # fmt: skip
+            bound = [
+                run / e.filename
+                for e in endpoints.TABLE
+                if e.bound_by == "receiver" and e.receiver in UNPRIVILEGED_STAGES
+            ]
             assert len(bound) == 3 and all(p.stat().st_uid == user.pw_uid for p in bound)
             # the other user: refused everywhere (also by the earlier replay's notices
             # socket); the daemon's user: its own sockets only; root: all (so the probe
@@ -262,8 +285,16 @@ def test_stages_run_as_the_user_and_nobody_else_gets_in(
         assert len(out.read_text().splitlines()) == n_earlier + expected
         # a replay (private supervisord, its own notices socket, bound by root) hears the
         # final counters of the user's stages too
-        res = run_cli("-c", str(conf), "replay", "--timeout", "240",
-                      "--rundir", str(workdir / "replay"), str(log))  # fmt: skip
+        res = run_cli(
+            "-c",
+            str(conf),
+            "replay",
+            "--timeout",
+            "240",
+            "--rundir",
+            str(workdir / "replay"),
+            str(log),
+        )
     lines = {ln.split()[0]: ln for ln in res.stdout.splitlines() if ln.strip()}
     assert f"lines={expected}" in lines["mirror"], res.stdout
     assert f"records={expected}" in lines["export"], res.stdout
@@ -347,21 +378,31 @@ def test_install_creates_the_user_and_a_unit_systemd_accepts(workdir: Path) -> N
     conf.write_text(f"<daemon>\n  user {name}\n</daemon>\n")
     out = run_cli("-c", str(conf), "install", "--root", str(root)).stdout
     assert f"created system user {name}" in out
-    entry = next(ln for ln in (root / "etc/passwd").read_text().splitlines()
-                 if ln.startswith(name + ":")).split(":")  # fmt: skip
+    entry = next(
+        ln for ln in (root / "etc/passwd").read_text().splitlines() if ln.startswith(name + ":")
+    ).split(":")
     assert entry[6] == "/usr/sbin/nologin" and int(entry[2]) < 1000  # a system account
-    group = next(ln for ln in (root / "etc/group").read_text().splitlines()
-                 if ln.startswith(name + ":")).split(":")  # fmt: skip
+    group = next(
+        ln for ln in (root / "etc/group").read_text().splitlines() if ln.startswith(name + ":")
+    ).split(":")
     assert group[2] == entry[3]  # its own group
     with pytest.raises(KeyError):
         pwd.getpwnam(name)  # the host's accounts are untouched
-    assert "user " + name + " exists" in run_cli("-c", str(conf), "install", "--root",
-                                                  str(root)).stdout  # fmt: skip
+    assert (
+        "user " + name + " exists"
+        in run_cli("-c", str(conf), "install", "--root", str(root)).stdout
+    )
     unit = root / "etc/systemd/system/nfflowd.service"
     text = unit.read_text()
-    for line in ("NoNewPrivileges=yes", "ProtectSystem=strict", "RuntimeDirectory=nfflowd",
-                 "ReadWritePaths=/run/nfflowd", "PrivateTmp=yes", "ProtectKernelTunables=yes",
-                 "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK"):  # fmt: skip
+    for line in (
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "RuntimeDirectory=nfflowd",
+        "ReadWritePaths=/run/nfflowd",
+        "PrivateTmp=yes",
+        "ProtectKernelTunables=yes",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+    ):
         assert line + "\n" in text, line
     assert f" -c {conf} -f start\n" in text.split("ExecStart=", 1)[1]
     assert "CAP_NET_ADMIN CAP_SETUID CAP_SETGID" in text and "CAP_SYS_ADMIN" not in text
@@ -369,8 +410,10 @@ def test_install_creates_the_user_and_a_unit_systemd_accepts(workdir: Path) -> N
     assert "/run/nfflowd/*.log" in rotate and "copytruncate" in rotate
     _verify(unit)
     # set_sysctls writes /proc/sys at start: no ProtectKernelTunables then; netns: setns
-    conf.write_text("<source>\n  type netlink\n  set_sysctls 1\n  netns fw\n</source>\n"
-                    f"<daemon>\n  user {name}\n  rundir /srv/nfflowd\n</daemon>\n")  # fmt: skip
+    conf.write_text(
+        "<source>\n  type netlink\n  set_sysctls 1\n  netns fw\n</source>\n"
+        f"<daemon>\n  user {name}\n  rundir /srv/nfflowd\n</daemon>\n"
+    )
     run_cli("-c", str(conf), "install", "--root", str(root))
     text = unit.read_text()
     assert "ProtectKernelTunables" not in text.replace("# no ProtectKernelTunables", "")
@@ -383,6 +426,11 @@ def _verify(unit: Path) -> None:
     """systemd-analyze verify: no systemd needs to run; it checks every directive and that
     ExecStart's program exists.  Unknown or invalid directives are only warnings, so the
     output must be empty too."""
-    res = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
-                         text=True, timeout=60, check=False)  # fmt: skip
+    res = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert res.returncode == 0 and not (res.stdout + res.stderr).strip(), res.stdout + res.stderr

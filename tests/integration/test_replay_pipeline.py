@@ -50,8 +50,13 @@ def test_replay_golden_log_reaches_collector_and_syslog(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(120)
 def test_replay_without_collector_is_mirror_only(tmp_path: Path) -> None:
-    conf = write_config(tmp_path / "c.conf", collector_port=None, syslog_socket=None,
-                        rundir=tmp_path / "run", screen=True)  # fmt: skip
+    conf = write_config(
+        tmp_path / "c.conf",
+        collector_port=None,
+        syslog_socket=None,
+        rundir=tmp_path / "run",
+        screen=True,
+    )
     res = nfflowd("-c", str(conf), "replay", "--rundir", str(tmp_path / "run"), str(LOG))
     out = (tmp_path / "run" / "mirror.out").read_text().splitlines()
     assert Counter(csv_key(x)[:9] for x in out) == Counter(k[:9] for k in expected_keys())
@@ -59,7 +64,12 @@ def test_replay_without_collector_is_mirror_only(tmp_path: Path) -> None:
 
 
 def test_replay_reports_a_missing_log(tmp_path: Path) -> None:
-    conf = write_config(tmp_path / "c.conf", collector_port=None, syslog_socket=None,
-                        rundir=tmp_path / "run", screen=True)  # fmt: skip
+    conf = write_config(
+        tmp_path / "c.conf",
+        collector_port=None,
+        syslog_socket=None,
+        rundir=tmp_path / "run",
+        screen=True,
+    )
     res = nfflowd("-c", str(conf), "replay", str(tmp_path / "nope.log"), check=False)
     assert res.returncode == 1 and "nope.log: no such event log" in res.stderr

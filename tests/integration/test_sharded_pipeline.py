@@ -35,8 +35,7 @@ SHARDS = "    correlators 2\n    exporters 2\n</daemon>"
 
 
 def sharded_config(path: Path, rundir: Path, port: int | None) -> Path:
-    conf = write_config(path, collector_port=port, syslog_socket=None, rundir=rundir,
-                        screen=True)  # fmt: skip
+    conf = write_config(path, collector_port=port, syslog_socket=None, rundir=rundir, screen=True)
     conf.write_text(conf.read_text().replace("</daemon>", SHARDS))
     return conf
 
@@ -51,8 +50,13 @@ def mirror_keys(rundir: Path) -> Counter[tuple[object, ...]]:
 def test_two_correlators_two_exporters_deliver_every_record_once(tmp_path: Path) -> None:
     log = tmp_path / "events.log"
     expected = generate(str(log), 40_000)
-    plain = write_config(tmp_path / "plain.conf", collector_port=None, syslog_socket=None,
-                         rundir=tmp_path / "plain", screen=True)  # fmt: skip
+    plain = write_config(
+        tmp_path / "plain.conf",
+        collector_port=None,
+        syslog_socket=None,
+        rundir=tmp_path / "plain",
+        screen=True,
+    )
     nfflowd("-c", str(plain), "replay", "--rundir", str(tmp_path / "plain"), str(log))
     reference = mirror_keys(tmp_path / "plain")
     assert sum(reference.values()) == expected
@@ -94,8 +98,10 @@ def test_a_killed_shard_is_restarted_and_nothing_is_lost(tmp_path: Path) -> None
     conf = sharded_config(tmp_path / "c.conf", rundir, None)
     proc = start_replay(conf, rundir, log)
     try:
-        pids = [wait_for(lambda v=v: running_pid(rundir, v), 30, f"{v} RUNNING")  # type: ignore[misc]
-                for v in ("correlate-1", "export-0")]  # fmt: skip
+        pids = [
+            wait_for(lambda v=v: running_pid(rundir, v), 30, f"{v} RUNNING")  # type: ignore[misc]
+            for v in ("correlate-1", "export-0")
+        ]
         time.sleep(0.5)  # in the middle of the replay
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
@@ -108,6 +114,8 @@ def test_a_killed_shard_is_restarted_and_nothing_is_lost(tmp_path: Path) -> None
     got = mirror_keys(rundir)
     assert len(got) == expected, f"{len(got)} distinct records of {expected}"  # 0 missing
     duplicates = sum(got.values()) - len(got)
-    print(f"shards, 2 kills: {sum(got.values())} lines for {expected} records, "
-          f"{duplicates} duplicate keys")  # fmt: skip
+    print(
+        f"shards, 2 kills: {sum(got.values())} lines for {expected} records, "
+        f"{duplicates} duplicate keys"
+    )
     assert sum(got.values()) <= expected + 2 * 1_500  # two kills: a chunk each, rarely a batch

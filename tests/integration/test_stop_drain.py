@@ -41,9 +41,14 @@ STOP_AFTER = 60_000
 
 def start(tmp_path: Path, log: Path, cap: Nfcapd) -> tuple[Path, Path]:
     rundir = tmp_path / "run"
-    conf = write_config(tmp_path / "c.conf", collector_port=cap.port, syslog_socket=None,
-                        rundir=rundir, screen=True,
-                        extra=f"<source>\n  type file\n  path {log}\n</source>\n")  # fmt: skip
+    conf = write_config(
+        tmp_path / "c.conf",
+        collector_port=cap.port,
+        syslog_socket=None,
+        rundir=rundir,
+        screen=True,
+        extra=f"<source>\n  type file\n  path {log}\n</source>\n",
+    )
     nfflowd("-c", str(conf), "start")
     wait_all_running(rundir)
     return conf, rundir

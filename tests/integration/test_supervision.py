@@ -39,8 +39,9 @@ def test_killed_stage_is_restarted_and_replay_completes(tmp_path: Path, victim: 
     log = tmp_path / "events.log"
     expected = generate(str(log), 300_000)
     rundir = tmp_path / "run"
-    conf = write_config(tmp_path / "c.conf", collector_port=None, syslog_socket=None,
-                        rundir=rundir, screen=True)  # fmt: skip
+    conf = write_config(
+        tmp_path / "c.conf", collector_port=None, syslog_socket=None, rundir=rundir, screen=True
+    )
     proc = start_replay(conf, rundir, log)
     try:
         pid = wait_for(lambda: running_pid(rundir, victim), 30, f"{victim} RUNNING")
@@ -79,9 +80,14 @@ def test_stage_failing_on_start_ends_fatal_with_its_cause_logged(tmp_path: Path)
     (blocker / "not-a-socket").mkdir(parents=True)  # non-empty: cannot be unlinked
     empty = tmp_path / "empty.log"
     empty.write_text("")
-    conf = write_config(tmp_path / "c.conf", collector_port=None, syslog_socket=None,
-                        rundir=rundir, screen=True,
-                        extra=f"<source>\n  type file\n  path {empty}\n</source>\n")  # fmt: skip
+    conf = write_config(
+        tmp_path / "c.conf",
+        collector_port=None,
+        syslog_socket=None,
+        rundir=rundir,
+        screen=True,
+        extra=f"<source>\n  type file\n  path {empty}\n</source>\n",
+    )
     nfflowd("-c", str(conf), "start")
     try:
 

@@ -34,11 +34,39 @@ GOLDEN = Path(__file__).parent.parent / "data" / "v5"
 DAY = 86_400_000
 
 
-def rec(first: int, last: int, src: str, dst: str, sport: int, dport: int, packets: int,
-        octets: int, proto: int = 6) -> FlowRecord:  # fmt: skip
+def rec(
+    first: int,
+    last: int,
+    src: str,
+    dst: str,
+    sport: int,
+    dport: int,
+    packets: int,
+    octets: int,
+    proto: int = 6,
+) -> FlowRecord:
     fam = 6 if ":" in src else 4
-    return FlowRecord(first, last, fam, proto, a(src), a(dst), sport, dport, packets, octets,
-                      a(src), a(dst), sport, dport, 1, 3, 0, 0, 0)  # fmt: skip
+    return FlowRecord(
+        first,
+        last,
+        fam,
+        proto,
+        a(src),
+        a(dst),
+        sport,
+        dport,
+        packets,
+        octets,
+        a(src),
+        a(dst),
+        sport,
+        dport,
+        1,
+        3,
+        0,
+        0,
+        0,
+    )
 
 
 def live_records(now_ms: int, boot_ms: int) -> list[FlowRecord]:
@@ -47,20 +75,45 @@ def live_records(now_ms: int, boot_ms: int) -> list[FlowRecord]:
         rec(now_ms - 2000, now_ms - 1999, "10.1.0.5", "203.0.113.53", 40000, 53, 1, 61, proto=17),
         rec(now_ms - 3000, now_ms - 1000, "10.1.0.6", "203.0.113.1", 4660, 0x0800, 3, 252, proto=1),
         rec(boot_ms - 3_600_001, now_ms - 1, "10.1.0.7", "203.0.113.22", 52000, 22, 5000, 900000),
-        rec(now_ms - 7 * DAY - 3, now_ms - 7 * DAY + 999, "10.1.0.8", "203.0.113.80", 53000, 80,
-            7, 700),
-        rec(now_ms - 70 * DAY, now_ms - 69 * DAY + 7, "10.1.0.11", "203.0.113.83", 53003, 80, 4,
-            400),
-        rec(now_ms - 60_000, now_ms - 10, "10.1.0.10", "203.0.113.82", 53002, 80, 2**32 + 5,
-            3 * 2**32),
+        rec(
+            now_ms - 7 * DAY - 3,
+            now_ms - 7 * DAY + 999,
+            "10.1.0.8",
+            "203.0.113.80",
+            53000,
+            80,
+            7,
+            700,
+        ),
+        rec(
+            now_ms - 70 * DAY, now_ms - 69 * DAY + 7, "10.1.0.11", "203.0.113.83", 53003, 80, 4, 400
+        ),
+        rec(
+            now_ms - 60_000,
+            now_ms - 10,
+            "10.1.0.10",
+            "203.0.113.82",
+            53002,
+            80,
+            2**32 + 5,
+            3 * 2**32,
+        ),
         rec(now_ms - 500, now_ms - 400, "fd00::10", "2001:db8::1", 54000, 443, 9, 900),
         rec(now_ms - 120, now_ms, "0.0.0.0", "255.255.255.255", 65535, 0, 0, 0, proto=255),
-    ]  # fmt: skip
+    ]
     out += [
-        rec(now_ms - 1000 - i, now_ms - i, f"10.2.{i // 250}.{i % 250 + 1}", "203.0.113.200",
-            20000 + i, 443, i + 1, 100 * (i + 1))
+        rec(
+            now_ms - 1000 - i,
+            now_ms - i,
+            f"10.2.{i // 250}.{i % 250 + 1}",
+            "203.0.113.200",
+            20000 + i,
+            443,
+            i + 1,
+            100 * (i + 1),
+        )
         for i in range(70)
-    ]  # fmt: skip
+    ]
     return out
 
 
@@ -118,23 +171,68 @@ def test_netflow_package_reads_every_field(live: tuple[list[FlowRecord], list[by
         pkt = V5ExportPacket(d)
         h, ours = v5.unpack_datagram(d)
         ph = pkt.header
-        assert (ph.version, ph.count, ph.uptime, ph.timestamp, ph.timestamp_nano, ph.sequence,
-                ph.engine_type, ph.engine_id, ph.sampling_interval) == tuple(h)  # fmt: skip
+        assert (
+            ph.version,
+            ph.count,
+            ph.uptime,
+            ph.timestamp,
+            ph.timestamp_nano,
+            ph.sequence,
+            ph.engine_type,
+            ph.engine_id,
+            ph.sampling_interval,
+        ) == tuple(h)
         assert (h.engine_type, h.engine_id) == (7, 42)
         boot = ph.timestamp * 1000 + ph.timestamp_nano // 1_000_000 - ph.uptime
         for f, r in zip(pkt.flows, ours, strict=True):
             assert (
-                int.from_bytes(r.srcaddr, "big"), int.from_bytes(r.dstaddr, "big"), 0, 0, 0,
-                r.dpkts, r.doctets, r.first, r.last, r.srcport, r.dstport, 0, r.prot, 0, 0, 0, 0,
+                int.from_bytes(r.srcaddr, "big"),
+                int.from_bytes(r.dstaddr, "big"),
+                0,
+                0,
+                0,
+                r.dpkts,
+                r.doctets,
+                r.first,
+                r.last,
+                r.srcport,
+                r.dstport,
+                0,
+                r.prot,
+                0,
+                0,
+                0,
+                0,
                 0,
             ) == (
-                f.IPV4_SRC_ADDR, f.IPV4_DST_ADDR, f.NEXT_HOP, f.INPUT, f.OUTPUT, f.IN_PACKETS,
-                f.IN_OCTETS, f.FIRST_SWITCHED, f.LAST_SWITCHED, f.SRC_PORT, f.DST_PORT,
-                f.TCP_FLAGS, f.PROTO, f.TOS, f.SRC_AS, f.DST_AS, f.SRC_MASK, f.DST_MASK,
-            )  # fmt: skip
-            key = (txt(struct.pack("!I", f.IPV4_SRC_ADDR)), txt(struct.pack("!I", f.IPV4_DST_ADDR)),
-                   f.SRC_PORT, f.DST_PORT, f.PROTO, boot + f.FIRST_SWITCHED,
-                   boot + f.LAST_SWITCHED)  # fmt: skip
+                f.IPV4_SRC_ADDR,
+                f.IPV4_DST_ADDR,
+                f.NEXT_HOP,
+                f.INPUT,
+                f.OUTPUT,
+                f.IN_PACKETS,
+                f.IN_OCTETS,
+                f.FIRST_SWITCHED,
+                f.LAST_SWITCHED,
+                f.SRC_PORT,
+                f.DST_PORT,
+                f.TCP_FLAGS,
+                f.PROTO,
+                f.TOS,
+                f.SRC_AS,
+                f.DST_AS,
+                f.SRC_MASK,
+                f.DST_MASK,
+            )
+            key = (
+                txt(struct.pack("!I", f.IPV4_SRC_ADDR)),
+                txt(struct.pack("!I", f.IPV4_DST_ADDR)),
+                f.SRC_PORT,
+                f.DST_PORT,
+                f.PROTO,
+                boot + f.FIRST_SWITCHED,
+                boot + f.LAST_SWITCHED,
+            )
             rows.append((key, f.IN_PACKETS, f.IN_OCTETS))
     assert summed(rows) == expected_flows(recs)
 
@@ -167,10 +265,26 @@ def test_tshark_reads_every_field(
     write_pcap(pcap, dgs, 9995)
     fields = [x for f in TSHARK_FIELDS for x in ("-e", f)]
     res = subprocess.run(
-        ["tshark", "-n", "-r", str(pcap), "-d", "udp.port==9995,cflow", "-T", "fields",
-         "-E", "separator=/t", "-E", "aggregator=,", *fields],
-        capture_output=True, text=True, timeout=120, check=True,
-    )  # fmt: skip
+        [
+            "tshark",
+            "-n",
+            "-r",
+            str(pcap),
+            "-d",
+            "udp.port==9995,cflow",
+            "-T",
+            "fields",
+            "-E",
+            "separator=/t",
+            "-E",
+            "aggregator=,",
+            *fields,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     lines = res.stdout.splitlines()
     assert len(lines) == len(dgs)
     rows = []
@@ -178,8 +292,16 @@ def test_tshark_reads_every_field(
         col = dict(zip(TSHARK_FIELDS, line.split("\t"), strict=True))
         h, ours = v5.unpack_datagram(d)
         header = [col[f] for f in TSHARK_FIELDS[:8]]
-        assert header == [str(h.version), str(h.count), header[2], str(h.unix_secs),
-                          str(h.unix_nsecs), str(h.flow_sequence), "7", "42"]  # fmt: skip
+        assert header == [
+            str(h.version),
+            str(h.count),
+            header[2],
+            str(h.unix_secs),
+            str(h.unix_nsecs),
+            str(h.flow_sequence),
+            "7",
+            "42",
+        ]
         assert rel_ms(header[2]) == h.sys_uptime
         per = {f: col[f].split(",") for f in TSHARK_FIELDS[8:]}
         assert all(len(v) == h.count for v in per.values()), per
@@ -188,11 +310,31 @@ def test_tshark_reads_every_field(
             got = [per[f][i] for f in TSHARK_FIELDS[8:]]
             addrs, nums = got[:3], [int(x, 0) for x in got[3:7] + got[9:]]
             assert addrs == [txt(r.srcaddr), txt(r.dstaddr), "0.0.0.0"]
-            assert nums == [0, 0, r.dpkts, r.doctets, r.srcport, r.dstport, 0, r.prot,
-                            0, 0, 0, 0, 0]  # fmt: skip
+            assert nums == [
+                0,
+                0,
+                r.dpkts,
+                r.doctets,
+                r.srcport,
+                r.dstport,
+                0,
+                r.prot,
+                0,
+                0,
+                0,
+                0,
+                0,
+            ]
             assert (rel_ms(got[7]), rel_ms(got[8])) == (r.first, r.last)
-            key = (got[0], got[1], int(got[9]), int(got[10]), int(got[12]),
-                   boot + rel_ms(got[7]), boot + rel_ms(got[8]))  # fmt: skip
+            key = (
+                got[0],
+                got[1],
+                int(got[9]),
+                int(got[10]),
+                int(got[12]),
+                boot + rel_ms(got[7]),
+                boot + rel_ms(got[8]),
+            )
             rows.append((key, int(got[5]), int(got[6])))
     assert summed(rows) == expected_flows(recs)
 
@@ -201,11 +343,24 @@ def test_tshark_reads_every_field(
 
 
 def nfdump_flows(rows: list[dict[str, Any]]) -> dict[tuple[Any, ...], list[int]]:
-    return summed([
-        ((r["src"], r["dst"], r["sport"], r["dport"], r["proto"], r["first_ms"], r["last_ms"]),
-         r["packets"], r["bytes"])
-        for r in rows
-    ])  # fmt: skip
+    return summed(
+        [
+            (
+                (
+                    r["src"],
+                    r["dst"],
+                    r["sport"],
+                    r["dport"],
+                    r["proto"],
+                    r["first_ms"],
+                    r["last_ms"],
+                ),
+                r["packets"],
+                r["bytes"],
+            )
+            for r in rows
+        ]
+    )
 
 
 @needs("nfcapd", "nfdump")
@@ -267,9 +422,18 @@ def test_harness_ipv6_loopback_and_busy_port() -> None:
     with Nfcapd(host="::1") as cap:
         cap.send(v5.V5Encoder(boot_ms=host_boot_ms()).encode([flow], now_ns))
         assert cap.records() == [
-            {"src": "10.0.0.1", "dst": "203.0.113.1", "sport": 5, "dport": 6, "proto": 17,
-             "packets": 7, "bytes": 8, "first_ms": now - 5, "last_ms": now}
-        ]  # fmt: skip
+            {
+                "src": "10.0.0.1",
+                "dst": "203.0.113.1",
+                "sport": 5,
+                "dport": 6,
+                "proto": 17,
+                "packets": 7,
+                "bytes": 8,
+                "first_ms": now - 5,
+                "last_ms": now,
+            }
+        ]
         assert not cap.running
     with Nfcapd() as first:
         busy = Nfcapd(port=first.port)

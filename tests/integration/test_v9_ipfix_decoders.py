@@ -58,17 +58,56 @@ def unpacker(fmt: str) -> Callable[..., tuple[Any, list[dict[str, Any]]]]:
     return netflow_v9.unpack_datagram if fmt == "v9" else ipfix.unpack_datagram
 
 
-def flow(first: int, last: int, proto: int, src: str, dst: str, sp: int, dp: int, pk: int,
-         by: int, psrc: str, pdst: str, psp: int, pdp: int, d: int,
-         end: int = 3) -> FlowRecord:  # fmt: skip
+def flow(
+    first: int,
+    last: int,
+    proto: int,
+    src: str,
+    dst: str,
+    sp: int,
+    dp: int,
+    pk: int,
+    by: int,
+    psrc: str,
+    pdst: str,
+    psp: int,
+    pdp: int,
+    d: int,
+    end: int = 3,
+) -> FlowRecord:
     fam = 6 if ":" in src else 4
-    return FlowRecord(first, last, fam, proto, a(src), a(dst), sp, dp, pk, by, a(psrc), a(pdst),
-                      psp, pdp, d, end, 0, 0, 0)  # fmt: skip
+    return FlowRecord(
+        first,
+        last,
+        fam,
+        proto,
+        a(src),
+        a(dst),
+        sp,
+        dp,
+        pk,
+        by,
+        a(psrc),
+        a(pdst),
+        psp,
+        pdp,
+        d,
+        end,
+        0,
+        0,
+        0,
+    )
 
 
-def triplet(first: int, last: int, proto: int, o: tuple[str, str, int, int],
-            r: tuple[str, str, int, int], counts: tuple[int, int, int, int],
-            end: int = 3) -> list[FlowRecord]:  # fmt: skip
+def triplet(
+    first: int,
+    last: int,
+    proto: int,
+    o: tuple[str, str, int, int],
+    r: tuple[str, str, int, int],
+    counts: tuple[int, int, int, int],
+    end: int = 3,
+) -> list[FlowRecord]:
     """The records correlate.py makes of orig tuple ``o`` and reply tuple ``r``."""
     (os_, od, osp, odp), (rs, rd, rsp, rdp), (opk, oby, rpk, rby) = o, r, counts
     out = [flow(first, last, proto, os_, od, osp, odp, opk, oby, rd, rs, rdp, rsp, 1, end)]
@@ -81,32 +120,123 @@ def triplet(first: int, last: int, proto: int, o: tuple[str, str, int, int],
 def live_records(now: int) -> list[FlowRecord]:
     pub = "198.51.100.7"
     recs = [
-        *triplet(now - 5123, now - 17, 6, ("10.1.0.5", "203.0.113.9", 51000, 443),
-                 ("203.0.113.9", pub, 443, 61000), (12, 4800, 9, 12000)),
-        *triplet(now - 2000, now - 1999, 17, ("203.0.113.20", pub, 5353, 53),
-                 ("10.1.0.53", "203.0.113.20", 5300, 5353), (1, 61, 1, 120), end=1),
-        *triplet(now - 3000, now - 1000, 1, ("10.1.0.6", "203.0.113.1", 0, 0x0800),
-                 ("203.0.113.1", pub, 0, 0), (3, 252, 3, 252), end=2),
-        flow(now - 900, now - 899, 1, "203.0.113.66", "10.1.0.6", 0, 0x0303, 1, 576,
-             "203.0.113.66", "10.1.0.6", 0, 0x0303, 3, end=4),
-        *triplet(now - 500, now - 400, 58, ("fd00::10", "2001:db8::1", 0, 0x8000),
-                 ("2001:db8::1", "fd00::10", 0, 0x8100), (4, 416, 4, 416)),
-        *triplet(now - 800, now - 300, 17, ("fd00::10", "2001:db8::53", 40000, 53),
-                 ("2001:db8::53", "2001:db8:ff::10", 53, 40000), (1, 80, 1, 200), end=5),
-        *triplet(now - 70 * DAY, now - 69 * DAY + 7, 132, ("10.1.0.11", "203.0.113.83", 3868, 3868),
-                 ("203.0.113.83", pub, 3868, 3868), (2**40 + 3, 2**50 + 7, 5, 500), end=2),
-        *triplet(now - 60_000, now - 10, 47, ("10.1.0.12", "203.0.113.84", 0, 0),
-                 ("203.0.113.84", pub, 0, 0), (2**32 + 5, 3 * 2**32, 2**63, 2**64 - 1)),
-    ]  # fmt: skip
+        *triplet(
+            now - 5123,
+            now - 17,
+            6,
+            ("10.1.0.5", "203.0.113.9", 51000, 443),
+            ("203.0.113.9", pub, 443, 61000),
+            (12, 4800, 9, 12000),
+        ),
+        *triplet(
+            now - 2000,
+            now - 1999,
+            17,
+            ("203.0.113.20", pub, 5353, 53),
+            ("10.1.0.53", "203.0.113.20", 5300, 5353),
+            (1, 61, 1, 120),
+            end=1,
+        ),
+        *triplet(
+            now - 3000,
+            now - 1000,
+            1,
+            ("10.1.0.6", "203.0.113.1", 0, 0x0800),
+            ("203.0.113.1", pub, 0, 0),
+            (3, 252, 3, 252),
+            end=2,
+        ),
+        flow(
+            now - 900,
+            now - 899,
+            1,
+            "203.0.113.66",
+            "10.1.0.6",
+            0,
+            0x0303,
+            1,
+            576,
+            "203.0.113.66",
+            "10.1.0.6",
+            0,
+            0x0303,
+            3,
+            end=4,
+        ),
+        *triplet(
+            now - 500,
+            now - 400,
+            58,
+            ("fd00::10", "2001:db8::1", 0, 0x8000),
+            ("2001:db8::1", "fd00::10", 0, 0x8100),
+            (4, 416, 4, 416),
+        ),
+        *triplet(
+            now - 800,
+            now - 300,
+            17,
+            ("fd00::10", "2001:db8::53", 40000, 53),
+            ("2001:db8::53", "2001:db8:ff::10", 53, 40000),
+            (1, 80, 1, 200),
+            end=5,
+        ),
+        *triplet(
+            now - 70 * DAY,
+            now - 69 * DAY + 7,
+            132,
+            ("10.1.0.11", "203.0.113.83", 3868, 3868),
+            ("203.0.113.83", pub, 3868, 3868),
+            (2**40 + 3, 2**50 + 7, 5, 500),
+            end=2,
+        ),
+        *triplet(
+            now - 60_000,
+            now - 10,
+            47,
+            ("10.1.0.12", "203.0.113.84", 0, 0),
+            ("203.0.113.84", pub, 0, 0),
+            (2**32 + 5, 3 * 2**32, 2**63, 2**64 - 1),
+        ),
+    ]
     for i in range(60):  # several datagrams, families interleaved
         if i % 5 == 4:
-            recs.append(flow(now - 1000 - i, now - i, 6, f"fd00::2:{i:x}", "2001:db8::200",
-                             20000 + i, 443, i + 1, 100 * i, "2001:db8:ff::2", "2001:db8::200",
-                             30000 + i, 443, 1))  # fmt: skip
+            recs.append(
+                flow(
+                    now - 1000 - i,
+                    now - i,
+                    6,
+                    f"fd00::2:{i:x}",
+                    "2001:db8::200",
+                    20000 + i,
+                    443,
+                    i + 1,
+                    100 * i,
+                    "2001:db8:ff::2",
+                    "2001:db8::200",
+                    30000 + i,
+                    443,
+                    1,
+                )
+            )
         else:
-            recs.append(flow(now - 1000 - i, now - i, 17, f"10.2.0.{i + 1}", "203.0.113.200",
-                             20000 + i, 443, i + 1, 100 * i, pub, "203.0.113.200", 30000 + i,
-                             443, 1))  # fmt: skip
+            recs.append(
+                flow(
+                    now - 1000 - i,
+                    now - i,
+                    17,
+                    f"10.2.0.{i + 1}",
+                    "203.0.113.200",
+                    20000 + i,
+                    443,
+                    i + 1,
+                    100 * i,
+                    pub,
+                    "203.0.113.200",
+                    30000 + i,
+                    443,
+                    1,
+                )
+            )
     return recs
 
 
@@ -148,19 +278,52 @@ def golden() -> list[tuple[str, str, list[FlowRecord], list[bytes]]]:
 def nfdump_expected(fmt: str, r: FlowRecord) -> tuple[Any, ...]:
     icmp = r.proto in (1, 58)
     end = r.end_reason if fmt == "ipfix" else 0  # nfdump 1.7's v9 table lacks IE 136
-    return (txt(r.src), txt(r.dst), 0 if icmp else r.sport, r.dport, r.proto, r.packets,
-            r.octets, r.first_ms, r.last_ms, txt(r.post_src), txt(r.post_dst), r.post_sport,
-            r.post_dport, "E" if r.direction == 2 else "I", end, 0, 0)  # fmt: skip
+    return (
+        txt(r.src),
+        txt(r.dst),
+        0 if icmp else r.sport,
+        r.dport,
+        r.proto,
+        r.packets,
+        r.octets,
+        r.first_ms,
+        r.last_ms,
+        txt(r.post_src),
+        txt(r.post_dst),
+        r.post_sport,
+        r.post_dport,
+        "E" if r.direction == 2 else "I",
+        end,
+        0,
+        0,
+    )
 
 
 def nfdump_rows(cap: Nfcapd) -> list[tuple[Any, ...]]:
     rows = []
     for cols in cap.rows(NFDUMP_FMT):
         b = parse_nfdump_line("|".join(cols[:9]))
-        rows.append((b["src"], b["dst"], b["sport"], b["dport"], b["proto"], b["packets"],
-                     b["bytes"], b["first_ms"], b["last_ms"], cols[9], cols[10],
-                     int(cols[11]), int(cols[12]), cols[13], int(cols[14]), int(cols[15]),
-                     int(cols[16])))  # fmt: skip
+        rows.append(
+            (
+                b["src"],
+                b["dst"],
+                b["sport"],
+                b["dport"],
+                b["proto"],
+                b["packets"],
+                b["bytes"],
+                b["first_ms"],
+                b["last_ms"],
+                cols[9],
+                cols[10],
+                int(cols[11]),
+                int(cols[12]),
+                cols[13],
+                int(cols[14]),
+                int(cols[15]),
+                int(cols[16]),
+            )
+        )
     return rows
 
 
@@ -204,11 +367,24 @@ def tshark_packets(dgs: list[bytes], tmp_path: Path) -> list[dict[str, Any]]:
     pcap = tmp_path / "nfb-flows.pcap"
     write_pcap(pcap, dgs, 9996)
     res = subprocess.run(
-        ["tshark", "-n", "-r", str(pcap), "-d", "udp.port==9996,cflow", "-T", "json", "-O",
-         "cflow"],
-        capture_output=True, text=True, timeout=120, check=True,
+        [
+            "tshark",
+            "-n",
+            "-r",
+            str(pcap),
+            "-d",
+            "udp.port==9996,cflow",
+            "-T",
+            "json",
+            "-O",
+            "cflow",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
         env=dict(os.environ, TZ="UTC", LC_ALL="C"),
-    )  # fmt: skip
+    )
     return [p["_source"]["layers"]["cflow"] for p in json.loads(res.stdout)]
 
 
@@ -224,16 +400,22 @@ def tshark_expected(fmt: str, r: FlowRecord) -> dict[str, Any]:
     v6 = "v6" if r.family == 6 else ""
     icmp = r.dport if r.proto in (1, 58) else 0
     out = {
-        f"cflow.srcaddr{v6}": txt(r.src), f"cflow.dstaddr{v6}": txt(r.dst),
+        f"cflow.srcaddr{v6}": txt(r.src),
+        f"cflow.dstaddr{v6}": txt(r.dst),
         "cflow.srcport": str(0 if r.proto in (1, 58) else r.sport),
-        "cflow.dstport": str(r.dport), "cflow.protocol": str(r.proto),
+        "cflow.dstport": str(r.dport),
+        "cflow.protocol": str(r.proto),
         "cflow.direction": str(1 if r.direction == 2 else 0),
-        "cflow.flow_end_reason": str(r.end_reason), "cflow.packets": str(r.packets),
-        "cflow.octets": str(r.octets), "start": r.first_ms, "end": r.last_ms,
-        "cflow.inputint": "0", "cflow.outputint": "0",
+        "cflow.flow_end_reason": str(r.end_reason),
+        "cflow.packets": str(r.packets),
+        "cflow.octets": str(r.octets),
+        "start": r.first_ms,
+        "end": r.last_ms,
+        "cflow.inputint": "0",
+        "cflow.outputint": "0",
         "cflow.post_naptsource_transport_port": str(r.post_sport),
         "cflow.post_naptdestination_transport_port": str(r.post_dport),
-    }  # fmt: skip
+    }
     if r.family == 4:
         out["cflow.post_natsource_ipv4_address"] = txt(r.post_src)
         out["cflow.post_natdestination_ipv4_address"] = txt(r.post_dst)
@@ -259,7 +441,9 @@ def check_tshark(fmt: str, recs: list[FlowRecord], dgs: list[bytes], tmp_path: P
         assert layer["cflow.sequence"] == str(h.sequence)
         if fmt == "v9":
             assert (layer["cflow.count"], layer["cflow.source_id"]) == (
-                str(h.count), str(h.source_id))  # fmt: skip
+                str(h.count),
+                str(h.source_id),
+            )
             assert layer["cflow.timestamp_tree"]["cflow.unix_secs"] == str(h.unix_secs)
             assert Decimal(layer["cflow.sysuptime"]) * 1000 == h.sys_uptime
         else:
@@ -305,8 +489,9 @@ def test_netflow_package_reads_ipfix() -> None:
     for r in recs:
         fields = ies.FLOW_FIELDS_V4 if r.family == 4 else ies.FLOW_FIELDS_V6
         row = dict(zip((ie.name for ie in fields), ies.flow_values(r), strict=True))
-        want.append({k: int.from_bytes(v, "big") if isinstance(v, bytes) else v
-                     for k, v in row.items()})  # fmt: skip
+        want.append(
+            {k: int.from_bytes(v, "big") if isinstance(v, bytes) else v for k, v in row.items()}
+        )
     assert got == want
 
 
@@ -328,8 +513,22 @@ def test_restarted_collector_decodes_after_refresh(fmt: str, trigger: str) -> No
 
     def datagram(i: int) -> bytes:
         """One datagram with one flow whose source port is ``i``, sent 0.5 s * i later."""
-        r = flow(now - 100, now, 17, "10.9.0.1", "203.0.113.9", 1000 + i, 53, 1, 60,
-                 "198.51.100.7", "203.0.113.9", 2000 + i, 53, 1)  # fmt: skip
+        r = flow(
+            now - 100,
+            now,
+            17,
+            "10.9.0.1",
+            "203.0.113.9",
+            1000 + i,
+            53,
+            1,
+            60,
+            "198.51.100.7",
+            "203.0.113.9",
+            2000 + i,
+            53,
+            1,
+        )
         (d,) = enc.encode([r], now_ns + i * 500_000_000)
         return d
 
@@ -342,8 +541,9 @@ def test_restarted_collector_decodes_after_refresh(fmt: str, trigger: str) -> No
         sent = [datagram(i) for i in range(7, 20)]
         second.send(sent)
         after = [r["sport"] for r in second.records()]
-    has_templates = [struct.unpack_from("!H", d, 20 if fmt == "v9" else 16)[0] in (0, 2)
-                     for d in sent]  # fmt: skip
+    has_templates = [
+        struct.unpack_from("!H", d, 20 if fmt == "v9" else 16)[0] in (0, 2) for d in sent
+    ]
     first_refresh = 7 + has_templates.index(True)
     assert after == [1000 + i for i in range(first_refresh, 20)]
     # bounded loss: packets -> fewer than `refresh` datagrams; seconds -> under 2 s of them

@@ -59,11 +59,26 @@ def parse(line: str, default_type: int = NEW) -> ConntrackEvent:
 def event(**fields: object) -> ConntrackEvent:
     """An event with conntrack's usual defaults for the fields not given."""
     base: dict[str, object] = dict(
-        type=NEW, time_ns=NOW, family=4, proto=6, orig_src=LO4, orig_dst=LO4,
-        reply_src=LO4, reply_dst=LO4, orig_packets=None, orig_bytes=None, reply_packets=None,
-        reply_bytes=None, ct_id=None, start_ns=None, stop_ns=None, delta_time=None, mark=0,
-        zone=0, status=SEEN,
-    )  # fmt: skip
+        type=NEW,
+        time_ns=NOW,
+        family=4,
+        proto=6,
+        orig_src=LO4,
+        orig_dst=LO4,
+        reply_src=LO4,
+        reply_dst=LO4,
+        orig_packets=None,
+        orig_bytes=None,
+        reply_packets=None,
+        reply_bytes=None,
+        ct_id=None,
+        start_ns=None,
+        stop_ns=None,
+        delta_time=None,
+        mark=0,
+        zone=0,
+        status=SEEN,
+    )
     base.update(fields)
     return ConntrackEvent(**base)  # type: ignore[arg-type]
 
@@ -76,64 +91,127 @@ EXT = "events-acct-ts-ext-id.txt"
 def test_tcp_destroy_with_timestamp_extended_id() -> None:
     ev = parse(line_with(EXT, "[DESTROY]", "dport=5001 packets"))
     assert ev == event(
-        type=DESTROY, time_ns=1_795_714_273_762_413_000, proto=6,
-        orig_sport=34998, orig_dport=5001, reply_sport=5001, reply_dport=34998,
-        orig_packets=5, orig_bytes=1268, reply_packets=5, reply_bytes=2268,
-        ct_id=3383701959, delta_time=2, status=SEEN | IPS_ASSURED,
-    )  # fmt: skip
+        type=DESTROY,
+        time_ns=1_795_714_273_762_413_000,
+        proto=6,
+        orig_sport=34998,
+        orig_dport=5001,
+        reply_sport=5001,
+        reply_dport=34998,
+        orig_packets=5,
+        orig_bytes=1268,
+        reply_packets=5,
+        reply_bytes=2268,
+        ct_id=3383701959,
+        delta_time=2,
+        status=SEEN | IPS_ASSURED,
+    )
 
 
 def test_tcp6_destroy() -> None:
     ev = parse(line_with(EXT, "[DESTROY]", "dport=5002 packets"))
     assert ev == event(
-        type=DESTROY, time_ns=1_795_714_273_763_877_000, family=6, proto=6,
-        orig_src=LO6, orig_dst=LO6, reply_src=LO6, reply_dst=LO6,
-        orig_sport=46964, orig_dport=5002, reply_sport=5002, reply_dport=46964,
-        orig_packets=5, orig_bytes=1368, reply_packets=5, reply_bytes=2368,
-        ct_id=2786131770, delta_time=2, status=SEEN | IPS_ASSURED,
-    )  # fmt: skip
+        type=DESTROY,
+        time_ns=1_795_714_273_763_877_000,
+        family=6,
+        proto=6,
+        orig_src=LO6,
+        orig_dst=LO6,
+        reply_src=LO6,
+        reply_dst=LO6,
+        orig_sport=46964,
+        orig_dport=5002,
+        reply_sport=5002,
+        reply_dport=46964,
+        orig_packets=5,
+        orig_bytes=1368,
+        reply_packets=5,
+        reply_bytes=2368,
+        ct_id=2786131770,
+        delta_time=2,
+        status=SEEN | IPS_ASSURED,
+    )
 
 
 def test_new_and_update_events_carry_no_counters() -> None:
     new = parse(line_with(EXT, "[NEW]", "dport=5001 [UNREPLIED]"))
     assert new == event(
-        type=NEW, time_ns=1_795_714_270_269_247_000, orig_sport=34998, orig_dport=5001,
-        reply_sport=5001, reply_dport=34998, ct_id=3383701959, status=0,
-    )  # fmt: skip
+        type=NEW,
+        time_ns=1_795_714_270_269_247_000,
+        orig_sport=34998,
+        orig_dport=5001,
+        reply_sport=5001,
+        reply_dport=34998,
+        ct_id=3383701959,
+        status=0,
+    )
     upd = parse(line_with(EXT, "ESTABLISHED", "dport=5001 src"))
-    assert upd == new._replace(type=UPDATE, time_ns=1_795_714_270_269_271_000,
-                               status=SEEN | IPS_ASSURED)  # fmt: skip
+    assert upd == new._replace(
+        type=UPDATE, time_ns=1_795_714_270_269_271_000, status=SEEN | IPS_ASSURED
+    )
 
 
 def test_icmp_ports_are_id_and_type_code_and_the_last_id_is_the_conntrack_id() -> None:
     ev = parse(line_with(EXT, "[DESTROY]", "icmp "))
     assert ev == event(
-        type=DESTROY, time_ns=1_795_714_273_761_914_000, proto=1,
-        orig_sport=0x1234, orig_dport=8 << 8, reply_sport=0x1234, reply_dport=0,
-        orig_packets=1, orig_bytes=84, reply_packets=1, reply_bytes=84,
-        ct_id=338820935, delta_time=2,
-    )  # fmt: skip
+        type=DESTROY,
+        time_ns=1_795_714_273_761_914_000,
+        proto=1,
+        orig_sport=0x1234,
+        orig_dport=8 << 8,
+        reply_sport=0x1234,
+        reply_dport=0,
+        orig_packets=1,
+        orig_bytes=84,
+        reply_packets=1,
+        reply_bytes=84,
+        ct_id=338820935,
+        delta_time=2,
+    )
 
 
 def test_icmpv6() -> None:
     ev = parse(line_with(EXT, "[DESTROY]", "icmpv6"))
     assert ev == event(
-        type=DESTROY, time_ns=1_795_714_273_767_316_000, family=6, proto=58,
-        orig_src=LO6, orig_dst=LO6, reply_src=LO6, reply_dst=LO6,
-        orig_sport=0x4321, orig_dport=128 << 8, reply_sport=0x4321, reply_dport=129 << 8,
-        orig_packets=1, orig_bytes=104, reply_packets=1, reply_bytes=104,
-        ct_id=1477551068, delta_time=2,
-    )  # fmt: skip
+        type=DESTROY,
+        time_ns=1_795_714_273_767_316_000,
+        family=6,
+        proto=58,
+        orig_src=LO6,
+        orig_dst=LO6,
+        reply_src=LO6,
+        reply_dst=LO6,
+        orig_sport=0x4321,
+        orig_dport=128 << 8,
+        reply_sport=0x4321,
+        reply_dport=129 << 8,
+        orig_packets=1,
+        orig_bytes=104,
+        reply_packets=1,
+        reply_bytes=104,
+        ct_id=1477551068,
+        delta_time=2,
+    )
 
 
 def test_gre_keys_are_the_ports() -> None:
     ev = parse(line_with(EXT, "[DESTROY]", "gre "))
     assert ev == event(
-        type=DESTROY, time_ns=1_795_714_273_763_450_000, proto=47,
-        orig_sport=0, orig_dport=0x1A2B, reply_sport=0x1A2B, reply_dport=0,
-        orig_packets=1, orig_bytes=28, reply_packets=0, reply_bytes=0,
-        ct_id=2574255933, delta_time=3, status=0,
-    )  # fmt: skip
+        type=DESTROY,
+        time_ns=1_795_714_273_763_450_000,
+        proto=47,
+        orig_sport=0,
+        orig_dport=0x1A2B,
+        reply_sport=0x1A2B,
+        reply_dport=0,
+        orig_packets=1,
+        orig_bytes=28,
+        reply_packets=0,
+        reply_bytes=0,
+        ct_id=2574255933,
+        delta_time=3,
+        status=0,
+    )
 
 
 @pytest.mark.parametrize(
@@ -148,13 +226,26 @@ def test_unknown_protocol_has_no_ports(
 ) -> None:
     ev = parse(line_with(EXT, "[DESTROY]", "unknown  253", needle))
     assert ev == event(
-        type=DESTROY, time_ns=time_ns, family=family, proto=253,
-        orig_src=addr, orig_dst=addr, reply_src=addr, reply_dst=addr,
-        orig_sport=0, orig_dport=0, reply_sport=0, reply_dport=0,
-        orig_packets=counters[0], orig_bytes=counters[1],
-        reply_packets=counters[2], reply_bytes=counters[3],
-        ct_id=ct_id, delta_time=3, status=0,
-    )  # fmt: skip
+        type=DESTROY,
+        time_ns=time_ns,
+        family=family,
+        proto=253,
+        orig_src=addr,
+        orig_dst=addr,
+        reply_src=addr,
+        reply_dst=addr,
+        orig_sport=0,
+        orig_dport=0,
+        reply_sport=0,
+        reply_dport=0,
+        orig_packets=counters[0],
+        orig_bytes=counters[1],
+        reply_packets=counters[2],
+        reply_bytes=counters[3],
+        ct_id=ct_id,
+        delta_time=3,
+        status=0,
+    )
 
 
 @pytest.mark.parametrize(
@@ -166,12 +257,19 @@ def test_unknown_protocol_has_no_ports(
     ],
 )
 def test_other_port_protocols(
-    needle: str, proto: int, ports: tuple[int, int], counters: tuple[int, ...], ct_id: int,
+    needle: str,
+    proto: int,
+    ports: tuple[int, int],
+    counters: tuple[int, ...],
+    ct_id: int,
     status: int,
-) -> None:  # fmt: skip
+) -> None:
     ev = parse(line_with(EXT, "[DESTROY]", needle))
     assert (ev.proto, ev.orig_sport, ev.orig_dport, ev.reply_sport, ev.reply_dport) == (
-        proto, *ports, *reversed(ports))  # fmt: skip
+        proto,
+        *ports,
+        *reversed(ports),
+    )
     assert (ev.orig_packets, ev.orig_bytes, ev.reply_packets, ev.reply_bytes) == counters
     assert (ev.ct_id, ev.status, ev.family) == (ct_id, status, 4)
 
@@ -193,46 +291,82 @@ def test_nat_shows_in_the_reply_tuple() -> None:
     assert (dnat.orig_bytes, dnat.reply_bytes) == (278, 278)
     snat = parse(line_with(EXT, "[DESTROY]", "dport=5010 packets"))
     assert (snat.orig_src, snat.orig_dst, snat.reply_src, snat.reply_dst) == (
-        LO4, LO4, LO4, ip("127.0.0.5"))  # fmt: skip
+        LO4,
+        LO4,
+        LO4,
+        ip("127.0.0.5"),
+    )
     assert (snat.orig_sport, snat.reply_dport, snat.ct_id) == (57423, 57423, 2146695935)
 
 
 def test_destroy_by_userspace_keeps_its_timeout_and_is_parsed_up_to_userspace() -> None:
     ev = parse(line_with(EXT, "[DESTROY]", "[USERSPACE] portid=3310365655"))
     assert ev == event(
-        type=DESTROY, time_ns=1_795_714_270_378_222_000, proto=17,
-        orig_sport=42231, orig_dport=5003, reply_sport=5003, reply_dport=42231,
-        orig_packets=1, orig_bytes=128, reply_packets=1, reply_bytes=328,
-        ct_id=868246856, delta_time=0,
-    )  # fmt: skip
+        type=DESTROY,
+        time_ns=1_795_714_270_378_222_000,
+        proto=17,
+        orig_sport=42231,
+        orig_dport=5003,
+        reply_sport=5003,
+        reply_dport=42231,
+        orig_packets=1,
+        orig_bytes=128,
+        reply_packets=1,
+        reply_bytes=328,
+        ct_id=868246856,
+        delta_time=0,
+    )
     # the same event seen with -o id,ktimestamp,labels,userspace: "[start=...] [stop=...]"
-    other = parse(line_with("events-acct-id-ktimestamp-labels-userspace.txt", "[DESTROY]",
-                            "dport=5003 packets"))  # fmt: skip
+    other = parse(
+        line_with(
+            "events-acct-id-ktimestamp-labels-userspace.txt", "[DESTROY]", "dport=5003 packets"
+        )
+    )
     assert other == ev._replace(time_ns=NOW)
 
 
 def test_labels_are_ignored() -> None:
     ev = parse(line_with("events-acct-id-ktimestamp-labels-userspace.txt", "labels=blue,green"))
     assert (ev.type, ev.orig_sport, ev.orig_dport, ev.ct_id, ev.status) == (
-        NEW, 43161, 5013, 1533521922, 0)  # fmt: skip
+        NEW,
+        43161,
+        5013,
+        1533521922,
+        0,
+    )
 
 
 def test_without_accounting_and_timestamps() -> None:
     ev = parse(line_with("events-noacct-ts-ext-id.txt", "[DESTROY]", "dport=5001 src"))
     assert ev == event(
-        type=DESTROY, time_ns=1_795_714_283_527_296_000, orig_sport=40052, orig_dport=5001,
-        reply_sport=5001, reply_dport=40052, ct_id=2009950448, status=SEEN | IPS_ASSURED,
-    )  # fmt: skip
+        type=DESTROY,
+        time_ns=1_795_714_283_527_296_000,
+        orig_sport=40052,
+        orig_dport=5001,
+        reply_sport=5001,
+        reply_dport=40052,
+        ct_id=2009950448,
+        status=SEEN | IPS_ASSURED,
+    )
 
 
 def test_listing_lines_get_the_default_type() -> None:
     ln = line_with("list-acct-ext-id.txt", "dport=5014 packets")
     ev = parse(ln, default_type=DESTROY)
     assert ev == event(
-        type=DESTROY, orig_sport=44482, orig_dport=5014, reply_sport=5014, reply_dport=44482,
-        orig_packets=5, orig_bytes=568, reply_packets=4, reply_bytes=816,
-        ct_id=1880015161, delta_time=1, status=SEEN | IPS_ASSURED,
-    )  # fmt: skip
+        type=DESTROY,
+        orig_sport=44482,
+        orig_dport=5014,
+        reply_sport=5014,
+        reply_dport=44482,
+        orig_packets=5,
+        orig_bytes=568,
+        reply_packets=4,
+        reply_bytes=816,
+        ct_id=1880015161,
+        delta_time=1,
+        status=SEEN | IPS_ASSURED,
+    )
     plain = parse(line_with("list-acct-plain.txt", "dport=5014 packets"))
     assert plain == ev._replace(type=NEW, ct_id=None)
     listed = parse(line_with("list-acct-ktimestamp-labels.txt", "dport=5013 packets"))
@@ -319,9 +453,16 @@ def test_handmade_offload_flags() -> None:
     off = handmade(1)
     assert off.status == SEEN | IPS_OFFLOAD and off.ct_id == 2961414157
     assert (off.orig_src, off.orig_dst, off.reply_dst) == (
-        ip("10.0.1.2"), ip("203.0.113.7"), ip("203.0.113.1"))  # fmt: skip
+        ip("10.0.1.2"),
+        ip("203.0.113.7"),
+        ip("203.0.113.1"),
+    )
     assert (off.orig_packets, off.orig_bytes, off.reply_packets, off.reply_bytes) == (
-        12, 1840, 10, 9120)  # fmt: skip
+        12,
+        1840,
+        10,
+        9120,
+    )
     hw = handmade(2)
     assert hw.status == SEEN | IPS_OFFLOAD | IPS_HW_OFFLOAD
     assert (hw.orig_sport, hw.orig_dport, hw.zone, hw.orig_packets) == (56394, 5001, 0, None)
@@ -330,9 +471,16 @@ def test_handmade_offload_flags() -> None:
 def test_handmade_tail_fields() -> None:
     selinux = handmade(3)
     assert (selinux.type, selinux.proto, selinux.orig_dport, selinux.reply_bytes) == (
-        DESTROY, 17, 53, 87)  # fmt: skip
+        DESTROY,
+        17,
+        53,
+        87,
+    )
     assert (selinux.ct_id, selinux.delta_time, selinux.time_ns) == (
-        3428664541, 0, 1_795_714_273_770_980_000)  # fmt: skip
+        3428664541,
+        0,
+        1_795_714_273_770_980_000,
+    )
     helper = handmade(4)  # zone-reply= alone leaves the original tuple in zone 0
     assert (helper.zone, helper.ct_id, helper.orig_dport, helper.status) == (0, 1234567890, 21, 0)
     userspace = handmade(9)
@@ -345,35 +493,68 @@ def test_handmade_tail_fields() -> None:
 def test_handmade_protocols() -> None:
     sctp = handmade(5)
     assert (sctp.type, sctp.proto, sctp.status, sctp.time_ns) == (
-        UPDATE, 132, SEEN | IPS_ASSURED, 1_795_714_280_548_633_000)  # fmt: skip
+        UPDATE,
+        132,
+        SEEN | IPS_ASSURED,
+        1_795_714_280_548_633_000,
+    )
     dccp = handmade(6)
     assert (dccp.proto, dccp.orig_sport, dccp.orig_dport, dccp.ct_id) == (33, 40001, 5016, 77)
     gre6 = handmade(10)
     assert (gre6.family, gre6.proto, gre6.orig_src, gre6.orig_dst) == (
-        6, 47, ip("2001:db8::2"), ip("2001:db8:1::7"))  # fmt: skip
+        6,
+        47,
+        ip("2001:db8::2"),
+        ip("2001:db8:1::7"),
+    )
     assert (gre6.orig_sport, gre6.orig_dport, gre6.reply_sport, gre6.reply_dport) == (
-        0x4D2, 0xBEEF, 0xBEEF, 0x4D2)  # fmt: skip
+        0x4D2,
+        0xBEEF,
+        0xBEEF,
+        0x4D2,
+    )
 
 
 def test_handmade_gre_printed_as_unknown_has_no_ports() -> None:
     ev = handmade(12)  # "unknown  47": GRE without keys (old conntrack, or generic tracking)
     assert ev == event(
-        type=DESTROY, time_ns=1_248_952_480_812_345_000, proto=47,
-        orig_src=ip("10.0.195.106"), orig_dst=ip("74.125.6.226"), orig_sport=0, orig_dport=0,
-        reply_src=ip("74.125.6.226"), reply_dst=ip("192.76.7.154"), reply_sport=0,
-        reply_dport=0, orig_packets=14, orig_bytes=1288, reply_packets=12, reply_bytes=1104,
-    )  # fmt: skip
+        type=DESTROY,
+        time_ns=1_248_952_480_812_345_000,
+        proto=47,
+        orig_src=ip("10.0.195.106"),
+        orig_dst=ip("74.125.6.226"),
+        orig_sport=0,
+        orig_dport=0,
+        reply_src=ip("74.125.6.226"),
+        reply_dst=ip("192.76.7.154"),
+        reply_sport=0,
+        reply_dport=0,
+        orig_packets=14,
+        orig_bytes=1288,
+        reply_packets=12,
+        reply_bytes=1104,
+    )
 
 
 def test_handmade_2009_example_of_the_perl_tool() -> None:
     ev = handmade(7)
     assert ev == event(
-        type=DESTROY, time_ns=1_248_952_480_737_235_000,
-        orig_src=ip("10.0.195.106"), orig_dst=ip("74.125.6.225"), orig_sport=62380,
-        orig_dport=80, reply_src=ip("74.125.6.225"), reply_dst=ip("192.76.7.154"),
-        reply_sport=80, reply_dport=62380, orig_packets=720, orig_bytes=38052,
-        reply_packets=1432, reply_bytes=2027040, status=SEEN | IPS_ASSURED,
-    )  # fmt: skip
+        type=DESTROY,
+        time_ns=1_248_952_480_737_235_000,
+        orig_src=ip("10.0.195.106"),
+        orig_dst=ip("74.125.6.225"),
+        orig_sport=62380,
+        orig_dport=80,
+        reply_src=ip("74.125.6.225"),
+        reply_dst=ip("192.76.7.154"),
+        reply_sport=80,
+        reply_dport=62380,
+        orig_packets=720,
+        orig_bytes=38052,
+        reply_packets=1432,
+        reply_bytes=2027040,
+        status=SEEN | IPS_ASSURED,
+    )
     assert handmade(8).time_ns == 1_248_952_480_001_234_000
 
 
@@ -506,8 +687,18 @@ def test_shuffled_tokens_of_real_lines(line: str, data: st.DataObject) -> None:
 def test_tail_fields_in_any_order_give_the_same_event() -> None:
     """Out-of-order tails take the slow tokenising path; it must agree with the fast one."""
     rng = random.Random(1)
-    in_tuple = {"dst", "sport", "dport", "type", "code", "srckey", "dstkey", "zone-reply",
-                "packets", "bytes"}  # fmt: skip
+    in_tuple = {
+        "dst",
+        "sport",
+        "dport",
+        "type",
+        "code",
+        "srckey",
+        "dstkey",
+        "zone-reply",
+        "packets",
+        "bytes",
+    }
     checked = 0
     for ln in ALL_REAL:
         tokens = ln.split()
@@ -553,19 +744,30 @@ def test_live_conntrack_events_parse() -> None:
     try:
 
         def nsrun(*cmd: str) -> None:
-            subprocess.run(["ip", "netns", "exec", ns, *cmd], check=True, timeout=10,
-                           capture_output=True)  # fmt: skip
+            subprocess.run(
+                ["ip", "netns", "exec", ns, *cmd], check=True, timeout=10, capture_output=True
+            )
 
         nsrun("ip", "link", "set", "lo", "up")
-        nsrun("sysctl", "-q", "-w", "net.netfilter.nf_conntrack_acct=1",
-              "net.netfilter.nf_conntrack_timestamp=1")  # fmt: skip
+        nsrun(
+            "sysctl",
+            "-q",
+            "-w",
+            "net.netfilter.nf_conntrack_acct=1",
+            "net.netfilter.nf_conntrack_timestamp=1",
+        )
         # conntrack hooks are registered in a namespace only once a rule needs them
-        nsrun("nft", "add table ip nfa; add chain ip nfa out { type filter hook output priority 0;"
-              " }; add rule ip nfa out ct state new counter")  # fmt: skip
+        nsrun(
+            "nft",
+            "add table ip nfa; add chain ip nfa out { type filter hook output priority 0;"
+            " }; add rule ip nfa out ct state new counter",
+        )
         proc = subprocess.Popen(
             ["ip", "netns", "exec", ns, "conntrack", "-E", "-o", "timestamp,extended,id"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         out: queue.Queue[str] = queue.Queue()
         stdout = proc.stdout
         assert stdout is not None
@@ -602,10 +804,20 @@ def test_live_conntrack_events_parse() -> None:
         first, last = parse(new), parse(destroy)
         assert first.ct_id == last.ct_id and first.ct_id is not None
         assert last == event(
-            type=DESTROY, time_ns=last.time_ns, proto=17, orig_sport=sport, orig_dport=5099,
-            reply_sport=5099, reply_dport=sport, orig_packets=1, orig_bytes=128,
-            reply_packets=1, reply_bytes=328, ct_id=first.ct_id, delta_time=last.delta_time,
-        )  # fmt: skip
+            type=DESTROY,
+            time_ns=last.time_ns,
+            proto=17,
+            orig_sport=sport,
+            orig_dport=5099,
+            reply_sport=5099,
+            reply_dport=sport,
+            orig_packets=1,
+            orig_bytes=128,
+            reply_packets=1,
+            reply_bytes=328,
+            ct_id=first.ct_id,
+            delta_time=last.delta_time,
+        )
         assert t0 <= first.time_ns <= last.time_ns <= t1
         assert last.delta_time is not None and 0 <= last.delta_time <= (t1 - t0) // 10**9 + 1
     finally:

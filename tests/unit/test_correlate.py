@@ -27,18 +27,43 @@ def ev(
     fam = 6 if ":" in orig[0] else 4
     c: tuple[int | None, ...] = counters if counters is not None else (None, None, None, None)
     return ConntrackEvent(
-        etype, round(t_s * 1000) * 1_000_000, fam, proto,
-        a(orig[0]), a(orig[1]), orig[2], orig[3], a(reply[0]), a(reply[1]), reply[2], reply[3],
-        c[0], c[1], c[2], c[3], ct_id, start_ns, stop_ns, delta, 0, 0, 0,
-    )  # fmt: skip
+        etype,
+        round(t_s * 1000) * 1_000_000,
+        fam,
+        proto,
+        a(orig[0]),
+        a(orig[1]),
+        orig[2],
+        orig[3],
+        a(reply[0]),
+        a(reply[1]),
+        reply[2],
+        reply[3],
+        c[0],
+        c[1],
+        c[2],
+        c[3],
+        ct_id,
+        start_ns,
+        stop_ns,
+        delta,
+        0,
+        0,
+        0,
+    )
 
 
 def view(r: FlowRecord) -> tuple[object, ...]:
     fam = socket.AF_INET6 if r.family == 6 else socket.AF_INET
     return (
-        socket.inet_ntop(fam, r.src), r.sport, socket.inet_ntop(fam, r.dst), r.dport,
-        r.packets, r.octets, Direction(r.direction).name,
-    )  # fmt: skip
+        socket.inet_ntop(fam, r.src),
+        r.sport,
+        socket.inet_ntop(fam, r.dst),
+        r.dport,
+        r.packets,
+        r.octets,
+        Direction(r.direction).name,
+    )
 
 
 SNAT_ORIG = ("10.0.195.106", "74.125.6.225", 62380, 80)
@@ -51,10 +76,15 @@ def test_seed_example_snat_triplet() -> None:
     c.feed(ev(EventType.NEW, 1248952336.422, SNAT_ORIG, SNAT_REPLY, counters=None), out)
     assert out == []
     c.feed(
-        ev(EventType.DESTROY, 1248952480.737, SNAT_ORIG, SNAT_REPLY,
-           counters=(720, 38052, 1432, 2027040)),
+        ev(
+            EventType.DESTROY,
+            1248952480.737,
+            SNAT_ORIG,
+            SNAT_REPLY,
+            counters=(720, 38052, 1432, 2027040),
+        ),
         out,
-    )  # fmt: skip
+    )
     assert [view(r) for r in out] == [
         ("10.0.195.106", 62380, "74.125.6.225", 80, 720, 38052, "ORIGINAL_IN"),
         ("192.76.7.154", 62380, "74.125.6.225", 80, 720, 38052, "ORIGINAL_OUT"),
@@ -122,8 +152,13 @@ def test_icmp_ports_are_type_code() -> None:
     out = flow_records(e, 0, 0)
     assert [(r.sport, r.dport) for r in out] == [(0, 2048), (0, 2048), (0, 0)]
     assert [view(r)[-1] for r in out] == ["ORIGINAL_IN", "ORIGINAL_OUT", "REPLY_IN"]
-    no_nat = ev(EventType.DESTROY, 5, ("10.0.1.3", "203.0.113.2", 5, 8 << 8),
-                ("203.0.113.2", "10.0.1.3", 5, 0), proto=1)  # fmt: skip
+    no_nat = ev(
+        EventType.DESTROY,
+        5,
+        ("10.0.1.3", "203.0.113.2", 5, 8 << 8),
+        ("203.0.113.2", "10.0.1.3", 5, 0),
+        proto=1,
+    )
     assert not is_natted(no_nat)  # type 8 vs 0 is not a translation
 
 
@@ -151,8 +186,18 @@ def test_start_time_preference() -> None:
     # kernel timestamps beat event times
     out.clear()
     c.feed(ev(EventType.NEW, 30, SNAT_ORIG, SNAT_REPLY, counters=None, ct_id=8), out)
-    c.feed(ev(EventType.DESTROY, 90, SNAT_ORIG, SNAT_REPLY, ct_id=8,
-              start_ns=29_500_000_123, stop_ns=61_250_999_999), out)  # fmt: skip
+    c.feed(
+        ev(
+            EventType.DESTROY,
+            90,
+            SNAT_ORIG,
+            SNAT_REPLY,
+            ct_id=8,
+            start_ns=29_500_000_123,
+            stop_ns=61_250_999_999,
+        ),
+        out,
+    )
     assert (out[0].first_ms, out[0].last_ms) == (29_500, 61_250)
     # no NEW seen: delta-time, else the DESTROY time
     out.clear()
@@ -170,10 +215,19 @@ def test_tuple_match_without_id_and_ttl_purge() -> None:
     out: list[FlowRecord] = []
     c.feed(ev(EventType.NEW, 0, SNAT_ORIG, SNAT_REPLY, counters=None), out)
     other = ("10.0.0.9", "74.125.6.225", 1111, 80)
-    c.feed(ev(EventType.NEW, 50, other, ("74.125.6.225", "192.76.7.154", 80, 1111),
-              counters=None), out)  # fmt: skip
-    c.feed(ev(EventType.NEW, 100, ("10.0.0.8", "1.1.1.1", 1, 2), ("1.1.1.1", "10.0.0.8", 2, 1),
-              counters=None), out)  # fmt: skip
+    c.feed(
+        ev(EventType.NEW, 50, other, ("74.125.6.225", "192.76.7.154", 80, 1111), counters=None), out
+    )
+    c.feed(
+        ev(
+            EventType.NEW,
+            100,
+            ("10.0.0.8", "1.1.1.1", 1, 2),
+            ("1.1.1.1", "10.0.0.8", 2, 1),
+            counters=None,
+        ),
+        out,
+    )
     assert c.purge() == 1  # only the one older than 60 s on the events' clock
     assert len(c.open) == 2 and c.counters.purged == 1
     c.feed(ev(EventType.DESTROY, 110, other, ("74.125.6.225", "192.76.7.154", 80, 1111)), out)
@@ -185,15 +239,21 @@ def test_active_timeout_interim_records_add_up_to_the_final_counters() -> None:
     out: list[FlowRecord] = []
     c.feed(ev(EventType.NEW, 0, SNAT_ORIG, SNAT_REPLY, counters=None, ct_id=9), out)
     # periodic kernel dumps: (orig pkts, orig bytes, reply pkts, reply bytes) so far
-    for t, cnt in [(3, (5, 500, 4, 4000)), (6, (10, 1000, 8, 8000)), (9, (12, 1200, 8, 8000)),
-                   (12, (20, 2000, 15, 15000))]:  # fmt: skip
+    for t, cnt in [
+        (3, (5, 500, 4, 4000)),
+        (6, (10, 1000, 8, 8000)),
+        (9, (12, 1200, 8, 8000)),
+        (12, (20, 2000, 15, 15000)),
+    ]:
         c.feed(ev(EventType.NEW, t, SNAT_ORIG, SNAT_REPLY, counters=cnt, ct_id=9), out)
     interim = list(out)
     # reported at 6 s (>= 5 s since the start) and at 12 s (>= 5 s since 6 s), not at 3 or 9
     assert {(r.first_ms, r.last_ms) for r in interim} == {(0, 6000), (6000, 12000)}
     assert all(r.end_reason == 2 for r in interim)  # IPFIX flowEndReason: active timeout
-    c.feed(ev(EventType.DESTROY, 14, SNAT_ORIG, SNAT_REPLY, counters=(21, 2100, 17, 17100),
-              ct_id=9), out)  # fmt: skip
+    c.feed(
+        ev(EventType.DESTROY, 14, SNAT_ORIG, SNAT_REPLY, counters=(21, 2100, 17, 17100), ct_id=9),
+        out,
+    )
     final = out[len(interim) :]
     assert {(r.first_ms, r.last_ms, r.end_reason) for r in final} == {(12000, 14000, 3)}
     for direction, (pk, by) in {1: (21, 2100), 2: (21, 2100), 3: (17, 17100)}.items():

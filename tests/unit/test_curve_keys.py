@@ -24,12 +24,20 @@ def test_keygen_writes_two_keypairs_and_the_admitted_client(tmp_path: Path) -> N
     d = tmp_path / "curve"
     res = subprocess.run(
         [sys.executable, "-m", "nfflowd.ops.cli", "keygen", str(d)],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert res.returncode == 0, res.stderr
     names = sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())
-    assert names == ["client.key", "client.key_secret", "clients/client.key", "server.key",
-                     "server.key_secret"]  # fmt: skip
+    assert names == [
+        "client.key",
+        "client.key_secret",
+        "clients/client.key",
+        "server.key",
+        "server.key_secret",
+    ]
     # secrets only for the owner; the directory too (it holds both secrets)
     assert mode(d / "server.key_secret") == mode(d / "client.key_secret") == 0o600
     assert mode(d / "server.key") == mode(d / "clients" / "client.key") == 0o644
@@ -76,8 +84,9 @@ def test_key_problems_per_side(tmp_path: Path) -> None:
     assert any("server.key_secret" in p for p in missing) and any("clients" in p for p in missing)
     # a secret readable by others, a public file where a secret one is needed, no client keys
     os.chmod(sender / "client.key_secret", 0o644)
-    assert curve.problems(str(sender), "sender") == [f"{sender}/client.key_secret: readable by "
-                                                     "others (chmod 600)"]  # fmt: skip
+    assert curve.problems(str(sender), "sender") == [
+        f"{sender}/client.key_secret: readable by others (chmod 600)"
+    ]
     (sender / "client.key_secret").write_bytes((tmp_path / "client.key").read_bytes())
     os.chmod(sender / "client.key_secret", 0o600)
     assert "not a CURVE secret certificate" in curve.problems(str(sender), "sender")[0]

@@ -41,8 +41,10 @@ def golden(name: str) -> tuple[list[bytes], list[dict[str, Any]]]:
     if "datagrams" in d:
         return [bytes.fromhex(x) for x in d["datagrams"]], d["records"]
     batches = d["batches"]
-    return ([bytes.fromhex(x) for b in batches for x in b["datagrams"]],
-            [r for b in batches for r in b["records"]])  # fmt: skip
+    return (
+        [bytes.fromhex(x) for b in batches for x in b["datagrams"]],
+        [r for b in batches for r in b["records"]],
+    )
 
 
 def encodable(r: dict[str, Any]) -> bool:
@@ -50,23 +52,55 @@ def encodable(r: dict[str, Any]) -> bool:
     fam = r["family"]
     addrs = ("src", "dst", "post_src", "post_dst")
     ports = ("sport", "dport", "post_sport", "post_dport")
-    return (fam in (4, 6) and all((":" in r[k]) == (fam == 6) for k in addrs)
-            and all(0 <= r[k] <= 0xFFFF for k in ports))  # fmt: skip
+    return (
+        fam in (4, 6)
+        and all((":" in r[k]) == (fam == 6) for k in addrs)
+        and all(0 <= r[k] <= 0xFFFF for k in ports)
+    )
 
 
 def expected_v9(r: dict[str, Any]) -> tuple[Any, ...]:
     """The decoded Flow (without ``fields``) of a v9/IPFIX record."""
     icmp = r["proto"] in ICMP
     sport = 0 if icmp else r["sport"]
-    return (r["first_ms"], r["last_ms"], r["proto"], r["src"], sport, r["dst"], r["dport"],
-            r["post_src"], r["post_sport"], r["post_dst"], r["post_dport"], r["packets"],
-            r["octets"], r["end_reason"], 1 if r["direction"] == 2 else 0)  # fmt: skip
+    return (
+        r["first_ms"],
+        r["last_ms"],
+        r["proto"],
+        r["src"],
+        sport,
+        r["dst"],
+        r["dport"],
+        r["post_src"],
+        r["post_sport"],
+        r["post_dst"],
+        r["post_dport"],
+        r["packets"],
+        r["octets"],
+        r["end_reason"],
+        1 if r["direction"] == 2 else 0,
+    )
 
 
 def expected_v5(r: dict[str, Any]) -> tuple[Any, ...]:
     sport = 0 if r["proto"] == 1 else r["sport"]
-    return (r["first_ms"], r["last_ms"], r["proto"], r["src"], sport, r["dst"], r["dport"],
-            None, None, None, None, r["packets"], r["octets"], None, None)  # fmt: skip
+    return (
+        r["first_ms"],
+        r["last_ms"],
+        r["proto"],
+        r["src"],
+        sport,
+        r["dst"],
+        r["dport"],
+        None,
+        None,
+        None,
+        None,
+        r["packets"],
+        r["octets"],
+        None,
+        None,
+    )
 
 
 def flows(items: list[Decoded]) -> list[tuple[Any, ...]]:
@@ -95,8 +129,25 @@ def test_lab_v5_hex_matches_the_flow_tools_csv() -> None:
     want = []
     for secs, nsecs, up, _ex, pk, oc, first, last, src, dst, *_, sp, dp, proto, _tos, _fl in rows:
         boot = int(secs) * 1000 + int(nsecs) // 1_000_000 - int(up)
-        want.append((boot + int(first), boot + int(last), int(proto), src, int(sp), dst, int(dp),
-                     None, None, None, None, int(pk), int(oc), None, None))  # fmt: skip
+        want.append(
+            (
+                boot + int(first),
+                boot + int(last),
+                int(proto),
+                src,
+                int(sp),
+                dst,
+                int(dp),
+                None,
+                None,
+                None,
+                None,
+                int(pk),
+                int(oc),
+                None,
+                None,
+            )
+        )
     assert flows([d]) == want
     f = d.flows[0]
     assert (decode.utc_ms(f.first_ms), f.src, f.dport, f.octets) == (
@@ -150,8 +201,9 @@ def test_v9_ipfix_golden(fmt: str, name: str) -> None:
     items = ok(list(decode_stream(hex_text(dgs))))
     assert flows(items) == [expected_v9(r) for r in recs if encodable(r)]
     template_set = 0 if fmt == "v9" else 2
-    carries = [struct.unpack_from("!H", d, 20 if fmt == "v9" else 16)[0] == template_set
-               for d in dgs]  # fmt: skip
+    carries = [
+        struct.unpack_from("!H", d, 20 if fmt == "v9" else 16)[0] == template_set for d in dgs
+    ]
     assert [d.templates_announced for d in items] == [2 if c else 0 for c in carries]
     assert {d.templates_known for d in items} == {2}
     assert all(d.expected_sequence is None and not d.no_template for d in items)
@@ -167,8 +219,9 @@ def test_nat_fields_in_the_table() -> None:
     line = first[1]
     assert "  2026-11-26 17:12:59.211 -> 17:13:04.317  tcp " in line
     assert "10.1.0.5:51000 -> 203.0.113.9:443" in line
-    assert line.endswith("nat 198.51.100.7:61000 -> 203.0.113.9:443  12 pkts 4800 bytes  "
-                         "end-of-flow  in")  # fmt: skip
+    assert line.endswith(
+        "nat 198.51.100.7:61000 -> 203.0.113.9:443  12 pkts 4800 bytes  end-of-flow  in"
+    )
     assert "203.0.113.1:8.0" in first[7]  # ICMP echo request: type.code
 
 
@@ -191,14 +244,33 @@ def test_foreign_exporter_elements() -> None:
     ICMP only in icmpTypeCode); IPFIX flowStart/EndSeconds and total counters."""
     u32 = {i: IE(i, f"ie{i}", 4, "I", "unsigned32") for i in (1, 2, 21, 22, 150, 151)}
     u64 = {i: IE(i, f"ie{i}", 8, "Q", "unsigned64") for i in (85, 86)}
-    v9_fields = [ies.SOURCE_IPV4_ADDRESS, ies.DESTINATION_IPV4_ADDRESS, ies.PROTOCOL_IDENTIFIER,
-                 ies.ICMP_TYPE_CODE_IPV4, u32[2], u32[1], u32[22], u32[21]]  # fmt: skip
+    v9_fields = [
+        ies.SOURCE_IPV4_ADDRESS,
+        ies.DESTINATION_IPV4_ADDRESS,
+        ies.PROTOCOL_IDENTIFIER,
+        ies.ICMP_TYPE_CODE_IPV4,
+        u32[2],
+        u32[1],
+        u32[22],
+        u32[21],
+    ]
     row = (a("10.0.0.1"), a("10.0.0.2"), 1, 0x0800, 3, 252, 1000, 4000)
-    d9 = netflow_v9.pack_datagram(templates=[(300, v9_fields)], data=[(300, v9_fields, [row])],
-                                  sys_uptime=10_000, unix_secs=1_795_713_184, sequence=5,
-                                  source_id=1)  # fmt: skip
-    fx_fields = [ies.SOURCE_IPV6_ADDRESS, ies.DESTINATION_IPV6_ADDRESS, u32[150], u32[151],
-                 u64[86], u64[85]]  # fmt: skip
+    d9 = netflow_v9.pack_datagram(
+        templates=[(300, v9_fields)],
+        data=[(300, v9_fields, [row])],
+        sys_uptime=10_000,
+        unix_secs=1_795_713_184,
+        sequence=5,
+        source_id=1,
+    )
+    fx_fields = [
+        ies.SOURCE_IPV6_ADDRESS,
+        ies.DESTINATION_IPV6_ADDRESS,
+        u32[150],
+        u32[151],
+        u64[86],
+        u64[85],
+    ]
     rowx = (a("2001:db8::1"), a("2001:db8::2"), 1_795_713_180, 1_795_713_181, 7, 700)
     sets = [
         ipfix.pack_template_set([(400, fx_fields)]),
@@ -207,15 +279,50 @@ def test_foreign_exporter_elements() -> None:
     dx = ipfix.pack_message(sets, export_time=1_795_713_184, sequence=0, observation_domain=2)
     [i9, ix] = ok(list(decode_stream(hex_text([d9, dx]))))
     boot = 1_795_713_184_000 - 10_000
-    assert flows([i9]) == [(boot + 1000, boot + 4000, 1, "10.0.0.1", None, "10.0.0.2", 2048,
-                            None, None, None, None, 3, 252, None, None)]  # fmt: skip
+    assert flows([i9]) == [
+        (
+            boot + 1000,
+            boot + 4000,
+            1,
+            "10.0.0.1",
+            None,
+            "10.0.0.2",
+            2048,
+            None,
+            None,
+            None,
+            None,
+            3,
+            252,
+            None,
+            None,
+        )
+    ]
     assert i9.flows[0].fields["ie22"] == "000003e8"
     t0, t1 = 1_795_713_180_000, 1_795_713_181_000
-    assert flows([ix]) == [(t0, t1, None, "2001:db8::1", None, "2001:db8::2", None, None, None,
-                            None, None, 7, 700, None, None)]  # fmt: skip
+    assert flows([ix]) == [
+        (
+            t0,
+            t1,
+            None,
+            "2001:db8::1",
+            None,
+            "2001:db8::2",
+            None,
+            None,
+            None,
+            None,
+            None,
+            7,
+            700,
+            None,
+            None,
+        )
+    ]
     assert decode.format_flow(ix.flows[0]) == (
         "  2026-11-26 17:13:00.000 -> 17:13:01.000  -             [2001:db8::1] -> "
-        "[2001:db8::2]          7 pkts 700 bytes")  # fmt: skip
+        "[2001:db8::2]          7 pkts 700 bytes"
+    )
 
 
 def test_hex_text_tolerates_whitespace_and_comments() -> None:
@@ -252,16 +359,19 @@ def test_bad_datagrams_are_errors_and_decoding_goes_on() -> None:
 
 def test_binary_input_that_is_no_capture() -> None:
     [d] = list(decode_stream(b"\x00\x05\xff\xfe garbage"))
-    assert (d.where, d.error) == ("offset 0", "neither a pcap/pcapng capture nor hex text "
-                                  "(starts with 0005fffe)")  # fmt: skip
+    assert (d.where, d.error) == (
+        "offset 0",
+        "neither a pcap/pcapng capture nor hex text (starts with 0005fffe)",
+    )
     items = list(decode_stream("# café\n00\u00e9\n".encode()))  # UTF-8 text: per line
     assert [d.error for d in items] == ["not a hex datagram: 'é' is no hex digit"]
 
 
 def mutations(data: bytes) -> st.SearchStrategy[bytes]:
-    return st.tuples(st.integers(0, len(data)), st.lists(st.tuples(
-        st.integers(0, len(data) - 1), st.integers(0, 255)), max_size=6)).map(
-        lambda a: bytes(_mutate(data, *a)))  # fmt: skip
+    return st.tuples(
+        st.integers(0, len(data)),
+        st.lists(st.tuples(st.integers(0, len(data) - 1), st.integers(0, 255)), max_size=6),
+    ).map(lambda a: bytes(_mutate(data, *a)))
 
 
 def _mutate(data: bytes, cut: int, changes: list[tuple[int, int]]) -> bytearray:
@@ -271,8 +381,11 @@ def _mutate(data: bytes, cut: int, changes: list[tuple[int, int]]) -> bytearray:
     return b[:cut] if cut else b
 
 
-ALL = [d for n in ("v5/mixed", "v9/refresh", "ipfix/refresh", "v9/nat_triplets",
-                   "ipfix/nat_triplets") for d in golden(n)[0]]  # fmt: skip
+ALL = [
+    d
+    for n in ("v5/mixed", "v9/refresh", "ipfix/refresh", "v9/nat_triplets", "ipfix/nat_triplets")
+    for d in golden(n)[0]
+]
 
 
 @settings(max_examples=300)
@@ -293,13 +406,15 @@ def udp_ip(src: str, dst: str, sport: int, dport: int, payload: bytes) -> tuple[
     udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
     if ":" in src:
         return 0x86DD, struct.pack("!IHBB16s16s", 6 << 28, len(udp), 17, 64, a(src), a(dst)) + udp
-    return 0x0800, struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0x4000, 64, 17, 0,
-                               a(src), a(dst)) + udp  # fmt: skip
+    return 0x0800, struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0x4000, 64, 17, 0, a(src), a(dst)
+    ) + udp
 
 
 def tcp_ip() -> tuple[int, bytes]:
-    return 0x0800, struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 1, 0, 64, 6, 0, a("10.9.9.9"),
-                               a("10.9.9.8")) + bytes(20)  # fmt: skip
+    return 0x0800, struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 40, 1, 0, 64, 6, 0, a("10.9.9.9"), a("10.9.9.8")
+    ) + bytes(20)
 
 
 def frame(linktype: int, etype: int, packet: bytes) -> bytes:
@@ -340,8 +455,13 @@ def write_pcapng(frames: list[bytes], linktype: int, *, order: str, tsresol: int
     unit = 10**tsresol if tsresol < 0x80 else 2 ** (tsresol & 0x7F)
     for i, f in enumerate(frames):
         ts = (1_795_713_190 + i) * unit + i
-        out.append(block(order, 6, struct.pack(order + "IIIII", 1, ts >> 32, ts & 0xFFFFFFFF,
-                                               len(f), len(f)) + f))  # fmt: skip
+        out.append(
+            block(
+                order,
+                6,
+                struct.pack(order + "IIIII", 1, ts >> 32, ts & 0xFFFFFFFF, len(f), len(f)) + f,
+            )
+        )
     return b"".join(out)
 
 
@@ -409,8 +529,10 @@ def test_broken_captures() -> None:
     # a frame captured with a small snaplen
     snapped = [f[:100] if i == 0 else f for i, f in enumerate(frames)]
     items = list(decode_stream(write_pcap(snapped, 1, ns=False, order="<")))
-    assert items[0].error == ("frame: offset 100: frame captured up to byte 100, its IP packet "
-                              "ends at 210 (snaplen too small?)")  # fmt: skip
+    assert items[0].error == (
+        "frame: offset 100: frame captured up to byte 100, its IP packet "
+        "ends at 210 (snaplen too small?)"
+    )
     assert flows(items) == want[3:]
 
 
@@ -441,8 +563,10 @@ def test_main_table_json_and_exit_status(
     out, err = capsys.readouterr()
     lines = out.splitlines()
     assert len(lines) == 6 + len(want)  # 6 datagram headers (the TCP segment is not shown)
-    assert err.strip() == (f"6 datagrams, {len(want)} records, 0 errors, 0 sequence gaps, "
-                           "1 captured packets skipped (not UDP)")  # fmt: skip
+    assert err.strip() == (
+        f"6 datagrams, {len(want)} records, 0 errors, 0 sequence gaps, "
+        "1 captured packets skipped (not UDP)"
+    )
     assert decode.main([str(cap), "--json"]) == 0
     objs = [json.loads(x) for x in capsys.readouterr()[0].splitlines()]
     assert [o["type"] for o in objs].count("flow") == len(want)
@@ -468,8 +592,12 @@ def test_main_table_json_and_exit_status(
 
 def test_python_dash_m_reads_stdin() -> None:
     dgs, _ = golden("v5/seed_triplet")
-    r = subprocess.run([sys.executable, "-m", "nfflowd.decode", "-"], input=hex_text(dgs),
-                       capture_output=True, timeout=60)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "nfflowd.decode", "-"],
+        input=hex_text(dgs),
+        capture_output=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     assert b"10.0.195.106:62380 -> 74.125.6.225:80" in r.stdout
 
@@ -520,8 +648,9 @@ def poll(what: str, check: Any, deadline: float, send: Any = None) -> None:
         time.sleep(0.1)
 
 
-@pytest.mark.skipif(capture_missing() is not None and not IN_CI,
-                    reason=f"outside CI: {capture_missing()}")  # fmt: skip
+@pytest.mark.skipif(
+    capture_missing() is not None and not IN_CI, reason=f"outside CI: {capture_missing()}"
+)
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize(("iface", "fmt", "magic", "linktypes"), [
     ("lo", "pcapng", b"\x0a\x0d\x0d\x0a", {pcap.LINKTYPE_ETHERNET}),
@@ -543,9 +672,11 @@ def test_real_capture_with_tshark(
     out = tmp_path / f"{iface}.{fmt}"
     tool = "tshark" if shutil.which("tshark") else "dumpcap"
     fmt_option = [] if fmt == "pcapng" else ["-F", "pcap"] if tool == "tshark" else ["-P"]
-    proc = subprocess.Popen([tool, "-i", iface, "-f", f"udp port {port}", "-w", str(out),
-                             *fmt_option], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [tool, "-i", iface, "-f", f"udp port {port}", "-w", str(out), *fmt_option],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     tx4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     tx6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     try:
@@ -554,8 +685,12 @@ def test_real_capture_with_tshark(
         tx4_port, tx6_port = tx4.getsockname()[1], tx6.getsockname()[1]
         deadline = time.monotonic() + 60
         # the tool reports "Capturing on" before its filter sees packets: probe until it does
-        poll("the capture to start", lambda: captured(out), deadline,
-             lambda: tx4.sendto(PROBE, ("127.0.0.1", port)))  # fmt: skip
+        poll(
+            "the capture to start",
+            lambda: captured(out),
+            deadline,
+            lambda: tx4.sendto(PROBE, ("127.0.0.1", port)),
+        )
         for data, dst in sends:
             (tx6 if ":" in dst else tx4).sendto(data, (dst, port))
 

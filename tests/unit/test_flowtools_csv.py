@@ -35,8 +35,27 @@ def rec(
     proto: int = 6,
 ) -> FlowRecord:
     fam = 6 if ":" in src else 4
-    return FlowRecord(first, last, fam, proto, a(src), a(dst), sport, dport, packets, octets,
-                      a(src), a(dst), sport, dport, 1, 3, 0, 0, 0)  # fmt: skip
+    return FlowRecord(
+        first,
+        last,
+        fam,
+        proto,
+        a(src),
+        a(dst),
+        sport,
+        dport,
+        packets,
+        octets,
+        a(src),
+        a(dst),
+        sport,
+        dport,
+        1,
+        3,
+        0,
+        0,
+        0,
+    )
 
 
 SEED_RECORDS = [

@@ -47,8 +47,10 @@ def without_times(line: str) -> list[str]:
 
 def test_extended_capture_gives_the_same_flows() -> None:
     """A second listener with `-o timestamp,extended,id` (its own receive times)."""
-    got = [format_line(r, exaddr="127.0.0.1", boot_ms=BOOT_MS)
-           for r in records("lab-events-extended.log")]  # fmt: skip
+    got = [
+        format_line(r, exaddr="127.0.0.1", boot_ms=BOOT_MS)
+        for r in records("lab-events-extended.log")
+    ]
     want = (GOLDEN / "lab-expected.csv").read_text().splitlines()
     assert sorted(map(without_times, got)) == sorted(map(without_times, want))
 

@@ -40,9 +40,27 @@ def rec(
     fam = 6 if ":" in src else 4
     dst = dst or ("2001:db8::5" if fam == 6 else "203.0.113.5")
     psrc = post_src or ("2001:db8:ff::1" if fam == 6 else "198.51.100.1")
-    return FlowRecord(first, last, fam, proto, a(src), a(dst), sport, dport, packets, octets,
-                      a(psrc), a(dst), post_sport, dport, direction, end_reason, 5, 0,
-                      77)  # fmt: skip
+    return FlowRecord(
+        first,
+        last,
+        fam,
+        proto,
+        a(src),
+        a(dst),
+        sport,
+        dport,
+        packets,
+        octets,
+        a(psrc),
+        a(dst),
+        post_sport,
+        dport,
+        direction,
+        end_reason,
+        5,
+        0,
+        77,
+    )
 
 
 def expected(r: FlowRecord) -> dict[str, Any]:
@@ -79,20 +97,81 @@ def test_sizes_and_table() -> None:
 def test_pack_layout_by_hand() -> None:
     r = rec(first=1795713179211, last=1795713184317)
     d = ipfix.IpfixEncoder(observation_domain=0x01020304).encode([r], NOW_NS)
-    tmpl4 = ("0100" "0012" "00080004" "000c0004" "00070002" "00200002" "000b0002" "00040001"
-             "003d0001" "00880001" "00020008" "00010008" "00980008" "00990008" "000a0004"
-             "000e0004" "00e10004" "00e20004" "00e30002" "00e40002")  # fmt: skip
-    tmpl6 = ("0101" "0012" "001b0010" "001c0010" "00070002" "008b0002" "000b0002" "00040001"
-             "003d0001" "00880001" "00020008" "00010008" "00980008" "00990008" "000a0004"
-             "000e0004" "01190010" "011a0010" "00e30002" "00e40002")  # fmt: skip
+    tmpl4 = (
+        "0100"
+        "0012"
+        "00080004"
+        "000c0004"
+        "00070002"
+        "00200002"
+        "000b0002"
+        "00040001"
+        "003d0001"
+        "00880001"
+        "00020008"
+        "00010008"
+        "00980008"
+        "00990008"
+        "000a0004"
+        "000e0004"
+        "00e10004"
+        "00e20004"
+        "00e30002"
+        "00e40002"
+    )
+    tmpl6 = (
+        "0101"
+        "0012"
+        "001b0010"
+        "001c0010"
+        "00070002"
+        "008b0002"
+        "000b0002"
+        "00040001"
+        "003d0001"
+        "00880001"
+        "00020008"
+        "00010008"
+        "00980008"
+        "00990008"
+        "000a0004"
+        "000e0004"
+        "01190010"
+        "011a0010"
+        "00e30002"
+        "00e40002"
+    )
     expected_hex = (
-        "000a" "00f5" "6b0868a0" "00000000" "01020304"  # header: 245 bytes, seq 0, domain
-        "0002" "009c" + tmpl4 + tmpl6 +  # template set, 156 bytes
-        "0100" "0049"  # data set for template 256, 4 + 69 bytes
-        "0a000001" "cb007105" "04d2" "0000" "01bb" "06" "00" "03"  # addrs, ports, proto...
-        "000000000000000a" "00000000000003e8" "000001a218d89e4b" "000001a218d8b23d"
-        "00000000" "00000000" "c6336401" "cb007105" "9c40" "01bb"  # ifaces, post-NAT
-    )  # fmt: skip
+        "000a"
+        "00f5"
+        "6b0868a0"
+        "00000000"
+        "01020304"  # header: 245 bytes, seq 0, domain
+        "0002"
+        "009c"
+        + tmpl4
+        + tmpl6  # template set, 156 bytes
+        + "0100"
+        "0049"  # data set for template 256, 4 + 69 bytes
+        "0a000001"
+        "cb007105"
+        "04d2"
+        "0000"
+        "01bb"
+        "06"
+        "00"
+        "03"  # addrs, ports, proto...
+        "000000000000000a"
+        "00000000000003e8"
+        "000001a218d89e4b"
+        "000001a218d8b23d"
+        "00000000"
+        "00000000"
+        "c6336401"
+        "cb007105"
+        "9c40"
+        "01bb"  # ifaces, post-NAT
+    )
     assert [x.hex() for x in d] == [expected_hex]
     h, rs = ipfix.unpack_datagram(d[0])
     assert h == ipfix.IpfixHeader(10, 245, SECS, 0, 0x01020304)
@@ -107,7 +186,10 @@ def test_icmp_and_direction_mapping() -> None:
     ]
     _, got = decode_all(ipfix.IpfixEncoder().encode(recs, NOW_NS))
     assert [(g["sourceTransportPort"], g["destinationTransportPort"]) for g in got] == [
-        (0, 0x0303), (0, 0x8000), (3868, 3868)]  # fmt: skip
+        (0, 0x0303),
+        (0, 0x8000),
+        (3868, 3868),
+    ]
     assert got[0]["icmpTypeCodeIPv4"] == 0x0303 and got[1]["icmpTypeCodeIPv6"] == 0x8000
     assert got[2]["icmpTypeCodeIPv4"] == 0
     assert [g["flowDirection"] for g in got] == [1, 0, 0]
@@ -211,11 +293,24 @@ def test_template_refresh_by_packets() -> None:
 def test_template_refresh_by_time() -> None:
     enc = ipfix.IpfixEncoder(template_refresh_packets=0, template_refresh_seconds=10)
     assert flags(enc, [0, 9_999, 9_999, 10_000, 10_001, 19_999, 20_000]) == [
-        True, False, False, True, False, False, True]  # fmt: skip
+        True,
+        False,
+        False,
+        True,
+        False,
+        False,
+        True,
+    ]
     # whichever comes first
     enc = ipfix.IpfixEncoder(template_refresh_packets=3, template_refresh_seconds=10)
     assert flags(enc, [0, 1_000, 10_000, 10_001, 10_002, 10_003]) == [
-        True, False, True, False, False, True]  # fmt: skip
+        True,
+        False,
+        True,
+        False,
+        False,
+        True,
+    ]
 
 
 def test_template_refresh_disabled_and_restart() -> None:
@@ -251,8 +346,9 @@ def a_set(set_id: int, body: bytes) -> bytes:
 
 def test_decodes_foreign_templates() -> None:
     # enterprise element, reduced-size counter (3 bytes), variable-length string
-    tmpl = a_set(2, struct.pack("!HH" "HHI" "HH" "HH" "HH", 300, 4, 0x8000 | 42, 4, 29305,
-                                1, 3, 8, 4, 82, 65535))  # fmt: skip
+    tmpl = a_set(
+        2, struct.pack("!HHHHIHHHHHH", 300, 4, 0x8000 | 42, 4, 29305, 1, 3, 8, 4, 82, 65535)
+    )
     first = b"\xde\xad\xbe\xef\x01\x00\x01\x0a\x00\x00\x01\x04eth0"
     second = b"\0\0\0\0\0\0\x02\x0a\x00\x00\x02\xff\x00\x03abc"
     data = a_set(300, first + second + b"\0")  # one byte of padding
@@ -260,11 +356,19 @@ def test_decodes_foreign_templates() -> None:
     h, rs = ipfix.unpack_datagram(message(tmpl, data, domain=9), templates)
     assert h.observation_domain == 9 and (9, 300) in templates
     assert rs == [
-        {"ie29305.42": b"\xde\xad\xbe\xef", "octetDeltaCount": 65537,
-         "sourceIPv4Address": a("10.0.0.1"), "ie82": b"eth0"},
-        {"ie29305.42": b"\0\0\0\0", "octetDeltaCount": 2, "sourceIPv4Address": a("10.0.0.2"),
-         "ie82": b"abc"},
-    ]  # fmt: skip
+        {
+            "ie29305.42": b"\xde\xad\xbe\xef",
+            "octetDeltaCount": 65537,
+            "sourceIPv4Address": a("10.0.0.1"),
+            "ie82": b"eth0",
+        },
+        {
+            "ie29305.42": b"\0\0\0\0",
+            "octetDeltaCount": 2,
+            "sourceIPv4Address": a("10.0.0.2"),
+            "ie82": b"abc",
+        },
+    ]
     # the same data in a later message uses the stored template; another domain does not
     assert ipfix.unpack_datagram(message(data, domain=9), templates)[1] == rs
     assert ipfix.unpack_datagram(message(data, domain=8), templates)[1] == []
@@ -306,8 +410,8 @@ def test_unpack_errors_name_the_offset() -> None:
         (message(a_set(2, struct.pack("!HH", 17, 1) + b"\0\x08\0\x04")), "template id 17"),
         (message(a_set(2, struct.pack("!HHHH", 300, 2, 8, 4))), "offset 28: template 300 trunc"),
         (message(a_set(2, struct.pack("!HHHH", 300, 1, 0x8008, 4))), "enterprise number"),
-        (message(a_set(3, struct.pack("!HHH" "HH", 300, 1, 2, 8, 4))), "scope count 2 > 1"),
-    ]  # fmt: skip
+        (message(a_set(3, struct.pack("!HHHHH", 300, 1, 2, 8, 4))), "scope count 2 > 1"),
+    ]
     for data, msg in cases:
         with pytest.raises(ValueError, match=msg):
             ipfix.unpack_datagram(data)
@@ -340,8 +444,14 @@ def test_encode_equals_golden(path: Path) -> None:
         dgs = enc.encode(recs, batch["now_ns"])
         assert [d.hex() for d in dgs] == batch["datagrams"]
         got = [r for d in dgs for r in ipfix.unpack_datagram(d, templates)[1]]
-        assert got == [expected(r) for r in recs if r.family in (4, 6) and len(r.src) in (4, 16)
-                       and r.sport <= 0xFFFF and len(r.post_src) == len(r.src)]  # fmt: skip
+        assert got == [
+            expected(r)
+            for r in recs
+            if r.family in (4, 6)
+            and len(r.src) in (4, 16)
+            and r.sport <= 0xFFFF
+            and len(r.post_src) == len(r.src)
+        ]
     assert {k: getattr(enc, k) for k in case["counters"]} == case["counters"]
     assert enc.sequence == case["final_sequence"]
 

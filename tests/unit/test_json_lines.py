@@ -56,14 +56,29 @@ def test_every_field_of_an_ipv6_record() -> None:
     line = format_line(V6_REPLY, exaddr="2001:db8::ffff")
     assert "\n" not in line and " " not in line
     assert json.loads(line) == {
-        "first": "1970-01-01T00:00:01.000Z", "last": "2004-11-03T19:53:47.776Z",
-        "first_ms": 1000, "last_ms": 2**40, "family": 6, "proto": 17,
-        "src": "2001:db8:1::2", "dst": "2001:db8:1::1", "sport": 53, "dport": 33755,
-        "packets": 2**64 - 1, "bytes": 2**63, "post_src": "fd00:1::2",
-        "post_dst": "2001:db8:1::2", "post_sport": 33755, "post_dport": 53,
-        "direction": "reply_in", "end_reason": "lack_of_resources",
-        "mark": 0xFFFFFFFF, "zone": 0xFFFF, "ct_id": 0, "exaddr": "2001:db8::ffff",
-    }  # fmt: skip
+        "first": "1970-01-01T00:00:01.000Z",
+        "last": "2004-11-03T19:53:47.776Z",
+        "first_ms": 1000,
+        "last_ms": 2**40,
+        "family": 6,
+        "proto": 17,
+        "src": "2001:db8:1::2",
+        "dst": "2001:db8:1::1",
+        "sport": 53,
+        "dport": 33755,
+        "packets": 2**64 - 1,
+        "bytes": 2**63,
+        "post_src": "fd00:1::2",
+        "post_dst": "2001:db8:1::2",
+        "post_sport": 33755,
+        "post_dport": 53,
+        "direction": "reply_in",
+        "end_reason": "lack_of_resources",
+        "mark": 0xFFFFFFFF,
+        "zone": 0xFFFF,
+        "ct_id": 0,
+        "exaddr": "2001:db8::ffff",
+    }
     assert parse_line(line) == json.loads(line)
 
 
@@ -111,11 +126,26 @@ def records(draw: st.DrawFn) -> FlowRecord:
     family = draw(st.sampled_from([4, 6]))
     addr = v4 if family == 4 else v6
     return FlowRecord(
-        draw(ms), draw(ms), family, draw(st.integers(0, 255)), draw(addr), draw(addr), draw(u16),
-        draw(u16), draw(u64), draw(u64), draw(addr), draw(addr), draw(u16), draw(u16),
-        draw(st.sampled_from(list(Direction))), draw(st.sampled_from(list(EndReason))),
-        draw(u32), draw(u16), draw(u32),
-    )  # fmt: skip
+        draw(ms),
+        draw(ms),
+        family,
+        draw(st.integers(0, 255)),
+        draw(addr),
+        draw(addr),
+        draw(u16),
+        draw(u16),
+        draw(u64),
+        draw(u64),
+        draw(addr),
+        draw(addr),
+        draw(u16),
+        draw(u16),
+        draw(st.sampled_from(list(Direction))),
+        draw(st.sampled_from(list(EndReason))),
+        draw(u32),
+        draw(u16),
+        draw(u32),
+    )
 
 
 def independent(r: FlowRecord, exaddr: str) -> dict[str, Any]:
@@ -131,15 +161,29 @@ def independent(r: FlowRecord, exaddr: str) -> dict[str, Any]:
         return str(ipaddress.ip_address(b))
 
     return {
-        "first": when(r.first_ms), "last": when(r.last_ms), "first_ms": r.first_ms,
-        "last_ms": r.last_ms, "family": r.family, "proto": r.proto, "src": addr(r.src),
-        "dst": addr(r.dst), "sport": r.sport, "dport": r.dport, "packets": r.packets,
-        "bytes": r.octets, "post_src": addr(r.post_src), "post_dst": addr(r.post_dst),
-        "post_sport": r.post_sport, "post_dport": r.post_dport,
+        "first": when(r.first_ms),
+        "last": when(r.last_ms),
+        "first_ms": r.first_ms,
+        "last_ms": r.last_ms,
+        "family": r.family,
+        "proto": r.proto,
+        "src": addr(r.src),
+        "dst": addr(r.dst),
+        "sport": r.sport,
+        "dport": r.dport,
+        "packets": r.packets,
+        "bytes": r.octets,
+        "post_src": addr(r.post_src),
+        "post_dst": addr(r.post_dst),
+        "post_sport": r.post_sport,
+        "post_dport": r.post_dport,
         "direction": Direction(r.direction).name.lower(),
-        "end_reason": EndReason(r.end_reason).name.lower(), "mark": r.mark, "zone": r.zone,
-        "ct_id": r.ct_id, "exaddr": exaddr,
-    }  # fmt: skip
+        "end_reason": EndReason(r.end_reason).name.lower(),
+        "mark": r.mark,
+        "zone": r.zone,
+        "ct_id": r.ct_id,
+        "exaddr": exaddr,
+    }
 
 
 @given(records(), st.sampled_from(["0.0.0.0", "172.16.1.1", "2001:db8::1"]))

@@ -51,13 +51,25 @@ def test_run_as_gives_every_program_but_ingest_the_user() -> None:
     )
     assert control.run_as(rendered, None) == rendered
     parsed = _sections(control.run_as(rendered, "nfflowd"))
-    users = {s.split(":", 1)[1]: parsed.get(s, "user", fallback=None)
-             for s in parsed.sections() if s.startswith("program:")}  # fmt: skip
-    assert users == {"export": "nfflowd", "mirror": "nfflowd", "correlate": "nfflowd",
-                     "ingest": None, "metrics": "nfflowd"}  # fmt: skip
+    users = {
+        s.split(":", 1)[1]: parsed.get(s, "user", fallback=None)
+        for s in parsed.sections()
+        if s.startswith("program:")
+    }
+    assert users == {
+        "export": "nfflowd",
+        "mirror": "nfflowd",
+        "correlate": "nfflowd",
+        "ingest": None,
+        "metrics": "nfflowd",
+    }
     # no rotation by supervisord (it would re-create files in a directory the user writes)
-    sizes = [parsed.get(s, k) for s in parsed.sections() for k in parsed.options(s)
-             if k.endswith("logfile_maxbytes")]  # fmt: skip
+    sizes = [
+        parsed.get(s, k)
+        for s in parsed.sections()
+        for k in parsed.options(s)
+        if k.endswith("logfile_maxbytes")
+    ]
     assert len(sizes) == 7 and set(sizes) == {"0"}
     # nothing else changed
     plain = _sections(rendered)
@@ -68,14 +80,38 @@ def test_run_as_gives_every_program_but_ingest_the_user() -> None:
 
 
 def test_which_files_belong_to_the_user() -> None:
-    mine = ["correlate.starts", "export.sequence", "flows.export.position", "events.ipc",
-            "flows-mirror.ipc", "events.refused", "mirror.json", "export.starts.123",
-            # shards: -N process names and ipc files, .N link names
-            "correlate-1.starts", "export-2.sequence", "events-1.ipc", "flows-export-2.ipc",
-            "flows.mirror.1.position", "correlate-0.json"]  # fmt: skip
-    roots = ["ingest.checkpoint", "ingest.starts", "export.log", "mirror.out", "mirror.out.2",
-             "settings.json", "supervisord.conf", "supervisor.sock", "notices.ipc",
-             "ingest.json", "supervisord.log.1", "export-1.log", "correlate-0.log.3"]  # fmt: skip
+    mine = [
+        "correlate.starts",
+        "export.sequence",
+        "flows.export.position",
+        "events.ipc",
+        "flows-mirror.ipc",
+        "events.refused",
+        "mirror.json",
+        "export.starts.123",
+        # shards: -N process names and ipc files, .N link names
+        "correlate-1.starts",
+        "export-2.sequence",
+        "events-1.ipc",
+        "flows-export-2.ipc",
+        "flows.mirror.1.position",
+        "correlate-0.json",
+    ]
+    roots = [
+        "ingest.checkpoint",
+        "ingest.starts",
+        "export.log",
+        "mirror.out",
+        "mirror.out.2",
+        "settings.json",
+        "supervisord.conf",
+        "supervisor.sock",
+        "notices.ipc",
+        "ingest.json",
+        "supervisord.log.1",
+        "export-1.log",
+        "correlate-0.log.3",
+    ]
     assert [n for n in mine if not privileges.user_file(n)] == []
     assert [n for n in roots if privileges.user_file(n)] == []
 
@@ -83,16 +119,29 @@ def test_which_files_belong_to_the_user() -> None:
 def test_logfiles_of_the_rendered_conf() -> None:
     files = privileges.logfiles(control.render("/run/x"))
     assert sorted(os.path.basename(f) for f in files) == [
-        "correlate.log", "export.log", "ingest.log", "mirror.log", "mirror.out", "supervisord.log",
-    ]  # fmt: skip
+        "correlate.log",
+        "export.log",
+        "ingest.log",
+        "mirror.log",
+        "mirror.out",
+        "supervisord.log",
+    ]
 
 
 def test_logfiles_of_sharded_programs_are_expanded() -> None:
     conf = shards.programs(control.render("/run/x"), 2, 3)
     names = sorted(os.path.basename(f) for f in privileges.logfiles(conf))
-    assert names == ["correlate-0.log", "correlate-1.log", "export-0.log", "export-1.log",
-                     "export-2.log", "ingest.log", "mirror.log", "mirror.out",
-                     "supervisord.log"]  # fmt: skip
+    assert names == [
+        "correlate-0.log",
+        "correlate-1.log",
+        "export-0.log",
+        "export-1.log",
+        "export-2.log",
+        "ingest.log",
+        "mirror.log",
+        "mirror.out",
+        "supervisord.log",
+    ]
 
 
 def _unit(tmp_path: Path, text: str) -> dict[str, list[str]]:
@@ -108,16 +157,25 @@ def _unit(tmp_path: Path, text: str) -> dict[str, list[str]]:
 def test_unit_sandbox_follows_the_settings(tmp_path: Path) -> None:
     u = _unit(tmp_path, "<daemon>\n  user nfflowd\n</daemon>\n")
     caps = u["CapabilityBoundingSet"][0].split()
-    assert set(caps) == {"CAP_NET_ADMIN", "CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_CHOWN",
-                         "CAP_DAC_OVERRIDE"}  # fmt: skip
+    assert set(caps) == {
+        "CAP_NET_ADMIN",
+        "CAP_SETUID",
+        "CAP_SETGID",
+        "CAP_KILL",
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+    }
     assert u["RuntimeDirectory"] == ["nfflowd"] and u["ReadWritePaths"] == ["/run/nfflowd"]
     assert u["ProtectKernelTunables"] == ["yes"] and u["RestrictNamespaces"] == ["yes"]
     assert u["NoNewPrivileges"] == ["yes"] and u["ProtectSystem"] == ["strict"]
     # this interpreter may live below /root (a pyenv): ProtectHome must not hide it
     in_home = os.path.realpath(sys.executable).startswith(("/root/", "/home/"))
     assert u["ProtectHome"] == ["read-only" if in_home else "yes"]
-    u = _unit(tmp_path, "<source>\n  type netlink\n  netns fw\n  set_sysctls 1\n</source>\n"
-                        "<daemon>\n  rundir /var/lib/nfflowd\n</daemon>\n")  # fmt: skip
+    u = _unit(
+        tmp_path,
+        "<source>\n  type netlink\n  netns fw\n  set_sysctls 1\n</source>\n"
+        "<daemon>\n  rundir /var/lib/nfflowd\n</daemon>\n",
+    )
     assert "CAP_SYS_ADMIN" in u["CapabilityBoundingSet"][0].split()
     assert u["RestrictNamespaces"] == ["net"] and "ProtectKernelTunables" not in u
     assert u["StateDirectory"] == ["nfflowd"] and "RuntimeDirectory" not in u

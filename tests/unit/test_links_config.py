@@ -57,10 +57,12 @@ def test_a_tcp_link_with_curve_keys(tmp_path: Path) -> None:
         + stages("ingest"),
     )
     assert s.links == LinkSettings(
-        (LinkAddress("events", "tcp://203.0.113.1:5701"),
-         LinkAddress("flows.mirror", "tcp://[2001:db8::1]:5703")),  # normalised
+        (
+            LinkAddress("events", "tcp://203.0.113.1:5701"),
+            LinkAddress("flows.mirror", "tcp://[2001:db8::1]:5703"),
+        ),  # normalised
         KEYS,
-    )  # fmt: skip
+    )
     assert s.daemon.stages == ("ingest",)
     assert endpoints.address("/run/x", "events", s.links) == "tcp://203.0.113.1:5701"
     assert endpoints.address("/run/x", "flows.export", s.links) == "ipc:///run/x/flows-export.ipc"

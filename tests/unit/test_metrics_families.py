@@ -33,8 +33,16 @@ TARGETS: prometheus.Targets = {
 
 
 def record(stage: str, counters: dict[str, int], **extra: Any) -> dict[str, Any]:
-    return {"stage": stage, "pid": 4242, "incarnation": 7, "starts": 1, "time": NOW - 1,
-            "token": "stats", "counters": counters, **extra}  # fmt: skip
+    return {
+        "stage": stage,
+        "pid": 4242,
+        "incarnation": 7,
+        "starts": 1,
+        "time": NOW - 1,
+        "token": "stats",
+        "counters": counters,
+        **extra,
+    }
 
 
 class _Fixed:
@@ -85,8 +93,12 @@ def test_counters_get_conventional_names_labels_types_and_help() -> None:
     states["export"] = {"statename": "BACKOFF", "starts": 3}
     got = exposition(prometheus.families(STATS, states, TARGETS, NOW))
     # stage level: supervisord's word on up; starts from whichever knows more
-    assert got["nfflowd_stage_up"] == {lab(stage="ingest"): 1, lab(stage="correlate"): 1,
-                                       lab(stage="export"): 0, lab(stage="mirror"): 0}  # fmt: skip
+    assert got["nfflowd_stage_up"] == {
+        lab(stage="ingest"): 1,
+        lab(stage="correlate"): 1,
+        lab(stage="export"): 0,
+        lab(stage="mirror"): 0,
+    }
     assert got["nfflowd_stage_starts_total"][lab(stage="ingest")] == 2
     assert got["nfflowd_stage_starts_total"][lab(stage="export")] == 3
     assert got["nfflowd_stage_peak_rss_bytes"][lab(stage="ingest")] == 2048 * 1024
@@ -100,8 +112,10 @@ def test_counters_get_conventional_names_labels_types_and_help() -> None:
     newest = got["nfflowd_correlate_newest_event_timestamp_seconds"][lab(stage="correlate")]
     assert newest == pytest.approx(NOW - 1.5)
     malformed = got["nfflowd_malformed_total"]
-    assert malformed == {lab(stage="ingest", reason="event_line"): 1,
-                         lab(stage="correlate", reason="bad_event"): 2}  # fmt: skip
+    assert malformed == {
+        lab(stage="ingest", reason="event_line"): 1,
+        lab(stage="correlate", reason="bad_event"): 2,
+    }
     # links
     unacked = got["nfflowd_link_unacked_batches"]
     assert unacked[lab(stage="ingest", link="events")] == 3
@@ -109,9 +123,11 @@ def test_counters_get_conventional_names_labels_types_and_help() -> None:
     assert got["nfflowd_link_duplicate_batches_total"][lab(stage="correlate", link="events")] == 5
     # collectors by address and version; an index the settings do not know keeps its number
     sent = got["nfflowd_export_datagrams_sent_total"]
-    assert sent == {lab(stage="export", collector="192.0.2.9:2055", version="9"): 40,
-                    lab(stage="export", collector="[2001:db8::9]:4739", version="10"): 41,
-                    lab(stage="export", collector="#2", version=""): 9}  # fmt: skip
+    assert sent == {
+        lab(stage="export", collector="192.0.2.9:2055", version="9"): 40,
+        lab(stage="export", collector="[2001:db8::9]:4739", version="10"): 41,
+        lab(stage="export", collector="#2", version=""): 9,
+    }
     assert got["nfflowd_export_collector_records_total"] == {
         lab(stage="export", collector="[2001:db8::9]:4739", version="10"): 1200
     }
@@ -142,13 +158,19 @@ def test_up_without_supervisord_trusts_fresh_reports_only() -> None:
     assert got["nfflowd_stage_up"] == {lab(stage="export"): 0}
     # without supervisord's word every pipeline stage is reported, down without a report
     got = exposition(prometheus.families({"export": fresh}, None, {}, NOW))
-    assert got["nfflowd_stage_up"] == {lab(stage="ingest"): 0, lab(stage="correlate"): 0,
-                                       lab(stage="export"): 1, lab(stage="mirror"): 0}  # fmt: skip
+    assert got["nfflowd_stage_up"] == {
+        lab(stage="ingest"): 0,
+        lab(stage="correlate"): 0,
+        lab(stage="export"): 1,
+        lab(stage="mirror"): 0,
+    }
 
 
 def test_a_host_running_part_of_the_pipeline_reports_its_stages_only() -> None:
-    states = {"export": {"statename": "RUNNING", "starts": 1},
-              "mirror": {"statename": "RUNNING", "starts": 1}}  # fmt: skip
+    states = {
+        "export": {"statename": "RUNNING", "starts": 1},
+        "mirror": {"statename": "RUNNING", "starts": 1},
+    }
     stats = {"export": record("export", {"records": 3})}
     got = exposition(prometheus.families(stats, states, {}, NOW))
     assert got["nfflowd_stage_up"] == {lab(stage="export"): 1, lab(stage="mirror"): 1}
@@ -180,8 +202,10 @@ def test_target_labels_follow_the_settings_and_the_mirror_index(tmp_path: Path) 
     )
     settings = load(str(conf))
     targets = prometheus.target_labels(settings)
-    assert targets["c"] == [{"collector": "192.0.2.9:2055", "version": "9"},
-                            {"collector": "[2001:db8::9]:4739", "version": "10"}]  # fmt: skip
+    assert targets["c"] == [
+        {"collector": "192.0.2.9:2055", "version": "9"},
+        {"collector": "[2001:db8::9]:4739", "version": "10"},
+    ]
     # the mirror gives d<i> only to dispatchers that get flow lines: "quiet" has none
     assert len(make_dispatchers(settings)) == len(targets["d"]) == 1
     assert targets["d"] == [{"dispatcher": "screen", "kind": "screen"}]

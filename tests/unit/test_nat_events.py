@@ -64,19 +64,91 @@ def mix() -> list[FlowRecord]:
     """SNAT, DNAT, both, NAT66, ICMP SNAT and two connections without NAT."""
     return [
         *snat(NOW - 5000, NOW - 10, 1, ct=11),
-        rec(NOW - 4000, NOW - 3000, 17, "203.0.113.20", PUB, 5353, 53, "203.0.113.20",
-            "10.1.0.53", 5353, 5300, ct=12),  # DNAT
-        rec(NOW - 3500, NOW - 3400, 6, "10.1.0.7", "198.51.100.80", 1234, 8080, PUB, "10.2.0.80",
-            40007, 80, ct=13),  # both
-        rec(NOW - 800, NOW - 300, 17, "fd00::10", "2001:db8::53", 40000, 53, "2001:db8:ff::10",
-            "2001:db8::53", 40000, 53, ct=14),  # NAT66
-        rec(NOW - 3000, NOW - 1000, 1, "10.1.0.6", "203.0.113.1", 0, 0x0800, PUB, "203.0.113.1",
-            0, 0x0800, ct=15),  # ICMP echo
-        rec(NOW - 900, NOW - 100, 6, "10.1.0.3", "203.0.113.2", 40100, 22, "10.1.0.3",
-            "203.0.113.2", 40100, 22, ct=16),  # no NAT
-        rec(NOW - 900, NOW - 100, 6, "fd00::3", "2001:db8::2", 40100, 22, "fd00::3",
-            "2001:db8::2", 40100, 22, ct=17),  # no NAT, IPv6
-    ]  # fmt: skip
+        rec(
+            NOW - 4000,
+            NOW - 3000,
+            17,
+            "203.0.113.20",
+            PUB,
+            5353,
+            53,
+            "203.0.113.20",
+            "10.1.0.53",
+            5353,
+            5300,
+            ct=12,
+        ),  # DNAT
+        rec(
+            NOW - 3500,
+            NOW - 3400,
+            6,
+            "10.1.0.7",
+            "198.51.100.80",
+            1234,
+            8080,
+            PUB,
+            "10.2.0.80",
+            40007,
+            80,
+            ct=13,
+        ),  # both
+        rec(
+            NOW - 800,
+            NOW - 300,
+            17,
+            "fd00::10",
+            "2001:db8::53",
+            40000,
+            53,
+            "2001:db8:ff::10",
+            "2001:db8::53",
+            40000,
+            53,
+            ct=14,
+        ),  # NAT66
+        rec(
+            NOW - 3000,
+            NOW - 1000,
+            1,
+            "10.1.0.6",
+            "203.0.113.1",
+            0,
+            0x0800,
+            PUB,
+            "203.0.113.1",
+            0,
+            0x0800,
+            ct=15,
+        ),  # ICMP echo
+        rec(
+            NOW - 900,
+            NOW - 100,
+            6,
+            "10.1.0.3",
+            "203.0.113.2",
+            40100,
+            22,
+            "10.1.0.3",
+            "203.0.113.2",
+            40100,
+            22,
+            ct=16,
+        ),  # no NAT
+        rec(
+            NOW - 900,
+            NOW - 100,
+            6,
+            "fd00::3",
+            "2001:db8::2",
+            40100,
+            22,
+            "fd00::3",
+            "2001:db8::2",
+            40100,
+            22,
+            ct=17,
+        ),  # no NAT, IPv6
+    ]
 
 
 def event_dict(r: FlowRecord, time_ms: int, event: int) -> dict[str, Any]:
@@ -84,13 +156,18 @@ def event_dict(r: FlowRecord, time_ms: int, event: int) -> dict[str, Any]:
     v6 = r.family == 6
     fam = "IPv6" if v6 else "IPv4"
     return {
-        "observationTimeMilliseconds": time_ms, "natEvent": event, "protocolIdentifier": r.proto,
-        f"source{fam}Address": r.src, f"destination{fam}Address": r.dst,
-        "sourceTransportPort": r.sport, "destinationTransportPort": r.dport,
-        f"postNATSource{fam}Address": r.post_src, f"postNATDestination{fam}Address": r.post_dst,
+        "observationTimeMilliseconds": time_ms,
+        "natEvent": event,
+        "protocolIdentifier": r.proto,
+        f"source{fam}Address": r.src,
+        f"destination{fam}Address": r.dst,
+        "sourceTransportPort": r.sport,
+        "destinationTransportPort": r.dport,
+        f"postNATSource{fam}Address": r.post_src,
+        f"postNATDestination{fam}Address": r.post_dst,
         "postNAPTSourceTransportPort": r.post_sport,
         "postNAPTDestinationTransportPort": r.post_dport,
-    }  # fmt: skip
+    }
 
 
 def split(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -148,16 +225,38 @@ def test_template_layout() -> None:
 
 
 def test_one_ipfix_event_pair_by_hand() -> None:
-    r = rec(0x0102030405, 0x0102030406, 6, "10.0.0.1", "192.0.2.2", 1000, 80, "198.51.100.1",
-            "192.0.2.2", 2000, 80)  # fmt: skip
+    r = rec(
+        0x0102030405,
+        0x0102030406,
+        6,
+        "10.0.0.1",
+        "192.0.2.2",
+        1000,
+        80,
+        "198.51.100.1",
+        "192.0.2.2",
+        2000,
+        80,
+    )
     (d,) = ipfix.IpfixEncoder(nat_events=True, nat_event_numbering=4).encode([r], NOW_NS)
-    body = ("0000000102030405" "04" "06" "0a000001" "c0000202" "03e8" "0050" "c6336401" "c0000202"
-            "07d0" "0050")  # fmt: skip
+    body = "000000010203040504060a000001c000020203e80050c6336401c000020207d00050"
     delete = "000000010203040605" + body[18:]
     tail = "0102" + f"{4 + 2 * 34:04x}" + body + delete
     assert d.hex().endswith(tail)
-    templates = ("0102000b" "01430008" "00e60001" "00040001" "00080004" "000c0004" "00070002"
-                 "000b0002" "00e10004" "00e20004" "00e30002" "00e40002")  # fmt: skip
+    templates = (
+        "0102000b"
+        "01430008"
+        "00e60001"
+        "00040001"
+        "00080004"
+        "000c0004"
+        "00070002"
+        "000b0002"
+        "00e10004"
+        "00e20004"
+        "00e30002"
+        "00e40002"
+    )
     assert templates in d.hex()
     h, got = ipfix.unpack_datagram(d)
     assert h.sequence == 0 and len(got) == 3  # the flow, then its two events
@@ -325,13 +424,16 @@ def golden_event(e: dict[str, Any], numbering: int) -> dict[str, Any]:
     return {
         "observationTimeMilliseconds": e["time_ms"],
         "natEvent": create if e["event"] == "create" else delete,
-        "protocolIdentifier": e["proto"], f"source{fam}Address": a(e["src"]),
-        f"destination{fam}Address": a(e["dst"]), "sourceTransportPort": e["sport"],
-        "destinationTransportPort": e["dport"], f"postNATSource{fam}Address": a(e["post_src"]),
+        "protocolIdentifier": e["proto"],
+        f"source{fam}Address": a(e["src"]),
+        f"destination{fam}Address": a(e["dst"]),
+        "sourceTransportPort": e["sport"],
+        "destinationTransportPort": e["dport"],
+        f"postNATSource{fam}Address": a(e["post_src"]),
         f"postNATDestination{fam}Address": a(e["post_dst"]),
         "postNAPTSourceTransportPort": e["post_sport"],
         "postNAPTDestinationTransportPort": e["post_dport"],
-    }  # fmt: skip
+    }
 
 
 @pytest.mark.parametrize("path", sorted(GOLDEN.glob("*.json")), ids=lambda p: p.stem)

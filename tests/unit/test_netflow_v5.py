@@ -36,8 +36,27 @@ def rec(
     proto: int = 6,
 ) -> FlowRecord:
     fam = 6 if ":" in src else 4
-    return FlowRecord(first, last, fam, proto, a(src), a(dst), sport, dport, packets, octets,
-                      a(src), a(dst), sport, dport, 1, 3, 0, 0, 0)  # fmt: skip
+    return FlowRecord(
+        first,
+        last,
+        fam,
+        proto,
+        a(src),
+        a(dst),
+        sport,
+        dport,
+        packets,
+        octets,
+        a(src),
+        a(dst),
+        sport,
+        dport,
+        1,
+        3,
+        0,
+        0,
+        0,
+    )
 
 
 def nfdump_times(h: v5.V5Header, r: v5.V5Record) -> tuple[int, int]:
@@ -68,16 +87,66 @@ def test_sizes_and_constants() -> None:
 
 
 def test_pack_layout_by_hand() -> None:
-    r = v5.V5Record(a("10.0.195.106"), a("74.125.6.225"), a("0.0.0.0"), 3, 4, 720, 38052,
-                    136315, 279737, 62380, 80, 0x1B, 6, 0x10, 64512, 15169, 24, 16)  # fmt: skip
-    d = v5.pack_datagram([r], sys_uptime=279737, unix_secs=1248952480, unix_nsecs=737235000,
-                         flow_sequence=7, engine_type=1, engine_id=2)  # fmt: skip
+    r = v5.V5Record(
+        a("10.0.195.106"),
+        a("74.125.6.225"),
+        a("0.0.0.0"),
+        3,
+        4,
+        720,
+        38052,
+        136315,
+        279737,
+        62380,
+        80,
+        0x1B,
+        6,
+        0x10,
+        64512,
+        15169,
+        24,
+        16,
+    )
+    d = v5.pack_datagram(
+        [r],
+        sys_uptime=279737,
+        unix_secs=1248952480,
+        unix_nsecs=737235000,
+        flow_sequence=7,
+        engine_type=1,
+        engine_id=2,
+    )
     expected = (
-        "0005" "0001" "000444b9" "4a7180a0" "2bf15038" "00000007" "01" "02" "0000"  # header
-        "0a00c36a" "4a7d06e1" "00000000" "0003" "0004" "000002d0" "000094a4"  # addrs, if, counters
-        "0002147b" "000444b9" "f3ac" "0050" "00" "1b" "06" "10"  # first, last, ports, pad, flags...
-        "fc00" "3b41" "18" "10" "0000"  # AS, masks, pad
-    )  # fmt: skip
+        "0005"
+        "0001"
+        "000444b9"
+        "4a7180a0"
+        "2bf15038"
+        "00000007"
+        "01"
+        "02"
+        "0000"  # header
+        "0a00c36a"
+        "4a7d06e1"
+        "00000000"
+        "0003"
+        "0004"
+        "000002d0"
+        "000094a4"  # addrs, if, counters
+        "0002147b"
+        "000444b9"
+        "f3ac"
+        "0050"
+        "00"
+        "1b"
+        "06"
+        "10"  # first, last, ports, pad, flags...
+        "fc00"
+        "3b41"
+        "18"
+        "10"
+        "0000"  # AS, masks, pad
+    )
     assert d.hex() == expected
     h, rs = v5.unpack_datagram(d)
     assert h == v5.V5Header(5, 1, 279737, 1248952480, 737235000, 7, 1, 2, 0)
@@ -98,8 +167,15 @@ V5_RECORDS = st.builds(
 
 @given(st.lists(V5_RECORDS, max_size=30), st.integers(0, UPTIME_MAX), st.integers(0, 0xFF))
 def test_pack_unpack_roundtrip(records: list[v5.V5Record], up: int, eng: int) -> None:
-    d = v5.pack_datagram(records, sys_uptime=up, unix_secs=up ^ 0x55, unix_nsecs=999_999_999,
-                         flow_sequence=up, engine_type=eng, engine_id=255 - eng)  # fmt: skip
+    d = v5.pack_datagram(
+        records,
+        sys_uptime=up,
+        unix_secs=up ^ 0x55,
+        unix_nsecs=999_999_999,
+        flow_sequence=up,
+        engine_type=eng,
+        engine_id=255 - eng,
+    )
     assert len(d) == 24 + 48 * len(records)
     h, rs = v5.unpack_datagram(d)
     assert h == v5.V5Header(5, len(records), up, up ^ 0x55, 999_999_999, up, eng, 255 - eng, 0)
@@ -108,8 +184,9 @@ def test_pack_unpack_roundtrip(records: list[v5.V5Record], up: int, eng: int) ->
 
 def test_pack_rejects() -> None:
     r = v5.to_v5_records(rec(NOW - 10, NOW), NOW - 100)[0]
-    kw: dict[str, Any] = dict(sys_uptime=1, unix_secs=1, unix_nsecs=0, flow_sequence=0,
-                              engine_type=0, engine_id=0)  # fmt: skip
+    kw: dict[str, Any] = dict(
+        sys_uptime=1, unix_secs=1, unix_nsecs=0, flow_sequence=0, engine_type=0, engine_id=0
+    )
     with pytest.raises(ValueError, match="at most 30"):
         v5.pack_datagram([r] * 31, **kw)
     with pytest.raises(ValueError, match="record 1"):
@@ -122,8 +199,15 @@ def test_pack_rejects() -> None:
 
 def test_unpack_errors_name_the_offset() -> None:
     r = v5.to_v5_records(rec(NOW - 10, NOW), NOW - 100)[0]
-    d = v5.pack_datagram([r, r], sys_uptime=100, unix_secs=1, unix_nsecs=0, flow_sequence=0,
-                         engine_type=0, engine_id=0)  # fmt: skip
+    d = v5.pack_datagram(
+        [r, r],
+        sys_uptime=100,
+        unix_secs=1,
+        unix_nsecs=0,
+        flow_sequence=0,
+        engine_type=0,
+        engine_id=0,
+    )
     with pytest.raises(ValueError, match="offset 0: truncated header, 10 of 24"):
         v5.unpack_datagram(d[:10])
     with pytest.raises(ValueError, match="offset 0: version 9"):
@@ -189,8 +273,26 @@ def test_host_boot_ms_is_btime_and_stable_across_processes() -> None:
 
 def test_to_v5_records_fields() -> None:
     (r,) = v5.to_v5_records(rec(BOOT + 136315, BOOT + 279737, packets=720, octets=38052), BOOT)
-    assert r == v5.V5Record(a("10.0.0.1"), a("203.0.113.5"), b"\0\0\0\0", 0, 0, 720, 38052,
-                            136315, 279737, 1234, 80, 0, 6, 0, 0, 0, 0, 0)  # fmt: skip
+    assert r == v5.V5Record(
+        a("10.0.0.1"),
+        a("203.0.113.5"),
+        b"\0\0\0\0",
+        0,
+        0,
+        720,
+        38052,
+        136315,
+        279737,
+        1234,
+        80,
+        0,
+        6,
+        0,
+        0,
+        0,
+        0,
+        0,
+    )
 
 
 def test_to_v5_records_icmp_has_no_srcport() -> None:
@@ -258,8 +360,11 @@ def test_encoder_counts_what_it_cannot_send() -> None:
     ]
     got = decoded(enc.encode(recs, NOW_NS))
     assert (enc.skipped_ipv6, enc.invalid, enc.clamped) == (1, 3, 2)
-    assert [nfdump_times(h, r) for h, r in got] == [(NOW - 5, NOW - 5), (NOW - UPTIME_MAX, NOW),
-                                                    (NOW - 5, NOW)]  # fmt: skip
+    assert [nfdump_times(h, r) for h, r in got] == [
+        (NOW - 5, NOW - 5),
+        (NOW - UPTIME_MAX, NOW),
+        (NOW - 5, NOW),
+    ]
     assert enc.records == 3 and enc.sequence == 3
     assert enc.encode([recs[0]], NOW_NS) == [] and enc.skipped_ipv6 == 2
 
@@ -271,11 +376,25 @@ def test_encoder_matches_pack_datagram() -> None:
     pieces = [p for r in recs for p in v5.to_v5_records(r, BOOT)]
     secs, nsecs = divmod(NOW_NS, 10**9)
     assert dgs == [
-        v5.pack_datagram(pieces[:30], sys_uptime=NOW - BOOT, unix_secs=secs, unix_nsecs=nsecs,
-                         flow_sequence=0, engine_type=0, engine_id=9),
-        v5.pack_datagram(pieces[30:], sys_uptime=NOW - BOOT, unix_secs=secs, unix_nsecs=nsecs,
-                         flow_sequence=30, engine_type=0, engine_id=9),
-    ]  # fmt: skip
+        v5.pack_datagram(
+            pieces[:30],
+            sys_uptime=NOW - BOOT,
+            unix_secs=secs,
+            unix_nsecs=nsecs,
+            flow_sequence=0,
+            engine_type=0,
+            engine_id=9,
+        ),
+        v5.pack_datagram(
+            pieces[30:],
+            sys_uptime=NOW - BOOT,
+            unix_secs=secs,
+            unix_nsecs=nsecs,
+            flow_sequence=30,
+            engine_type=0,
+            engine_id=9,
+        ),
+    ]
 
 
 TIMES = st.integers(-120 * DAY, 2 * DAY)
@@ -319,8 +438,12 @@ def load_case(path: Path) -> tuple[dict[str, Any], list[FlowRecord]]:
 @pytest.mark.parametrize("path", golden_cases(), ids=lambda p: p.stem)
 def test_encode_equals_golden(path: Path) -> None:
     case, recs = load_case(path)
-    enc = v5.V5Encoder(engine_type=case["engine_type"], engine_id=case["engine_id"],
-                       boot_ms=case["boot_ms"], sequence=case["sequence"])  # fmt: skip
+    enc = v5.V5Encoder(
+        engine_type=case["engine_type"],
+        engine_id=case["engine_id"],
+        boot_ms=case["boot_ms"],
+        sequence=case["sequence"],
+    )
     dgs = enc.encode(recs, case["now_ns"])
     assert [d.hex() for d in dgs] == case["datagrams"]
     assert {k: getattr(enc, k) for k in case["counters"]} == case["counters"]
@@ -348,5 +471,7 @@ def test_golden_seed_triplet_matches_the_perl_example() -> None:
     # "1248952480,737235000,279737,...,136315,279737,..." from nfflowd-perl.txt
     assert (h.unix_secs, h.unix_nsecs, h.sys_uptime) == (1248952480, 737235000, 279737)
     assert [(r.first, r.last, r.dpkts, r.doctets) for r in rs] == [
-        (136315, 279737, 720, 38052), (136315, 279737, 720, 38052),
-        (136315, 279737, 1432, 2027040)]  # fmt: skip
+        (136315, 279737, 720, 38052),
+        (136315, 279737, 720, 38052),
+        (136315, 279737, 1432, 2027040),
+    ]

@@ -41,9 +41,27 @@ def rec(
     fam = 6 if ":" in src else 4
     dst = dst or ("2001:db8::5" if fam == 6 else "203.0.113.5")
     psrc = "2001:db8:ff::1" if fam == 6 else "198.51.100.1"
-    return FlowRecord(first, last, fam, proto, a(src), a(dst), sport, dport, packets, octets,
-                      a(psrc), a(dst), post_sport, dport, direction, end_reason, 5, 0,
-                      77)  # fmt: skip
+    return FlowRecord(
+        first,
+        last,
+        fam,
+        proto,
+        a(src),
+        a(dst),
+        sport,
+        dport,
+        packets,
+        octets,
+        a(psrc),
+        a(dst),
+        post_sport,
+        dport,
+        direction,
+        end_reason,
+        5,
+        0,
+        77,
+    )
 
 
 def expected(r: FlowRecord) -> dict[str, Any]:
@@ -74,21 +92,83 @@ def test_sizes() -> None:
 def test_pack_layout_by_hand() -> None:
     r = rec(first=1795713179211, last=1795713184317)
     d = encoder(source_id=0x01020304).encode([r], NOW_NS)
-    tmpl4 = ("0100" "0012" "00080004" "000c0004" "00070002" "00200002" "000b0002" "00040001"
-             "003d0001" "00880001" "00020008" "00010008" "00980008" "00990008" "000a0004"
-             "000e0004" "00e10004" "00e20004" "00e30002" "00e40002")  # fmt: skip
-    tmpl6 = ("0101" "0012" "001b0010" "001c0010" "00070002" "00200002" "000b0002" "00040001"
-             "003d0001" "00880001" "00020008" "00010008" "00980008" "00990008" "000a0004"
-             "000e0004" "01190010" "011a0010" "00e30002" "00e40002")  # fmt: skip
+    tmpl4 = (
+        "0100"
+        "0012"
+        "00080004"
+        "000c0004"
+        "00070002"
+        "00200002"
+        "000b0002"
+        "00040001"
+        "003d0001"
+        "00880001"
+        "00020008"
+        "00010008"
+        "00980008"
+        "00990008"
+        "000a0004"
+        "000e0004"
+        "00e10004"
+        "00e20004"
+        "00e30002"
+        "00e40002"
+    )
+    tmpl6 = (
+        "0101"
+        "0012"
+        "001b0010"
+        "001c0010"
+        "00070002"
+        "00200002"
+        "000b0002"
+        "00040001"
+        "003d0001"
+        "00880001"
+        "00020008"
+        "00010008"
+        "00980008"
+        "00990008"
+        "000a0004"
+        "000e0004"
+        "01190010"
+        "011a0010"
+        "00e30002"
+        "00e40002"
+    )
     expected_hex = (
-        "0009" "0003" "000f62ce" "6b0868a0" "00000000" "01020304"  # 2 templates + 1 record
-        "0000" "009c" + tmpl4 + tmpl6 +  # template flowset, 156 bytes
-        "0100" "004c"  # data flowset for template 256: 4 + 69 + 3 padding
-        "0a000001" "cb007105" "04d2" "0000" "01bb" "06" "00" "03"  # addrs, ports, proto...
-        "000000000000000a" "00000000000003e8" "000001a218d89e4b" "000001a218d8b23d"
-        "00000000" "00000000" "c6336401" "cb007105" "9c40" "01bb"  # ifaces, post-NAT
+        "0009"
+        "0003"
+        "000f62ce"
+        "6b0868a0"
+        "00000000"
+        "01020304"  # 2 templates + 1 record
+        "0000"
+        "009c"
+        + tmpl4
+        + tmpl6  # template flowset, 156 bytes
+        + "0100"
+        "004c"  # data flowset for template 256: 4 + 69 + 3 padding
+        "0a000001"
+        "cb007105"
+        "04d2"
+        "0000"
+        "01bb"
+        "06"
+        "00"
+        "03"  # addrs, ports, proto...
+        "000000000000000a"
+        "00000000000003e8"
+        "000001a218d89e4b"
+        "000001a218d8b23d"
+        "00000000"
+        "00000000"
+        "c6336401"
+        "cb007105"
+        "9c40"
+        "01bb"  # ifaces, post-NAT
         "000000"  # padding to 4 bytes
-    )  # fmt: skip
+    )
     assert [x.hex() for x in d] == [expected_hex]
     h, rs = v9.unpack_datagram(d[0])
     assert h == v9.V9Header(9, 3, NOW - BOOT, SECS, 0, 0x01020304)
@@ -191,14 +271,17 @@ def test_counts_what_it_cannot_send() -> None:
 
 def test_template_refresh() -> None:
     enc = encoder(template_refresh_packets=3, template_refresh_seconds=10)
-    got = [has_templates(enc.encode([rec()], NOW_NS + ms * 10**6)[0])
-           for ms in (0, 1, 2, 3, 10_002, 10_003, 10_004, 10_005, 10_006)]  # fmt: skip
+    got = [
+        has_templates(enc.encode([rec()], NOW_NS + ms * 10**6)[0])
+        for ms in (0, 1, 2, 3, 10_002, 10_003, 10_004, 10_005, 10_006)
+    ]
     assert got == [True, False, False, True, False, True, False, False, True]
     h = v9.unpack_datagram(encoder().encode([rec(), rec()], NOW_NS)[0])[0]
     assert h.count == 4  # 2 templates + 2 data records
     enc = encoder(template_refresh_packets=0, template_refresh_seconds=0)
     assert [has_templates(enc.encode([rec()], NOW_NS + i * 10**12)[0]) for i in range(9)] == [
-        True] + [False] * 8  # fmt: skip
+        True
+    ] + [False] * 8
 
 
 def test_constructor() -> None:
@@ -258,7 +341,7 @@ def test_unpack_errors_name_the_offset() -> None:
         (packet(flowset(0, struct.pack("!HHHH", 5, 1, 8, 4)), count=1), "template id 5"),
         (packet(flowset(0, struct.pack("!HHHH", 300, 2, 8, 4)), count=1), "2 fields do not fit"),
         (packet(flowset(1, struct.pack("!HHH", 300, 6, 0) + bytes(6)), count=1), "bad lengths"),
-    ]  # fmt: skip
+    ]
     for data, msg in cases:
         with pytest.raises(ValueError, match=msg):
             v9.unpack_datagram(data)

@@ -181,13 +181,30 @@ def events(draw: st.DrawFn) -> ConntrackEvent:
     if start is not None and stop is not None and stop >= start:
         delta = stop // 10**9 - start // 10**9
     return ConntrackEvent(
-        draw(st.sampled_from([1, 2, 3])), 77, fam, proto,
-        draw(addr), draw(addr), draw(port), draw(port), draw(addr), draw(addr), draw(port),
-        draw(port), draw(opt64), draw(opt64), draw(opt64), draw(opt64),
-        draw(st.none() | st.integers(0, 2**32 - 1)), start, stop, delta,
-        draw(st.integers(0, 2**32 - 1)), draw(st.integers(0, 0xFFFF)),
+        draw(st.sampled_from([1, 2, 3])),
+        77,
+        fam,
+        proto,
+        draw(addr),
+        draw(addr),
+        draw(port),
+        draw(port),
+        draw(addr),
+        draw(addr),
+        draw(port),
+        draw(port),
+        draw(opt64),
+        draw(opt64),
+        draw(opt64),
+        draw(opt64),
+        draw(st.none() | st.integers(0, 2**32 - 1)),
+        start,
+        stop,
+        delta,
         draw(st.integers(0, 2**32 - 1)),
-    )  # fmt: skip
+        draw(st.integers(0, 0xFFFF)),
+        draw(st.integers(0, 2**32 - 1)),
+    )
 
 
 @given(events())
@@ -231,11 +248,13 @@ def test_gre_keys_and_old_32bit_counters() -> None:
     l4 = attr(1, b"\x2f") + attr(2, b"\x12\x34") + attr(3, b"\xab\xcd")
     counters32 = attr(3, struct.pack("!I", 7)) + attr(4, struct.pack("!I", 900))
     raw = message(
-        tuple_attr(1, l4) + tuple_attr(2, l4)
+        tuple_attr(1, l4)
+        + tuple_attr(2, l4)
         + attr(nl.CTA_COUNTERS_ORIG | nl.NLA_F_NESTED, counters32)
-        + attr(nl.CTA_ZONE, b"\0\x05") + attr(nl.CTA_MARK, b"\0\0\1\0"),
+        + attr(nl.CTA_ZONE, b"\0\x05")
+        + attr(nl.CTA_MARK, b"\0\0\1\0"),
         flags=nl.NLM_F_CREATE | nl.NLM_F_EXCL,
-    )  # fmt: skip
+    )
     counters = DecodeCounters()
     (ev,) = decode_messages(raw, 3, counters)
     assert (ev.proto, ev.orig_sport, ev.orig_dport) == (47, 0x1234, 0xABCD)

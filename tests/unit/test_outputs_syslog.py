@@ -438,9 +438,27 @@ def test_min_level_notice_gets_flow_lines_and_above_is_noted(
     try:
         mirror = Mirror(settings)
         assert len(mirror.dispatchers) == 1
-        record = FlowRecord(1248952344422, 1248952480737, 4, 6, a("10.0.195.106"),
-                            a("74.125.6.225"), 62380, 80, 720, 38052, a("192.76.7.154"),
-                            a("74.125.6.225"), 62380, 80, 1, 3, 0, 0, 0)  # fmt: skip
+        record = FlowRecord(
+            1248952344422,
+            1248952480737,
+            4,
+            6,
+            a("10.0.195.106"),
+            a("74.125.6.225"),
+            62380,
+            80,
+            720,
+            38052,
+            a("192.76.7.154"),
+            a("74.125.6.225"),
+            62380,
+            80,
+            1,
+            3,
+            0,
+            0,
+            0,
+        )
         mirror.handle([record])
         mirror.flush()
         (msg,) = recv_all(server, 1)

@@ -45,13 +45,36 @@ def test_a_foreign_or_resized_file_is_reset(tmp_path: Path) -> None:
 
 
 def rec(n: int) -> FlowRecord:
-    return FlowRecord(1_000, 2_000, 4, 17, a("10.0.0.1"), a("203.0.113.9"), 1000 + n, 53, 1, 60,
-                      a("203.0.113.1"), a("203.0.113.9"), 2000 + n, 53, 1, 2, 0, 0, n)  # fmt: skip
+    return FlowRecord(
+        1_000,
+        2_000,
+        4,
+        17,
+        a("10.0.0.1"),
+        a("203.0.113.9"),
+        1000 + n,
+        53,
+        1,
+        60,
+        a("203.0.113.1"),
+        a("203.0.113.9"),
+        2000 + n,
+        53,
+        1,
+        2,
+        0,
+        0,
+        n,
+    )
 
 
 def test_sequences_are_restored_per_stream_identity(tmp_path: Path) -> None:
-    exp = ExportSettings(collectors=(Collector("127.0.0.1", 9995, version=5),
-                                     Collector("127.0.0.1", 9996, version=9)))  # fmt: skip
+    exp = ExportSettings(
+        collectors=(
+            Collector("127.0.0.1", 9995, version=5),
+            Collector("127.0.0.1", 9996, version=9),
+        )
+    )
     idents = [stream_identity(exp, c) for c in exp.collectors]
     assert len(set(idents)) == 2
     slots = persist.Slots(str(tmp_path / "export.sequence"), 8)
@@ -69,8 +92,9 @@ def test_sequences_are_restored_per_stream_identity(tmp_path: Path) -> None:
 
 def test_exporter_stores_the_sequence_before_sending(tmp_path: Path) -> None:
     """A restarted Exporter continues the header sequence where the last one stopped."""
-    exp = ExportSettings(collectors=(Collector("127.0.0.1", 9, version=5),
-                                     Collector("127.0.0.1", 9, version=9)))  # fmt: skip
+    exp = ExportSettings(
+        collectors=(Collector("127.0.0.1", 9, version=5), Collector("127.0.0.1", 9, version=9))
+    )
     path = str(tmp_path / "export.sequence")
     first = Exporter(exp, persist.Slots(path, 8))
     first.handle([rec(i) for i in range(40)])  # v5 counts records, v9 packets

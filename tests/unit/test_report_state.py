@@ -46,8 +46,9 @@ BATCHES: list[tuple[tuple[int, int], list[ConntrackEvent]]] = [
 ]
 
 
-def life(path: Path | None, batches: list[tuple[tuple[int, int], list[ConntrackEvent]]]
-         ) -> list[list[FlowRecord]]:  # fmt: skip
+def life(
+    path: Path | None, batches: list[tuple[tuple[int, int], list[ConntrackEvent]]]
+) -> list[list[FlowRecord]]:
     """One correlate incarnation (what workers/correlate.py does per batch)."""
     corr = Correlator(active_timeout_s=5)
     journal = None
@@ -69,8 +70,12 @@ def life(path: Path | None, batches: list[tuple[tuple[int, int], list[ConntrackE
 def sums(records: list[FlowRecord]) -> tuple[int, int, int, int]:
     orig = [r for r in records if r.direction == 1]
     reply = [r for r in records if r.direction == 3]
-    return (sum(r.packets for r in orig), sum(r.octets for r in orig),
-            sum(r.packets for r in reply), sum(r.octets for r in reply))  # fmt: skip
+    return (
+        sum(r.packets for r in orig),
+        sum(r.octets for r in orig),
+        sum(r.packets for r in reply),
+        sum(r.octets for r in reply),
+    )
 
 
 def killed_run(path: Path | None, killed_after: int, acked_upto: int) -> list[FlowRecord]:
@@ -83,8 +88,9 @@ def killed_run(path: Path | None, killed_after: int, acked_upto: int) -> list[Fl
 
 @pytest.mark.parametrize("killed_after", range(len(BATCHES) - 1))
 @pytest.mark.parametrize("unacked", [0, 1, 2])
-def test_records_add_up_whatever_the_kill_point(tmp_path: Path, killed_after: int,
-                                                unacked: int) -> None:  # fmt: skip
+def test_records_add_up_whatever_the_kill_point(
+    tmp_path: Path, killed_after: int, unacked: int
+) -> None:
     acked_upto = max(0, killed_after + 1 - unacked)
     records = killed_run(tmp_path / "reports", killed_after, acked_upto)
     assert sums(records) == FINAL

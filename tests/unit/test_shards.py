@@ -15,10 +15,31 @@ from tests.addresses import a
 
 
 def event(n: int, ct_id: int | None, etype: int = 1) -> ConntrackEvent:
-    return ConntrackEvent(etype, 10**18 + n, 4, 6, a(f"10.0.{n // 250}.{n % 250 + 1}"),
-                          a("203.0.113.9"), 1024 + n, 443, a("203.0.113.9"), a("203.0.113.1"),
-                          443, 1024 + n, None, None, None, None, ct_id, None, None, None, 0, 0,
-                          0)  # fmt: skip
+    return ConntrackEvent(
+        etype,
+        10**18 + n,
+        4,
+        6,
+        a(f"10.0.{n // 250}.{n % 250 + 1}"),
+        a("203.0.113.9"),
+        1024 + n,
+        443,
+        a("203.0.113.9"),
+        a("203.0.113.1"),
+        443,
+        1024 + n,
+        None,
+        None,
+        None,
+        None,
+        ct_id,
+        None,
+        None,
+        None,
+        0,
+        0,
+        0,
+    )
 
 
 def test_a_connection_always_meets_the_same_correlator() -> None:
@@ -44,14 +65,22 @@ def test_the_tuple_hash_is_the_same_in_another_process() -> None:
     import subprocess
     import sys
 
-    code = ("from tests.unit.test_shards import event; from nfflowd.pipeline import shards;"
-            "print([shards.shard_of(event(i, None), 3) for i in range(50)])")  # fmt: skip
+    code = (
+        "from tests.unit.test_shards import event; from nfflowd.pipeline import shards;"
+        "print([shards.shard_of(event(i, None), 3) for i in range(50)])"
+    )
     root = Path(__file__).resolve().parents[2]
     outs = set()
     for seed in (1, 2):
         env = {"PYTHONHASHSEED": str(seed), "PATH": "/usr/bin"}
-        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             check=True, env=env, cwd=root)  # fmt: skip
+        run = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+            cwd=root,
+        )
         outs.add(run.stdout)
     assert len(outs) == 1 and outs.pop().strip() == str(
         [shards.shard_of(event(i, None), 3) for i in range(50)]

@@ -10,15 +10,30 @@ from nfflowd.ops import status
 NOW = 1_800_000_000.0
 
 
-def proc(name: str, state: str = "RUNNING", pid: int = 100, start: float = NOW - 3725,
-         starts: int = 1) -> dict[str, Any]:  # fmt: skip
-    return {"name": name, "group": "nfflowd", "statename": state, "pid": pid, "start": start,
-            "starts": starts}  # fmt: skip
+def proc(
+    name: str, state: str = "RUNNING", pid: int = 100, start: float = NOW - 3725, starts: int = 1
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "group": "nfflowd",
+        "statename": state,
+        "pid": pid,
+        "start": start,
+        "starts": starts,
+    }
 
 
 def report(stage: str, counters: dict[str, int], **extra: Any) -> dict[str, Any]:
-    return {"stage": stage, "pid": 100, "incarnation": 9, "starts": 1, "time": NOW - 2,
-            "token": "stats", "counters": counters, **extra}  # fmt: skip
+    return {
+        "stage": stage,
+        "pid": 100,
+        "incarnation": 9,
+        "starts": 1,
+        "time": NOW - 2,
+        "token": "stats",
+        "counters": counters,
+        **extra,
+    }
 
 
 PROCS = [proc("ingest", pid=11), proc("correlate", pid=12),
@@ -40,8 +55,13 @@ def test_rows_merge_supervisord_state_with_reports() -> None:
     assert rows["ingest"]["uptime"] == 3725
     assert rows["export"]["uptime"] == 0 and rows["export"]["pid"] is None  # not running
     assert rows["export"]["starts"] == 3 and rows["export"]["restarts"] == 2
-    assert rows["ingest"]["report"] == {"pid": 100, "incarnation": 9, "token": "stats",
-                                        "time": NOW - 2, "age": 2.0}  # fmt: skip
+    assert rows["ingest"]["report"] == {
+        "pid": 100,
+        "incarnation": 9,
+        "token": "stats",
+        "time": NOW - 2,
+        "age": 2.0,
+    }
     assert rows["correlate"]["counters"]["records"] == 900
 
 
@@ -54,8 +74,10 @@ def test_rows_without_supervisord_or_reports() -> None:
     assert status.rows(None, {}, NOW) == []
     # a host that runs part of the pipeline: its stages, one without a report yet
     part = status.rows([proc("export"), proc("mirror")], {"mirror": report("mirror", {})}, NOW)
-    assert [(r["stage"], r["report"] is None) for r in part] == [("export", True),
-                                                                 ("mirror", False)]  # fmt: skip
+    assert [(r["stage"], r["report"] is None) for r in part] == [
+        ("export", True),
+        ("mirror", False),
+    ]
     # a stage nfflowd does not know yet still gets a row, after the pipeline
     extra = status.rows([proc("ingest")], {"shaper": report("shaper", {"x": 1})}, NOW)
     assert [r["stage"] for r in extra][-1] == "shaper"
@@ -67,8 +89,17 @@ def test_table_shows_key_columns_then_every_counter() -> None:
     text = status.table("/run/nfflowd", True, rows, metrics)
     lines = text.splitlines()
     assert lines[0] == "nfflowd is running (run directory /run/nfflowd)"
-    assert lines[1].split() == ["STAGE", "STATE", "PID", "UPTIME", "RESTARTS", "UNACKED",
-                                "DROPPED", "REPORT", "SUMMARY"]  # fmt: skip
+    assert lines[1].split() == [
+        "STAGE",
+        "STATE",
+        "PID",
+        "UPTIME",
+        "RESTARTS",
+        "UNACKED",
+        "DROPPED",
+        "REPORT",
+        "SUMMARY",
+    ]
     by_stage = {ln.split()[0]: ln for ln in lines[2:6]}
     assert by_stage["ingest"].split()[:7] == ["ingest", "RUNNING", "11", "1h02m", "0", "2", "1"]
     assert "events 1000" in by_stage["ingest"] and "2s ago" in by_stage["ingest"]
@@ -108,8 +139,12 @@ def test_json_document_is_plain_json() -> None:
 
 def test_uptime_text() -> None:
     assert [status.uptime_text(s) for s in (0, 9, 75, 3725, 90061)] == [
-        "-", "9s", "1m15s", "1h02m", "1d01h"
-    ]  # fmt: skip
+        "-",
+        "9s",
+        "1m15s",
+        "1h02m",
+        "1d01h",
+    ]
 
 
 def test_shards_sit_with_their_stage_and_are_summarised_like_it() -> None:

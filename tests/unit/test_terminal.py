@@ -25,14 +25,34 @@ STREAM = 77  # the origin stream (a saved log's identity)
 
 
 def record(n: int) -> FlowRecord:
-    return FlowRecord(n, n, 4, 17, b"\n\0\0\1", b"\n\0\0\2", 1, 2, 1, 60,
-                      b"\n\0\0\1", b"\n\0\0\2", 1, 2, 1, 3, 0, 0, n)  # fmt: skip
+    return FlowRecord(
+        n,
+        n,
+        4,
+        17,
+        b"\n\0\0\1",
+        b"\n\0\0\2",
+        1,
+        2,
+        1,
+        60,
+        b"\n\0\0\1",
+        b"\n\0\0\2",
+        1,
+        2,
+        1,
+        3,
+        0,
+        0,
+        n,
+    )
 
 
 def batch(inc: int, seq: int, origin_pos: int, first: int, count: int) -> FlowBatch:
     """Flow batch *seq* of correlate *inc*, computed from event batch *origin_pos*."""
-    return FlowBatch("correlate", inc, seq, 0, STREAM, origin_pos,
-                     [record(first + i) for i in range(count)])  # fmt: skip
+    return FlowBatch(
+        "correlate", inc, seq, 0, STREAM, origin_pos, [record(first + i) for i in range(count)]
+    )
 
 
 class SlowSink:

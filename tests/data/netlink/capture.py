@@ -139,8 +139,9 @@ def save(outdir: Path, name: str, datagrams: list[bytes], recv_ns: int, oracle: 
 def ns_run(*cmd: str, data: str | None = None) -> str:
     argv = ["ip", "netns", "exec", NS, *cmd]
     env = dict(os.environ, TZ="UTC")  # the oracle's [start=...] dates in UTC
-    return subprocess.run(argv, input=data, capture_output=True, text=True, check=True,
-                          env=env).stdout  # fmt: skip
+    return subprocess.run(
+        argv, input=data, capture_output=True, text=True, check=True, env=env
+    ).stdout
 
 
 def capture(outdir: Path) -> None:
