@@ -50,7 +50,7 @@ from nfflowd.messages import FlowRecord
 from nfflowd.ops import replay
 
 HERE = Path(__file__).resolve().parent
-#: Connection kinds (gen_events tally) the seed turns into three records each.
+#: Connection kinds (nfflowd.lab.events tally) the seed turns into three records each.
 SEED_KINDS = ("ipv4 tcp", "ipv4 udp", "ipv4 icmp")
 
 
