@@ -6,7 +6,7 @@ overlap (about `--open` of them at a time), so NEW and DESTROY interleave as on 
 busy firewall.  Prints nothing but the file; `expected_records` tells how many
 flow records the log must produce.
 
-    python nfflowd/lab/events.py OUT.log --events 1000000
+    python -m nfflowd.lab.events OUT.log --events 1000000
 """
 
 from __future__ import annotations
