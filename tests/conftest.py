@@ -3,32 +3,21 @@
 Tests marked ``root`` need root, network namespaces and the kernel's conntrack.
 Under CI (``CI=true``) they always run — a missing capability is a failure,
 not a skip.  Outside CI they are skipped, with the reason, when the machine
-cannot run them.
+cannot run them.  The same rule for a test that needs a program, root or IPv6
+is spelled in tests/needs.py.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
 from hypothesis import HealthCheck, settings
+
+from tests.needs import IN_CI, root_capability_missing, skip_or_fail
 
 # No timing in tests: hypothesis' per-example deadline would make a busy 2-core CI
 # machine fail property tests for being slow, not wrong.
 settings.register_profile("nfflowd", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("nfflowd")
-
-IN_CI = os.environ.get("CI", "").lower() == "true"
-
-
-def root_capability_missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network namespaces, conntrack)"
-    for tool in ("ip", "conntrack", "nft"):
-        if shutil.which(tool) is None:
-            return f"needs the {tool!r} program (make test installs it)"
-    return None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -50,6 +39,4 @@ def lab_ready() -> None:
 
     reason = labmod.available()
     if reason is not None:
-        if IN_CI:
-            pytest.fail(f"CI=true but the NAT lab cannot run: {reason}")
-        pytest.skip(f"NAT lab unavailable: {reason}")
+        skip_or_fail(f"the NAT lab cannot run: {reason}")

@@ -7,7 +7,6 @@ elsewhere skips them with the reason :func:`nfflowd.lab.available` gives.
 
 from __future__ import annotations
 
-import os
 import re
 import tempfile
 import time
@@ -17,11 +16,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from nfflowd import lab as labmod
-
-
-def lab_prefix(tag: str) -> str:
-    """A namespace prefix unique to this test process."""
-    return f"nfl-{tag}{os.getpid()}-"
+from tests.lab_names import lab_prefix
 
 
 @pytest.fixture(scope="module")

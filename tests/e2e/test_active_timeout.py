@@ -22,7 +22,7 @@ import pytest
 
 from nfflowd import lab as labmod
 from nfflowd.lab.nfcapd import Nfcapd
-from tests.e2e.conftest import lab_prefix
+from tests.lab_names import lab_prefix
 from tests.pipeline_harness import nfflowd, running_pid, write_config
 
 SERVER = """

@@ -18,7 +18,7 @@ import pytest
 from nfflowd import lab as labmod
 from nfflowd.conntrack.sources import ProgramSource
 from nfflowd.lab.nfcapd import Nfcapd
-from tests.e2e.conftest import lab_prefix
+from tests.lab_names import lab_prefix
 from tests.pipeline_harness import nfflowd, write_config
 
 

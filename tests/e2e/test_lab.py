@@ -19,6 +19,7 @@ import pytest
 
 from nfflowd import lab as labmod
 from nfflowd.lab.traffic import Expected, expected, listeners, mix
+from tests.lab_names import lab_prefix
 
 if TYPE_CHECKING:  # fixtures' types (pytest loads conftest.py itself)
     from conftest import ConntrackText, Event, MixRun
@@ -27,10 +28,6 @@ root = pytest.mark.root
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "data" / "golden"
 MIX_NAMES = [f.name for f in mix(labmod.Lab.named())]
-
-
-def lab_prefix(tag: str) -> str:
-    return f"nfl-{tag}{os.getpid()}-"
 
 
 def _namespaces() -> set[str]:

@@ -35,7 +35,7 @@ from nfflowd.messages import FlowRecord
 from nfflowd.ops import control
 from nfflowd.pipeline import supervision
 from tests.addresses import txt
-from tests.e2e.conftest import lab_prefix
+from tests.lab_names import lab_prefix
 from tests.pipeline_harness import (
     Chaos,
     csv_key,

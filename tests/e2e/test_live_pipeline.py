@@ -25,8 +25,8 @@ from nfflowd.correlate.correlator import Correlator
 from nfflowd.lab.nfcapd import Nfcapd
 from nfflowd.messages import FlowRecord
 from nfflowd.ops import control
-from tests.e2e.conftest import lab_prefix
 from tests.kernel_times import TIME_SLACK_MS, kernel_seconds
+from tests.lab_names import lab_prefix
 from tests.pipeline_harness import csv_key, nfflowd, wait_all_running, write_config
 
 

@@ -30,7 +30,6 @@ import ast
 import calendar
 import ipaddress
 import os
-import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -43,6 +42,7 @@ from nfflowd.formats import json_lines
 from nfflowd.lab.nfcapd import Nfcapd, free_udp_port, parse_nfdump_line
 from nfflowd.ops import control
 from tests.kernel_times import TIME_SLACK_MS, kernel_seconds
+from tests.needs import needs
 from tests.pipeline_harness import nfflowd, wait_all_running
 
 #: nfdump output: the base fields, the NAT fields, direction, end reason, time received.
@@ -207,10 +207,7 @@ def witnessed(flows: list[labmod.Expected], destroys: list[Any]) -> list[tuple[R
 
 
 @pytest.mark.root
-@pytest.mark.skipif(
-    os.environ.get("CI", "").lower() != "true" and not shutil.which("nfcapd"),
-    reason="outside CI: nfcapd/nfdump (nfdump package) not installed",
-)
+@needs("nfcapd", "nfdump")
 @pytest.mark.timeout(180)
 def test_live_lab_to_v9_ipfix_and_a_dead_collector(
     tmp_path: Path, lab_ready: None, ct_text: Any, monkeypatch: pytest.MonkeyPatch

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -26,24 +25,16 @@ from nfflowd.conntrack.kernel import (
     set_sysctls,
 )
 from nfflowd.messages import ConntrackEvent, EventType
+from tests.needs import needs, needs_root, skip_outside_ci
 from tests.scratch_netns import scratch_netns
 
-
-def _missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (CAP_NET_ADMIN) for network namespaces"
-    for tool in ("ip", "nft", "conntrack"):
-        if shutil.which(tool) is None:
-            return f"needs the {tool} program"
-    if not os.path.exists("/proc/sys/net/netfilter/nf_conntrack_acct"):
-        return "needs the nf_conntrack module"
-    return None
-
-
-MISSING = None if os.environ.get("CI") == "true" else _missing()
+#: Present once the nf_conntrack module is loaded.
+ACCT_SWITCH = "/proc/sys/net/netfilter/nf_conntrack_acct"
 pytestmark = [
     pytest.mark.root,
-    pytest.mark.skipif(MISSING is not None, reason=MISSING or ""),
+    needs_root(),
+    needs("ip", "nft", "conntrack"),
+    skip_outside_ci(None if os.path.exists(ACCT_SWITCH) else "needs the nf_conntrack module"),
     pytest.mark.timeout(120),
 ]
 

@@ -27,13 +27,14 @@ from nfflowd.conntrack import netlink as nl
 from nfflowd.conntrack.kernel import open_in_netns, run_in_netns
 from nfflowd.conntrack.sources import NetlinkSource
 from nfflowd.messages import ConntrackEvent, EventType
-from tests.addresses import IN_CI, a, needs
+from tests.addresses import a
+from tests.needs import needs, needs_root
 from tests.scratch_netns import scratch_netns
 
 pytestmark = [
     pytest.mark.root,
     needs("ip", "nft"),
-    pytest.mark.skipif(not IN_CI and os.geteuid() != 0, reason="outside CI: needs root"),
+    needs_root(),
     pytest.mark.timeout(180),
 ]
 

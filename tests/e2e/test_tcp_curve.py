@@ -28,7 +28,7 @@ import pytest
 from nfflowd.lab.events import generate
 from nfflowd.ops import control
 from nfflowd.pipeline import curve, supervision
-from tests.addresses import needs
+from tests.needs import needs
 
 PREFIX = f"nfcrv{os.getpid() % 100000}"
 NS_A, NS_B = f"{PREFIX}a", f"{PREFIX}b"

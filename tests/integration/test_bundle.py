@@ -31,7 +31,7 @@ from nfflowd.lab.events import generate
 from nfflowd.lab.nfcapd import Nfcapd
 from nfflowd.ops import bundle as entry
 from nfflowd.ops import control
-from tests.addresses import IN_CI, needs
+from tests.needs import needs, skip_or_fail
 from tests.pipeline_harness import (
     ROOT,
     csv_key,
@@ -78,10 +78,7 @@ def system_python() -> tuple[str, str]:
             if res.returncode == 0:
                 problems.append(f"{python} already has {module}: nothing would be proven")
     if problems:
-        reason = "; ".join(problems)
-        if IN_CI:
-            pytest.fail(reason)
-        pytest.skip(f"outside CI: {reason}")
+        skip_or_fail("; ".join(problems))
     assert python is not None
     return python, version
 

@@ -28,7 +28,7 @@ import pytest
 from nfflowd import topology
 from nfflowd.lab.events import generate
 from nfflowd.lab.nfcapd import Nfcapd
-from tests.addresses import needs
+from tests.needs import needs
 from tests.pipeline_harness import (
     Chaos,
     PacedSyslog,

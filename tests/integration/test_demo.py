@@ -28,7 +28,7 @@ from nfflowd import lab as labmod
 from nfflowd.formats import flowtools_csv
 from nfflowd.lab.traffic import mix
 from nfflowd.ops import control
-from tests.addresses import needs
+from tests.needs import needs
 from tests.pipeline_harness import expected_records, is_ipv4
 
 COLLECTOR = re.compile(r"^== what the collector \(nfcapd\) stored: (\d+) NetFlow v5 records ==$")

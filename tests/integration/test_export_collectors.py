@@ -16,8 +16,6 @@ under ``CI=true`` a missing program fails.
 from __future__ import annotations
 
 import ipaddress
-import os
-import shutil
 import struct
 from collections import Counter
 from contextlib import ExitStack
@@ -33,21 +31,18 @@ from nfflowd.formats import json_lines
 from nfflowd.lab.nfcapd import Nfcapd, free_udp_port, parse_nfdump_line
 from nfflowd.messages import FlowRecord
 from nfflowd.outputs.exporter import Exporter
+from tests.needs import needs
 from tests.pipeline_harness import GOLDEN, csv_key, nfdump_key, nfflowd
 
 # workers/ is installed as nfflowd.workers; mypy checks it as `workers`, not under that name
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
 LOG = GOLDEN / "lab-events.log"
 EXPECTED = GOLDEN / "lab-expected.csv"
 VERSIONS = {"v9": 9, "ipfix": 10}
 #: nfdump output: the base fields, then the post-NAT fields and the direction.
 NFDUMP_FMT = "fmt:%ts|%te|%pr|%sa|%da|%sp|%dp|%pkt|%byt|%xsa|%xda|%xsp|%xdp|%dir"
 
-pytestmark = pytest.mark.skipif(
-    not IN_CI and not (shutil.which("nfcapd") and shutil.which("nfdump")),
-    reason="outside CI: nfcapd/nfdump (nfdump package) not installed",
-)
+pytestmark = needs("nfcapd", "nfdump")
 
 
 def nat_rows(cap: Nfcapd) -> list[tuple[Any, ...]]:

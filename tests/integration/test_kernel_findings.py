@@ -10,7 +10,6 @@ CI=true.  The only traffic is one UDP exchange on the namespace's lo.
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import time
@@ -24,14 +23,14 @@ from nfflowd.conntrack.kernel import SYSCTLS, dump_table, kernel_settings, run_i
 from nfflowd.conntrack.kernel import set_sysctls as write_sysctls
 from nfflowd.conntrack.sources import NetlinkSource
 from nfflowd.ops import control
-from tests.addresses import IN_CI, needs
+from tests.needs import needs, needs_root
 from tests.pipeline_harness import nfflowd, wait_all_running, write_config
 from tests.scratch_netns import TRACKING_RULES, scratch_netns
 
 pytestmark = [
     pytest.mark.root,
     needs("ip", "nft", "sysctl"),
-    pytest.mark.skipif(not IN_CI and os.geteuid() != 0, reason="outside CI: needs root"),
+    needs_root(),
     pytest.mark.timeout(180),
 ]
 

@@ -31,7 +31,7 @@ from nfflowd.lab.nfcapd import Nfcapd
 from nfflowd.messages import EventBatch, FlowBatch
 from nfflowd.pipeline import codec
 from nfflowd.pipeline.delivery import Recent
-from tests.addresses import needs
+from tests.needs import needs
 from tests.pipeline_harness import (
     end_replay,
     expected_records,

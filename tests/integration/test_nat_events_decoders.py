@@ -31,15 +31,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nfflowd.workers.export import Exporter
 
 from nfflowd.config import Collector, ExportSettings
 from nfflowd.formats import ipfix, netflow_v9
 from nfflowd.lab.nfcapd import Nfcapd
 from nfflowd.messages import FlowRecord
-from tests.addresses import needs, txt
-from tests.integration.test_v9_ipfix_decoders import abs_ms, tshark_packets
-from tests.unit.test_nat_events import NOW_NS, PAIRS, encoder, mix
+from nfflowd.outputs.exporter import Exporter
+from tests.addresses import txt
+from tests.flow_records import NOW_NS
+from tests.nat_mix import PAIRS, encoder, mix
+from tests.needs import needs
+from tests.tshark_cflow import abs_ms, tshark_packets
 
 GOLDEN = Path(__file__).parent.parent / "data" / "nat_events"
 CASES = [("v9", 1), ("v9", 4), ("ipfix", 1), ("ipfix", 4)]
@@ -93,7 +95,7 @@ def golden_cases() -> list[tuple[str, str, list[bytes], list[Event]]]:
 
 
 def live(fmt: str, numbering: int) -> tuple[list[bytes], list[Event], int]:
-    """Datagrams of the unit tests' connection mix, its events, and its flow count."""
+    """Datagrams of the connection mix (tests/nat_mix.py), its events, and its flow count."""
     recs = mix()
     enc = encoder(
         fmt, mtu=600, template_refresh_packets=3, nat_events=True, nat_event_numbering=numbering
@@ -251,8 +253,8 @@ def test_tshark_reads_golden_nat_events(tmp_path: Path) -> None:
 @needs("nfcapd", "nfdump")
 @pytest.mark.timeout(180)
 def test_export_stage_sends_nat_events_only_where_configured() -> None:
-    """workers/export.py's Exporter, three collectors over loopback: v9 with 1/2, IPFIX with
-    RFC 8158's 4/5, IPFIX without nat_events (flows only)."""
+    """The export stage's Exporter (nfflowd.outputs.exporter), three collectors over
+    loopback: v9 with 1/2, IPFIX with RFC 8158's 4/5, IPFIX without nat_events (flows only)."""
     recs = mix()
     with Nfcapd() as v9, Nfcapd() as fx4, Nfcapd() as plain:
         exp = ExportSettings(

@@ -22,7 +22,7 @@ import pytest
 from nfflowd import topology
 from nfflowd.lab.events import generate
 from nfflowd.lab.nfcapd import Nfcapd
-from tests.addresses import needs
+from tests.needs import needs
 from tests.pipeline_harness import (
     end_replay,
     expected_records,

@@ -29,7 +29,7 @@ import nfflowd
 from nfflowd.lab.events import generate
 from nfflowd.ops import control, privileges
 from nfflowd.pipeline import endpoints
-from tests.addresses import needs
+from tests.needs import needs
 from tests.pipeline_harness import nfflowd as run_cli
 from tests.pipeline_harness import wait_all_running
 

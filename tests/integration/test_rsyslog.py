@@ -9,19 +9,15 @@ once it is back: all of them, once each, in order.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import pytest
-from rsyslog_harness import RsyslogHarness
 
 from nfflowd.outputs.syslog import SyslogDispatcher
+from tests.needs import skip_outside_ci
+from tests.rsyslog_harness import RsyslogHarness
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
-pytestmark = pytest.mark.skipif(
-    not IN_CI and RsyslogHarness.available() is not None,
-    reason=f"outside CI: {RsyslogHarness.available()}",
-)
+pytestmark = skip_outside_ci(RsyslogHarness.available())
 
 CSV = "1248952480,737235000,279737,172.16.1.1,720,38052,136315,279737,10.0.195.106,74.125.6.225,0.0.0.0,0,0,62380,80,6,0,0"  # noqa: E501
 

@@ -21,7 +21,7 @@ from nfflowd.lab.events import generate
 from nfflowd.lab.nfcapd import Nfcapd
 from nfflowd.messages import FlowRecord
 from nfflowd.ops import control
-from tests.addresses import needs
+from tests.needs import needs
 from tests.pipeline_harness import (
     Tally,
     expected_records,

@@ -27,46 +27,13 @@ from nfflowd.formats import netflow_v5 as v5
 from nfflowd.formats.uptime import host_boot_ms
 from nfflowd.lab.nfcapd import Nfcapd, NfcapdError
 from nfflowd.messages import FlowRecord
-from tests.addresses import a, needs, txt
+from tests.addresses import a, txt
+from tests.flow_records import plain_record as rec
+from tests.needs import needs
 from tests.pcap_writer import write_pcap
 
 GOLDEN = Path(__file__).parent.parent / "data" / "v5"
 DAY = 86_400_000
-
-
-def rec(
-    first: int,
-    last: int,
-    src: str,
-    dst: str,
-    sport: int,
-    dport: int,
-    packets: int,
-    octets: int,
-    proto: int = 6,
-) -> FlowRecord:
-    fam = 6 if ":" in src else 4
-    return FlowRecord(
-        first,
-        last,
-        fam,
-        proto,
-        a(src),
-        a(dst),
-        sport,
-        dport,
-        packets,
-        octets,
-        a(src),
-        a(dst),
-        sport,
-        dport,
-        1,
-        3,
-        0,
-        0,
-        0,
-    )
 
 
 def live_records(now_ms: int, boot_ms: int) -> list[FlowRecord]:

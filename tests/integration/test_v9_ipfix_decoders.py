@@ -18,11 +18,8 @@ missing program fails.
 
 from __future__ import annotations
 
-import calendar
 import json
-import os
 import struct
-import subprocess
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -37,8 +34,10 @@ from nfflowd.formats import ipfix_ies as ies
 from nfflowd.formats.uptime import host_boot_ms
 from nfflowd.lab.nfcapd import Nfcapd, free_udp_port, parse_nfdump_line
 from nfflowd.messages import FlowRecord
-from tests.addresses import a, needs, txt
-from tests.pcap_writer import write_pcap
+from tests.addresses import a, txt
+from tests.flow_records import flow
+from tests.needs import needs
+from tests.tshark_cflow import abs_ms, tshark_packets
 
 DATA = Path(__file__).parent.parent / "data"
 DAY = 86_400_000
@@ -56,47 +55,6 @@ def make_encoder(fmt: str, **kw: Any) -> Encoder:
 
 def unpacker(fmt: str) -> Callable[..., tuple[Any, list[dict[str, Any]]]]:
     return netflow_v9.unpack_datagram if fmt == "v9" else ipfix.unpack_datagram
-
-
-def flow(
-    first: int,
-    last: int,
-    proto: int,
-    src: str,
-    dst: str,
-    sp: int,
-    dp: int,
-    pk: int,
-    by: int,
-    psrc: str,
-    pdst: str,
-    psp: int,
-    pdp: int,
-    d: int,
-    end: int = 3,
-) -> FlowRecord:
-    fam = 6 if ":" in src else 4
-    return FlowRecord(
-        first,
-        last,
-        fam,
-        proto,
-        a(src),
-        a(dst),
-        sp,
-        dp,
-        pk,
-        by,
-        a(psrc),
-        a(pdst),
-        psp,
-        pdp,
-        d,
-        end,
-        0,
-        0,
-        0,
-    )
 
 
 def triplet(
@@ -354,38 +312,6 @@ def test_nfdump_decodes_golden_datagrams() -> None:
 
 
 # -- 2. tshark ---------------------------------------------------------------------------------
-
-
-def abs_ms(text: str) -> int:
-    """tshark's 'Nov 26, 2026 17:12:59.334000000 UTC' -> epoch ms (exact)."""
-    stamp, frac = text.removesuffix(" UTC").split(".")
-    assert frac[3:] == "000000", text
-    return calendar.timegm(time.strptime(stamp, "%b %d, %Y %H:%M:%S")) * 1000 + int(frac[:3])
-
-
-def tshark_packets(dgs: list[bytes], tmp_path: Path) -> list[dict[str, Any]]:
-    pcap = tmp_path / "nfb-flows.pcap"
-    write_pcap(pcap, dgs, 9996)
-    res = subprocess.run(
-        [
-            "tshark",
-            "-n",
-            "-r",
-            str(pcap),
-            "-d",
-            "udp.port==9996,cflow",
-            "-T",
-            "json",
-            "-O",
-            "cflow",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-        env=dict(os.environ, TZ="UTC", LC_ALL="C"),
-    )
-    return [p["_source"]["layers"]["cflow"] for p in json.loads(res.stdout)]
 
 
 def tshark_flows(layer: dict[str, Any]) -> list[dict[str, Any]]:

@@ -5,52 +5,11 @@ from __future__ import annotations
 import socket
 
 from nfflowd.correlate.correlator import Correlator, flow_records, is_natted
-from nfflowd.messages import ConntrackEvent, Direction, EventType, FlowRecord
+from nfflowd.messages import Direction, EventType, FlowRecord
 from tests.addresses import a
+from tests.conntrack_events import SNAT_ORIG, SNAT_REPLY, ev
 
 S = 1_000_000_000
-
-
-def ev(
-    etype: int,
-    t_s: float,
-    orig: tuple[str, str, int, int],
-    reply: tuple[str, str, int, int],
-    *,
-    proto: int = 6,
-    counters: tuple[int, int, int, int] | None = (10, 1000, 8, 5000),
-    ct_id: int | None = None,
-    start_ns: int | None = None,
-    stop_ns: int | None = None,
-    delta: int | None = None,
-) -> ConntrackEvent:
-    fam = 6 if ":" in orig[0] else 4
-    c: tuple[int | None, ...] = counters if counters is not None else (None, None, None, None)
-    return ConntrackEvent(
-        etype,
-        round(t_s * 1000) * 1_000_000,
-        fam,
-        proto,
-        a(orig[0]),
-        a(orig[1]),
-        orig[2],
-        orig[3],
-        a(reply[0]),
-        a(reply[1]),
-        reply[2],
-        reply[3],
-        c[0],
-        c[1],
-        c[2],
-        c[3],
-        ct_id,
-        start_ns,
-        stop_ns,
-        delta,
-        0,
-        0,
-        0,
-    )
 
 
 def view(r: FlowRecord) -> tuple[object, ...]:
@@ -64,10 +23,6 @@ def view(r: FlowRecord) -> tuple[object, ...]:
         r.octets,
         Direction(r.direction).name,
     )
-
-
-SNAT_ORIG = ("10.0.195.106", "74.125.6.225", 62380, 80)
-SNAT_REPLY = ("74.125.6.225", "192.76.7.154", 80, 62380)
 
 
 def test_seed_example_snat_triplet() -> None:

@@ -26,8 +26,8 @@ from nfflowd.formats import ipfix, netflow_v9
 from nfflowd.formats import ipfix_ies as ies
 from nfflowd.formats.ipfix_ies import IE
 from tests.addresses import a
+from tests.needs import skip_outside_ci
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
 DATA = Path(__file__).parent.parent / "data"
 ICMP = (1, 58)
 
@@ -648,9 +648,7 @@ def poll(what: str, check: Any, deadline: float, send: Any = None) -> None:
         time.sleep(0.1)
 
 
-@pytest.mark.skipif(
-    capture_missing() is not None and not IN_CI, reason=f"outside CI: {capture_missing()}"
-)
+@skip_outside_ci(capture_missing())
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize(("iface", "fmt", "magic", "linktypes"), [
     ("lo", "pcapng", b"\x0a\x0d\x0d\x0a", {pcap.LINKTYPE_ETHERNET}),

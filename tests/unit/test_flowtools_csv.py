@@ -7,8 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nfflowd.formats.flowtools_csv import FIELDS, format_line, parse_line
-from nfflowd.messages import FlowRecord
-from tests.addresses import a
+from tests.flow_records import plain_record as rec
 
 DAY = 86_400_000
 
@@ -21,41 +20,6 @@ SEED_LINES = [
 SEED_END_MS = 1248952480737  # unix_secs.unix_nsecs at ms resolution
 SEED_BOOT_MS = SEED_END_MS - 279737  # sysuptime 279737 at the flow's end
 SEED_START_MS = SEED_BOOT_MS + 136315
-
-
-def rec(
-    first: int,
-    last: int,
-    src: str,
-    dst: str,
-    sport: int,
-    dport: int,
-    packets: int,
-    octets: int,
-    proto: int = 6,
-) -> FlowRecord:
-    fam = 6 if ":" in src else 4
-    return FlowRecord(
-        first,
-        last,
-        fam,
-        proto,
-        a(src),
-        a(dst),
-        sport,
-        dport,
-        packets,
-        octets,
-        a(src),
-        a(dst),
-        sport,
-        dport,
-        1,
-        3,
-        0,
-        0,
-        0,
-    )
 
 
 SEED_RECORDS = [

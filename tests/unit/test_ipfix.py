@@ -15,52 +15,10 @@ from nfflowd.formats import ipfix
 from nfflowd.formats import ipfix_ies as ies
 from nfflowd.messages import FlowRecord
 from tests.addresses import a
+from tests.flow_records import FLOWS, NOW_NS, SECS, load_records
+from tests.flow_records import snat_record as rec
 
 GOLDEN = Path(__file__).parent.parent / "data" / "ipfix"
-NOW_NS = 1_795_713_184_334_567_890
-NOW = NOW_NS // 1_000_000
-SECS = NOW_NS // 1_000_000_000
-
-
-def rec(
-    first: int = NOW - 5106,
-    last: int = NOW - 17,
-    src: str = "10.0.0.1",
-    dst: str | None = None,
-    sport: int = 1234,
-    dport: int = 443,
-    packets: int = 10,
-    octets: int = 1000,
-    proto: int = 6,
-    post_src: str | None = None,
-    post_sport: int = 40000,
-    direction: int = 1,
-    end_reason: int = 3,
-) -> FlowRecord:
-    fam = 6 if ":" in src else 4
-    dst = dst or ("2001:db8::5" if fam == 6 else "203.0.113.5")
-    psrc = post_src or ("2001:db8:ff::1" if fam == 6 else "198.51.100.1")
-    return FlowRecord(
-        first,
-        last,
-        fam,
-        proto,
-        a(src),
-        a(dst),
-        sport,
-        dport,
-        packets,
-        octets,
-        a(psrc),
-        a(dst),
-        post_sport,
-        dport,
-        direction,
-        end_reason,
-        5,
-        0,
-        77,
-    )
 
 
 def expected(r: FlowRecord) -> dict[str, Any]:
@@ -209,22 +167,6 @@ def test_pack_functions_match_encoder() -> None:
         runs.append(ipfix.pack_data_set(tid, fields, [ies.flow_values(r) for r in recs[i:j]]))
         i = j
     assert dgs == [ipfix.pack_message(runs, export_time=SECS, sequence=11, observation_domain=3)]
-
-
-FLOWS = st.builds(
-    rec,
-    first=st.integers(0, 2**64 - 1),
-    last=st.integers(0, 2**64 - 1),
-    src=st.sampled_from(["10.0.0.1", "0.0.0.0", "255.255.255.255", "fd00::1", "::"]),
-    sport=st.integers(0, 0xFFFF),
-    dport=st.integers(0, 0xFFFF),
-    packets=st.integers(0, 2**64 - 1),
-    octets=st.integers(0, 2**64 - 1),
-    proto=st.integers(0, 255),
-    post_sport=st.integers(0, 0xFFFF),
-    direction=st.sampled_from([1, 2, 3]),
-    end_reason=st.integers(0, 255),
-)
 
 
 @settings(max_examples=200)
@@ -422,16 +364,6 @@ def test_unpack_errors_name_the_offset() -> None:
 
 
 # -- golden datagrams ---------------------------------------------------------------------
-
-
-def load_records(rows: list[dict[str, Any]]) -> list[FlowRecord]:
-    out = []
-    for row in rows:
-        row = dict(row)
-        for k in ("src", "dst", "post_src", "post_dst"):
-            row[k] = a(row[k])
-        out.append(FlowRecord(**row))
-    return out
 
 
 @pytest.mark.parametrize("path", sorted(GOLDEN.glob("*.json")), ids=lambda p: p.stem)

@@ -19,136 +19,15 @@ from nfflowd.formats.netflow_v5 import V5Encoder
 from nfflowd.messages import FlowRecord
 from nfflowd.outputs.exporter import make_encoder
 from tests.addresses import a, txt
+from tests.flow_records import NOW, NOW_NS, flow, load_records
+from tests.nat_mix import PAIRS, PUB, encoder, mix, snat
 
 GOLDEN = Path(__file__).parent.parent / "data" / "nat_events"
-NOW_NS = 1_795_713_184_334_567_890
-NOW = NOW_NS // 1_000_000
-BOOT = 1_795_712_176_000
-PUB = "198.51.100.7"
 FORMATS = ["v9", "ipfix"]
-#: natEvent (create, delete) by nat_event_numbering, as the IANA registry numbers them
-PAIRS = {1: (1, 2), 4: (4, 5)}
-Encoder = netflow_v9.V9Encoder | ipfix.IpfixEncoder
-
-
-def encoder(fmt: str, **kw: Any) -> Encoder:
-    if fmt == "v9":
-        return netflow_v9.V9Encoder(boot_ms=BOOT, **kw)
-    return ipfix.IpfixEncoder(**kw)
 
 
 def unpack(fmt: str) -> Callable[..., tuple[Any, list[dict[str, Any]]]]:
     return netflow_v9.unpack_datagram if fmt == "v9" else ipfix.unpack_datagram
-
-
-# fmt: off
-def rec(first: int, last: int, proto: int, src: str, dst: str, sp: int, dp: int, psrc: str,
-        pdst: str, psp: int, pdp: int, d: int = 1, end: int = 3, ct: int = 0) -> FlowRecord:
-    fam = 6 if ":" in src else 4
-    return FlowRecord(first, last, fam, proto, a(src), a(dst), sp, dp, 3, 300, a(psrc), a(pdst),
-                      psp, pdp, d, end, 0, 0, ct)
-# fmt: on
-
-
-def snat(first: int, last: int, i: int, end: int = 3, ct: int = 0) -> list[FlowRecord]:
-    """The three records of a source-NATed TCP connection number ``i``."""
-    src, dst, port = f"10.1.{i >> 8}.{i & 255}", "203.0.113.9", 20000 + i
-    return [
-        rec(first, last, 6, src, dst, port, 443, PUB, dst, 40000 + i, 443, 1, end, ct),
-        rec(first, last, 6, PUB, dst, 40000 + i, 443, PUB, dst, 40000 + i, 443, 2, end, ct),
-        rec(first, last, 6, dst, PUB, 443, 40000 + i, dst, src, 443, port, 3, end, ct),
-    ]
-
-
-def mix() -> list[FlowRecord]:
-    """SNAT, DNAT, both, NAT66, ICMP SNAT and two connections without NAT."""
-    return [
-        *snat(NOW - 5000, NOW - 10, 1, ct=11),
-        rec(
-            NOW - 4000,
-            NOW - 3000,
-            17,
-            "203.0.113.20",
-            PUB,
-            5353,
-            53,
-            "203.0.113.20",
-            "10.1.0.53",
-            5353,
-            5300,
-            ct=12,
-        ),  # DNAT
-        rec(
-            NOW - 3500,
-            NOW - 3400,
-            6,
-            "10.1.0.7",
-            "198.51.100.80",
-            1234,
-            8080,
-            PUB,
-            "10.2.0.80",
-            40007,
-            80,
-            ct=13,
-        ),  # both
-        rec(
-            NOW - 800,
-            NOW - 300,
-            17,
-            "fd00::10",
-            "2001:db8::53",
-            40000,
-            53,
-            "2001:db8:ff::10",
-            "2001:db8::53",
-            40000,
-            53,
-            ct=14,
-        ),  # NAT66
-        rec(
-            NOW - 3000,
-            NOW - 1000,
-            1,
-            "10.1.0.6",
-            "203.0.113.1",
-            0,
-            0x0800,
-            PUB,
-            "203.0.113.1",
-            0,
-            0x0800,
-            ct=15,
-        ),  # ICMP echo
-        rec(
-            NOW - 900,
-            NOW - 100,
-            6,
-            "10.1.0.3",
-            "203.0.113.2",
-            40100,
-            22,
-            "10.1.0.3",
-            "203.0.113.2",
-            40100,
-            22,
-            ct=16,
-        ),  # no NAT
-        rec(
-            NOW - 900,
-            NOW - 100,
-            6,
-            "fd00::3",
-            "2001:db8::2",
-            40100,
-            22,
-            "fd00::3",
-            "2001:db8::2",
-            40100,
-            22,
-            ct=17,
-        ),  # no NAT, IPv6
-    ]
 
 
 def event_dict(r: FlowRecord, time_ms: int, event: int) -> dict[str, Any]:
@@ -225,7 +104,7 @@ def test_template_layout() -> None:
 
 
 def test_one_ipfix_event_pair_by_hand() -> None:
-    r = rec(
+    r = flow(
         0x0102030405,
         0x0102030406,
         6,
@@ -233,6 +112,8 @@ def test_one_ipfix_event_pair_by_hand() -> None:
         "192.0.2.2",
         1000,
         80,
+        3,
+        300,
         "198.51.100.1",
         "192.0.2.2",
         2000,
@@ -310,7 +191,7 @@ def test_no_translation_no_events_but_templates() -> None:
 def test_many_events_span_datagrams_and_sequences_stay_right(fmt: str) -> None:
     recs = [r for i in range(60) for r in snat(NOW - 1000 - i, NOW - i, i)]
     recs += [
-        rec(
+        flow(
             NOW - 50,
             NOW - 5,
             17,
@@ -318,6 +199,8 @@ def test_many_events_span_datagrams_and_sequences_stay_right(fmt: str) -> None:
             "2001:db8::53",
             1000 + i,
             53,
+            3,
+            300,
             "2001:db8:ff::1",
             "2001:db8::53",
             3000 + i,
@@ -357,9 +240,13 @@ def _has_templates(fmt: str, d: bytes) -> bool:
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_untranslatable_records_yield_no_events(fmt: str) -> None:
-    bad_len = rec(NOW - 10, NOW, 6, "10.0.0.1", "192.0.2.2", 1, 80, PUB, "192.0.2.2", 2, 80)
+    bad_len = flow(
+        NOW - 10, NOW, 6, "10.0.0.1", "192.0.2.2", 1, 80, 3, 300, PUB, "192.0.2.2", 2, 80
+    )
     bad_len = bad_len._replace(post_src=a("2001:db8::1"))
-    bad_port = rec(NOW - 10, NOW, 17, "10.0.0.1", "192.0.2.2", 70000, 53, PUB, "192.0.2.2", 2, 53)
+    bad_port = flow(
+        NOW - 10, NOW, 17, "10.0.0.1", "192.0.2.2", 70000, 53, 3, 300, PUB, "192.0.2.2", 2, 53
+    )
     bad_family = bad_port._replace(family=5, sport=1)
     enc = encoder(fmt, nat_events=True)
     dgs = enc.encode([bad_len, bad_port, bad_family, *snat(NOW - 9, NOW - 1, 3)], NOW_NS)
@@ -408,13 +295,6 @@ def test_remembered_interim_creates_are_bounded(monkeypatch: pytest.MonkeyPatch)
 
 
 # -- golden datagrams ------------------------------------------------------------------------------
-
-
-def load_records(rows: list[dict[str, Any]]) -> list[FlowRecord]:
-    return [
-        FlowRecord(**{**r, **{k: a(r[k]) for k in ("src", "dst", "post_src", "post_dst")}})
-        for r in rows
-    ]
 
 
 def golden_event(e: dict[str, Any], numbering: int) -> dict[str, Any]:

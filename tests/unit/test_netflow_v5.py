@@ -16,47 +16,11 @@ from nfflowd.formats import netflow_v5 as v5
 from nfflowd.formats.uptime import UPTIME_MAX, clamp_span, host_boot_ms, uptime_base
 from nfflowd.messages import FlowRecord
 from tests.addresses import a
+from tests.flow_records import BOOT, NOW, NOW_NS, load_records
+from tests.flow_records import plain_record as rec
 
 GOLDEN = Path(__file__).parent.parent / "data" / "v5"
-NOW_NS = 1_795_713_184_334_567_890
-NOW = NOW_NS // 1_000_000
-BOOT = 1_795_712_176_000
 DAY = 86_400_000
-
-
-def rec(
-    first: int,
-    last: int,
-    src: str = "10.0.0.1",
-    dst: str = "203.0.113.5",
-    sport: int = 1234,
-    dport: int = 80,
-    packets: int = 10,
-    octets: int = 1000,
-    proto: int = 6,
-) -> FlowRecord:
-    fam = 6 if ":" in src else 4
-    return FlowRecord(
-        first,
-        last,
-        fam,
-        proto,
-        a(src),
-        a(dst),
-        sport,
-        dport,
-        packets,
-        octets,
-        a(src),
-        a(dst),
-        sport,
-        dport,
-        1,
-        3,
-        0,
-        0,
-        0,
-    )
 
 
 def nfdump_times(h: v5.V5Header, r: v5.V5Record) -> tuple[int, int]:
@@ -427,12 +391,7 @@ def golden_cases() -> list[Path]:
 
 def load_case(path: Path) -> tuple[dict[str, Any], list[FlowRecord]]:
     case = json.loads(path.read_text())
-    recs = []
-    for row in case["records"]:
-        for k in ("src", "dst", "post_src", "post_dst"):
-            row[k] = a(row[k])
-        recs.append(FlowRecord(**row))
-    return case, recs
+    return case, load_records(case["records"])
 
 
 @pytest.mark.parametrize("path", golden_cases(), ids=lambda p: p.stem)

@@ -16,52 +16,10 @@ from nfflowd.formats import netflow_v9 as v9
 from nfflowd.formats.uptime import host_boot_ms
 from nfflowd.messages import FlowRecord
 from tests.addresses import a
+from tests.flow_records import BOOT, FLOWS, NOW, NOW_NS, SECS, load_records
+from tests.flow_records import snat_record as rec
 
 GOLDEN = Path(__file__).parent.parent / "data" / "v9"
-NOW_NS = 1_795_713_184_334_567_890
-NOW = NOW_NS // 1_000_000
-SECS = NOW_NS // 1_000_000_000
-BOOT = 1_795_712_176_000
-
-
-def rec(
-    first: int = NOW - 5106,
-    last: int = NOW - 17,
-    src: str = "10.0.0.1",
-    dst: str | None = None,
-    sport: int = 1234,
-    dport: int = 443,
-    packets: int = 10,
-    octets: int = 1000,
-    proto: int = 6,
-    post_sport: int = 40000,
-    direction: int = 1,
-    end_reason: int = 3,
-) -> FlowRecord:
-    fam = 6 if ":" in src else 4
-    dst = dst or ("2001:db8::5" if fam == 6 else "203.0.113.5")
-    psrc = "2001:db8:ff::1" if fam == 6 else "198.51.100.1"
-    return FlowRecord(
-        first,
-        last,
-        fam,
-        proto,
-        a(src),
-        a(dst),
-        sport,
-        dport,
-        packets,
-        octets,
-        a(psrc),
-        a(dst),
-        post_sport,
-        dport,
-        direction,
-        end_reason,
-        5,
-        0,
-        77,
-    )
 
 
 def expected(r: FlowRecord) -> dict[str, Any]:
@@ -218,22 +176,6 @@ def flowsets(d: bytes) -> list[bytes]:
     return out
 
 
-FLOWS = st.builds(
-    rec,
-    first=st.integers(0, 2**64 - 1),
-    last=st.integers(0, 2**64 - 1),
-    src=st.sampled_from(["10.0.0.1", "0.0.0.0", "255.255.255.255", "fd00::1", "::"]),
-    sport=st.integers(0, 0xFFFF),
-    dport=st.integers(0, 0xFFFF),
-    packets=st.integers(0, 2**64 - 1),
-    octets=st.integers(0, 2**64 - 1),
-    proto=st.integers(0, 255),
-    post_sport=st.integers(0, 0xFFFF),
-    direction=st.sampled_from([1, 2, 3]),
-    end_reason=st.integers(0, 255),
-)
-
-
 @settings(max_examples=200)
 @given(st.lists(FLOWS, max_size=60), st.integers(300, 3000), st.integers(0, 2**32 - 1))
 def test_roundtrip_mtu_count_sequence(recs: list[FlowRecord], mtu: int, seq: int) -> None:
@@ -349,16 +291,6 @@ def test_unpack_errors_name_the_offset() -> None:
 
 
 # -- golden datagrams ---------------------------------------------------------------------
-
-
-def load_records(rows: list[dict[str, Any]]) -> list[FlowRecord]:
-    out = []
-    for row in rows:
-        row = dict(row)
-        for k in ("src", "dst", "post_src", "post_dst"):
-            row[k] = a(row[k])
-        out.append(FlowRecord(**row))
-    return out
 
 
 def encodable(r: FlowRecord) -> bool:

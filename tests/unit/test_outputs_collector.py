@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from nfflowd.outputs.collector import SNDBUF_BYTES, UdpCollector
-from tests.addresses import IN_CI
+from tests.needs import skip_outside_ci
 
 
 def _ipv6_loopback() -> bool:
@@ -20,6 +20,12 @@ def _ipv6_loopback() -> bool:
         return True
     except OSError:
         return False
+
+
+#: Outside CI the IPv6 tests skip on a host without ::1; under CI=true they run.
+needs_ipv6_loopback = skip_outside_ci(
+    None if _ipv6_loopback() else "no IPv6 loopback (::1) on this host"
+)
 
 
 @pytest.fixture
@@ -54,9 +60,7 @@ def test_datagrams_arrive_intact(receiver: socket.socket) -> None:
     assert coll.last_error is None
 
 
-@pytest.mark.skipif(
-    not IN_CI and not _ipv6_loopback(), reason="outside CI: no IPv6 loopback (::1) on this host"
-)
+@needs_ipv6_loopback
 def test_ipv6_collector() -> None:
     with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as rx:
         rx.bind(("::1", 0))
@@ -124,9 +128,7 @@ def test_foreign_source_address_warns_once_and_sends_unbound(
     assert coll.counters["unbound_source"] == 1
 
 
-@pytest.mark.skipif(
-    not IN_CI and not _ipv6_loopback(), reason="outside CI: no IPv6 loopback (::1) on this host"
-)
+@needs_ipv6_loopback
 def test_source_of_the_wrong_family_is_ignored_with_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

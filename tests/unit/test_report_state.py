@@ -16,8 +16,8 @@ import pytest
 
 from nfflowd.correlate.correlator import Correlator
 from nfflowd.correlate.report_state import ReportJournal
-from nfflowd.messages import ConntrackEvent, FlowRecord
-from tests.unit.test_correlate import SNAT_ORIG, SNAT_REPLY, EventType, ev
+from nfflowd.messages import ConntrackEvent, EventType, FlowRecord
+from tests.conntrack_events import SNAT_ORIG, SNAT_REPLY, ev
 
 CT = 9
 FINAL = (21, 2100, 17, 17100)

@@ -8,38 +8,9 @@ from pathlib import Path
 import pytest
 
 from nfflowd import config, topology
-from nfflowd.messages import ConntrackEvent
 from nfflowd.ops import control
 from nfflowd.pipeline import endpoints, shards
-from tests.addresses import a
-
-
-def event(n: int, ct_id: int | None, etype: int = 1) -> ConntrackEvent:
-    return ConntrackEvent(
-        etype,
-        10**18 + n,
-        4,
-        6,
-        a(f"10.0.{n // 250}.{n % 250 + 1}"),
-        a("203.0.113.9"),
-        1024 + n,
-        443,
-        a("203.0.113.9"),
-        a("203.0.113.1"),
-        443,
-        1024 + n,
-        None,
-        None,
-        None,
-        None,
-        ct_id,
-        None,
-        None,
-        None,
-        0,
-        0,
-        0,
-    )
+from tests.conntrack_events import numbered_event as event
 
 
 def test_a_connection_always_meets_the_same_correlator() -> None:
@@ -66,7 +37,8 @@ def test_the_tuple_hash_is_the_same_in_another_process() -> None:
     import sys
 
     code = (
-        "from tests.unit.test_shards import event; from nfflowd.pipeline import shards;"
+        "from tests.conntrack_events import numbered_event as event;"
+        "from nfflowd.pipeline import shards;"
         "print([shards.shard_of(event(i, None), 3) for i in range(50)])"
     )
     root = Path(__file__).resolve().parents[2]

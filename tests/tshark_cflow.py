@@ -1,0 +1,45 @@
+"""Our NetFlow v9 / IPFIX datagrams as tshark's cflow dissector reads them.
+
+The datagrams go into a pcap (tests/pcap_writer.py) and ``tshark -T json -O cflow``
+reads it back: one cflow layer per datagram, its sets and their records as tshark
+names them.  Used by the v9/IPFIX and the NAT-event decoder tests.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.pcap_writer import write_pcap
+
+PORT = 9996
+#: No name resolution; the pcap's UDP port PORT is cflow; every cflow field, as JSON.
+OPTIONS = ("-n", "-d", f"udp.port=={PORT},cflow", "-T", "json", "-O", "cflow")
+
+
+def abs_ms(text: str) -> int:
+    """tshark's 'Nov 26, 2026 17:12:59.334000000 UTC' -> epoch ms (exact)."""
+    stamp, frac = text.removesuffix(" UTC").split(".")
+    assert frac[3:] == "000000", text
+    return calendar.timegm(time.strptime(stamp, "%b %d, %Y %H:%M:%S")) * 1000 + int(frac[:3])
+
+
+def tshark_packets(dgs: list[bytes], tmp_path: Path) -> list[dict[str, Any]]:
+    """The cflow layer of each datagram, as tshark's JSON output holds it."""
+    pcap = tmp_path / "nfb-flows.pcap"
+    write_pcap(pcap, dgs, PORT)
+    argv = ["tshark", "-r", str(pcap), *OPTIONS]
+    res = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        env=dict(os.environ, TZ="UTC", LC_ALL="C"),
+    )
+    return [p["_source"]["layers"]["cflow"] for p in json.loads(res.stdout)]
