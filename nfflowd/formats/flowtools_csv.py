@@ -21,14 +21,27 @@ Semantics, per flow:
 * addresses in standard text form (IPv6 compressed per RFC 5952);
 * ICMP/ICMPv6: srcport 0 and dstport type*256+code, as in the v5 datagram
   (:mod:`nfflowd.formats.netflow_v5`); the ICMP id is not carried.
+
+Moving bytes, not objects (schema 5).  The mirror gets its flows as a FlowBatch's
+block of :data:`~nfflowd.messages.FLOW_RECORD` structs, and :func:`format_block`
+writes a block's lines without a FlowRecord per record: one ``struct`` read of the
+fields the line shows per record, the rules of :func:`format_line` inlined (no call
+per record), one %-format per line, address texts from a bounded cache (a
+connection's records share their addresses).  Same lines as :func:`format_line`,
+which stays for FlowRecord objects; about two thirds of its CPU per line, and no
+decoding into objects first (``bench/bench_mirror_format.py``).  Formatting a run
+of 30 a column at a time (``zip`` into one %-format, as the v5 encoder does) was
+measured too: no faster than this loop, where the formatting dominates.
 """
 
 from __future__ import annotations
 
+import functools
 import socket
+import struct
 
 from nfflowd.formats.uptime import UPTIME_MAX, clamp_span, uptime_base
-from nfflowd.messages import FlowRecord
+from nfflowd.messages import FLOW_RECORD, FlowRecord
 
 FIELDS = (
     "unix_secs",
@@ -99,6 +112,100 @@ def format_line(rec: FlowRecord, *, exaddr: str, boot_ms: int) -> str:
         f"{first_ms - base},{up},{src},{dst},{_NEXTHOP[rec.family]},0,0,"
         f"{0 if rec.proto in _ICMP else rec.sport},{rec.dport},{rec.proto},0,0"
     )
+
+
+class _Texts(dict[bytes, str]):
+    """Text of the addresses of one family met lately, by their 16 bytes in a block."""
+
+    def __init__(self, family: int) -> None:
+        super().__init__()
+        self.af = _AF[family]
+        self.size = 4 if family == 4 else 16
+
+    def __missing__(self, key: bytes) -> str:
+        text = self[key] = socket.inet_ntop(self.af, key[: self.size])
+        return text
+
+
+#: Most addresses of a family whose text is kept (cleared when full: a connection's
+#: records share their addresses, and most connections the firewall's and a few
+#: servers').
+TEXTS_MAX = 4096
+_TEXTS = {4: _Texts(4), 6: _Texts(6)}
+#: The fields of one FLOW_RECORD the line shows, in order: first_ms, last_ms, family,
+#: proto, src, dst (16 bytes), sport, dport, packets, octets (the rest skipped).
+_ROW = struct.Struct("<QQBB16s16sHHQQ48x")
+
+
+def _check_layout() -> None:
+    if _ROW.size != FLOW_RECORD.size:
+        raise ImportError(f"_ROW is {_ROW.size} bytes, FLOW_RECORD {FLOW_RECORD.size}")
+
+
+_check_layout()
+
+
+@functools.lru_cache(maxsize=8)
+def _template(exaddr: str) -> str:
+    """The line as one %-format of secs, nsecs, sysuptime, dpkts, doctets, first, last,
+    srcaddr, dstaddr, nexthop, srcport, dstport, prot."""
+    return "%d,%d,%d," + exaddr.replace("%", "%%") + ",%d,%d,%d,%d,%s,%s,%s,0,0,%d,%d,%d,0,0"
+
+
+def format_block(block: bytes, *, exaddr: str, boot_ms: int) -> list[str]:
+    """The lines :func:`format_line` gives for each record of a FLOW_RECORD block
+    (:func:`~nfflowd.messages.pack_flows`), without building a FlowRecord each.
+
+    ValueError on a record whose family is neither 4 nor 6 (the caller formats
+    record by record to skip it), or when the block's length is not a multiple of a
+    record's.  The rules of :func:`format_line`, inlined: clamp_span, uptime_base."""
+    size = FLOW_RECORD.size
+    if len(block) % size:
+        raise ValueError(f"flow block of {len(block)} bytes: not a multiple of {size}")
+    for cache in _TEXTS.values():
+        if len(cache) > TEXTS_MAX:
+            cache.clear()
+    line = _template(exaddr)
+    texts_of = _TEXTS.get
+    lines: list[str] = []
+    append = lines.append
+    for first, last, family, proto, src, dst, sport, dport, packets, octets in _ROW.iter_unpack(
+        block
+    ):
+        texts = texts_of(family)
+        if texts is None:
+            raise ValueError(f"family: {family} is neither 4 nor 6")
+        if first > last:  # clamp_span
+            first = last
+        elif last - first > UPTIME_MAX:
+            first = last - UPTIME_MAX
+        base = last - boot_ms  # uptime_base: the host's uptime at the flow's end ...
+        if base < 0:
+            base = first
+        else:  # ... its last 2**32 ms period, unless the flow started before
+            base = boot_ms + (base >> 32 << 32)
+            if base > first:
+                base = first
+        up = last - base
+        append(
+            line
+            % (
+                last // 1000,
+                last % 1000 * 1_000_000,
+                up,
+                packets,
+                octets,
+                first - base,
+                up,
+                texts[src],
+                texts[dst],
+                _NEXTHOP[family],
+                0 if proto in _ICMP else sport,
+                dport,
+                proto,
+            )
+        )
+    return lines
 
 
 def parse_line(line: str) -> dict[str, int | str]:

@@ -28,16 +28,35 @@ Mapping from :class:`~nfflowd.messages.FlowRecord`:
 * nexthop, input/output, tcp_flags, tos, AS numbers and masks are 0.
 * IPv6 cannot be carried: :func:`to_v5_records` refuses it; :class:`V5Encoder`
   skips and counts it.
+* a flow ending after 2106 cannot be carried either (the export time, at or after
+  its end, would overflow the header's 32-bit unix_secs): counted as invalid.  Up to
+  schema 4 such a flow made the encoder raise (struct.error), losing its whole call.
+
+Moving bytes, not objects (schema 5).  The export stage gets its flows as a
+FlowBatch's block of :data:`~nfflowd.messages.FLOW_RECORD` structs, not as
+FlowRecord objects, and :meth:`V5Encoder.encode_block` encodes that block as it
+is.  A run of up to 30 records that makes one datagram unchanged (IPv4, no counter
+to split, no start to clamp, within 49.7 days of each other: nearly every run of a
+live exporter) goes a column at a time: one ``struct`` unpack reads the fields v5
+needs from the whole run, list slices put them in the datagram's order, one
+``struct`` pack writes the whole datagram; no Python step per record but the two
+subtractions of the base.  Any other run goes record by record through the rules of
+:meth:`V5Encoder.encode` (which takes FlowRecord objects, for tests and tools).
+Both give the same bytes and counts.  About half the CPU per record of encoding
+objects, a quarter of decoding the block into objects first
+(``bench/bench_v5_encode.py``).
 """
 
 from __future__ import annotations
 
+import functools
+import operator
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from nfflowd.formats.uptime import UPTIME_MAX, clamp_span, host_boot_ms, uptime_base
-from nfflowd.messages import FlowRecord
+from nfflowd.messages import FLOW_RECORD, FlowRecord
 
 VERSION = 5
 MAX_RECORDS = 30
@@ -228,6 +247,45 @@ def unpack_datagram(data: bytes) -> tuple[V5Header, list[V5Record]]:
 # A record on its way into a datagram: (src, dst, sport, dport, proto, packets,
 # octets, first_ms, last_ms).
 _Piece = tuple[bytes, bytes, int, int, int, int, int, int, int]
+# The fields of a flow v5 carries, in FlowRecord order: (first_ms, last_ms, family,
+# proto, src, dst, sport, dport, packets, octets).
+_Row = tuple[int, int, int, int, bytes, bytes, int, int, int, int]
+
+#: Those fields of one FLOW_RECORD, read straight from a block: the same layout, the
+#: addresses cut to their first 4 bytes (an IPv4 address; an IPv6 one is skipped anyway)
+#: and the fields v5 has no place for skipped.
+_ROW = struct.Struct("<QQBB4s12x4s12xHHQQ48x")
+#: The first 10 fields of a FlowRecord: a _Row.
+_ROW_OF = operator.itemgetter(*range(10))
+#: Offset of ``family`` in a FLOW_RECORD, and what a run of IPv4 records has there.
+_FAMILY_AT = 16
+_IPV4_RUN = bytes([4]) * MAX_RECORDS
+#: A flow ending after this (in 2106) cannot be carried: the export time, which is at
+#: or after its end, would not fit the header's 32-bit unix_secs.
+LAST_MS_MAX = 2**32 * 1000 - 1
+
+
+def _check_layout() -> None:
+    if _ROW.size != FLOW_RECORD.size:
+        raise ImportError(f"_ROW is {_ROW.size} bytes, FLOW_RECORD {FLOW_RECORD.size}")
+
+
+_check_layout()
+
+
+@functools.cache
+def _block_of(n: int) -> struct.Struct:
+    """*n* FLOW_RECORDs read in one call: per record (first_ms, last_ms, proto, src, dst,
+    sport, dport, packets, octets), the family skipped (the caller checked it)."""
+    return struct.Struct("<" + "QQxB4s12x4s12xHHQQ48x" * n)
+
+
+@functools.cache
+def _datagram_of(n: int) -> struct.Struct:
+    """A whole datagram of *n* records packed in one call: the header's fields, then per
+    record (srcaddr, dstaddr, dPkts, dOctets, first, last, srcport, dstport, prot); the
+    fields that are always 0 are pad bytes (RECORD_FORMAT, same layout)."""
+    return struct.Struct(HEADER_FORMAT + "4s4s8xIIIIHH2xB9x" * n)
 
 
 class V5Encoder:
@@ -236,9 +294,14 @@ class V5Encoder:
     ``flow_sequence`` in each header is the number of v5 records this encoder
     sent before that datagram (mod 2**32), as the Cisco format defines it.
     Counters (plain attributes): ``skipped_ipv6``, ``invalid`` (not IPv4/IPv6,
-    malformed address, field out of range), ``clamped`` (start moved, see
-    :func:`~nfflowd.formats.uptime.clamp_span`), ``split`` (extra records for
-    32-bit counter overflow), ``datagrams`` and ``records`` sent.
+    malformed address, field out of range, a flow ending after 2106),
+    ``clamped`` (start moved, see :func:`~nfflowd.formats.uptime.clamp_span`),
+    ``split`` (extra records for 32-bit counter overflow), ``datagrams`` and
+    ``records`` sent.
+
+    :meth:`encode_block` is the export stage's path (a block of FLOW_RECORDs, as a
+    FlowBatch carries them); :meth:`encode` takes FlowRecord objects.  Both give the
+    same datagrams and counts for the same flows.
     """
 
     def __init__(
@@ -265,28 +328,115 @@ class V5Encoder:
 
     def encode(self, records: Sequence[FlowRecord], now_ns: int) -> list[bytes]:
         """Datagrams (≤ 30 records each) for ``records``, exported at ``now_ns``."""
-        now_ms = now_ns // 1_000_000
         out: list[bytes] = []
+        self._encode_rows(map(_ROW_OF, records), now_ns, out)
+        return out
+
+    def encode_block(self, block: bytes, now_ns: int) -> list[bytes]:
+        """Datagrams for a block of FLOW_RECORDs (:func:`~nfflowd.messages.pack_flows`),
+        exactly those :meth:`encode` gives for its records; ValueError when the block's
+        length is not a multiple of a record's.
+
+        Each run of 30 records that fills one datagram as it is (IPv4, no counter to
+        split, no start to clamp, within 49.7 days of each other: the usual case) is
+        converted a column at a time, without a Python step per record; from the first
+        run that is not, the rest goes record by record.  The same datagrams either
+        way: record by record, a full chunk of 30 is sent as the next record comes (or
+        at the end), and the next chunk starts empty, as it does after such a run."""
+        size = FLOW_RECORD.size
+        n, rest = divmod(len(block), size)
+        if rest:
+            raise ValueError(f"flow block of {len(block)} bytes: not a multiple of {size}")
+        out: list[bytes] = []
+        done = 0
+        while done < n:
+            m = n - done if n - done < MAX_RECORDS else MAX_RECORDS
+            run = block if m == n else block[done * size : (done + m) * size]
+            if not self._whole_datagram(run, m, now_ns, out):
+                break
+            done += m
+        if done < n:
+            rows = _ROW.iter_unpack(block[done * size :] if done else block)
+            self._encode_rows(rows, now_ns, out)
+        return out
+
+    def _whole_datagram(self, run: bytes, n: int, now_ns: int, out: list[bytes]) -> bool:
+        """The datagram of *n* FLOW_RECORDs when they make exactly one as they are; False
+        (and nothing done) when they do not: the record-by-record path decides."""
+        if run[_FAMILY_AT :: FLOW_RECORD.size] != _IPV4_RUN[:n]:
+            return False
+        t = _block_of(n).unpack(run)
+        firsts = t[0::9]
+        lasts = t[1::9]
+        cmin = min(firsts)
+        cmax = max(lasts)
+        packets = t[7::9]
+        octets = t[8::9]
+        if (
+            cmax - cmin > UPTIME_MAX
+            or cmax > LAST_MS_MAX
+            or max(packets) > COUNTER_MAX
+            or max(octets) > COUNTER_MAX
+            or not all(map(operator.le, firsts, lasts))
+        ):
+            return False
+        now_ms = now_ns // 1_000_000
+        export_ms, secs, nsecs = _export_time(cmin, cmax, now_ms, now_ns)
+        base = uptime_base(cmin, export_ms, self.boot_ms)
+        protos = t[2::9]
+        args: list[int | bytes] = [0] * (9 * n + 9)
+        args[:9] = (
+            VERSION,
+            n,
+            export_ms - base,
+            secs,
+            nsecs,
+            self.sequence,
+            self.engine_type,
+            self.engine_id,
+            0,
+        )
+        args[9::9] = t[3::9]  # srcaddr
+        args[10::9] = t[4::9]  # dstaddr
+        args[11::9] = packets
+        args[12::9] = octets
+        args[13::9] = [first - base for first in firsts]
+        args[14::9] = [last - base for last in lasts]
+        if _IPPROTO_ICMP in protos:  # ICMP: srcport 0
+            args[15::9] = [
+                0 if proto == _IPPROTO_ICMP else sport
+                for sport, proto in zip(t[5::9], protos, strict=True)
+            ]
+        else:
+            args[15::9] = t[5::9]
+        args[16::9] = t[6::9]  # dstport
+        args[17::9] = protos
+        out.append(_datagram_of(n).pack(*args))
+        self.sequence = (self.sequence + n) & 0xFFFFFFFF
+        self.datagrams += 1
+        self.records += n
+        return True
+
+    def _encode_rows(self, rows: Iterable[_Row], now_ns: int, out: list[bytes]) -> None:
+        """The record-by-record path: every rule, whatever the rows hold."""
+        now_ms = now_ns // 1_000_000
         chunk: list[_Piece] = []
         cmin = cmax = 0
-        for rec in records:
-            src = rec.src
-            dst = rec.dst
-            if rec.family != 4 or len(src) != 4 or len(dst) != 4:
-                if rec.family == 6:
+        for first, last, family, proto, src, dst, sport, dport, packets, octets in rows:
+            if family != 4 or len(src) != 4 or len(dst) != 4:
+                if family == 6:
                     self.skipped_ipv6 += 1
                 else:
                     self.invalid += 1
                 continue
-            first = rec.first_ms
-            last = rec.last_ms
+            if last > LAST_MS_MAX:
+                self.invalid += 1
+                continue
             if first > last or last - first > UPTIME_MAX:
                 first = clamp_span(first, last)
                 self.clamped += 1
-            proto = rec.proto
-            sport = 0 if proto == _IPPROTO_ICMP else rec.sport
-            packets = rec.packets
-            octets = rec.octets
+            if proto == _IPPROTO_ICMP:
+                sport = 0
             if packets > COUNTER_MAX or octets > COUNTER_MAX or packets < 0 or octets < 0:
                 try:
                     parts = split_counters(packets, octets)
@@ -307,22 +457,14 @@ class V5Encoder:
                     cmin, cmax = lo, hi
                 else:
                     cmin, cmax = first, last
-                chunk.append((src, dst, sport, rec.dport, proto, packets, octets, first, last))
+                chunk.append((src, dst, sport, dport, proto, packets, octets, first, last))
         if chunk:
             self._flush(chunk, cmin, cmax, now_ms, now_ns, out)
-        return out
 
     def _flush(
         self, chunk: list[_Piece], cmin: int, cmax: int, now_ms: int, now_ns: int, out: list[bytes]
     ) -> None:
-        export_ms = cmax if cmax > now_ms else now_ms
-        if export_ms - cmin > UPTIME_MAX:
-            export_ms = cmax  # a replay older than 49.7 days: "sent" when its newest flow ended
-        if export_ms == now_ms:
-            secs, nsecs = divmod(now_ns, 1_000_000_000)
-        else:
-            secs, ms = divmod(export_ms, 1000)
-            nsecs = ms * 1_000_000
+        export_ms, secs, nsecs = _export_time(cmin, cmax, now_ms, now_ns)
         base = uptime_base(cmin, export_ms, self.boot_ms)
         buf = self._buf
         pack = RECORD.pack_into
@@ -375,3 +517,16 @@ class V5Encoder:
         self.datagrams += 1
         self.records += count
         out.append(bytes(buf[:off]))
+
+
+def _export_time(cmin: int, cmax: int, now_ms: int, now_ns: int) -> tuple[int, int, int]:
+    """(export_ms, unix_secs, unix_nsecs) of a datagram whose flows span cmin..cmax."""
+    export_ms = cmax if cmax > now_ms else now_ms
+    if export_ms - cmin > UPTIME_MAX:
+        export_ms = cmax  # a replay older than 49.7 days: "sent" when its newest flow ended
+    if export_ms == now_ms:
+        secs, nsecs = divmod(now_ns, 1_000_000_000)
+    else:
+        secs, ms = divmod(export_ms, 1000)
+        nsecs = ms * 1_000_000
+    return export_ms, secs, nsecs

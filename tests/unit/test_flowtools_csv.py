@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nfflowd.formats.flowtools_csv import FIELDS, format_line, parse_line
+from nfflowd.formats import flowtools_csv
+from nfflowd.formats.flowtools_csv import FIELDS, format_block, format_line, parse_line
+from nfflowd.messages import FlowRecord, pack_flows
+from tests.flow_records import FLOWS, NOW, snat_record
 from tests.flow_records import plain_record as rec
 
 DAY = 86_400_000
@@ -119,3 +122,93 @@ def test_parse_wrong_field_count() -> None:
     with pytest.raises(ValueError, match="expected 18 fields, got 17"):
         parse_line(SEED_LINES[0].rsplit(",", 1)[0])
     assert parse_line(SEED_LINES[0] + "\n")["tcp_flags"] == 0
+
+
+# -- the block path (schema 5): format_block == format_line -----------------------------------
+
+
+def block_lines(recs: list[FlowRecord], *, exaddr: str, boot_ms: int) -> list[str]:
+    """format_block of the records' block, checked equal to format_line of each record."""
+    lines = format_block(pack_flows(recs), exaddr=exaddr, boot_ms=boot_ms)
+    assert lines == [format_line(r, exaddr=exaddr, boot_ms=boot_ms) for r in recs]
+    return lines
+
+
+def test_block_gives_the_seed_lines() -> None:
+    lines = block_lines(SEED_RECORDS, exaddr="172.16.1.1", boot_ms=SEED_BOOT_MS)
+    assert lines == [x.replace(",737235000,", ",737000000,", 1) for x in SEED_LINES]
+
+
+#: Recent flows, IPv4 and IPv6, ICMP among them.
+RECENT = st.builds(
+    snat_record,
+    first=st.integers(NOW - 40 * DAY, NOW),
+    last=st.integers(NOW - 1000, NOW + 1000),
+    src=st.sampled_from(["10.0.0.1", "192.0.2.77", "fd00::1", "2001:db8::"]),
+    sport=st.integers(0, 0xFFFF),
+    packets=st.integers(0, 2**64 - 1),
+    proto=st.sampled_from([1, 6, 17, 58]),
+)
+
+
+@st.composite
+def recent_and_any(draw: st.DrawFn) -> list[FlowRecord]:
+    """Recent flows with a few of any kind (FLOWS: every time and counter to 64 bits) put
+    among them."""
+    recs = draw(st.lists(RECENT, max_size=70))
+    for at, r in draw(st.lists(st.tuples(st.integers(0, 70), FLOWS), max_size=2)):
+        recs.insert(at, r)
+    return recs
+
+
+@settings(max_examples=300)
+@given(
+    recent_and_any(),
+    st.sampled_from([-DAY, 0, 1000, DAY, 50 * DAY, 120 * DAY]),
+    st.integers(-DAY, DAY),
+    st.sampled_from(["192.0.2.1", "2001:db8::ff", "100%"]),
+)
+def test_format_block_equals_format_line(
+    recs: list[FlowRecord], boot_age: int, jitter: int, exaddr: str
+) -> None:
+    """Whatever the flows and the host's boot (before them, after them: a replay, or more
+    than 49.7 days ago), the block gives the lines format_line gives."""
+    block_lines(recs, exaddr=exaddr, boot_ms=NOW - boot_age + jitter)
+
+
+@pytest.mark.parametrize(
+    "boot", [NOW - DAY, NOW + DAY, NOW - 60 * DAY], ids=["live", "replay", "up-60-days"]
+)
+def test_block_follows_every_base_rule(boot: int) -> None:
+    """Mixed families, ICMP, a host booted before the flows, after them, or long enough ago
+    that some flows started before its last 2**32 ms period."""
+    recs = [
+        snat_record(NOW - 20 * DAY + i, NOW - i, src=("10.0.0.1", "fd00::1")[i % 2], proto=p)
+        for i, p in enumerate([1, 6, 17, 58] * 16)
+    ]
+    lines = block_lines(recs, exaddr="192.0.2.1", boot_ms=boot)
+    assert {parse_line(x)["srcport"] for x in lines[0::2]} == {0, 1234}  # ICMP: srcport 0
+
+
+def test_format_block_rejects_a_bad_family_and_a_partial_record() -> None:
+    good = SEED_RECORDS[0]
+    block = pack_flows([good, good._replace(family=5), good])
+    with pytest.raises(ValueError, match="family: 5 is neither 4 nor 6"):
+        format_block(block, exaddr="x", boot_ms=0)
+    with pytest.raises(ValueError, match="not a multiple of 118"):
+        format_block(block[:-1], exaddr="x", boot_ms=0)
+    assert format_block(b"", exaddr="x", boot_ms=0) == []
+
+
+def test_address_texts_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(flowtools_csv, "TEXTS_MAX", 10)
+    for n in range(20):
+        recs = [
+            rec(NOW - 5, NOW, f"10.{n}.0.{i}", f"203.0.{n}.{i}")
+            if i % 2
+            else rec(NOW - 5, NOW, f"fd00::{n}:{i}", f"2001:db8::{n}:{i}")
+            for i in range(30)
+        ]
+        block_lines(recs, exaddr="192.0.2.1", boot_ms=NOW - DAY)
+        block_lines(recs[:1], exaddr="192.0.2.1", boot_ms=NOW - DAY)
+        assert all(len(texts) <= 10 + 2 * 30 for texts in flowtools_csv._TEXTS.values())

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from nfflowd.formats import netflow_v5 as v5
 from nfflowd.formats.uptime import UPTIME_MAX, clamp_span, host_boot_ms, uptime_base
-from nfflowd.messages import FlowRecord
+from nfflowd.messages import FLOW_RECORD, FlowRecord, pack_flows
 from tests.addresses import a
-from tests.flow_records import BOOT, NOW, NOW_NS, load_records
+from tests.flow_records import BOOT, FLOWS, NOW, NOW_NS, load_records
 from tests.flow_records import plain_record as rec
 
 GOLDEN = Path(__file__).parent.parent / "data" / "v5"
@@ -434,3 +434,132 @@ def test_golden_seed_triplet_matches_the_perl_example() -> None:
         (136315, 279737, 720, 38052),
         (136315, 279737, 1432, 2027040),
     ]
+
+
+# -- the block path (schema 5): encode_block == encode ----------------------------------------
+
+COUNTERS = ("skipped_ipv6", "invalid", "clamped", "split", "datagrams", "records", "sequence")
+
+
+def both_paths(
+    recs: list[FlowRecord], now_ns: int = NOW_NS, **kw: Any
+) -> tuple[list[bytes], dict[str, int]]:
+    """The datagrams and counters of encode(recs) and of encode_block(pack_flows(recs)),
+    checked equal."""
+    objects, block = v5.V5Encoder(**kw), v5.V5Encoder(**kw)
+    dgs = objects.encode(recs, now_ns)
+    assert block.encode_block(pack_flows(recs), now_ns) == dgs
+    counters = {k: getattr(objects, k) for k in COUNTERS}
+    assert {k: getattr(block, k) for k in COUNTERS} == counters
+    return dgs, counters
+
+
+@pytest.mark.parametrize("path", golden_cases(), ids=lambda p: p.stem)
+def test_encode_block_equals_golden(path: Path) -> None:
+    case, recs = load_case(path)
+    enc = v5.V5Encoder(
+        engine_type=case["engine_type"],
+        engine_id=case["engine_id"],
+        boot_ms=case["boot_ms"],
+        sequence=case["sequence"],
+    )
+    dgs = enc.encode_block(pack_flows(recs), case["now_ns"])
+    assert [d.hex() for d in dgs] == case["datagrams"]
+    assert {k: getattr(enc, k) for k in case["counters"]} == case["counters"]
+    assert enc.sequence == case["final_sequence"]
+
+
+#: Flows a live exporter sees: IPv4, recent, counters within 32 bits.
+LIVE = st.builds(
+    rec,
+    st.integers(NOW - 10 * DAY, NOW - 1000),
+    st.integers(NOW - 999, NOW + 5000),
+    sport=st.integers(0, 0xFFFF),
+    dport=st.integers(0, 0xFFFF),
+    packets=st.integers(0, 2**32 - 1),
+    octets=st.integers(0, 2**32 - 1),
+    proto=st.sampled_from([1, 6, 17, 58]),
+)
+
+
+@st.composite
+def live_and_any(draw: st.DrawFn) -> list[FlowRecord]:
+    """Live flows with a few of any kind (FLOWS: IPv4 and IPv6, every time and counter to
+    64 bits) put among them: runs of 30 take the column path, the record-by-record one,
+    or the one and then the other."""
+    recs = draw(st.lists(LIVE, max_size=100))
+    for at, r in draw(st.lists(st.tuples(st.integers(0, 100), FLOWS), max_size=3)):
+        recs.insert(at, r)
+    return recs
+
+
+@settings(max_examples=300)
+@given(live_and_any(), st.integers(-100 * DAY, 60 * DAY), st.integers(0, 2**32 - 1))
+def test_encode_block_equals_encode(recs: list[FlowRecord], boot_off: int, seq: int) -> None:
+    both_paths(recs, boot_ms=NOW - boot_off, sequence=seq, engine_id=7)
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(st.tuples(TIMES, st.integers(0, 100 * DAY)), min_size=1, max_size=70),
+    st.integers(-100 * DAY, 60 * DAY),
+)
+def test_encode_block_equals_encode_any_age(spans: list[tuple[int, int]], boot_off: int) -> None:
+    """The inputs of test_nfdump_decodes_exact_times, through both paths."""
+    recs = [rec(NOW + end - dur, NOW + end, sport=i) for i, (end, dur) in enumerate(spans)]
+    both_paths(recs, boot_ms=NOW - boot_off)
+
+
+def test_block_counts_what_it_cannot_send() -> None:
+    """What a block can hold and v5 cannot carry is counted the same by both paths."""
+    recs = [
+        rec(NOW - 5, NOW, "fd00::1", "2001:db8::1"),  # IPv6: skipped
+        rec(NOW - 5, NOW)._replace(family=5),  # neither 4 nor 6: invalid
+        rec(NOW - 5, NOW, octets=2**64 - 1),  # garbage counter: invalid, not 2**32 records
+        rec(NOW - 5, 2**64 - 1),  # ends after 2106: invalid (unix_secs has 32 bits)
+        rec(NOW, NOW - 5),  # ends before it starts: clamped
+        rec(NOW - 5, NOW, packets=2**33),  # split in 3
+        *(rec(NOW - 5, NOW, sport=i) for i in range(40)),
+    ]
+    dgs, counters = both_paths(recs, boot_ms=BOOT)
+    assert counters == {
+        "skipped_ipv6": 1,
+        "invalid": 3,
+        "clamped": 1,
+        "split": 2,
+        "datagrams": 2,
+        "records": 44,
+        "sequence": 44,
+    }
+    assert [v5.unpack_datagram(d)[0].count for d in dgs] == [30, 14]
+
+
+def test_flow_ending_after_2106_is_invalid_not_an_exception() -> None:
+    enc = v5.V5Encoder(boot_ms=BOOT)
+    recs = [rec(NOW - 5, NOW), rec(NOW - 5, v5.LAST_MS_MAX + 1), rec(NOW - 5, v5.LAST_MS_MAX)]
+    got = decoded(enc.encode(recs, NOW_NS))
+    assert enc.invalid == 1
+    assert [nfdump_times(h, r)[1] for h, r in got] == [NOW, v5.LAST_MS_MAX]
+
+
+def test_live_runs_take_the_column_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs of IPv4 flows as a live exporter sees them (ICMP too) never go record by record."""
+
+    def by_record(*args: Any) -> None:
+        raise AssertionError("record by record")
+
+    recs = [rec(NOW - 100 - i, NOW - i, sport=i, proto=(1, 6, 17)[i % 3]) for i in range(65)]
+    want = v5.V5Encoder(boot_ms=BOOT).encode(recs, NOW_NS)
+    monkeypatch.setattr(v5.V5Encoder, "_encode_rows", by_record)
+    enc = v5.V5Encoder(boot_ms=BOOT)
+    assert enc.encode_block(pack_flows(recs), NOW_NS) == want
+    assert [r.srcport for _, r in decoded(want)] == [0 if i % 3 == 0 else i for i in range(65)]
+    assert (enc.datagrams, enc.records, enc.sequence) == (3, 65, 65)
+
+
+def test_block_of_partial_record_is_refused() -> None:
+    block = pack_flows([rec(NOW - 5, NOW)])
+    with pytest.raises(ValueError, match="not a multiple of 118"):
+        v5.V5Encoder(boot_ms=BOOT).encode_block(block[:-1], NOW_NS)
+    assert v5.V5Encoder(boot_ms=BOOT).encode_block(b"", NOW_NS) == []
+    assert FLOW_RECORD.size == 118
