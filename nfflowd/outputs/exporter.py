@@ -6,6 +6,13 @@ survive a restart in ``<rundir>/export.sequence`` (a shared mapping,
 :mod:`nfflowd.pipeline.persist`), stored before a datagram is sent, so a
 collector's stream skips ahead after a crash, never back.  Exporter shards are
 exporters of their own (engine id / observation domain offset by the shard).
+
+Moving bytes, not objects (schema 5): :meth:`Exporter.handle` gets a block of
+:data:`~nfflowd.messages.FLOW_RECORD` structs (a slice of a FlowBatch's).  v5
+collectors encode it as it is (:meth:`V5Encoder.encode_block`, no object per
+record); v9 and IPFIX, whose encoders take FlowRecord objects, share one
+:func:`~nfflowd.messages.unpack_flows` of the block, made only when one of them is
+configured.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from nfflowd.config import Collector, ExportSettings
 from nfflowd.formats.ipfix import IpfixEncoder
 from nfflowd.formats.netflow_v5 import V5Encoder
 from nfflowd.formats.netflow_v9 import V9Encoder
-from nfflowd.messages import FlowRecord
+from nfflowd.messages import FLOW_RECORD, FlowRecord, unpack_flows
 from nfflowd.outputs.collector import UdpCollector
 from nfflowd.pipeline import persist
 
@@ -103,12 +110,23 @@ class Exporter:
                     "sequence numbers go on from %s", [enc.sequence for enc, _ in self.targets]
                 )
 
-    def handle(self, records: list[FlowRecord]) -> None:
-        self.records += len(records)
+    def handle(self, block: bytes) -> None:
+        """Encode and send the records of *block* (FLOW_RECORD structs) to every collector;
+        ValueError, nothing sent, when its length is not a multiple of a record's."""
+        count, rest = divmod(len(block), FLOW_RECORD.size)
+        if rest:
+            raise ValueError(f"flow block of {len(block)} bytes: not whole records")
+        self.records += count
         now = time.time_ns()
         slots = self.sequences
+        records: list[FlowRecord] | None = None  # decoded once, if a v9/IPFIX collector needs it
         for i, (enc, coll) in enumerate(self.targets):
-            datagrams = enc.encode(records, now)
+            if isinstance(enc, V5Encoder):
+                datagrams = enc.encode_block(block, now)
+            else:
+                if records is None:
+                    records = unpack_flows(block)
+                datagrams = enc.encode(records, now)
             if slots is not None and i < MAX_STREAMS:
                 # stored before sending: after a crash the stream skips ahead, never back
                 slots[2 * i + 1] = enc.sequence

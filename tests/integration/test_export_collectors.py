@@ -29,7 +29,7 @@ from nfflowd.conntrack.text import parse_line
 from nfflowd.correlate.correlator import Correlator
 from nfflowd.formats import json_lines
 from nfflowd.lab.nfcapd import Nfcapd, free_udp_port, parse_nfdump_line
-from nfflowd.messages import FlowRecord
+from nfflowd.messages import FlowRecord, pack_flows, unpack_flows
 from nfflowd.outputs.exporter import Exporter
 from tests.needs import needs
 from tests.pipeline_harness import GOLDEN, csv_key, nfdump_key, nfflowd
@@ -146,12 +146,12 @@ def test_replay_into_v9_and_ipfix_collectors_at_once(tmp_path: Path) -> None:
 def golden_records() -> list[FlowRecord]:
     """The flow records of the captured lab log (27: IPv4 and IPv6)."""
     corr = Correlator()
-    out: list[FlowRecord] = []
+    out = bytearray()
     for line in LOG.read_text().splitlines():
         ev = parse_line(line)
         if ev is not None:
             corr.feed(ev, out)
-    return out
+    return unpack_flows(bytes(out))
 
 
 def record_key(r: FlowRecord) -> tuple[Any, ...]:
@@ -199,7 +199,7 @@ def test_restarted_collectors_decode_again_after_the_template_refresh() -> None:
     def run(batch: list[FlowRecord]) -> None:
         for r in batch:  # one record per call: one datagram per collector
             n = {fmt: len(sent[fmt]) for fmt in VERSIONS}
-            exporter.handle([r])
+            exporter.handle(pack_flows([r]))
             assert all(len(sent[fmt]) == n[fmt] + 1 for fmt in VERSIONS)
 
     up, down = 8, 3  # records sent before the restart, and while the collectors are down

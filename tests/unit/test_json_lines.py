@@ -7,6 +7,7 @@ import datetime
 import io
 import ipaddress
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from nfflowd import config
 from nfflowd.formats import flowtools_csv, json_lines
 from nfflowd.formats.json_lines import KEYS, format_line, iso_ms, parse_line
-from nfflowd.messages import Direction, EndReason, FlowRecord
+from nfflowd.messages import Direction, EndReason, FlowRecord, pack_flows
 from nfflowd.outputs.mirror import Mirror, make_dispatchers
 from nfflowd.outputs.syslog import Dispatcher, ScreenDispatcher
 from tests.addresses import a
@@ -284,24 +285,28 @@ def mirror_with(*formats: str) -> tuple[Any, list[io.StringIO]]:
 
 
 def test_mirror_formats_once_per_format(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = {"csv": 0, "json": 0}
-    real_csv, real_json = flowtools_csv.format_line, json_lines.format_line
+    calls = {"csv": 0, "json": 0}  # lines formatted
+    csv_blocks = []
+    real_csv, real_json = flowtools_csv.format_block, json_lines.format_line
 
-    def count_csv(r: FlowRecord, **kw: Any) -> str:
-        calls["csv"] += 1
-        return real_csv(r, **kw)
+    def count_csv(block: bytes, **kw: Any) -> list[str]:
+        lines = real_csv(block, **kw)
+        calls["csv"] += len(lines)
+        csv_blocks.append(block)
+        return lines
 
     def count_json(r: FlowRecord, **kw: Any) -> str:
         calls["json"] += 1
         return real_json(r, **kw)
 
-    monkeypatch.setattr(flowtools_csv, "format_line", count_csv)
+    monkeypatch.setattr(flowtools_csv, "format_block", count_csv)
     monkeypatch.setattr(json_lines, "format_line", count_json)
     m, streams = mirror_with("json", "csv", "json", "csv")
     assert list(m.formatters) == ["json", "csv"]
-    m.handle([SNAT_IN, V6_REPLY])
+    m.handle(pack_flows([SNAT_IN, V6_REPLY]))
     m.flush()
     assert calls == {"csv": 2, "json": 2}
+    assert csv_blocks == [pack_flows([SNAT_IN, V6_REPLY])]  # the block at once
     js, cs, js2, cs2 = (s.getvalue().splitlines() for s in streams)
     assert js == js2 and cs == cs2
     assert [parse_line(x)["src"] for x in js] == ["10.0.1.2", "2001:db8:1::2"]
@@ -314,9 +319,35 @@ def test_mirror_formats_once_per_format(monkeypatch: pytest.MonkeyPatch) -> None
 def test_mirror_skips_only_the_bad_record() -> None:
     m, (js, cs) = mirror_with("json", "csv")
     bad = SNAT_IN._replace(direction=0)  # the CSV line has no direction; JSON rejects it
-    m.handle([SNAT_IN, bad, V6_REPLY])
+    m.handle(pack_flows([SNAT_IN, bad, V6_REPLY]))
     m.flush()
     assert len(js.getvalue().splitlines()) == len(cs.getvalue().splitlines()) == 2
+    assert m.counters()["lines"] == 2 and m.counters()["invalid"] == 1
+
+
+def test_mirror_counts_what_neither_format_takes(caplog: pytest.LogCaptureFixture) -> None:
+    """A record the CSV block formatter rejects is skipped for every dispatcher, counted
+    once, warned about once a minute; the rest of its block goes on."""
+    m, (cs, js) = mirror_with("csv", "json")
+    bad = SNAT_IN._replace(family=5)
+    with caplog.at_level(logging.WARNING, logger="nfflowd.mirror"):
+        m.handle(pack_flows([bad, SNAT_IN, V6_REPLY]))
+        m.handle(pack_flows([V6_REPLY, bad]))
+    m.flush()
+    srcs = [flowtools_csv.parse_line(x)["srcaddr"] for x in cs.getvalue().splitlines()]
+    assert srcs == ["10.0.1.2", "2001:db8:1::2", "2001:db8:1::2"]
+    assert [parse_line(x)["src"] for x in js.getvalue().splitlines()] == srcs
+    assert m.counters()["lines"] == 3 and m.counters()["invalid"] == 2
+    warnings = [r.getMessage() for r in caplog.records if r.name == "nfflowd.mirror"]
+    assert len(warnings) == 1 and warnings[0].startswith("record 0 of a batch not mirrored: ")
+
+
+def test_mirror_csv_alone_skips_only_the_bad_record() -> None:
+    m, (cs,) = mirror_with("csv")
+    m.handle(pack_flows([SNAT_IN, SNAT_IN._replace(family=0), V6_REPLY]))
+    m.flush()
+    srcs = [flowtools_csv.parse_line(x)["srcaddr"] for x in cs.getvalue().splitlines()]
+    assert srcs == ["10.0.1.2", "2001:db8:1::2"]
     assert m.counters()["lines"] == 2 and m.counters()["invalid"] == 1
 
 

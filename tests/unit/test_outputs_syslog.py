@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from nfflowd import config
-from nfflowd.messages import FlowRecord
+from nfflowd.messages import FlowRecord, pack_flows
 from nfflowd.outputs import prometheus
 from nfflowd.outputs.mirror import Mirror
 from nfflowd.outputs.syslog import (
@@ -459,7 +459,7 @@ def test_min_level_notice_gets_flow_lines_and_above_is_noted(
             0,
             0,
         )
-        mirror.handle([record])
+        mirror.handle(pack_flows([record]))
         mirror.flush()
         (msg,) = recv_all(server, 1)
         for d in mirror.dispatchers:

@@ -6,14 +6,17 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
+
 from nfflowd.config import Collector, ExportSettings
 from nfflowd.conntrack.checkpoint import blind_time
 from nfflowd.formats.netflow_v5 import HEADER as V5_HEADER
 from nfflowd.formats.netflow_v5 import V5Encoder
 from nfflowd.formats.netflow_v9 import HEADER as V9_HEADER
 from nfflowd.formats.netflow_v9 import V9Encoder
-from nfflowd.messages import FlowRecord
-from nfflowd.outputs.exporter import Exporter, restore_sequences, stream_identity
+from nfflowd.messages import FlowRecord, pack_flows
+from nfflowd.outputs import exporter as exporter_module
+from nfflowd.outputs.exporter import Exporter, make_encoder, restore_sequences, stream_identity
 from nfflowd.pipeline import persist
 from tests.addresses import a
 
@@ -97,7 +100,7 @@ def test_exporter_stores_the_sequence_before_sending(tmp_path: Path) -> None:
     )
     path = str(tmp_path / "export.sequence")
     first = Exporter(exp, persist.Slots(path, 8))
-    first.handle([rec(i) for i in range(40)])  # v5 counts records, v9 packets
+    first.handle(pack_flows([rec(i) for i in range(40)]))  # v5 counts records, v9 packets
     v5_seq, v9_seq = first.targets[0][0].sequence, first.targets[1][0].sequence
     assert v5_seq == 40 and v9_seq >= 1
     second = Exporter(exp, persist.Slots(path, 8))
@@ -105,6 +108,34 @@ def test_exporter_stores_the_sequence_before_sending(tmp_path: Path) -> None:
     v9_next = second.targets[1][0].encode([rec(99)], 3_000_000_000)
     assert V5_HEADER.unpack_from(v5_next[0])[5] == v5_seq  # flow_sequence
     assert V9_HEADER.unpack_from(v9_next[0])[4] == v9_seq  # packet sequence
+
+
+def test_exporter_sends_what_each_encoder_gives(monkeypatch: pytest.MonkeyPatch) -> None:
+    """v5 encodes the block as it is, v9 and IPFIX the records decoded once for both;
+    ``records`` counts records."""
+    exp = ExportSettings(
+        collectors=tuple(Collector("127.0.0.1", 9, version=v) for v in (9, 5, 10, 5))
+    )
+    exporter = Exporter(exp)
+    sent: list[list[bytes]] = [[] for _ in exporter.targets]
+    for out, (_enc, coll) in zip(sent, exporter.targets, strict=True):
+        monkeypatch.setattr(coll, "send", out.append)
+    decoded = []
+    real_unpack = exporter_module.unpack_flows
+
+    def unpack(block: bytes) -> list[FlowRecord]:
+        decoded.append(block)
+        return real_unpack(block)
+
+    monkeypatch.setattr(exporter_module, "unpack_flows", unpack)
+    monkeypatch.setattr(exporter_module.time, "time_ns", lambda: 3_000_000_000)
+    recs = [rec(i) for i in range(40)]
+    exporter.handle(pack_flows(recs))
+    assert decoded == [pack_flows(recs)]
+    want = [make_encoder(exp, c).encode(recs, 3_000_000_000) for c in exp.collectors]
+    assert sent == want and all(sent)
+    assert exporter.counters()["records"] == 40
+    assert [exporter.counters()[f"c{i}_records"] for i in (1, 3)] == [40, 40]
 
 
 def test_ingest_counts_the_time_no_listener_existed(tmp_path: Path) -> None:
