@@ -16,6 +16,7 @@ Batches of 30 records by default: what the terminal stage hands the exporter.
 
 from __future__ import annotations
 
+import gc
 import statistics
 import sys
 import time
@@ -90,6 +91,8 @@ def main() -> None:
     same = [objects.encode(b, now_ns) for b in batches] == [
         block.encode_block(b, now_ns) for b in blocks
     ]
+    gc.collect()
+    gc.freeze()  # the fixtures: not traversed by every collection of the runs
     medians = compare(
         {
             "objects: encode": lambda: [objects.encode(b, now_ns) for b in batches],
