@@ -639,8 +639,9 @@ DELIVERY = (
     f"{'/conn':>5} {'cdrop':>5} {'ENOBF':>5} {'rsync':>5} {'sockdrp':>7} {'peakQ':>6} {'busy':>5}"
 )
 CPU = (
-    f"{'consumer':<16} {'target':>7} {'made/s':>7} {'CPU s':>6} {'µs/ev':>6}  {'ingest':>6} "
-    f"{'correl':>6} {'export':>6} {'mirror':>6} {'superv':>6} {'ulogd':>6}  {'bound/s':>7}"
+    f"{'consumer':<16} {'target':>7} {'made/s':>7} {'CPU s':>6} {'µs/conn':>7} {'µs/ev':>6}  "
+    f"{'ingest':>6} {'correl':>6} {'export':>6} {'mirror':>6} {'superv':>6} {'ulogd':>6}  "
+    f"{'bound/s':>7}"
 )
 
 
@@ -650,7 +651,9 @@ def show_step(name: str, s: dict[str, Any]) -> tuple[str, str]:
     kev = 2 * created or 1
     rate = "max" if not s["rate"] else f"{s['rate']:,}"
     head = f"{name:<16} {rate:>7}"
-    if "destroy" in r:
+    if "destroy" in r and r.get("destroy_only"):  # NEW not subscribed: nothing to miss
+        got = f"{'-':>7} {r['destroy'] / secs:>7,.0f} {'-':>6} {created - r['destroy']:>6,}"
+    elif "destroy" in r:
         new = r.get("new", 0) - r.get("dumped", 0)
         got = (
             f"{new / secs:>7,.0f} {r['destroy'] / secs:>7,.0f} {created - new:>6,} "
@@ -671,9 +674,10 @@ def show_step(name: str, s: dict[str, Any]) -> tuple[str, str]:
     cols = " ".join(f"{per[n]:>6.1f}" if n in cpu else f"{'':>6}" for n in per)
     worst = max(v for n, v in per.items() if n in cpu and n != "supervisord")
     total = sum(cpu.values())
+    per_conn = total * 1e6 / created if created else 0.0
     line = (
-        f"{head} {created / secs:>7,.0f} {total:>6.2f} {total * 1e6 / kev:>6.1f}  {cols}  "
-        f"{1e6 / (2 * worst) if worst else 0:>7,.0f}"
+        f"{head} {created / secs:>7,.0f} {total:>6.2f} {per_conn:>7.1f} {total * 1e6 / kev:>6.1f}  "
+        f"{cols}  {1e6 / (2 * worst) if worst else 0:>7,.0f}"
     )
     return delivery, line
 
@@ -694,8 +698,10 @@ ENOBF: ENOBUFS seen (ulogd2: "losing events" log lines); rsync: table re-dumps; 
   on that socket at most (sampled every 0.25 s, 0.05 s during the flush); busy: s after the load
   ended that the consumer was still reading or using CPU (the last DESTROYs come with the GC or
   the flush).
-CPU: utime+stime of each process from consumer start to idle after the step; µs/ev: per kernel
-  event (2 per connection: NEW + DESTROY); bound/s: connections/s at which the busiest single
+CPU: utime+stime of each process (nfflowd: every stage and supervisord) from consumer start
+  to idle after the step; µs/conn: per kernel connection (the target's unit: ≤ 2x ulogd2's);
+  µs/ev and the per-process columns: per kernel event (2 per connection: NEW + DESTROY, whether
+  or not the consumer subscribes to NEW); bound/s: connections/s at which the busiest single
   process would need a whole core (1e6 / (2 x its µs/ev))."""
 
 
@@ -723,7 +729,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--ulogd-reliable", action="store_true", help="ulogd2 with reliable=1")
     p.add_argument("--rcvbuf", type=int, default=64 << 20, help="netlink receive buffer (both)")
-    p.add_argument("--version", type=int, choices=(5, 9, 10), default=10, help="nfflowd export")
+    p.add_argument("--version", type=int, choices=(5, 9, 10), default=5, help="nfflowd export")
     p.add_argument("--mirror", choices=("screen", "none"), default="screen")
     p.add_argument("--senders", type=int, default=1, help="UDP sender processes")
     p.add_argument("--tcp-rate", type=int, default=0, help="TCP connections/s added to each step")

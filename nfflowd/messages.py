@@ -11,10 +11,18 @@ Data flow::
     acknowledgement (Ack)                 the reverse of each link (see nfflowd.pipeline.delivery)
     notice (Notice)                       any stage -> whoever listens (replay, tests)
 
-Records are ``NamedTuple``s: cheap to build, positional on the wire (a msgpack
-array, not a map), and typed for mypy.  A record's wire form is
+Messages are ``NamedTuple``s: cheap to build, positional on the wire (a msgpack
+array, not a map), and typed for mypy.  A message's wire form is
 ``[kind, version, *fields]``; a receiver that meets an unknown kind or version
 counts it and drops it (see :mod:`nfflowd.pipeline.codec`).
+
+Batches move bytes, not objects (schema 5): an :class:`EventBatch` carries the
+events as its source gave them (text lines, or the kernel's ctnetlink datagrams),
+decoded only by the correlator that needs them, so ingest does no per-event work
+beyond reading; a :class:`FlowBatch` carries its records as one block of
+fixed-size structs (:data:`FLOW_RECORD`) that the exporters and the mirror read
+without building an object per record.  :class:`ConntrackEvent` and
+:class:`FlowRecord` are the decoded forms, used inside a stage.
 
 Conventions shared by every stage:
 
@@ -31,11 +39,13 @@ Conventions shared by every stage:
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Iterable
 from enum import IntEnum
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 #: Version of the wire schema; bump when a record's fields change.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class Kind(IntEnum):
@@ -134,8 +144,23 @@ class FlowRecord(NamedTuple):
     ct_id: int  # 0 when unknown
 
 
+class Payload(IntEnum):
+    """How the events of an :class:`EventBatch` are encoded in its ``data``."""
+
+    TEXT = 1  # ``conntrack -E``/``-L`` lines as read, each ending in "\n" (UTF-8)
+    NETLINK = 2  # ctnetlink datagrams as the kernel sent them, each framed (DATAGRAM_FRAME)
+
+
+#: Frame of one netlink datagram in a NETLINK payload: the time ingest received it
+#: (ns since the epoch) and the length of the datagram that follows.
+DATAGRAM_FRAME: Final = struct.Struct("<QI")
+
+
 class EventBatch(NamedTuple):
-    """A batch of events from one ingest incarnation.
+    """A batch of events from one ingest incarnation, as bytes (see :class:`Payload`).
+
+    *where* names the source and *first_line* the line number of the first text
+    line in it, so that a correlator can say where a bad event came from.
 
     *origin_stream*/*origin_pos* say where the batch came from when its source
     can be read again (a saved log: the log files' identity and the batch's byte
@@ -149,7 +174,11 @@ class EventBatch(NamedTuple):
     incarnation: int
     seq: int
     acked: int  # every seq <= acked is acknowledged already (a receiver's floor)
-    events: list[ConntrackEvent]
+    payload: int  # Payload
+    data: bytes
+    n_events: int  # events in data: text lines, or netlink datagrams
+    where: str = ""
+    first_line: int = 0
     origin_stream: int = 0
     origin_pos: int = 0
 
@@ -176,7 +205,7 @@ class FlowBatch(NamedTuple):
     acked: int  # every seq <= acked is acknowledged already (a receiver's floor)
     origin_incarnation: int  # EventBatch.origin() of the event batch: its stream ...
     origin_seq: int  # ... and its position in that stream
-    records: list[FlowRecord]
+    records: bytes  # FLOW_RECORD structs, back to back (pack_flows / unpack_flows)
 
 
 class Ack(NamedTuple):
@@ -209,6 +238,49 @@ EOF_TOKEN = "eof"
 
 Message = EventBatch | FlowBatch | Ack | Notice
 
-#: Number of fields, used by the codec to validate items cheaply.
+#: Number of fields of a decoded event and record.
 EVENT_FIELDS = len(ConntrackEvent._fields)
 FLOW_FIELDS = len(FlowRecord._fields)
+
+#: One :class:`FlowRecord` in a :class:`FlowBatch`: its fields in order, little-endian,
+#: each address in 16 bytes (an IPv4 address in the first 4, zeros after).  Counters
+#: and times are 64-bit, ``mark`` and ``ct_id`` 32-bit, ``zone`` 16-bit (as the kernel
+#: has them); a reader slices IPv4 addresses back to 4 bytes by ``family``.
+FLOW_RECORD: Final = struct.Struct("<QQBB16s16sHHQQ16s16sHHBBIHI")
+_ADDRESS_BYTES: Final = {4: 4, 6: 16}
+
+
+def pack_flows(records: Iterable[FlowRecord]) -> bytes:
+    """The FLOW_RECORD block of *records* (struct.error on a value that does not fit)."""
+    pack = FLOW_RECORD.pack
+    return b"".join(pack(*r) for r in records)
+
+
+def unpack_flows(block: bytes) -> list[FlowRecord]:
+    """The records of a FLOW_RECORD block; ValueError when its length is not a multiple.
+
+    Addresses of a family other than 4 or 6 are returned as the 16 bytes they are
+    (readers count such records as invalid)."""
+    if len(block) % FLOW_RECORD.size:
+        raise ValueError(f"flow block of {len(block)} bytes: not a multiple of {FLOW_RECORD.size}")
+    out = []
+    for r in FLOW_RECORD.iter_unpack(block):
+        n = _ADDRESS_BYTES.get(r[2], 16)
+        out.append(
+            FlowRecord(
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4][:n],
+                r[5][:n],
+                r[6],
+                r[7],
+                r[8],
+                r[9],
+                r[10][:n],
+                r[11][:n],
+                *r[12:],
+            )
+        )
+    return out

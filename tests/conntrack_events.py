@@ -8,7 +8,8 @@ spread them (also imported by a subprocess of theirs, so it stays free of pytest
 
 from __future__ import annotations
 
-from nfflowd.messages import ConntrackEvent
+from nfflowd.correlate.correlator import Correlator
+from nfflowd.messages import ConntrackEvent, FlowRecord, unpack_flows
 from tests.addresses import a
 
 #: The seed's example (nfflowd-perl.txt): an HTTP connection through source NAT.
@@ -88,3 +89,11 @@ def numbered_event(n: int, ct_id: int | None, etype: int = 1) -> ConntrackEvent:
         0,
         0,
     )
+
+
+def feed(corr: Correlator, event: ConntrackEvent, out: list[FlowRecord]) -> None:
+    """``corr.feed`` with the records it completes decoded into *out* (the correlator
+    itself appends FLOW_RECORD structs to a bytearray)."""
+    block = bytearray()
+    corr.feed(event, block)
+    out.extend(unpack_flows(bytes(block)))

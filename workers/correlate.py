@@ -1,93 +1,52 @@
-"""Stage 2, correlate: ``events`` link -> open-connection table -> ``flows.*`` links.
+"""Stage 2, correlate: ``events`` link -> decode, correlate -> ``flows.*`` links.
 
-The pure work is :class:`nfflowd.correlate.correlator.Correlator`; this loop moves batches
-and acknowledgements.  Each event batch yields at most one flow batch, sent to
-export and mirror with the same seq; the :class:`~nfflowd.pipeline.delivery.Ledger`
-acknowledges an event batch to ingest once both have acknowledged its flow
-batch (and every earlier one).  While either output holds ``max_unacked``
-unacknowledged batches, correlate stops reading events (backpressure).
+The work is :class:`nfflowd.correlate.batches.BatchCorrelator` (event batch bytes
+in, flow block bytes out); this loop moves batches and acknowledgements.  Each
+event batch yields at most one flow batch, sent to export and mirror with the
+same seq; the :class:`~nfflowd.pipeline.delivery.Ledger` acknowledges an event
+batch to ingest once both have acknowledged its flow batch (and every earlier
+one).  While either output holds ``max_unacked`` unacknowledged batches,
+correlate stops reading events (backpressure).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 import zmq
 
 from nfflowd import topology
-from nfflowd.correlate.correlator import Correlator
-from nfflowd.correlate.report_state import ReportJournal
+from nfflowd.correlate.batches import BatchCorrelator, journal_path
 from nfflowd.messages import EventBatch, FlowBatch
 from nfflowd.pipeline import codec
-from nfflowd.pipeline.delivery import Ledger, Recent
+from nfflowd.pipeline.delivery import Ledger
 from nfflowd.pipeline.links import Inlet, Outlet
 from nfflowd.pipeline.stage import Stage
 
-log = logging.getLogger("nfflowd.correlate.correlator")
-
+log = logging.getLogger("nfflowd.correlate")
 PURGE_INTERVAL_S = 60.0
 NOTICE_INTERVAL_S = 1.0
 
 
 def main(argv: list[str] | None = None) -> int:
     stage = Stage("correlate", argv)
-    settings = stage.settings
-    corr = Correlator(ttl_s=settings.ct2ft.ttl, active_timeout_s=settings.export.active_timeout)
-    shard = stage.shard or 0
-    journal = None
-    if settings.export.active_timeout:
-        # what the active timeout reported survives a crash (see nfflowd.correlate.report_state)
-        name = "correlate.reports" if stage.shard is None else f"correlate-{shard}.reports"
-        journal = ReportJournal(os.path.join(stage.rundir, name))
-        restored = journal.load()
-        if restored:
-            log.info("restored the report state of %d long connections", len(restored))
-        for ct_id, state in restored.items():
-            corr.open[ct_id] = state
-        corr.journal = journal
-    inlet = Inlet(stage, topology.link("events", shard))
+    settings, shard = stage.settings, stage.shard or 0
     limit = settings.daemon.max_unacked
-    outs = {
-        "export": Outlet(stage, topology.link("flows.export", shard), limit),
-        "mirror": Outlet(stage, topology.link("flows.mirror", shard), limit),
-    }
+    work = BatchCorrelator(settings.ct2ft.ttl, settings.export.active_timeout,
+                           journal_path=journal_path(stage.rundir, stage.shard),
+                           remembered=max(16384, 4 * limit))  # fmt: skip
+    inlet = Inlet(stage, topology.link("events", shard))
+    outs = {name: Outlet(stage, topology.link(f"flows.{name}", shard), limit)
+            for name in ("export", "mirror")}  # fmt: skip
     ledger = Ledger(outputs=tuple(outs))
-    # origins of the event batches fed to the table lately: a restarted ingest
-    # re-reads at most max_unacked batches of a saved log
-    processed = Recent(size=max(16384, 4 * limit))
-    reread_events = 0
     poller = zmq.Poller()
-    poller.register(inlet.sock, zmq.POLLIN)
-    for out in outs.values():
-        poller.register(out.sock, zmq.POLLIN)
-    next_purge = time.monotonic() + PURGE_INTERVAL_S
-    next_notice = 0.0
-    last_input = time.monotonic()
-
-    def ack_ingest() -> None:
-        inlet.ack(min(ledger.ackable(), inlet.inbox.contiguous))
+    for sock in [inlet.sock] + [out.sock for out in outs.values()]:
+        poller.register(sock, zmq.POLLIN)
+    next_purge, next_notice, last_input = time.monotonic() + PURGE_INTERVAL_S, 0.0, time.monotonic()
 
     def counters() -> dict[str, int]:
-        c = corr.counters
-        merged = {
-            "new": c.new,
-            "destroy": c.destroy,
-            "update": c.update,
-            "records": c.records,
-            "open": len(corr.open),
-            "purged": c.purged,
-            "destroy_without_new": c.destroy_without_new,
-            "interim_reports": c.interim_reports,
-            "new_duplicate": c.new_duplicate,
-            "replayed": c.replayed,
-            "reread_events": reread_events,
-            "newest_event_ms": corr.clock_ns // 1_000_000,
-            "pending_batches": len(ledger.entries),
-            "report_state_full": journal.full if journal else 0,
-            **inlet.counters(),
-        }
+        merged = {**work.counters(), "pending_batches": len(ledger.entries), **inlet.counters()}
         for out in outs.values():
             merged.update(out.counters())
         return merged
@@ -98,70 +57,45 @@ def main(argv: list[str] | None = None) -> int:
             if stage.done_draining(last_input) and (idle or time.monotonic() > stage.stop_deadline):
                 break
             inlet.heartbeat()
-            now = time.monotonic()
-            if now >= next_notice:
+            if (now := time.monotonic()) >= next_notice:
                 stage.notify("stats", counters())
                 next_notice = now + NOTICE_INTERVAL_S
             if now >= next_purge:
-                if n := corr.purge():
+                if n := work.corr.purge():
                     log.info("purged %d unfinished connections older than the ttl", n)
                 next_purge = now + PURGE_INTERVAL_S
             # backpressure: while an output is full, events wait (only acks are read)
             blocked = any(out.full() for out in outs.values())
             poller.modify(inlet.sock, 0 if blocked else zmq.POLLIN)
-            ready = dict(poller.poll(100))
-            acked = False
-            for name, out in outs.items():
-                if out.sock in ready:
-                    newest = out.poll_acks()
-                    if newest is not None:
-                        ledger.output_acked(name, newest)
-                        acked = True
+            ready = dict(poller.poll(1000 if idle else 100))
+            acked = {name: newest for name, out in outs.items()
+                     if out.sock in ready and (newest := out.poll_acks()) is not None}  # fmt: skip
+            for name, newest in acked.items():
+                ledger.output_acked(name, newest)
             if acked:
-                ack_ingest()
-            if inlet.sock not in ready:
-                continue
-            before = inlet.inbox.incarnation
-            msg = inlet.receive()
-            if msg is None:
+                inlet.ack(min(ledger.ackable(), inlet.inbox.contiguous))
+            if inlet.sock not in ready or (msg := inlet.receive()) is None:
                 continue
             last_input = time.monotonic()
-            if inlet.inbox.incarnation != before:
+            if inlet.restarted:
                 ledger.reset()  # ingest restarted: its old batches will not be acknowledged
             if not isinstance(msg, EventBatch):
                 stage.count_malformed("unexpected_kind", type(msg).__name__, "events link")
                 continue
-            origin = msg.origin()
-            if not processed.add(origin):
-                # re-read by a restarted ingest (same saved-log position): its records
-                # were made already (the ledger's barrier waits for their acks)
-                reread_events += len(msg.events)
-                records = []
-            else:
-                if journal is not None:
-                    journal.origin = origin
-                    for ct_id, state in journal.revert(origin):  # fed again: as it was before
-                        corr.open[ct_id] = state
-                try:
-                    records = corr.feed_all(msg.events)
-                except (TypeError, ValueError, AttributeError) as exc:
-                    stage.count_malformed("bad_event", repr(exc), f"batch {msg.seq}")
-                    records = []
-            flow_seq = 0
-            if records:
+            block, flow_seq = work.records(msg), 0
+            if block:
                 flow_seq = outs["export"].outbox.reserve()
                 floor = min(out.outbox.acked_upto for out in outs.values())
-                batch = FlowBatch("correlate", stage.incarnation, flow_seq, floor, *origin, records)
-                data = codec.encode(batch)
+                data = codec.encode(FlowBatch(stage.name, stage.incarnation, flow_seq, floor,
+                                              *msg.origin(), block))  # fmt: skip
                 for out in outs.values():
                     out.send_encoded(flow_seq, data)
             ledger.record(msg.seq, flow_seq)
-            ack_ingest()
+            inlet.ack(min(ledger.ackable(), inlet.inbox.contiguous))
         stage.notify("final", counters())
         log.info("stopped; %s", counters())
     finally:
-        if journal is not None:
-            journal.close()
+        work.close()
         inlet.sock.close(linger=0)
         for out in outs.values():
             out.sock.close(linger=1000)

@@ -1,14 +1,18 @@
-"""Stage 1, ingest: conntrack events from a source -> ``events`` link.
+"""Stage 1, ingest: conntrack events from a source -> ``events`` link(s), as bytes.
 
-A batch is what one read of the source returns (bounded), sent at once so live
-latency stays low.  Every batch is kept until correlate acknowledges it, which
-it does only once the batch's records have left nfflowd (end to end); while
-``max_unacked`` batches wait, ingest stops reading (backpressure: the kernel
-socket buffer, reliable mode and resync dumps take over).  For a saved log the
-position after the last acknowledged batch is checkpointed in the run
-directory, so a restarted ingest resumes there instead of starting over.  When
-a saved log is exhausted and everything is acknowledged, ingest publishes an
-``eof`` notice (``nfflowd replay`` waits for it).
+Ingest reads and forwards; it decodes nothing (the correlators do,
+:mod:`nfflowd.conntrack.payloads`).  Events accumulate in a
+:class:`~nfflowd.pipeline.batcher.Batcher` until the batch is full or its oldest
+event has waited ``<source> linger_ms``; then it goes to a correlator: the least
+loaded when every event is self-contained (DESTROY-only netlink), else each event
+to the correlator of its connection (:func:`~nfflowd.conntrack.payloads.split`).
+Every batch is kept until correlate acknowledges it, which it does only once the
+batch's records have left nfflowd (end to end); while ``max_unacked`` batches
+wait, ingest stops reading (backpressure: the kernel socket buffer, reliable mode
+and resync dumps take over).  For a saved log the position after the last
+acknowledged batch is checkpointed (:mod:`nfflowd.conntrack.checkpoint`); when the
+log is exhausted and everything is acknowledged, ingest publishes an ``eof``
+notice (``nfflowd replay`` waits for it).
 """
 
 from __future__ import annotations
@@ -17,67 +21,50 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
 
 import zmq
 
 from nfflowd import topology
-from nfflowd.conntrack.checkpoint import (
-    ALIVE,
-    blind_time,
-    open_checkpoint,
-    origin_pos,
-    origin_stream,
-    save_checkpoint,
-)
+from nfflowd.conntrack import checkpoint as ckpt
+from nfflowd.conntrack.payloads import split
 from nfflowd.conntrack.sources import FileSource, make_source
-from nfflowd.messages import EOF_TOKEN, ConntrackEvent, EventBatch
-from nfflowd.pipeline import persist, shards
-from nfflowd.pipeline.links import Outlet
+from nfflowd.messages import EOF_TOKEN
+from nfflowd.pipeline import persist
+from nfflowd.pipeline.batcher import Batcher
+from nfflowd.pipeline.links import Outlet, event_batch, least_loaded
 from nfflowd.pipeline.stage import Stage
 
 log = logging.getLogger("nfflowd.ingest")
-
 NOTICE_INTERVAL_S = 1.0
-
-
-def batch_of(
-    inc: int, events: list[ConntrackEvent], stream: int, pos: int
-) -> Callable[[int, int], EventBatch]:
-    """How to build the batch of *events* once the link has given it a seq."""
-    return lambda seq, acked: EventBatch("ingest", inc, seq, acked, events, stream, pos)
+#: How long a read waits for the first event of a batch (a live source wakes at once).
+IDLE_READ_S = 0.5
 
 
 def main(argv: list[str] | None = None) -> int:
     stage = Stage("ingest", argv)
     settings = stage.settings
-    checkpoint = open_checkpoint(stage.rundir)
-    # when this process last listened (a shared mapping: survives SIGKILL, see persist)
-    alive = persist.Slots(os.path.join(stage.rundir, ALIVE), 1)
-    blind_ms = blind_time(alive, settings.source.type != "file", time.time_ns())
+    checkpoint = ckpt.open_checkpoint(stage.rundir)
+    alive = persist.Slots(os.path.join(stage.rundir, ckpt.ALIVE), 1)  # survives SIGKILL
+    blind_ms = ckpt.blind_time(alive, settings.source.type != "file", time.time_ns())
     if blind_ms:
         log.warning(
             "no ingest listened for %.1f s before this start: connections that began "
-            "and ended in that time were not seen (the dump brings back those still "
-            "open)",
+            "and ended in that time were not seen",
             blind_ms / 1000,
         )
     source = make_source(settings, checkpoint)
-    n = settings.daemon.correlators
-    limit = settings.daemon.max_unacked
+    log_file = source if isinstance(source, FileSource) else None
+    n, limit, paths = settings.daemon.correlators, settings.daemon.max_unacked, settings.source.path
     outs = [Outlet(stage, topology.link("events", i), limit) for i in range(n)]
+    streams = [ckpt.origin_stream(paths, i) if log_file else 0 for i in range(n)]
+    batch = Batcher(linger_s=settings.source.linger_ms / 1000)
     poller = zmq.Poller()
     for out in outs:
         poller.register(out.sock, zmq.POLLIN)
-    # file position after each read, with the seq of the batch it gave each correlator
-    # (0: none); the checkpoint moves once every one of them is acknowledged
+    # a saved log: the position after each batch, with the seq it got per correlator
     reads: deque[tuple[tuple[int, int], list[int]]] = deque()
-    streams = [
-        origin_stream(settings.source.path, i) if isinstance(source, FileSource) else 0
-        for i in range(n)
-    ]
-    sent = 0
-    next_notice = 0.0
+    start, line = (0, 0), 0  # where the batch being built starts (a saved log)
+    sent, next_notice = 0, 0.0
 
     def counters() -> dict[str, int]:
         merged: dict[str, int] = {"events": sent, "blind_ms": blind_ms, **source.counters}
@@ -86,8 +73,24 @@ def main(argv: list[str] | None = None) -> int:
                 merged[k] = merged.get(k, 0) + v
         return merged
 
-    def acknowledged(seqs: list[int]) -> bool:
-        return all(seq <= out.outbox.acked_upto for seq, out in zip(seqs, outs, strict=True))
+    def flush() -> None:
+        nonlocal sent
+        data, count = batch.take()
+        sent += count
+        if n == 1 or source.stateless:
+            parts = [(b"", 0)] * n
+            parts[least_loaded(outs)] = (data, count)
+        else:
+            parts = split(source.payload, data, n)  # its lines are no longer in a row: line 0
+        seqs = [0] * n
+        first = line if n == 1 or source.stateless else 0
+        for i, (part, k) in enumerate(parts):
+            if k:
+                at = (streams[i], ckpt.origin_pos(start))
+                build = event_batch(stage, source.payload, part, k, source.where, first, *at)
+                seqs[i] = outs[i].send(build)
+        if log_file:
+            reads.append((log_file.position(), seqs))
 
     try:
         while True:
@@ -95,34 +98,31 @@ def main(argv: list[str] | None = None) -> int:
             for out in outs:
                 out.poll_acks()
             done = None
-            while reads and acknowledged(reads[0][1]):
+            while reads and all(
+                s <= o.outbox.acked_upto for s, o in zip(reads[0][1], outs, strict=True)
+            ):
                 done = reads.popleft()[0]
             if done is not None:
-                save_checkpoint(checkpoint, settings.source.path, done)
-            idle = all(out.idle() for out in outs)
+                ckpt.save_checkpoint(checkpoint, paths, done)
+            idle = not batch.count and all(out.idle() for out in outs)
             if stage.stopping and (idle or time.monotonic() > stage.stop_deadline):
                 break
             if time.monotonic() >= next_notice:
-                finished = source.exhausted and idle
-                stage.notify(EOF_TOKEN if finished else "stats", counters())
+                stage.notify(EOF_TOKEN if source.exhausted and idle else "stats", counters())
                 next_notice = time.monotonic() + NOTICE_INTERVAL_S
-            if stage.stopping or source.exhausted or any(out.full() for out in outs):
+            full = any(out.full() for out in outs)
+            if not full and (batch.due() or (batch.count and (source.exhausted or stage.stopping))):
+                flush()
+            if full or stage.stopping or source.exhausted:
                 poller.poll(100)  # wait for acknowledgements
                 continue
-            # a saved log's batch is named by where it starts: a successor re-reading
-            # it from the checkpoint gives it the same origin (see EventBatch)
-            pos = origin_pos(source.position()) if isinstance(source, FileSource) else 0
-            events = source.read(0.1)
-            if not events:
-                continue
-            sent += len(events)
-            inc = stage.incarnation
-            seqs = [0] * n
-            for i, part in enumerate([events] if n == 1 else shards.split(events, n)):
-                if part:
-                    seqs[i] = outs[i].send(batch_of(inc, part, streams[i], pos))
-            if isinstance(source, FileSource):
-                reads.append((source.position(), seqs))
+            before = log_file.position() if log_file and not batch.count else None
+            got = source.read(batch.data, batch.wait_s() if batch.count else IDLE_READ_S, batch.room())
+            if before is not None and got and log_file:
+                start, line = before, log_file.read_line  # a new batch: where it starts
+            batch.added(got)
+            if log_file and not got and batch.count:
+                flush()  # the end of a file: a batch never spans two (one `where`)
         stage.notify("final", counters())
         log.info("stopped after %d events; %s", sent, counters())
     finally:

@@ -43,7 +43,7 @@ OBSOLETE = "is no longer needed (nfflowd sends NetFlow itself)"
 SOURCE_TYPES = ("netlink", "conntrack", "file")
 NETFLOW_VERSIONS = (5, 9, 10)
 SECTIONS = {
-    "source": ("type", "path", "netns", "rcvbuf", "reliable", "set_sysctls"),
+    "source": ("type", "path", "netns", "rcvbuf", "reliable", "set_sysctls", "linger_ms"),
     "conntrack": ("progname", "init_format", "format"),
     "ct2ft": ("ttl",),
     "export": (
@@ -98,6 +98,7 @@ def _source(v: _V) -> SourceSettings:
         rcvbuf,
         v.boolean((*k, "reliable"), False),
         v.boolean((*k, "set_sysctls"), False),
+        v.integer((*k, "linger_ms"), SourceSettings.linger_ms, 0, 10_000, "milliseconds"),
     )
     for key in ("rcvbuf", "reliable"):
         if kind != "netlink" and v.user_set((*k, key)):

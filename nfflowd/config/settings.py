@@ -50,6 +50,7 @@ class SourceSettings:
     rcvbuf: int = 64 * 1024 * 1024
     reliable: bool = False
     set_sysctls: bool = False
+    linger_ms: int = 50  # a batch of events leaves when full or its oldest waited this long
 
 
 @dataclass(frozen=True)

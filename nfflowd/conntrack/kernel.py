@@ -30,10 +30,17 @@ from nfflowd.conntrack.netlink import (
     NFNLGRP_CONNTRACK_DESTROY,
     NFNLGRP_CONNTRACK_NEW,
     NFNLGRP_CONNTRACK_UPDATE,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    NLMSG_MIN_TYPE,
     DecodeCounters,
     decode_messages,
     dump_request,
+    error_of,
+    message_types,
+    strerror,
 )
+from nfflowd.messages import DATAGRAM_FRAME as FRAME
 from nfflowd.messages import ConntrackEvent
 
 T = TypeVar("T")
@@ -145,6 +152,7 @@ class CtnetlinkListener:
         reliable: bool = False,
         updates: bool = False,
         kernel_time: bool = False,
+        destroy_only: bool = False,
     ) -> None:
         self.netns = netns
         self.kernel_time = kernel_time  # time_ns from CTA_TIMESTAMP_EVENT when present
@@ -160,7 +168,9 @@ class CtnetlinkListener:
         self._sock = _netfilter_socket(netns)
         try:
             self._sock.bind((0, 0))
-            groups = [NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_DESTROY]
+            groups = [NFNLGRP_CONNTRACK_DESTROY]
+            if not destroy_only:
+                groups.append(NFNLGRP_CONNTRACK_NEW)
             if updates:
                 groups.append(NFNLGRP_CONNTRACK_UPDATE)
             for group in groups:
@@ -223,6 +233,32 @@ class CtnetlinkListener:
             )
         return events
 
+    def recv_frames(self, out: bytearray, max_reads: int = 100_000) -> int:
+        """Append every datagram readable now (at most *max_reads*) to *out*, framed with
+        its receive time (a NETLINK payload, nfflowd.conntrack.payloads); never blocks.
+        Returns how many were appended.  Nothing is decoded here: ingest moves bytes."""
+        flags = socket.MSG_DONTWAIT | socket.MSG_TRUNC
+        size = len(self._buf)
+        recv_into, view, pack, now = self._sock.recv_into, self._view, FRAME.pack, time.time_ns
+        got = 0
+        for _ in range(max_reads):
+            try:
+                n = recv_into(self._buf, size, flags)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                self._overrun()
+                continue
+            if n > size:
+                self.truncated_reads += 1
+                n = size
+            out += pack(now(), n)
+            out += view[:n]
+            got += 1
+        return got
+
     def dump(self, timeout: float = 30.0, family: int = socket.AF_UNSPEC) -> list[ConntrackEvent]:
         """The whole conntrack table (type NEW, start_ns from the kernel), separate socket."""
         return dump_table(self.netns, family=family, timeout=timeout)
@@ -263,6 +299,51 @@ def dump_table(
             if counters.errors != errors:
                 raise OSError(counters.last_errno, f"conntrack dump: {counters.last_error}")
     return events
+
+
+def dump_frames(
+    out: bytearray,
+    netns: str | None = None,
+    family: int = socket.AF_UNSPEC,
+    timeout: float = 30.0,
+) -> int:
+    """Dump the conntrack table over its own socket into *out* as framed datagrams (a
+    NETLINK payload: the correlator decodes the entries); return the entries appended.
+    Raise OSError (the kernel's NLMSG_ERROR) or TimeoutError; *out* is then unchanged."""
+    seq = time.monotonic_ns() & 0x7FFFFFFF or 1
+    buf = bytearray(RECV_BUFSIZE)
+    view = memoryview(buf)
+    got = bytearray()
+    entries = 0
+    deadline = time.monotonic() + timeout
+    with _netfilter_socket(netns) as sock:
+        sock.bind((0, 0))
+        _set_rcvbuf(sock, 4 << 20)
+        sock.setblocking(False)
+        sock.send(dump_request(seq, family))
+        done = False
+        while not done:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"conntrack dump: no NLMSG_DONE within {timeout}s")
+            readable, _, _ = select.select([sock], [], [], left)
+            if not readable:
+                continue
+            try:
+                n = min(sock.recv_into(buf, len(buf), socket.MSG_TRUNC), len(buf))
+            except BlockingIOError:
+                continue
+            kinds = message_types(view[:n])
+            if NLMSG_ERROR in kinds:
+                err = error_of(view[:n])
+                if err:
+                    raise OSError(err, f"conntrack dump: {strerror(err)}")
+            done = NLMSG_DONE in kinds
+            entries += sum(1 for k in kinds if k >= NLMSG_MIN_TYPE)
+            got += FRAME.pack(time.time_ns(), n)
+            got += view[:n]
+    out += got
+    return entries
 
 
 def _read_sysctls() -> dict[str, str | None]:

@@ -103,6 +103,7 @@ __all__ += ["NFNLGRP_CONNTRACK_UPDATE", "NFNL_SUBSYS_CTNETLINK", "NLATTR", "NLA_
 __all__ += ["NLMSGHDR", "NLMSG_DONE", "NLMSG_ERROR", "NLMSG_NOOP", "NLMSG_OVERRUN", "NLM_F_ACK"]
 __all__ += ["NLM_F_CREATE", "NLM_F_DUMP", "NLM_F_EXCL", "NLM_F_MULTI", "NLM_F_REQUEST"]
 __all__ += ["PORT_PROTOS", "decode_messages", "dump_request", "encode_event"]
+__all__ += ["NLMSG_MIN_TYPE", "error_of", "message_types"]
 
 
 def _word(length: int, typ: int) -> int:
@@ -369,6 +370,43 @@ class _Decoder:
 _FAMILIES = frozenset({(AF_INET, 4), (AF_INET6, 6), (AF_UNSPEC, 4), (AF_UNSPEC, 6)})
 
 
+def strerror(err: int) -> str:
+    """``os.strerror`` for any number a message can carry (INT_MIN included)."""
+    try:
+        return os.strerror(err)
+    except (OverflowError, ValueError):
+        return f"unknown error {err}"
+
+
+def message_types(buf: bytes | bytearray | memoryview) -> list[int]:
+    """The nlmsg_type of each whole message in one datagram (stops at a bad length):
+    enough to see a dump's NLMSG_DONE / NLMSG_ERROR without decoding its entries."""
+    out: list[int] = []
+    off, n = 0, len(buf)
+    while n - off >= NLMSGHDR.size:
+        length, mtype, _, _, _ = NLMSGHDR.unpack_from(buf, off)
+        if length < NLMSGHDR.size or off + length > n:
+            break
+        out.append(mtype)
+        off += (length + NLMSG_ALIGNTO - 1) & ~(NLMSG_ALIGNTO - 1)
+    return out
+
+
+def error_of(buf: bytes | bytearray | memoryview) -> int:
+    """The errno of the first NLMSG_ERROR in a datagram that reports one (0: none)."""
+    off, n = 0, len(buf)
+    while n - off >= NLMSGHDR.size:
+        length, mtype, _, _, _ = NLMSGHDR.unpack_from(buf, off)
+        if length < NLMSGHDR.size or off + length > n:
+            break
+        if mtype == NLMSG_ERROR and length >= NLMSGHDR.size + NLMSGERR.size:
+            err = -NLMSGERR.unpack_from(buf, off + NLMSGHDR.size)[0]
+            if err:
+                return int(err)
+        off += (length + NLMSG_ALIGNTO - 1) & ~(NLMSG_ALIGNTO - 1)
+    return 0
+
+
 def decode_messages(
     buf: bytes | bytearray | memoryview,
     recv_time_ns: int,
@@ -415,7 +453,7 @@ def decode_messages(
                         counters.acks += 1
                     else:
                         counters.last_errno = err
-                        dec.note("errors", off, f"NLMSG_ERROR errno {err} ({os.strerror(err)})")
+                        dec.note("errors", off, f"NLMSG_ERROR errno {err} ({strerror(err)})")
             elif mtype == NLMSG_OVERRUN:
                 dec.note("overruns", off, "NLMSG_OVERRUN")
             else:

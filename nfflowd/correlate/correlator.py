@@ -35,7 +35,15 @@ import struct
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from nfflowd.messages import ConntrackEvent, Direction, EndReason, EventType, FlowRecord
+from nfflowd.messages import (
+    FLOW_RECORD,
+    ConntrackEvent,
+    Direction,
+    EndReason,
+    EventType,
+    FlowRecord,
+    unpack_flows,
+)
 from nfflowd.pipeline.delivery import Recent
 
 #: Protocols whose tuples carry real ports (tcp, udp, dccp, sctp, udplite).
@@ -45,6 +53,12 @@ ICMP_PROTOCOLS = frozenset({1, 58})
 
 _NEW = EventType.NEW
 _DESTROY = EventType.DESTROY
+_ORIGINAL_IN, _ORIGINAL_OUT, _REPLY_IN = (
+    Direction.ORIGINAL_IN,
+    Direction.ORIGINAL_OUT,
+    Direction.REPLY_IN,
+)
+_RECORD_SIZE = FLOW_RECORD.size
 _NS_PER_MS = 1_000_000
 _NS_PER_S = 1_000_000_000
 
@@ -102,10 +116,26 @@ def flow_records(
     counters: Counters | None = None,
     end: int = EndReason.END_OF_FLOW,
 ) -> list[FlowRecord]:
-    """The flow records of one connection (see the module docstring).
+    """The flow records of one connection (see the module docstring), decoded."""
+    out = bytearray()
+    pack_records(ev, start_ns, end_ns, out, counters, end)
+    return unpack_flows(bytes(out))
+
+
+def pack_records(
+    ev: ConntrackEvent,
+    start_ns: int,
+    end_ns: int,
+    out: bytearray,
+    counters: Counters | None = None,
+    end: int = EndReason.END_OF_FLOW,
+) -> int:
+    """Append the flow records of one connection to *out* as FLOW_RECORD structs (the
+    form a FlowBatch carries: no record object is built); return how many.
 
     *counters* (orig packets, orig bytes, reply packets, reply bytes) replace the
-    event's own, e.g. the deltas of an active-timeout report.
+    event's own, e.g. the deltas of an active-timeout report.  Raises struct.error
+    (nothing appended) when a value does not fit its field (never from the kernel).
     """
     first = start_ns // _NS_PER_MS
     last = end_ns // _NS_PER_MS
@@ -134,83 +164,79 @@ def flow_records(
         ev.reply_packets,
         ev.reply_bytes,
     )
-    out: list[FlowRecord] = []
     fam, mark, zone, ctid = ev.family, ev.mark, ev.zone, ev.ct_id or 0
     left_src, left_dst = ev.reply_dst, ev.reply_src
+    pack = FLOW_RECORD.pack
+    block = b""
     if o_pkts is None or o_pkts or o_bytes:
         pk, by = o_pkts or 0, o_bytes or 0
-        out.append(
-            FlowRecord(
+        block = pack(
+            first,
+            last,
+            fam,
+            proto,
+            ev.orig_src,
+            ev.orig_dst,
+            o_sport,
+            o_dport,
+            pk,
+            by,
+            left_src,
+            left_dst,
+            out_sport,
+            out_dport,
+            _ORIGINAL_IN,
+            end,
+            mark,
+            zone,
+            ctid,
+        )
+        if is_natted(ev):
+            block += pack(
                 first,
                 last,
                 fam,
                 proto,
-                ev.orig_src,
-                ev.orig_dst,
-                o_sport,
-                o_dport,
+                left_src,
+                left_dst,
+                out_sport,
+                out_dport,
                 pk,
                 by,
                 left_src,
                 left_dst,
                 out_sport,
                 out_dport,
-                Direction.ORIGINAL_IN,
+                _ORIGINAL_OUT,
                 end,
                 mark,
                 zone,
                 ctid,
-            )
-        )
-        if is_natted(ev):
-            out.append(
-                FlowRecord(
-                    first,
-                    last,
-                    fam,
-                    proto,
-                    left_src,
-                    left_dst,
-                    out_sport,
-                    out_dport,
-                    pk,
-                    by,
-                    left_src,
-                    left_dst,
-                    out_sport,
-                    out_dport,
-                    Direction.ORIGINAL_OUT,
-                    end,
-                    mark,
-                    zone,
-                    ctid,
-                )
             )
     if r_pkts is None or r_pkts or r_bytes:
-        out.append(
-            FlowRecord(
-                first,
-                last,
-                fam,
-                proto,
-                ev.reply_src,
-                ev.reply_dst,
-                r_sport,
-                r_dport,
-                r_pkts or 0,
-                r_bytes or 0,
-                ev.orig_dst,
-                ev.orig_src,
-                back_sport,
-                back_dport,
-                Direction.REPLY_IN,
-                end,
-                mark,
-                zone,
-                ctid,
-            )
+        block += pack(
+            first,
+            last,
+            fam,
+            proto,
+            ev.reply_src,
+            ev.reply_dst,
+            r_sport,
+            r_dport,
+            r_pkts or 0,
+            r_bytes or 0,
+            ev.orig_dst,
+            ev.orig_src,
+            back_sport,
+            back_dport,
+            _REPLY_IN,
+            end,
+            mark,
+            zone,
+            ctid,
         )
-    return out
+    out += block
+    return len(block) // _RECORD_SIZE
 
 
 def _deltas(ev: ConntrackEvent, reported: list[int]) -> Counters:
@@ -248,6 +274,7 @@ class CorrelatorCounters:
     records: int = 0
     interim_reports: int = 0
     replayed: int = 0  # events of connections already closed (a re-read after a restart)
+    invalid: int = 0  # events with a value no flow record can carry (text logs only)
 
 
 @dataclass
@@ -277,8 +304,8 @@ class Correlator:
     closed: Recent = field(default_factory=Recent)  # conntrack ids lately destroyed
     journal: Journal | None = None  # report states kept across a crash (active timeout)
 
-    def feed(self, ev: ConntrackEvent, out: list[FlowRecord]) -> None:
-        """Apply one event; append the records it completes to *out*."""
+    def feed(self, ev: ConntrackEvent, out: bytearray) -> None:
+        """Apply one event; append the records it completes to *out* (FLOW_RECORD structs)."""
         t = ev.time_ns
         if t > self.clock_ns:
             self.clock_ns = t
@@ -316,7 +343,7 @@ class Correlator:
             entry = table.pop(tuple_key(ev), None)
         end = ev.stop_ns if ev.stop_ns is not None else t
         if isinstance(entry, list):  # reported before: the remainder since the last report
-            recs = flow_records(ev, entry[1], end, _deltas(ev, entry))
+            self._pack(ev, entry[1], end, out, _deltas(ev, entry))
             if self.journal is not None and ev.ct_id is not None:
                 self.journal.closed_conn(ev.ct_id, entry)
         else:
@@ -326,12 +353,24 @@ class Correlator:
             elif start is None:
                 self.counters.destroy_without_new += 1
                 start = t - ev.delta_time * _NS_PER_S if ev.delta_time is not None else t
-            recs = flow_records(ev, start, end)
-        self.counters.records += len(recs)
-        out.extend(recs)
+            self._pack(ev, start, end, out)
+
+    def _pack(
+        self,
+        ev: ConntrackEvent,
+        start: int,
+        end: int,
+        out: bytearray,
+        counters: Counters | None = None,
+        reason: int = EndReason.END_OF_FLOW,
+    ) -> None:
+        try:
+            self.counters.records += pack_records(ev, start, end, out, counters, reason)
+        except (struct.error, TypeError):  # a value no record can carry (never the kernel's)
+            self.counters.invalid += 1
 
     def _maybe_report(
-        self, key: object, entry: int | list[int], ev: ConntrackEvent, out: list[FlowRecord]
+        self, key: object, entry: int | list[int], ev: ConntrackEvent, out: bytearray
     ) -> None:
         """Active timeout: report a long connection's counter deltas since its last report."""
         now = ev.time_ns
@@ -342,7 +381,7 @@ class Correlator:
         if now - since < self.active_timeout_s * _NS_PER_S:
             return
         base = entry if isinstance(entry, list) else [start, since, 0, 0, 0, 0]
-        recs = flow_records(ev, since, now, _deltas(ev, base), EndReason.ACTIVE_TIMEOUT)
+        self._pack(ev, since, now, out, _deltas(ev, base), EndReason.ACTIVE_TIMEOUT)
         after = [
             start,
             now,
@@ -355,15 +394,18 @@ class Correlator:
         if self.journal is not None and isinstance(key, int):
             self.journal.reported(key, entry, after)
         self.counters.interim_reports += 1
-        self.counters.records += len(recs)
-        out.extend(recs)
 
-    def feed_all(self, events: list[ConntrackEvent]) -> list[FlowRecord]:
-        out: list[FlowRecord] = []
+    def feed_block(self, events: list[ConntrackEvent]) -> bytes:
+        """Apply *events*; the records they complete as one FLOW_RECORD block."""
+        out = bytearray()
         feed = self.feed
         for ev in events:
             feed(ev, out)
-        return out
+        return bytes(out)
+
+    def feed_all(self, events: list[ConntrackEvent]) -> list[FlowRecord]:
+        """:meth:`feed_block`, decoded (tests, tools)."""
+        return unpack_flows(self.feed_block(events))
 
     def purge(self, now_ns: int | None = None) -> int:
         """Forget unfinished connections that started more than ttl_s ago."""

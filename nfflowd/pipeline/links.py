@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -29,6 +29,48 @@ log = logging.getLogger("nfflowd")
 HEARTBEAT_S = 1.0
 
 Batch = EventBatch | FlowBatch
+
+
+def event_batch(
+    stage: Stage,
+    payload: int,
+    data: bytes,
+    count: int,
+    where: str,
+    first_line: int,
+    origin_stream: int = 0,
+    origin_pos: int = 0,
+) -> Callable[[int, int], EventBatch]:
+    """How to build an event batch of *stage* once its outlet has given it (seq, acked)."""
+    inc = stage.incarnation
+
+    def build(seq: int, acked: int) -> EventBatch:
+        return EventBatch(
+            stage.name,
+            inc,
+            seq,
+            acked,
+            payload,
+            data,
+            count,
+            where,
+            first_line,
+            origin_stream,
+            origin_pos,
+        )
+
+    return build
+
+
+def least_loaded(outlets: Sequence[Outlet]) -> int:
+    """The index of the outlet with the fewest unacknowledged batches (the first of equals):
+    where a self-contained batch goes when there are several correlators."""
+    best, fewest = 0, -1
+    for i, out in enumerate(outlets):
+        n = len(out.outbox.unacked)
+        if fewest < 0 or n < fewest:
+            best, fewest = i, n
+    return best
 
 
 class _Empty(Exception):
@@ -162,6 +204,7 @@ class Inlet:
         self.sock = stage.socket(name, "receiver")
         self.inbox = Inbox()
         self.upto = 0  # what we acknowledge to the current sender incarnation
+        self.restarted = False  # the last batch received came from a new sender incarnation
         self._next_heartbeat = 0.0
         self.position = position
         if position is not None and position[0]:
@@ -184,7 +227,8 @@ class Inlet:
         if not self.inbox.accept(msg.incarnation, msg.seq, msg.acked):
             self.ack(self.upto)  # the sender may have missed our ack: say it again
             return None
-        if self.inbox.incarnation != before:
+        self.restarted = self.inbox.incarnation != before
+        if self.restarted:
             self.upto = 0  # a new sender incarnation: its seqs start again
         return msg
 

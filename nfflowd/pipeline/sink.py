@@ -32,7 +32,7 @@ from typing import NamedTuple, Protocol
 
 import zmq
 
-from nfflowd.messages import FlowBatch, FlowRecord
+from nfflowd.messages import FLOW_RECORD, FlowBatch
 from nfflowd.pipeline.delivery import Recent
 from nfflowd.pipeline.links import Inlet
 from nfflowd.pipeline.persist import Ring, Slots
@@ -41,6 +41,7 @@ from nfflowd.pipeline.stage import Stage
 log = logging.getLogger("nfflowd")
 
 NOTICE_INTERVAL_S = 1.0
+_SIZE = FLOW_RECORD.size
 #: A batch is handed to the sink in chunks of this many records (a NetFlow v5
 #: datagram's worth), its progress recorded after each.
 CHUNK = 30
@@ -62,7 +63,9 @@ REMEMBERED_ORIGINS = 16384
 class Sink(Protocol):
     """What a terminal stage (export, mirror) does with the flow records it receives."""
 
-    def handle(self, records: list[FlowRecord]) -> None: ...
+    def handle(self, block: bytes) -> None:
+        """Deliver the records of *block* (FLOW_RECORD structs, at most CHUNK of them)."""
+        ...
 
     def flush(self) -> None: ...
 
@@ -186,7 +189,7 @@ class _Input:
         """True (counted) when a batch from the same origin was delivered already."""
         if (msg.origin_incarnation, msg.origin_seq) in self.delivered:
             self.delivered.hits += 1
-            self.skipped_records += len(msg.records)
+            self.skipped_records += len(msg.records) // _SIZE
             mark = flow.handed
             self.waiting.append(_Waiting(msg.incarnation, msg.seq, mark, mark, None, 0))
             return True
@@ -195,26 +198,27 @@ class _Input:
     def deliver(self, stage: Stage, flow: Flow, msg: FlowBatch) -> None:
         """Hand *msg*'s records to the sink chunk by chunk, recording progress."""
         records, sink = msg.records, flow.sink
+        count = len(records) // _SIZE
         origin = (msg.origin_incarnation, msg.origin_seq)
         # a batch a predecessor was killed in comes again: resent, or recomputed by a
         # restarted correlate from the same events (same origin: the same records in
         # the same order, unless its table differed; then the length usually does
         # too, and the whole batch goes again rather than lose any)
-        start, entry = self.partials.resume(msg.incarnation, msg.seq, origin, len(records))
+        start, entry = self.partials.resume(msg.incarnation, msg.seq, origin, count)
         self.resumed_records += start
         self.delivered.add(origin)
         base = flow.handed - start
         self.waiting.append(
-            _Waiting(msg.incarnation, msg.seq, base, base + len(records), origin, start, entry)
+            _Waiting(msg.incarnation, msg.seq, base, base + count, origin, start, entry)
         )
-        for i in range(start, len(records), CHUNK):
-            chunk = records[i : i + CHUNK]
+        for i in range(start, count, CHUNK):
+            chunk = records[i * _SIZE : (i + CHUNK) * _SIZE]
             try:
                 sink.handle(chunk)
             except (TypeError, ValueError, AttributeError, struct.error) as exc:
                 # resending a bad batch cannot help: count it, acknowledge it, go on
                 stage.count_malformed("bad_record", repr(exc), f"batch {msg.seq}")
-            flow.handed += len(chunk)
+            flow.handed += len(chunk) // _SIZE
             if not sink.pending():  # else an outage or a slow reader: the idle path retries
                 sink.flush()
             self.progress(flow)
@@ -301,7 +305,9 @@ def _consume(stage: Stage, inputs: list[_Input], flow: Flow) -> None:
         if time.monotonic() >= next_notice:
             stage.notify("stats", counters())
             next_notice = time.monotonic() + NOTICE_INTERVAL_S
-        ready = dict(poller.poll(100))
+        # quiet: wake once a second (heartbeat, notice); records held: retry every 100 ms
+        busy = sink.pending() or any(inp.waiting for inp in inputs) or stage.stopping
+        ready = dict(poller.poll(100 if busy else 1000))
         if not ready:
             if sink.pending():
                 sink.flush()  # an outage or a slow reader: retry now and then

@@ -20,6 +20,7 @@ from nfflowd.conntrack.sources import ProgramSource
 from nfflowd.lab.nfcapd import Nfcapd
 from tests.lab_names import lab_prefix
 from tests.pipeline_harness import nfflowd, write_config
+from tests.source_events import SourceEvents
 
 
 @pytest.mark.root
@@ -75,11 +76,12 @@ def test_program_source_restarts_a_dead_program(tmp_path: Path) -> None:
     )
     script.chmod(0o755)
     src = ProgramSource(str(script), "", "-E", restart_delay_s=0.05)
+    reader = SourceEvents(src)
     events = []
     deadline = time.monotonic() + 10
     while src.counters["program_starts"] < 3 and time.monotonic() < deadline:
-        events += src.read(0.1)
+        events += reader.read(0.1)
     src.close()
     assert src.counters["program_starts"] >= 3 and src.counters["program_exits"] >= 2
     assert len(events) >= 2 and all(e.ct_id == 5 for e in events)
-    assert src.counters["malformed_lines"] >= 2
+    assert reader.counters()["malformed_lines"] >= 2

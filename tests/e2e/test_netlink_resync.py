@@ -30,6 +30,7 @@ from nfflowd.messages import ConntrackEvent, EventType
 from tests.addresses import a
 from tests.needs import needs, needs_root
 from tests.scratch_netns import scratch_netns
+from tests.source_events import SourceEvents
 
 pytestmark = [
     pytest.mark.root,
@@ -98,8 +99,9 @@ def test_overrun_is_counted_logged_and_resynced_by_a_dump(
     with open_connections(netns, OPEN) as conns:
         ports = {(sport, dport) for _, sport, dport in conns}
         src = NetlinkSource(settings)
+        reader = SourceEvents(src)
         try:
-            first = tcp_entries(src.read(0), ports)  # the table dumped at start
+            first = tcp_entries(reader.read(0), ports)  # the table dumped at start
             assert set(first) == ports
             assert src.counters["dumped"] >= OPEN and src.counters["resyncs"] == 0
             for cli, _, _ in conns:  # traffic the resync dump must show in the counters
@@ -110,7 +112,7 @@ def test_overrun_is_counted_logged_and_resynced_by_a_dump(
                 resync_batch: list[ConntrackEvent] = []
                 deadline = time.monotonic() + 30
                 while not src.counters["resyncs"] and time.monotonic() < deadline:
-                    resync_batch = src.read(0.2)
+                    resync_batch = reader.read(0.2)
             print(f"\nNetlinkSource, rcvbuf {TINY}: {BURST} flows, counters {src.counters}")
             assert src.counters["enobufs"] >= 1
             assert src.counters["resyncs"] >= 1
@@ -144,11 +146,12 @@ def with_bad_and_unknown_attributes(msg: bytes) -> bytes:
     return bytes(out)
 
 
-def test_decoder_attribute_counters_reach_the_source_counters(netns: str) -> None:
+def test_decoder_attribute_counters_reach_the_correlator_counters(netns: str) -> None:
     src = NetlinkSource(SourceSettings("netlink", netns=netns))
+    reader = SourceEvents(src)  # the correlator decodes, and counts
     try:
-        src.read(0)
-        assert (src.counters["bad_attrs"], src.counters["unknown_attrs"]) == (0, 0)
+        reader.read(0)
+        assert (reader.counters()["bad_attrs"], reader.counters()["unknown_attrs"]) == (0, 0)
         fake = ConntrackEvent(
             EventType.DESTROY,
             0,
@@ -184,10 +187,10 @@ def test_decoder_attribute_counters_reach_the_source_counters(netns: str) -> Non
         got: list[ConntrackEvent] = []
         deadline = time.monotonic() + 10
         while not any(e.ct_id == 77 for e in got) and time.monotonic() < deadline:
-            got += src.read(0.2)
+            got += reader.read(0.2)
         (ev,) = [e for e in got if e.ct_id == 77]
         assert (ev.type, ev.orig_sport, ev.orig_dport, ev.mark) == (EventType.DESTROY, 40000, 53, 0)
-        assert (src.counters["bad_attrs"], src.counters["unknown_attrs"]) == (1, 1)
-        assert src.counters["malformed_messages"] == 0
+        assert (reader.counters()["bad_attrs"], reader.counters()["unknown_attrs"]) == (1, 1)
+        assert reader.counters()["malformed_messages"] == 0
     finally:
         src.close()

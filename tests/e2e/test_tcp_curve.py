@@ -41,8 +41,7 @@ WAIT_S = 240.0  # generous: a shared 2-core machine; no duration is asserted
 PROBE = r"""
 import sys, time, zmq, zmq.auth
 from nfflowd.pipeline import codec
-from nfflowd.conntrack.text import parse_line
-from nfflowd.messages import EventBatch
+from nfflowd.messages import EventBatch, Payload
 addr, mode, keydir, marker = sys.argv[1:5]
 ctx = zmq.Context()
 s = ctx.socket(zmq.DEALER)
@@ -55,12 +54,12 @@ if mode != "plain":
     else:
         s.curve_publickey, s.curve_secretkey = zmq.curve_keypair()
 s.connect(addr)
-ev = parse_line(
+line = (
     f"[1764000100.000000]\t[DESTROY] udp      17 src={marker} dst=198.51.100.7 sport=4242 "
     f"dport=53 packets=1 bytes=60 src=198.51.100.7 dst=203.0.113.21 sport=53 dport=4242 "
-    f"packets=1 bytes=90 id={int(marker.rsplit('.', 1)[1]) + 4000000000}"
-)
-s.send(codec.encode(EventBatch("ingest", time.time_ns(), 1, 0, [ev])))
+    f"packets=1 bytes=90 id={int(marker.rsplit('.', 1)[1]) + 4000000000}\n"
+).encode()
+s.send(codec.encode(EventBatch("ingest", time.time_ns(), 1, 0, Payload.TEXT, line, 1, "x", 1)))
 print("answered" if s.poll(8000) else "silent")
 ctx.destroy(0)
 """

@@ -23,13 +23,13 @@ from pathlib import Path
 import pytest
 
 from nfflowd import topology
-from nfflowd.conntrack.sources import FILE_CHUNK
 from nfflowd.conntrack.text import parse_line
 from nfflowd.correlate.correlator import Correlator
 from nfflowd.lab.events import generate
 from nfflowd.lab.nfcapd import Nfcapd
-from nfflowd.messages import EventBatch, FlowBatch
+from nfflowd.messages import EventBatch, FlowBatch, Payload
 from nfflowd.pipeline import codec
+from nfflowd.pipeline.batcher import Batcher
 from nfflowd.pipeline.delivery import Recent
 from tests.needs import needs
 from tests.pipeline_harness import (
@@ -64,17 +64,24 @@ def rss_kb(pid: int) -> int:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
+#: The most events an event batch holds (ingest's Batcher).
+MAX_EVENTS = Batcher().max_events
+
+
 def batch_sizes(log: Path, batches: int = 100) -> tuple[int, int]:
-    """The largest encoded event batch (one read of FILE_CHUNK lines, as ingest sends
+    """The largest encoded event batch (a full batch of lines, as ingest sends
     it) and flow batch (what correlate makes of one) among the log's first batches."""
     corr, ev_max, flow_max = Correlator(), 0, 0
     with open(log) as fh:
         for _ in range(batches):
-            events = [e for ln in itertools.islice(fh, FILE_CHUNK) if (e := parse_line(ln))]
+            lines = list(itertools.islice(fh, MAX_EVENTS))
+            events = [e for ln in lines if (e := parse_line(ln))]
             if not events:
                 break
-            ev_max = max(ev_max, len(codec.encode(EventBatch("ingest", 1, 1, 0, events))))
-            if records := corr.feed_all(events):
+            data = "".join(lines).encode()
+            batch_in = EventBatch("ingest", 1, 1, 0, Payload.TEXT, data, len(lines), str(log), 1)
+            ev_max = max(ev_max, len(codec.encode(batch_in)))
+            if records := corr.feed_block(events):
                 batch = FlowBatch("correlate", 1, 1, 0, 1, 1, records)
                 flow_max = max(flow_max, len(codec.encode(batch)))
     return ev_max, flow_max
@@ -89,7 +96,7 @@ def correlate_state_kb(log: Path) -> int:
         with open(log) as fh:
             for ln in itertools.islice(fh, OPEN_CONNECTIONS):  # the first lines open them
                 if (ev := parse_line(ln)) is not None:
-                    corr.feed(ev, [])
+                    corr.feed(ev, bytearray())
         table = tracemalloc.get_traced_memory()[0]
         recent = Recent()
         for i in range(recent.size):

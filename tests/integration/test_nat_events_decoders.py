@@ -35,7 +35,7 @@ import pytest
 from nfflowd.config import Collector, ExportSettings
 from nfflowd.formats import ipfix, netflow_v9
 from nfflowd.lab.nfcapd import Nfcapd
-from nfflowd.messages import FlowRecord
+from nfflowd.messages import FlowRecord, pack_flows
 from nfflowd.outputs.exporter import Exporter
 from tests.addresses import txt
 from tests.flow_records import NOW_NS
@@ -266,8 +266,8 @@ def test_export_stage_sends_nat_events_only_where_configured() -> None:
         )
         exporter = Exporter(exp)
         try:
-            exporter.handle(recs[:5])
-            exporter.handle(recs[5:])
+            exporter.handle(pack_flows(recs[:5]))
+            exporter.handle(pack_flows(recs[5:]))
             counters = exporter.counters()
         finally:
             for _, coll in exporter.targets:

@@ -7,7 +7,7 @@ import socket
 from nfflowd.correlate.correlator import Correlator, flow_records, is_natted
 from nfflowd.messages import Direction, EventType, FlowRecord
 from tests.addresses import a
-from tests.conntrack_events import SNAT_ORIG, SNAT_REPLY, ev
+from tests.conntrack_events import SNAT_ORIG, SNAT_REPLY, ev, feed
 
 S = 1_000_000_000
 
@@ -28,9 +28,10 @@ def view(r: FlowRecord) -> tuple[object, ...]:
 def test_seed_example_snat_triplet() -> None:
     c = Correlator()
     out: list[FlowRecord] = []
-    c.feed(ev(EventType.NEW, 1248952336.422, SNAT_ORIG, SNAT_REPLY, counters=None), out)
+    feed(c, ev(EventType.NEW, 1248952336.422, SNAT_ORIG, SNAT_REPLY, counters=None), out)
     assert out == []
-    c.feed(
+    feed(
+        c,
         ev(
             EventType.DESTROY,
             1248952480.737,
@@ -135,13 +136,14 @@ def test_start_time_preference() -> None:
     c = Correlator()
     out: list[FlowRecord] = []
     # matched by id even when the tuple differs in the DESTROY (id is the identity)
-    c.feed(ev(EventType.NEW, 10, SNAT_ORIG, SNAT_REPLY, counters=None, ct_id=7), out)
-    c.feed(ev(EventType.DESTROY, 20, SNAT_ORIG, SNAT_REPLY, ct_id=7), out)
+    feed(c, ev(EventType.NEW, 10, SNAT_ORIG, SNAT_REPLY, counters=None, ct_id=7), out)
+    feed(c, ev(EventType.DESTROY, 20, SNAT_ORIG, SNAT_REPLY, ct_id=7), out)
     assert out[0].first_ms == 10_000 and out[0].last_ms == 20_000
     # kernel timestamps beat event times
     out.clear()
-    c.feed(ev(EventType.NEW, 30, SNAT_ORIG, SNAT_REPLY, counters=None, ct_id=8), out)
-    c.feed(
+    feed(c, ev(EventType.NEW, 30, SNAT_ORIG, SNAT_REPLY, counters=None, ct_id=8), out)
+    feed(
+        c,
         ev(
             EventType.DESTROY,
             90,
@@ -156,10 +158,10 @@ def test_start_time_preference() -> None:
     assert (out[0].first_ms, out[0].last_ms) == (29_500, 61_250)
     # no NEW seen: delta-time, else the DESTROY time
     out.clear()
-    c.feed(ev(EventType.DESTROY, 100, SNAT_ORIG, SNAT_REPLY, delta=42), out)
+    feed(c, ev(EventType.DESTROY, 100, SNAT_ORIG, SNAT_REPLY, delta=42), out)
     assert out[0].first_ms == 58_000
     out.clear()
-    c.feed(ev(EventType.DESTROY, 100, SNAT_ORIG, SNAT_REPLY), out)
+    feed(c, ev(EventType.DESTROY, 100, SNAT_ORIG, SNAT_REPLY), out)
     assert out[0].first_ms == out[0].last_ms == 100_000
     assert c.counters.destroy_without_new == 2
     assert c.open == {}
@@ -168,12 +170,15 @@ def test_start_time_preference() -> None:
 def test_tuple_match_without_id_and_ttl_purge() -> None:
     c = Correlator(ttl_s=60)
     out: list[FlowRecord] = []
-    c.feed(ev(EventType.NEW, 0, SNAT_ORIG, SNAT_REPLY, counters=None), out)
+    feed(c, ev(EventType.NEW, 0, SNAT_ORIG, SNAT_REPLY, counters=None), out)
     other = ("10.0.0.9", "74.125.6.225", 1111, 80)
-    c.feed(
-        ev(EventType.NEW, 50, other, ("74.125.6.225", "192.76.7.154", 80, 1111), counters=None), out
+    feed(
+        c,
+        ev(EventType.NEW, 50, other, ("74.125.6.225", "192.76.7.154", 80, 1111), counters=None),
+        out,
     )
-    c.feed(
+    feed(
+        c,
         ev(
             EventType.NEW,
             100,
@@ -185,14 +190,14 @@ def test_tuple_match_without_id_and_ttl_purge() -> None:
     )
     assert c.purge() == 1  # only the one older than 60 s on the events' clock
     assert len(c.open) == 2 and c.counters.purged == 1
-    c.feed(ev(EventType.DESTROY, 110, other, ("74.125.6.225", "192.76.7.154", 80, 1111)), out)
+    feed(c, ev(EventType.DESTROY, 110, other, ("74.125.6.225", "192.76.7.154", 80, 1111)), out)
     assert out[0].first_ms == 50_000 and len(c.open) == 1
 
 
 def test_active_timeout_interim_records_add_up_to_the_final_counters() -> None:
     c = Correlator(active_timeout_s=5)
     out: list[FlowRecord] = []
-    c.feed(ev(EventType.NEW, 0, SNAT_ORIG, SNAT_REPLY, counters=None, ct_id=9), out)
+    feed(c, ev(EventType.NEW, 0, SNAT_ORIG, SNAT_REPLY, counters=None, ct_id=9), out)
     # periodic kernel dumps: (orig pkts, orig bytes, reply pkts, reply bytes) so far
     for t, cnt in [
         (3, (5, 500, 4, 4000)),
@@ -200,12 +205,13 @@ def test_active_timeout_interim_records_add_up_to_the_final_counters() -> None:
         (9, (12, 1200, 8, 8000)),
         (12, (20, 2000, 15, 15000)),
     ]:
-        c.feed(ev(EventType.NEW, t, SNAT_ORIG, SNAT_REPLY, counters=cnt, ct_id=9), out)
+        feed(c, ev(EventType.NEW, t, SNAT_ORIG, SNAT_REPLY, counters=cnt, ct_id=9), out)
     interim = list(out)
     # reported at 6 s (>= 5 s since the start) and at 12 s (>= 5 s since 6 s), not at 3 or 9
     assert {(r.first_ms, r.last_ms) for r in interim} == {(0, 6000), (6000, 12000)}
     assert all(r.end_reason == 2 for r in interim)  # IPFIX flowEndReason: active timeout
-    c.feed(
+    feed(
+        c,
         ev(EventType.DESTROY, 14, SNAT_ORIG, SNAT_REPLY, counters=(21, 2100, 17, 17100), ct_id=9),
         out,
     )
@@ -220,9 +226,9 @@ def test_active_timeout_interim_records_add_up_to_the_final_counters() -> None:
 def test_active_timeout_skips_directions_without_new_traffic() -> None:
     c = Correlator(active_timeout_s=1)
     out: list[FlowRecord] = []
-    c.feed(ev(EventType.NEW, 0, SNAT_ORIG, SNAT_REPLY, counters=None, ct_id=3), out)
-    c.feed(ev(EventType.NEW, 2, SNAT_ORIG, SNAT_REPLY, counters=(4, 400, 0, 0), ct_id=3), out)
+    feed(c, ev(EventType.NEW, 0, SNAT_ORIG, SNAT_REPLY, counters=None, ct_id=3), out)
+    feed(c, ev(EventType.NEW, 2, SNAT_ORIG, SNAT_REPLY, counters=(4, 400, 0, 0), ct_id=3), out)
     assert [Direction(r.direction).name for r in out] == ["ORIGINAL_IN", "ORIGINAL_OUT"]
     out.clear()
-    c.feed(ev(EventType.DESTROY, 3, SNAT_ORIG, SNAT_REPLY, counters=(4, 400, 0, 0), ct_id=3), out)
+    feed(c, ev(EventType.DESTROY, 3, SNAT_ORIG, SNAT_REPLY, counters=(4, 400, 0, 0), ct_id=3), out)
     assert out == []  # everything was reported already

@@ -18,6 +18,7 @@ from nfflowd.correlate.correlator import Correlator
 from nfflowd.formats import netflow_v5
 from nfflowd.formats.flowtools_csv import format_line
 from nfflowd.messages import FlowRecord
+from tests.conntrack_events import feed
 
 GOLDEN = Path(__file__).resolve().parent.parent / "data" / "golden"
 BOOT_MS = 1_795_714_000_000
@@ -30,7 +31,7 @@ def records(log: str) -> list[FlowRecord]:
     for line in (GOLDEN / log).read_text().splitlines():
         ev = parse_line(line)
         if ev is not None:
-            corr.feed(ev, out)
+            feed(corr, ev, out)
     assert corr.open == {}, "every NEW of the capture has its DESTROY"
     return out
 

@@ -16,7 +16,7 @@ import pytest
 import zmq
 
 from nfflowd.conntrack.text import parse_line
-from nfflowd.messages import SCHEMA_VERSION, Ack, EventBatch, Kind
+from nfflowd.messages import SCHEMA_VERSION, Ack, EventBatch, Kind, Payload
 from nfflowd.pipeline import codec
 from nfflowd.pipeline.links import Inlet
 
@@ -78,16 +78,15 @@ def test_bad_messages_are_counted_dropped_and_the_link_goes_on(
     link: tuple[InprocStage, Inlet, zmq.Socket[bytes]],
 ) -> None:
     stage, inlet, sender = link
-    event = parse_line(LINE)
-    assert event is not None
-    batch = EventBatch("ingest", 111, 1, 0, [event])
+    assert parse_line(LINE) is not None
+    batch = EventBatch("ingest", 111, 1, 0, Payload.TEXT, LINE.encode() + b"\n", 1, "t.log", 1)
     valid = codec.encode(batch)
     wire = msgpack.unpackb(valid)  # [kind, version, *fields]
     assert wire[:2] == [Kind.EVENT_BATCH, SCHEMA_VERSION]
     bad = [
         ("malformed", b"\xc1 not msgpack at all"),  # 0xc1: a byte msgpack never uses
         ("malformed", valid[: len(valid) // 2]),  # a batch cut in half
-        ("unknown_kind", msgpack.packb([99, SCHEMA_VERSION, "ingest", 111, 1, 0, [], 0, 0])),
+        ("unknown_kind", msgpack.packb([99, SCHEMA_VERSION, "ingest", 111, 1, 0, 1, b"", 0])),
         ("unknown_version", msgpack.packb([*wire[:1], SCHEMA_VERSION + 1, *wire[2:]])),
         ("unexpected_kind", codec.encode(Ack("export", 333, 222, 0))),  # valid, wrong direction
     ]

@@ -13,7 +13,7 @@ from typing import Any
 
 import zmq
 
-from nfflowd.messages import Ack, EventBatch, Message
+from nfflowd.messages import Ack, EventBatch, Message, Payload
 from nfflowd.pipeline import codec
 from nfflowd.pipeline.links import Outlet
 
@@ -85,7 +85,7 @@ def test_a_reconnected_receiver_gets_the_unacknowledged_batches_again() -> None:
         stage: Any = LoopbackStage(ctx, address)
         out = Outlet(stage, "events", limit=64)
         for _ in range(3):
-            out.send(lambda seq, acked: EventBatch("ingest", 111, seq, acked, []))
+            out.send(lambda seq, acked: EventBatch("ingest", 111, seq, acked, Payload.TEXT, b"", 0))
         assert batches(rx) == [1, 2, 3]
         pump(out, rx, upto=1)  # the first Ack is a hello: 2 and 3 go once more
         assert batches(rx) == [2, 3]

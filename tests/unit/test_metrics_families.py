@@ -72,12 +72,13 @@ def lab(**labels: str) -> tuple[tuple[str, str], ...]:
 
 
 STATS = {
-    "ingest": record("ingest", {"events": 1000, "lines": 1001, "malformed_lines": 1,
+    "ingest": record("ingest", {"events": 1000, "lines": 1001,
                                 "events_unacked": 3, "events_resent": 2, "enobufs": 4,
                                 "peak_rss_kb": 2048, "starts": 2}, starts=2),
     "correlate": record("correlate", {"new": 500, "update": 7, "destroy": 493, "open": 7,
                                       "records": 1200, "newest_event_ms": 1_799_999_998_500,
                                       "events_duplicates": 5, "malformed_bad_event": 2,
+                                      "malformed_lines": 1,
                                       "flows.export_unacked": 1, "flows.mirror_unacked": 0}),
     "export": record("export", {"records": 1200, "c0_datagrams_sent": 40, "c0_send_errors": 1,
                                 "c1_datagrams_sent": 41, "c1_records": 1200,
@@ -113,7 +114,7 @@ def test_counters_get_conventional_names_labels_types_and_help() -> None:
     assert newest == pytest.approx(NOW - 1.5)
     malformed = got["nfflowd_malformed_total"]
     assert malformed == {
-        lab(stage="ingest", reason="event_line"): 1,
+        lab(stage="correlate", reason="event_line"): 1,
         lab(stage="correlate", reason="bad_event"): 2,
     }
     # links

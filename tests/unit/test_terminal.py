@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from nfflowd.messages import FlowBatch, FlowRecord
+from nfflowd.messages import FlowBatch, FlowRecord, pack_flows, unpack_flows
 from nfflowd.pipeline.persist import Ring
 from nfflowd.pipeline.sink import PARTIALS, Flow, _Input
 
@@ -50,9 +50,8 @@ def record(n: int) -> FlowRecord:
 
 def batch(inc: int, seq: int, origin_pos: int, first: int, count: int) -> FlowBatch:
     """Flow batch *seq* of correlate *inc*, computed from event batch *origin_pos*."""
-    return FlowBatch(
-        "correlate", inc, seq, 0, STREAM, origin_pos, [record(first + i) for i in range(count)]
-    )
+    records = pack_flows([record(first + i) for i in range(count)])
+    return FlowBatch("correlate", inc, seq, 0, STREAM, origin_pos, records)
 
 
 class SlowSink:
@@ -62,8 +61,8 @@ class SlowSink:
         self.held: deque[FlowRecord] = deque()
         self.out = out  # the "collector": ct_ids of the records that left, in order
 
-    def handle(self, records: list[FlowRecord]) -> None:
-        self.held.extend(records)
+    def handle(self, block: bytes) -> None:
+        self.held.extend(unpack_flows(block))
 
     def flush(self) -> None:
         pass
