@@ -43,10 +43,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.bench_pipeline import replay_settings
 from nfflowd.conntrack.text import ParseError, parse_line
 from nfflowd.correlate.correlator import Correlator
-from nfflowd.formats.flowtools_csv import format_line
+from nfflowd.formats.flowtools_csv import format_block
 from nfflowd.lab.events import generate
 from nfflowd.lab.nfcapd import Nfcapd
-from nfflowd.messages import FlowRecord
+from nfflowd.messages import FLOW_RECORD
 from nfflowd.ops import replay
 
 HERE = Path(__file__).resolve().parent
@@ -92,7 +92,7 @@ def run_in_process(log: Path, csv_path: Path | None) -> Run:
     """parse_line + Correlator.feed over the log in this process (+ CSV lines to a file)."""
     corr = Correlator()
     feed = corr.feed
-    out: list[FlowRecord] = []
+    out = bytearray()
     records = malformed = 0
     boot_ms = time.time_ns() // 1_000_000
     c0, t0 = _cpu(resource.RUSAGE_SELF), time.perf_counter()
@@ -111,10 +111,10 @@ def run_in_process(log: Path, csv_path: Path | None) -> Run:
                 continue
             feed(ev, out)
             if out:
-                records += len(out)
+                records += len(out) // FLOW_RECORD.size
                 if dst is not None:
-                    for rec in out:
-                        dst.write(format_line(rec, exaddr="127.0.0.1", boot_ms=boot_ms) + "\n")
+                    lines = format_block(bytes(out), exaddr="127.0.0.1", boot_ms=boot_ms)
+                    dst.write("".join(f"{line}\n" for line in lines))
                 out.clear()
     wall, cpu = time.perf_counter() - t0, _cpu(resource.RUSAGE_SELF) - c0
     name = "nfflowd parse+correlate" + (" + CSV to file" if csv_path else "") + " (1 process)"

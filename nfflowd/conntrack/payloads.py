@@ -30,6 +30,14 @@ log = logging.getLogger("nfflowd.source")
 _FRAME = DATAGRAM_FRAME.size
 
 
+def text_lines(data: bytes) -> list[str]:
+    """The lines of a TEXT payload (each ended by "\\n"), decoded (bad UTF-8 replaced)."""
+    lines = data.decode("utf-8", "replace").split("\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
 def frame(out: bytearray, recv_ns: int, datagram: bytes | memoryview) -> None:
     """Append one received datagram to a NETLINK payload."""
     out += DATAGRAM_FRAME.pack(recv_ns, len(datagram))
@@ -47,17 +55,23 @@ class LineParser:
     def parse(
         self, line: str, where: str, out: list[ConntrackEvent], default_type: int = EventType.NEW
     ) -> None:
+        ev = self.event(line, where, default_type)
+        if ev is not None:
+            out.append(ev)
+
+    def event(
+        self, line: str, where: str, default_type: int = EventType.NEW
+    ) -> ConntrackEvent | None:
+        """The event of *line* (None: not an entry, or malformed: counted and logged)."""
         self.counters["lines"] += 1
         try:
-            ev = parse_line(line, default_type=default_type)
+            return parse_line(line, default_type=default_type)
         except ParseError as exc:
             n = self.counters["malformed_lines"] + 1
             self.counters["malformed_lines"] = n
             if n <= 10 or n & (n - 1) == 0:
                 log.warning("%s: malformed event line skipped: %s [%d so far]", where, exc, n)
-            return
-        if ev is not None:
-            out.append(ev)
+            return None
 
 
 class PayloadDecoder:
@@ -82,13 +96,18 @@ class PayloadDecoder:
     def _text(self, data: bytes, where: str, first_line: int) -> list[ConntrackEvent]:
         out: list[ConntrackEvent] = []
         parse = self._lines.parse
-        text = data.decode("utf-8", "replace")
-        lines = text.split("\n")
-        if lines and not lines[-1]:
-            lines.pop()
-        for i, line in enumerate(lines):
+        for i, line in enumerate(text_lines(data)):
             parse(line, f"{where}:{first_line + i}" if first_line else where, out)
         return out
+
+    def line_event(self, line: str, where: str, first_line: int, i: int) -> ConntrackEvent | None:
+        """The event of line *i* of a TEXT payload (None: not an entry, or malformed:
+        counted and logged with its place)."""
+        return self._lines.event(line, f"{where}:{first_line + i}" if first_line else where)
+
+    def count_lines(self, n: int) -> None:
+        """*n* lines read without :meth:`line_event` (the correlator's fast NEW path)."""
+        self.counters["lines"] += n
 
     def _netlink(self, data: bytes) -> list[ConntrackEvent]:
         """Each frame's datagram; one event message of a known layout (the usual case: the

@@ -434,9 +434,7 @@ class NetlinkSource:
 
 def destroy_only(sysctls: dict[str, str | None]) -> bool:
     """True when a DESTROY carries everything (counters and the kernel's start and stop)."""
-    return all(
-        sysctls.get(f"net.netfilter.nf_conntrack_{k}") == "1" for k in ("acct", "timestamp")
-    )
+    return all(sysctls.get(f"net.netfilter.nf_conntrack_{k}") == "1" for k in ("acct", "timestamp"))
 
 
 def dump_interval(active_timeout_s: int) -> float:

@@ -19,10 +19,11 @@ from __future__ import annotations
 import logging
 import os
 
-from nfflowd.conntrack.payloads import PayloadDecoder
+from nfflowd.conntrack.payloads import PayloadDecoder, text_lines
+from nfflowd.conntrack.text import new_line_key
 from nfflowd.correlate.correlator import Correlator
 from nfflowd.correlate.report_state import ReportJournal
-from nfflowd.messages import EventBatch
+from nfflowd.messages import EventBatch, Payload
 from nfflowd.pipeline.delivery import Recent
 
 log = logging.getLogger("nfflowd.correlate")
@@ -67,9 +68,30 @@ class BatchCorrelator:
             self.journal.origin = origin
             for ct_id, state in self.journal.revert(origin):  # fed again: as it was before
                 self.corr.open[ct_id] = state
+        if batch.payload == Payload.TEXT:
+            return self._text(batch)
         events = self.decoder.decode(batch.payload, batch.data, batch.where, batch.first_line)
         self.events += len(events)
         return self.corr.feed_block(events)
+
+    def _text(self, batch: EventBatch) -> bytes:
+        """Text lines in order; a NEW line that only opens a connection (it has a
+        conntrack id) costs two numbers (:func:`new_line_key`), not a whole parse."""
+        out = bytearray()
+        corr, decoder = self.corr, self.decoder
+        feed, opened, event = corr.feed, corr.opened, decoder.line_event
+        where, first, fast = batch.where, batch.first_line, 0
+        for i, line in enumerate(text_lines(batch.data)):
+            key = new_line_key(line)
+            if key is not None:
+                opened(*key)
+                fast += 1
+            elif (ev := event(line, where, first, i)) is not None:
+                feed(ev, out)
+                self.events += 1
+        self.events += fast
+        decoder.count_lines(fast)
+        return bytes(out)
 
     def counters(self) -> dict[str, int]:
         c, corr = self.corr.counters, self.corr

@@ -395,6 +395,20 @@ class Correlator:
             self.journal.reported(key, entry, after)
         self.counters.interim_reports += 1
 
+    def opened(self, time_ns: int, ct_id: int) -> None:
+        """What :meth:`feed` does with a NEW that has a conntrack id and no counters or
+        start time (from :func:`nfflowd.conntrack.text.new_line_key`: no event built)."""
+        if time_ns > self.clock_ns:
+            self.clock_ns = time_ns
+        if ct_id in self.closed:
+            self.counters.replayed += 1
+            return
+        self.counters.new += 1
+        if ct_id in self.open:
+            self.counters.new_duplicate += 1
+        else:
+            self.open[ct_id] = time_ns
+
     def feed_block(self, events: list[ConntrackEvent]) -> bytes:
         """Apply *events*; the records they complete as one FLOW_RECORD block."""
         out = bytearray()

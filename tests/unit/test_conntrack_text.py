@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nfflowd.conntrack.text import IPS_HW_OFFLOAD, IPS_OFFLOAD, ParseError, parse_line
+from nfflowd.conntrack.text import IPS_HW_OFFLOAD, IPS_OFFLOAD, ParseError, new_line_key, parse_line
 from nfflowd.correlate.correlator import pack_records
 from nfflowd.messages import IPS_ASSURED, IPS_SEEN_REPLY, ConntrackEvent, EventType
 
@@ -825,3 +825,24 @@ def test_live_conntrack_events_parse() -> None:
             proc.kill()
             proc.wait(timeout=10)
         subprocess.run(["ip", "netns", "del", ns], timeout=10)
+
+
+def test_new_line_key_agrees_with_the_whole_parse() -> None:
+    """The correlator's fast path for NEW lines reads the time and id parse_line reads, and
+    takes only lines whose event carries nothing else it would use."""
+    taken = 0
+    for ln in ALL_REAL:
+        key = new_line_key(ln)
+        if key is None:
+            continue
+        taken += 1
+        ev = parse_line(ln)
+        assert ev is not None and ev.type == NEW and (ev.time_ns, ev.ct_id) == key, ln
+        assert ev.orig_packets is None and ev.start_ns is None, ln
+    assert taken  # the captures with -o id have such lines
+    icmp = "[1795714273.762413]\t [NEW] icmp     1 30 src=10.0.0.1 dst=10.0.0.2 type=8 code=0 id=7 "
+    assert new_line_key(icmp + "[UNREPLIED] src=10.0.0.2 dst=10.0.0.1 type=0 code=0 id=7") is None
+    assert new_line_key(icmp + "[UNREPLIED] src=10.0.0.2 dst=10.0.0.1 type=0 code=0 id=7 id=9")
+    destroy = line_with(EXT, "[DESTROY]", "dport=5001 packets")
+    assert new_line_key(destroy) is None
+    assert new_line_key("[1795714273.762413]\t[NEW] tcp 6 src=1.2.3.4 id=99999999999") is None
