@@ -617,6 +617,7 @@ def run_step(
     labmod.flush(lab)
     for c in consumers:
         c.start()
+    spies = start_profiles(consumers, rate, a.profile) if a.profile else []
     k0 = kernel_state(lab)
     cpu0 = {c.name: {n: cpu_seconds(p) for n, p in c.pids.items()} for c in consumers}
     st: dict[str, Any] = {}
@@ -624,12 +625,66 @@ def run_step(
     step.update(settle(lab, consumers, a, st))
     k1 = kernel_state(lab)
     step.update({k: k1[k] - k0[k] for k in ("created", "drop", "early_drop", "insert_failed")})
+    if spies:
+        step["profile"] = stop_profiles(spies)
     for c in consumers:
         cpu = {n: cpu_seconds(p) - cpu0[c.name][n] for n, p in c.pids.items()}
         sock = listener_state(lab, c.listener_pid) or (0, -1)
         extra = {"peak_queue": st[c.name]["peak_queue"], "busy_s": st[c.name]["busy_s"]}
         step[c.name] = {**c.finish(), **extra, "cpu": cpu, "sock_drops": sock[1]}
     return step
+
+
+# ------------------------------------------------------------------ profiles (py-spy)
+def start_profiles(
+    consumers: list[Consumer], rate: int, directory: str
+) -> list[tuple[str, Path, subprocess.Popen[bytes]]]:
+    """py-spy on every Python process of the nfflowd consumers, from start to idle."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    out = []
+    for c in consumers:
+        if not isinstance(c, NfflowdRun):
+            continue
+        for name, pid in c.pids.items():
+            path = Path(directory) / f"{c.name}-{rate or 'max'}-{name}.txt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cmd = [spy, "record", "--format", "raw", "--nonblocking", "-r", "250", "-o",
+                   str(path), "-p", str(pid)]  # fmt: skip
+            out.append((name, path, subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                                                     stderr=subprocess.DEVNULL)))  # fmt: skip
+    return out
+
+
+def stop_profiles(spies: list[tuple[str, Path, subprocess.Popen[bytes]]]) -> dict[str, Any]:
+    """Stop py-spy (SIGINT: it writes its file); per process, the top functions by self time."""
+    for _, _, proc in spies:
+        proc.send_signal(signal.SIGINT)
+    tops: dict[str, Any] = {}
+    for name, path, proc in spies:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            continue
+        tops[name] = top_functions(path)
+    return tops
+
+
+def top_functions(path: Path, n: int = 8) -> list[tuple[str, float]]:
+    """(function, share of the samples) by self time, from py-spy's collapsed stacks."""
+    counts: dict[str, int] = {}
+    total = 0
+    with contextlib.suppress(OSError), open(path) as fh:
+        for line in fh:
+            stack, _, k = line.rstrip().rpartition(" ")
+            if not k.isdigit():
+                continue
+            leaf = stack.rsplit(";", 1)[-1]
+            leaf = re.sub(r" \((?:.*/)?([^/:]+):\d+\)$", r" (\1)", leaf)
+            counts[leaf] = counts.get(leaf, 0) + int(k)
+            total += int(k)
+    top = sorted(counts.items(), key=lambda kv: -kv[1])[:n]
+    return [(f, v / total) for f, v in top] if total else []
 
 
 # ------------------------------------------------------------------ report
@@ -736,6 +791,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--gc-wait", type=float, default=1.5, help="s after the UDP timeout for GC")
     p.add_argument("--prefix", default="nfk-live-", help="lab namespace prefix")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.add_argument("--profile", default="", help="py-spy every nfflowd process into this dir")
     return p.parse_args(argv)
 
 
@@ -766,6 +822,7 @@ def main(argv: list[str]) -> int:
     consumers: list[Consumer] = []
     started = time.monotonic()
     lines: list[tuple[str, str]] = []
+    profiles: list[str] = []
     try:
         lab = labmod.up(a.prefix)
         for ns, rules in ((lab.client, CLIENT_RULES), (lab.fw, FW_RULES)):
@@ -795,6 +852,9 @@ def main(argv: list[str]) -> int:
                 for name in (k for k, v in step.items() if isinstance(v, dict) and "cpu" in v):
                     lines.append(show_step(name, step))
                     print(lines[-1][0], flush=True)
+                for proc, top in step.get("profile", {}).items():
+                    profiles.append(f"{rate or 'max':>7} {proc:<12} " + "; ".join(
+                        f"{fn} {share:.0%}" for fn, share in top[:6]))  # fmt: skip
                 (d / "step.json").write_text(json.dumps(step, indent=1, default=str))
     except KeyboardInterrupt:
         print("interrupted: cleaning up", file=sys.stderr)
@@ -813,6 +873,9 @@ def main(argv: list[str]) -> int:
             shutil.rmtree(work, ignore_errors=True)
     print(f"\n{DELIVERY}\n" + "\n".join(d for d, _ in lines))
     print(f"\n{CPU}\n" + "\n".join(c for _, c in lines))
+    if profiles:
+        print("\npy-spy, self time by function (share of each process's samples):")
+        print("\n".join(profiles))
     print(f"{LEGEND}\ntotal wall time {time.monotonic() - started:.0f} s; load average {loadavg()}")
     return 0
 

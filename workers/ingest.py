@@ -117,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
                 poller.poll(100)  # wait for acknowledgements
                 continue
             before = log_file.position() if log_file and not batch.count else None
-            got = source.read(batch.data, batch.wait_s() if batch.count else IDLE_READ_S, batch.room())
+            got = source.read(
+                batch.data, batch.wait_s() if batch.count else IDLE_READ_S, batch.room()
+            )
             if before is not None and got and log_file:
                 start, line = before, log_file.read_line  # a new batch: where it starts
             batch.added(got)

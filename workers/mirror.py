@@ -7,7 +7,7 @@ The work is :class:`nfflowd.outputs.mirror.Mirror`; the loop is
 from __future__ import annotations
 
 from nfflowd import topology
-from nfflowd.outputs.mirror import Mirror
+from nfflowd.outputs.mirror import Mirror, make_dispatchers
 from nfflowd.pipeline.sink import consume
 from nfflowd.pipeline.stage import Stage
 
@@ -15,7 +15,8 @@ from nfflowd.pipeline.stage import Stage
 def main(argv: list[str] | None = None) -> int:
     stage = Stage("mirror", argv)
     try:
-        mirror = Mirror(stage.settings)
+        # a screen dispatcher writes <rundir>/mirror.out itself (no relay by supervisord)
+        mirror = Mirror(stage.settings, make_dispatchers(stage.settings, stage.rundir))
         n = stage.settings.daemon.correlators
         consume(stage, [topology.link("flows.mirror", i) for i in range(n)], mirror)
         for d in mirror.dispatchers:

@@ -74,6 +74,8 @@ from nfflowd.conntrack.netlink_wire import (
 )
 from nfflowd.messages import ConntrackEvent, EventType
 
+_new = tuple.__new__  # what ConntrackEvent(...) does, without its argument handling
+
 #: Most layouts kept (a handful per protocol family and event type in practice).
 MAX_LAYOUTS = 64
 #: A message length whose messages failed to compile this often is not tried again.
@@ -261,30 +263,33 @@ class Layout:
         if start is not None and stop is not None and stop >= start:
             delta = stop // 1_000_000_000 - start // 1_000_000_000
         t = (event_ns or now) if kernel_time else now
-        return ConntrackEvent(
-            self.etype,
-            t,
-            self.family,
-            proto,
-            osrc,
-            odst,
-            osp,
-            odp,
-            rsrc,
-            rdst,
-            rsp,
-            rdp,
-            opk,
-            oby,
-            rpk,
-            rby,
-            ct_id,
-            start,
-            stop,
-            delta,
-            mark,
-            zone,
-            status,
+        return _new(
+            ConntrackEvent,
+            (
+                self.etype,
+                t,
+                self.family,
+                proto,
+                osrc,
+                odst,
+                osp,
+                odp,
+                rsrc,
+                rdst,
+                rsp,
+                rdp,
+                opk,
+                oby,
+                rpk,
+                rby,
+                ct_id,
+                start,
+                stop,
+                delta,
+                mark,
+                zone,
+                status,
+            ),
         )
 
 

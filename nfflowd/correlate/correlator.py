@@ -338,8 +338,9 @@ class Correlator:
         entry = None
         if ev.ct_id is not None:
             self.closed.add(ev.ct_id)
-            entry = table.pop(ev.ct_id, None)
-        if entry is None:
+            if table:
+                entry = table.pop(ev.ct_id, None)
+        if entry is None and table:  # (DESTROY only: the table stays empty)
             entry = table.pop(tuple_key(ev), None)
         end = ev.stop_ns if ev.stop_ns is not None else t
         if isinstance(entry, list):  # reported before: the remainder since the last report

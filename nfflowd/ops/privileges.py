@@ -63,6 +63,8 @@ ROOT_FILES: Final = ("supervisord.conf.tmp", "supervisord.pid")
 #: makes nfflowd.pipeline.persist start afresh): ingest's shared mappings (workers/ingest.py).
 PRECREATE: Final = ("ingest.checkpoint", "ingest.alive")
 _LOG = re.compile(r"\.(log|out)(\.\d+)?$")
+#: The screen dispatcher's files, which the mirror writes itself (nfflowd.outputs.screen_file).
+SCREEN_FILES: Final = ("mirror.out", "mirror.err")
 _LOGFILE_LINE = re.compile(r"^(?:stdout_|stderr_)?logfile=(.+)$", re.MULTILINE)
 
 
@@ -124,7 +126,7 @@ def user_file(name: str) -> bool:
     Shards (nfflowd.pipeline.shards) add ``-N`` to process names and ipc files and ``.N``
     to link names.
     """
-    if _LOG.search(name):
+    if _LOG.search(name) and not name.startswith(SCREEN_FILES):
         return False  # supervisord writes the logs, as root
     stems = {
         e.filename.removesuffix(".ipc")

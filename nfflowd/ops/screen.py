@@ -1,12 +1,13 @@
 """The ``screen`` dispatcher on the terminal of ``nfflowd -f start`` and ``nfflowd replay``.
 
 The 2009 tool printed its flow lines on its own terminal when its ``<ptee>`` had a
-screen dispatcher.  Here the mirror stage is a process of supervisord, whose
-stdout supervisord keeps in ``<rundir>/mirror.out`` (stderr: ``mirror.log``):
-the right place for a detached daemon.  A command that runs the pipeline in the
-foreground also follows that file and copies what the mirror writes to its own
-stdout (stderr for a dispatcher with ``stderr 1``), so the lines show up where the
-old tool showed them, and the file is written as always.
+screen dispatcher.  Here the mirror stage is a process of supervisord, which
+writes the screen dispatcher's lines into ``<rundir>/mirror.out`` (``mirror.err``
+with ``stderr 1``; :mod:`nfflowd.outputs.screen_file`): the right place for a
+detached daemon.  A command that runs the pipeline in the foreground also follows
+that file and copies what the mirror writes to its own stdout (stderr for a
+dispatcher with ``stderr 1``), so the lines show up where the old tool showed
+them, and the file is written as always.
 
 Following survives supervisord's rotation (the file renamed, a new one made: a
 new inode, or a shorter file, is opened from its start) and copies whole lines
@@ -22,6 +23,7 @@ from typing import BinaryIO
 
 from nfflowd.config import Settings
 from nfflowd.formats.syslog import FLOW_LINE_LEVEL, LEVELS
+from nfflowd.outputs.screen_file import screen_path
 
 #: How often the file is looked at (s).
 POLL_S = 0.1
@@ -121,9 +123,9 @@ def follow(settings: Settings, rundir: str) -> list[Follower]:
     streams = screen_streams(settings)
     out = []
     if "stdout" in streams:
-        out.append(Follower(os.path.join(rundir, "mirror.out"), 1).start())
+        out.append(Follower(screen_path(rundir, stderr=False), 1).start())
     if "stderr" in streams:
-        out.append(Follower(os.path.join(rundir, "mirror.log"), 2).start())
+        out.append(Follower(screen_path(rundir, stderr=True), 2).start())
     return out
 
 

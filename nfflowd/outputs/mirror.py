@@ -22,12 +22,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import TextIO, cast
 
 from nfflowd.config import Settings
 from nfflowd.formats import flowtools_csv, json_lines
 from nfflowd.formats.syslog import FLOW_LINE_SEVERITY
 from nfflowd.formats.uptime import host_boot_ms
 from nfflowd.messages import FLOW_RECORD, unpack_flows
+from nfflowd.outputs.screen_file import RotatingFile, screen_path
 from nfflowd.outputs.syslog import (
     FLOW_LINE_LEVEL,
     LEVELS,
@@ -47,8 +49,30 @@ WARN_INTERVAL_S = 60.0
 Formatter = Callable[[bytes], list[str]]
 
 
-def make_dispatchers(settings: Settings) -> list[tuple[str, Dispatcher]]:
-    """(format, dispatcher) for each configured dispatcher that gets flow lines."""
+def screen_stream(rundir: str, stderr: bool) -> TextIO | None:
+    """The file a daemon's screen dispatcher writes (None, logged: this process's own
+    stream, which supervisord then copies into the same place)."""
+    path = screen_path(rundir, stderr)
+    try:
+        return cast(TextIO, RotatingFile(path))
+    except OSError as exc:
+        log.error(
+            "screen dispatcher: cannot open %s (%s): writing to %s instead",
+            path,
+            exc.strerror or exc,
+            "stderr" if stderr else "stdout",
+        )
+        return None
+
+
+def make_dispatchers(
+    settings: Settings, screen_dir: str | None = None
+) -> list[tuple[str, Dispatcher]]:
+    """(format, dispatcher) for each configured dispatcher that gets flow lines.
+
+    With *screen_dir* (the mirror stage: its run directory), a screen dispatcher
+    writes into ``mirror.out`` (``mirror.err``) there itself
+    (:mod:`nfflowd.outputs.screen_file`); without, to this process's stdout/stderr."""
     out: list[tuple[str, Dispatcher]] = []
     for d in settings.mirror.dispatchers:
         if LEVELS[d.min_level] < LEVELS[FLOW_LINE_LEVEL]:
@@ -62,7 +86,8 @@ def make_dispatchers(settings: Settings) -> list[tuple[str, Dispatcher]]:
         if d.format not in FORMATS:
             raise SystemExit(f"dispatcher {d.name}: unknown format {d.format!r}")
         if d.kind == "screen":
-            out.append((d.format, ScreenDispatcher(stderr=d.stderr)))
+            stream = None if screen_dir is None else screen_stream(screen_dir, d.stderr)
+            out.append((d.format, ScreenDispatcher(stream, stderr=d.stderr)))
         elif d.kind == "syslog":
             syslog = SyslogDispatcher(
                 d.address, ident=d.ident, facility=d.facility, severity=FLOW_LINE_SEVERITY

@@ -70,7 +70,7 @@ def test_run_as_gives_every_program_but_ingest_the_user() -> None:
         for k in parsed.options(s)
         if k.endswith("logfile_maxbytes")
     ]
-    assert len(sizes) == 7 and set(sizes) == {"0"}
+    assert len(sizes) == 6 and set(sizes) == {"0"}  # the mirror rotates mirror.out itself
     # nothing else changed
     plain = _sections(rendered)
     for s in plain.sections():
@@ -96,13 +96,16 @@ def test_which_files_belong_to_the_user() -> None:
         "flows-export-2.ipc",
         "flows.mirror.1.position",
         "correlate-0.json",
+        "mirror.out",  # the screen dispatcher's: the mirror writes it (outputs.screen_file)
+        "mirror.out.2",
+        "mirror.err",
     ]
     roots = [
         "ingest.checkpoint",
         "ingest.starts",
         "export.log",
-        "mirror.out",
-        "mirror.out.2",
+        "mirror.log",
+        "mirror.log.2",
         "settings.json",
         "supervisord.conf",
         "supervisor.sock",
@@ -123,7 +126,6 @@ def test_logfiles_of_the_rendered_conf() -> None:
         "export.log",
         "ingest.log",
         "mirror.log",
-        "mirror.out",
         "supervisord.log",
     ]
 
@@ -139,7 +141,6 @@ def test_logfiles_of_sharded_programs_are_expanded() -> None:
         "export-2.log",
         "ingest.log",
         "mirror.log",
-        "mirror.out",
         "supervisord.log",
     ]
 
