@@ -117,7 +117,7 @@ _PAIRS = {
 }
 #: The values a layout picks, in this order: a missing one is None, or 0 when it is
 #: in _ZERO (what the general path gives for an absent attribute).
-_PICKED = (
+PICKED = _PICKED = (
     "oproto", "rproto", "osrc", "odst", "osport", "odport", "rsrc", "rdst", "rsport", "rdport",
     "opk", "oby", "rpk", "rby", "id", "start", "stop", "mark", "zone", "status", "event_ns",
     "ocode", "rcode",
@@ -223,6 +223,16 @@ class Layout:
     etype: int
     family: int
     icmp: bool  # the ports are (id, type << 8 | code)
+
+    def values(self, data: bytes, off: int) -> tuple[Any, ...] | None:
+        """The picked values of the message at data[off:] (in the order of ``PICKED``), or
+        None when it is not of this layout.  For a reader that needs no event object (the
+        correlator's DESTROY path); ICMP ports are left as (id, type) with the codes last."""
+        v = self.struct.unpack_from(data, off)
+        if self.checked(v) != self.expected:
+            return None
+        p = self.pick(v + _TAIL)
+        return p if p[0] == p[1] else None  # the tuples disagree: the general path says so
 
     def decode(self, data: bytes, off: int, now: int, kernel_time: bool) -> ConntrackEvent | None:
         """The event at data[off:], or None when the message is not of this layout."""

@@ -17,6 +17,7 @@ and ends the batch.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 from nfflowd.conntrack.netlink import DecodeCounters, decode_messages
 from nfflowd.conntrack.netlink_layouts import Layouts
@@ -110,39 +111,49 @@ class PayloadDecoder:
         self.counters["lines"] += n
 
     def _netlink(self, data: bytes) -> list[ConntrackEvent]:
-        """Each frame's datagram; one event message of a known layout (the usual case: the
-        kernel sends each event in its own datagram) is read in place, without the general
-        decoder's per-datagram set-up, and counted as it would count it."""
         out: list[ConntrackEvent] = []
+        for recv_ns, pos, length in self.frames(data):
+            out += self.datagram(data, pos, length, recv_ns)
+        return out
+
+    def frames(self, data: bytes) -> Iterator[tuple[int, int, int]]:
+        """(receive time, offset, length) of each datagram of a NETLINK payload; a frame
+        running past the end is counted (``truncated_frames``) and ends the payload."""
         pos, end = 0, len(data)
-        counters, layouts = self.netlink, self.layouts
-        candidates = layouts.by_length
-        view = memoryview(data)
         unpack_frame = DATAGRAM_FRAME.unpack_from
         while pos < end:
             if end - pos < _FRAME:
                 self._truncated(pos, end)
-                break
+                return
             recv_ns, length = unpack_frame(data, pos)
             pos += _FRAME
             if pos + length > end:
                 self._truncated(pos, end)
-                break
-            for layout in candidates.get(length, ()):
-                ev = layout.decode(data, pos, recv_ns, True)
-                if ev is not None:
-                    out.append(ev)
-                    counters.buffers += 1
-                    counters.messages += 1
-                    counters.events += 1
-                    layouts.hits += 1
-                    break
-            else:
-                out += decode_messages(
-                    view[pos : pos + length], recv_ns, counters, kernel_time=True, layouts=layouts
-                )
+                return
+            yield recv_ns, pos, length
             pos += length
-        return out
+
+    def datagram(self, data: bytes, pos: int, length: int, recv_ns: int) -> list[ConntrackEvent]:
+        """The events of the datagram at data[pos:pos + length].  One event message of a
+        known layout (the usual case: the kernel sends each event in its own datagram) is
+        read in place, without the general decoder's per-datagram set-up, and counted as
+        it would count it."""
+        for layout in self.layouts.by_length.get(length, ()):
+            ev = layout.decode(data, pos, recv_ns, True)
+            if ev is not None:
+                self.read_in_place()
+                return [ev]
+        view = memoryview(data)[pos : pos + length]
+        return decode_messages(view, recv_ns, self.netlink, kernel_time=True, layouts=self.layouts)
+
+    def read_in_place(self) -> None:
+        """Count one datagram of one event read by a compiled layout, as the general
+        decoder counts it."""
+        c = self.netlink
+        c.buffers += 1
+        c.messages += 1
+        c.events += 1
+        self.layouts.hits += 1
 
     def _truncated(self, pos: int, end: int) -> None:
         n = self.counters["truncated_frames"] = self.counters["truncated_frames"] + 1

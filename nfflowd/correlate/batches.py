@@ -23,10 +23,11 @@ from nfflowd.conntrack.payloads import PayloadDecoder, text_lines
 from nfflowd.conntrack.text import new_line_key
 from nfflowd.correlate.correlator import Correlator
 from nfflowd.correlate.report_state import ReportJournal
-from nfflowd.messages import EventBatch, Payload
+from nfflowd.messages import EventBatch, EventType, Payload
 from nfflowd.pipeline.delivery import Recent
 
 log = logging.getLogger("nfflowd.correlate")
+_DESTROY = EventType.DESTROY
 
 
 class BatchCorrelator:
@@ -70,9 +71,38 @@ class BatchCorrelator:
                 self.corr.open[ct_id] = state
         if batch.payload == Payload.TEXT:
             return self._text(batch)
+        if batch.payload == Payload.NETLINK:
+            return self._netlink(batch)
         events = self.decoder.decode(batch.payload, batch.data, batch.where, batch.first_line)
         self.events += len(events)
         return self.corr.feed_block(events)
+
+    def _netlink(self, batch: EventBatch) -> bytes:
+        """Datagrams in order.  While the table is empty (DESTROY-only, no active timeout:
+        nothing to look up), a DESTROY of a known layout goes from the picked values
+        straight to records (:meth:`Correlator.destroyed`); anything else is decoded into
+        events and fed."""
+        out = bytearray()
+        corr, decoder, data = self.corr, self.decoder, batch.data
+        layouts = decoder.layouts.by_length
+        feed, destroyed, counted = corr.feed, corr.destroyed, decoder.read_in_place
+        stateless = not corr.active_timeout_s
+        for recv_ns, pos, length in decoder.frames(data):
+            if stateless and not corr.open:
+                for layout in layouts.get(length, ()):
+                    if layout.etype == _DESTROY and (v := layout.values(data, pos)) is not None:
+                        destroyed(v, layout.family, layout.icmp, recv_ns, out)
+                        counted()
+                        self.events += 1
+                        break
+                else:
+                    v = None
+                if v is not None:
+                    continue
+            for ev in decoder.datagram(data, pos, length, recv_ns):
+                feed(ev, out)
+                self.events += 1
+        return bytes(out)
 
     def _text(self, batch: EventBatch) -> bytes:
         """Text lines in order; a NEW line that only opens a connection (it has a

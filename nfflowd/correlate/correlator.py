@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from nfflowd.messages import (
     FLOW_RECORD,
@@ -59,6 +59,7 @@ _ORIGINAL_IN, _ORIGINAL_OUT, _REPLY_IN = (
     Direction.REPLY_IN,
 )
 _RECORD_SIZE = FLOW_RECORD.size
+_END_OF_FLOW = EndReason.END_OF_FLOW
 _NS_PER_MS = 1_000_000
 _NS_PER_S = 1_000_000_000
 
@@ -137,104 +138,57 @@ def pack_records(
     event's own, e.g. the deltas of an active-timeout report.  Raises struct.error
     (nothing appended) when a value does not fit its field (never from the kernel).
     """
-    first = start_ns // _NS_PER_MS
-    last = end_ns // _NS_PER_MS
-    if last < first:
-        last = first
-    proto = ev.proto
-    if proto in PORT_PROTOCOLS:
-        o_sport, o_dport, r_sport, r_dport = (
-            ev.orig_sport,
-            ev.orig_dport,
-            ev.reply_sport,
-            ev.reply_dport,
-        )
-        out_sport, out_dport = ev.reply_dport, ev.reply_sport
-        back_sport, back_dport = ev.orig_dport, ev.orig_sport
-    elif proto in ICMP_PROTOCOLS:
-        o_sport, o_dport, r_sport, r_dport = 0, ev.orig_dport, 0, ev.reply_dport
-        out_sport, out_dport = 0, ev.orig_dport
-        back_sport, back_dport = 0, ev.reply_dport
-    else:
-        o_sport = o_dport = r_sport = r_dport = out_sport = out_dport = 0
-        back_sport = back_dport = 0
     o_pkts, o_bytes, r_pkts, r_bytes = counters or (
         ev.orig_packets,
         ev.orig_bytes,
         ev.reply_packets,
         ev.reply_bytes,
     )
-    fam, mark, zone, ctid = ev.family, ev.mark, ev.zone, ev.ct_id or 0
-    left_src, left_dst = ev.reply_dst, ev.reply_src
+    return _pack(
+        out, start_ns, end_ns, end, ev.family, ev.proto,
+        ev.orig_src, ev.orig_dst, ev.orig_sport, ev.orig_dport,
+        ev.reply_src, ev.reply_dst, ev.reply_sport, ev.reply_dport,
+        o_pkts, o_bytes, r_pkts, r_bytes, ev.mark, ev.zone, ev.ct_id or 0,
+    )  # fmt: skip
+
+
+def _pack(
+    out: bytearray, start_ns: int, end_ns: int, end: int, fam: int, proto: int,
+    osrc: bytes, odst: bytes, osp: int, odp: int, rsrc: bytes, rdst: bytes, rsp: int, rdp: int,
+    o_pkts: int | None, o_bytes: int | None, r_pkts: int | None, r_bytes: int | None,
+    mark: int, zone: int, ctid: int,
+) -> int:  # fmt: skip
+    """:func:`pack_records` on plain values (what :meth:`Correlator.destroyed` has)."""
+    first = start_ns // _NS_PER_MS
+    last = end_ns // _NS_PER_MS
+    if last < first:
+        last = first
+    if proto in PORT_PROTOCOLS:
+        o_sport, o_dport, r_sport, r_dport = osp, odp, rsp, rdp
+        out_sport, out_dport, back_sport, back_dport = rdp, rsp, odp, osp
+        natted = osrc != rdst or odst != rsrc or osp != rdp or odp != rsp
+    elif proto in ICMP_PROTOCOLS:
+        o_sport, o_dport, r_sport, r_dport = 0, odp, 0, rdp
+        out_sport, out_dport, back_sport, back_dport = 0, odp, 0, rdp
+        natted = osrc != rdst or odst != rsrc or osp != rsp  # the echo id, rewritten by NAT
+    else:
+        o_sport = o_dport = r_sport = r_dport = out_sport = out_dport = 0
+        back_sport = back_dport = 0
+        natted = osrc != rdst or odst != rsrc
     pack = FLOW_RECORD.pack
     block = b""
     if o_pkts is None or o_pkts or o_bytes:
         pk, by = o_pkts or 0, o_bytes or 0
-        block = pack(
-            first,
-            last,
-            fam,
-            proto,
-            ev.orig_src,
-            ev.orig_dst,
-            o_sport,
-            o_dport,
-            pk,
-            by,
-            left_src,
-            left_dst,
-            out_sport,
-            out_dport,
-            _ORIGINAL_IN,
-            end,
-            mark,
-            zone,
-            ctid,
-        )
-        if is_natted(ev):
-            block += pack(
-                first,
-                last,
-                fam,
-                proto,
-                left_src,
-                left_dst,
-                out_sport,
-                out_dport,
-                pk,
-                by,
-                left_src,
-                left_dst,
-                out_sport,
-                out_dport,
-                _ORIGINAL_OUT,
-                end,
-                mark,
-                zone,
-                ctid,
-            )
+        block = pack(first, last, fam, proto, osrc, odst, o_sport, o_dport, pk, by, rdst, rsrc,
+                     out_sport, out_dport, _ORIGINAL_IN, end, mark, zone, ctid)  # fmt: skip
+        if natted:
+            block += pack(first, last, fam, proto, rdst, rsrc, out_sport, out_dport, pk, by,
+                          rdst, rsrc, out_sport, out_dport, _ORIGINAL_OUT, end, mark, zone,
+                          ctid)  # fmt: skip
     if r_pkts is None or r_pkts or r_bytes:
-        block += pack(
-            first,
-            last,
-            fam,
-            proto,
-            ev.reply_src,
-            ev.reply_dst,
-            r_sport,
-            r_dport,
-            r_pkts or 0,
-            r_bytes or 0,
-            ev.orig_dst,
-            ev.orig_src,
-            back_sport,
-            back_dport,
-            _REPLY_IN,
-            end,
-            mark,
-            zone,
-            ctid,
-        )
+        block += pack(first, last, fam, proto, rsrc, rdst, r_sport, r_dport, r_pkts or 0,
+                      r_bytes or 0, odst, osrc, back_sport, back_dport, _REPLY_IN, end, mark,
+                      zone, ctid)  # fmt: skip
     out += block
     return len(block) // _RECORD_SIZE
 
@@ -395,6 +349,38 @@ class Correlator:
         if self.journal is not None and isinstance(key, int):
             self.journal.reported(key, entry, after)
         self.counters.interim_reports += 1
+
+    def destroyed(
+        self, v: tuple[Any, ...], family: int, icmp: bool, recv_ns: int, out: bytearray
+    ) -> None:
+        """What :meth:`feed` does with a DESTROY while the table is empty, from the values a
+        compiled layout picked (:meth:`nfflowd.conntrack.netlink_layouts.Layout.values`):
+        no event object, no table lookup.  The stateless path: with the kernel's stamps a
+        DESTROY is all a connection's records need."""
+        (proto, _, osrc, odst, osp, odp, rsrc, rdst, rsp, rdp, opk, oby, rpk, rby, ct_id,
+         start, stop, mark, zone, _status, event_ns, ocode, rcode) = v  # fmt: skip
+        t = event_ns or recv_ns
+        if t > self.clock_ns:
+            self.clock_ns = t
+        if ct_id is not None:
+            if ct_id in self.closed:
+                self.counters.replayed += 1
+                return
+            self.closed.add(ct_id)
+        self.counters.destroy += 1
+        if icmp:
+            odp = odp << 8 | ocode
+            rdp = rdp << 8 | rcode
+        if start is None:
+            self.counters.destroy_without_new += 1
+            start = t
+        try:
+            self.counters.records += _pack(
+                out, start, t if stop is None else stop, _END_OF_FLOW, family, proto, osrc, odst,
+                osp, odp, rsrc, rdst, rsp, rdp, opk, oby, rpk, rby, mark, zone, ct_id or 0,
+            )  # fmt: skip
+        except (struct.error, TypeError):
+            self.counters.invalid += 1
 
     def opened(self, time_ns: int, ct_id: int) -> None:
         """What :meth:`feed` does with a NEW that has a conntrack id and no counters or

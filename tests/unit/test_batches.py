@@ -80,3 +80,25 @@ def test_netlink_batches_decode_in_place() -> None:
     work2.records(batch)
     assert work2.records(batch._replace(seq=2)) == b""  # closed ids: replayed, nothing new
     assert work2.counters()["fast_decoded"] >= len(events)
+
+
+def test_stamped_destroys_go_straight_to_records() -> None:
+    """DESTROY only, with the kernel's start and stop (the stateless mode): once a shape is
+    known, the picked values become records without an event; the bytes are the same."""
+    events = [
+        ev._replace(start_ns=ev.time_ns - 2_000_000_123, stop_ns=ev.time_ns - 1_000_000)
+        for ln in (GOLDEN / "lab-events.log").read_text().splitlines()
+        if (ev := parse_line(ln)) is not None and ev.type == 3
+    ]
+    events += [ev._replace(ct_id=ev.ct_id + 1000 if ev.ct_id else None) for ev in events]
+    want = Correlator().feed_block(events)
+    data = bytearray()
+    for ev in events:
+        frame(data, ev.time_ns, encode_event(ev))
+    batch = EventBatch("ingest", 5, 1, 0, Payload.NETLINK, bytes(data), len(events), "ctnetlink")
+    work = BatchCorrelator(604800)
+    assert work.records(batch) == want
+    c = work.counters()
+    # the second copy of each shape took the fused path (and so did repeats of a shape)
+    assert c["fast_decoded"] >= len(events) // 2 and c["destroy"] == len(events)
+    assert c["open"] == 0 and c["destroy_without_new"] == 0
