@@ -744,9 +744,10 @@ sent/s, made/s: connections the senders sent / the fw's conntrack created (nft `
 NEW/s, DEST/s: events the correlator received per second of load (NEW without table-dump
   entries); -NEW, -DEST: kernel connections minus events received (missed events).
 stored: records in the consumer's nfcapd; /conn: per kernel connection (nfflowd: 3 per SNATed
-  request/response; ulogd2: 1, and its last partly filled IPFIX message is never sent);
-  cdrop: datagrams the nfcapd's socket dropped (8 MiB buffer).  nfflowd below 3.00 with no
-  event missed and no cdrop: requests the echo server dropped under load (no reply, no record).
+  request/response with v5, 2 with v9/IPFIX, one per direction; ulogd2: 1, and its last partly
+  filled IPFIX message is never sent); cdrop: datagrams the nfcapd's socket dropped (8 MiB
+  buffer).  nfflowd below 3.00 (2.00) with no event missed and no cdrop: requests the echo
+  server dropped under load (no reply, no record).
 ENOBF: ENOBUFS seen (ulogd2: "losing events" log lines); rsync: table re-dumps; sockdrp: events
   the kernel could not queue on the consumer's netlink socket (/proc/net/netlink Drops; in
   reliable mode DESTROYs counted here are re-delivered later, NEWs are lost); peakQ: MiB queued

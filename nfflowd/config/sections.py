@@ -64,7 +64,18 @@ SECTIONS = {
     "links": LINKS_KEYS,  # nfflowd.config.links
     "metrics": METRICS_KEYS,
 }
-COLLECTOR_KEYS = ("address", "port", "version", "source", "nat_events", "nat_event_numbering")
+COLLECTOR_KEYS = (
+    "address",
+    "port",
+    "version",
+    "source",
+    "nat_events",
+    "nat_event_numbering",
+    "records",
+)
+#: ``<collector> records``: which flow records a v9/IPFIX collector gets
+#: (nfflowd.formats.netflow_v9's ``per_direction``); v5 always gets the triplet.
+RECORDS = ("per_direction", "triplet")
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)i?b?\s*$", re.IGNORECASE)
 
 
@@ -191,7 +202,7 @@ def _export(v: _V) -> ExportSettings:
                 None if src is None else v.address((*bk, "source"), src),
             )
         )
-        collectors[-1] = _nat_events(v, bk, collectors[-1])
+        collectors[-1] = _records(v, bk, _nat_events(v, bk, collectors[-1]))
     if v.one((*k, "exaddr")) is not None:
         exaddr = v.address((*k, "exaddr"), v.one((*k, "exaddr")))
     if not collectors:
@@ -244,6 +255,28 @@ def _nat_events(v: _V, key: Key, c: Collector) -> Collector:
     if numbering is not None and not on:
         v.note(nk, "<collector> nat_event_numbering is only used with nat_events 1")
     return dataclasses.replace(c, nat_events=on, nat_event_numbering=int(numbering or 1))
+
+
+def _records(v: _V, key: Key, c: Collector) -> Collector:
+    """``records`` of a <collector>: per_direction (v9/IPFIX's default) or triplet."""
+    rk = (*key, "records")
+    value = v.one(rk)
+    if value is None:
+        return c
+    if value not in RECORDS:
+        raise v.expected(
+            rk,
+            "per_direction (one record per direction, post-NAT elements included) or "
+            "triplet (also the original direction as it left, as v5)",
+            value,
+        )
+    if value != "triplet" and c.version == 5:
+        raise v.expected(
+            rk,
+            "triplet with version 5 (v5 has no post-NAT fields; per_direction needs 9 or 10)",
+            value,
+        )
+    return dataclasses.replace(c, records=value)
 
 
 def _collector(v: _V, key: Key, addr: str, port: int, version: int, src: str | None) -> Collector:

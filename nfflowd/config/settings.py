@@ -73,6 +73,10 @@ class Collector:
     source: str | None = None
     nat_events: bool = False  # v9/IPFIX: NAT event records too (nfflowd.formats.nat_events)
     nat_event_numbering: int = 1  # natEvent create/delete: 1 -> 1/2, 4 -> RFC 8158's 4/5
+    # v9/IPFIX: "per_direction" (one record per direction, the other side of the NAT in
+    # postNAT* elements) or "triplet" (also the original direction as it left, as v5 sends);
+    # None: the version's own, per_direction for 9/10 (v5 always sends the triplet)
+    records: str | None = None
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,14 @@ flowStart/EndMilliseconds are absolute.
 With ``nat_events`` the encoder also sends NAT event records (templates 258/259,
 :mod:`nfflowd.formats.nat_events`) after each batch's flow records; the sequence
 number counts them too.
+
+With ``per_direction`` the encoder leaves out the ORIGINAL_OUT records (the
+original direction as it left, flowDirection egress; counted in ``left_out``):
+the ORIGINAL_IN record's postNAT* elements already say it, and collectors that
+sum bytes or packets would count NATed traffic twice (see
+:mod:`nfflowd.formats.netflow_v9`, which does the same).  The export stage sets
+it for IPFIX collectors unless ``records triplet``; the encoder's own default
+encodes every record it is given.  Left-out records take no sequence number.
 """
 
 from __future__ import annotations
@@ -50,7 +58,7 @@ from nfflowd.formats.ipfix_ies import (
 )
 from nfflowd.formats.nat_events import TEMPLATES as NAT_TEMPLATES
 from nfflowd.formats.nat_events import Fill, NatEvents
-from nfflowd.messages import FlowRecord
+from nfflowd.messages import Direction, FlowRecord
 
 VERSION = 10
 #: version, length, exportTime, sequenceNumber, observationDomainId (§3.1)
@@ -89,6 +97,7 @@ FLOW_TEMPLATES: tuple[tuple[int, tuple[IE, ...]], ...] = (
     (TEMPLATE_ID_V6, FLOW_FIELDS_V6),
 )
 _U32 = 0xFFFFFFFF
+_ORIGINAL_OUT = int(Direction.ORIGINAL_OUT)
 
 
 class IpfixHeader(NamedTuple):
@@ -234,6 +243,7 @@ class IpfixEncoder:
     ``template_refresh_packets``/``template_refresh_seconds`` <= 0 disable that
     refresh trigger.  ``nat_events``: also send NAT event records, natEvent values
     by ``nat_event_numbering`` (1 or 4; see :mod:`nfflowd.formats.nat_events`).
+    ``per_direction``: leave out ORIGINAL_OUT records, counted in ``left_out``.
     """
 
     def __init__(
@@ -246,6 +256,7 @@ class IpfixEncoder:
         sequence: int = 0,
         nat_events: bool = False,
         nat_event_numbering: int = 1,
+        per_direction: bool = False,
     ) -> None:
         if not 0 <= observation_domain <= _U32:
             raise ValueError(f"observation_domain {observation_domain} out of range 0..2**32-1")
@@ -254,6 +265,7 @@ class IpfixEncoder:
         self.template_refresh_seconds = template_refresh_seconds
         self._refresh_ms = int(template_refresh_seconds * 1000)
         self.nat = NatEvents(nat_event_numbering) if nat_events else None
+        self.per_direction = per_direction
         self._template_set = pack_template_set(
             FLOW_TEMPLATES + (NAT_TEMPLATES if nat_events else ())
         )
@@ -266,6 +278,7 @@ class IpfixEncoder:
         self.datagrams = 0
         self.records = 0
         self.template_sends = 0
+        self.left_out = 0  # ORIGINAL_OUT records not sent (per_direction)
         self._since_template: int | None = None  # messages since the last templates
         self._template_ms = 0
         self._buf = bytearray(mtu)
@@ -291,6 +304,7 @@ class IpfixEncoder:
         size4 = RECORD_V4.size
         size6 = RECORD_V6.size
         set_header = SET_HEADER.pack_into
+        omit = _ORIGINAL_OUT if self.per_direction else 0  # 0: no record's direction
         off, with_templates = self._open(now_ms)
         set_start = set_id = count = 0
         for rec in records:
@@ -315,6 +329,9 @@ class IpfixEncoder:
                 _zone,
                 _ct,
             ) = rec
+            if direction == omit:
+                self.left_out += 1
+                continue
             if fam == 4:
                 sid, pack, size, alen = TEMPLATE_ID_V4, pack4, size4, 4
             elif fam == 6:

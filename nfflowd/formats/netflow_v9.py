@@ -37,6 +37,16 @@ nfdump 1.7 decodes from v9 every element sent except flowEndReason 136 (not in
 its v9 table), including postNATSource/DestinationIPv6Address (281/282).
 With ``nat_events`` NAT event records follow each batch's flows (templates
 258/259, :mod:`nfflowd.formats.nat_events`).
+
+One record per direction (``per_direction``): the correlator's ORIGINAL_OUT
+record, the original direction as it left (the v5 triplet's second record,
+flowDirection egress), says nothing the ORIGINAL_IN record's postNAT* elements
+(225-228, 281/282) do not; a collector that sums bytes or packets (``nfdump -s``,
+top talkers) would count NATed traffic twice.  With ``per_direction`` the
+encoder leaves those records out and counts them in ``left_out`` (NAT events come
+from ORIGINAL_IN records: unchanged).  The export stage sets it for every v9
+collector but those configured with ``records triplet`` (:mod:`nfflowd.config`);
+the encoder's own default encodes every record it is given.
 """
 
 from __future__ import annotations
@@ -60,7 +70,7 @@ from nfflowd.formats.ipfix_ies import (
 from nfflowd.formats.nat_events import TEMPLATES as NAT_TEMPLATES
 from nfflowd.formats.nat_events import Fill, NatEvents
 from nfflowd.formats.uptime import host_boot_ms
-from nfflowd.messages import FlowRecord
+from nfflowd.messages import Direction, FlowRecord
 
 VERSION = 9
 #: version, count, sysUptime, unix_secs, sequence, sourceId (§5.1)
@@ -97,6 +107,7 @@ FLOW_TEMPLATES: tuple[tuple[int, tuple[IE, ...]], ...] = (
     (TEMPLATE_ID_V6, FLOW_FIELDS_V6_V9),
 )
 _U32 = 0xFFFFFFFF
+_ORIGINAL_OUT = int(Direction.ORIGINAL_OUT)
 #: Names of the options template scope types (§6.1).
 SCOPE_NAMES = {1: "scopeSystem", 2: "scopeInterface", 3: "scopeLineCard", 4: "scopeCache",
                5: "scopeTemplate"}  # fmt: skip
@@ -254,6 +265,8 @@ class V9Encoder:
     wrong length, value out of range) are skipped and counted in ``invalid``.
     Other counters: ``datagrams``, ``records``, ``template_sends``.  ``nat_events``:
     NAT event records too, natEvent values by ``nat_event_numbering`` (1 or 4).
+    ``per_direction``: leave out ORIGINAL_OUT records, counted in ``left_out`` (see
+    the module docstring).
     """
 
     def __init__(
@@ -267,6 +280,7 @@ class V9Encoder:
         sequence: int = 0,
         nat_events: bool = False,
         nat_event_numbering: int = 1,
+        per_direction: bool = False,
     ) -> None:
         if not 0 <= source_id <= _U32:
             raise ValueError(f"source_id {source_id} out of range 0..2**32-1")
@@ -276,6 +290,7 @@ class V9Encoder:
         self._refresh_ms = int(template_refresh_seconds * 1000)
         self.boot_ms = host_boot_ms() if boot_ms is None else boot_ms
         self.nat = NatEvents(nat_event_numbering) if nat_events else None
+        self.per_direction = per_direction
         templates = FLOW_TEMPLATES + (NAT_TEMPLATES if nat_events else ())
         self._template_count = len(templates)
         self._template_flowset = pack_datagram(
@@ -293,6 +308,7 @@ class V9Encoder:
         self.datagrams = 0
         self.records = 0
         self.template_sends = 0
+        self.left_out = 0  # ORIGINAL_OUT records not sent (per_direction)
         self._since_template: int | None = None  # packets since the last templates
         self._template_ms = 0
         self._buf = bytearray(limit)
@@ -318,6 +334,7 @@ class V9Encoder:
         pack6 = RECORD_V6.pack_into
         size4 = RECORD_V4.size
         size6 = RECORD_V6.size
+        omit = _ORIGINAL_OUT if self.per_direction else 0  # 0: no record's direction
         off, with_templates = self._open(now_ms)
         set_start = set_id = count = 0
         for rec in records:
@@ -342,6 +359,9 @@ class V9Encoder:
                 _zone,
                 _ct,
             ) = rec
+            if direction == omit:
+                self.left_out += 1
+                continue
             if fam == 4:
                 sid, pack, size, alen = TEMPLATE_ID_V4, pack4, size4, 4
             elif fam == 6:

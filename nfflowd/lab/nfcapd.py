@@ -11,7 +11,9 @@ Usage::
 
 ``records()`` returns one dict per stored flow with the keys ``src``, ``dst``
 (text, IPv6 compressed), ``sport``, ``dport`` (ICMP as type*256+code), ``proto``,
-``packets``, ``bytes``, ``first_ms``, ``last_ms`` (epoch ms, exact).
+``packets``, ``bytes``, ``first_ms``, ``last_ms`` (epoch ms, exact).  ``totals()``
+is what nfdump's statistics (``-s``) count: flows, packets and bytes, optionally of
+the flows an nfdump filter selects.
 
 How the data is made safe to read (nfcapd 1.7):
 
@@ -48,6 +50,8 @@ from typing import Any
 
 #: nfdump output format: one flow per line, '|'-separated.
 NFDUMP_FMT = "fmt:%ts|%te|%pr|%sa|%da|%sp|%dp|%pkt|%byt"
+#: The summary line of ``nfdump -s ... -N`` (unscaled numbers).
+SUMMARY = re.compile(r"^Summary: total flows: (\d+), total bytes: (\d+), total packets: (\d+),")
 #: Names of the files nfcapd leaves after closing (nfcapd.YYYYmmddHHMM[SS]).
 FINAL_FILE = re.compile(r"^nfcapd\.\d{12}(\d{2})?$")
 SENTINEL = b"\0\0\0\0"  # netflow "version 0": ignored by nfcapd
@@ -312,6 +316,18 @@ class Nfcapd:
     def records(self) -> list[dict[str, Any]]:
         """Every flow stored, in arrival order (stops nfcapd first if running)."""
         return [parse_nfdump_line(ln) for ln in self._nfdump("-q", "-N", "-6", "-o", NFDUMP_FMT)]
+
+    def totals(self, nfdump_filter: str = "") -> dict[str, int]:
+        """``flows``, ``packets`` and ``bytes`` as nfdump's statistics count them: the
+        summary of ``nfdump -s proto -N [FILTER]``, summed over the files (stops nfcapd
+        first if running).  No flow matching the filter: zeros."""
+        out = {"flows": 0, "bytes": 0, "packets": 0}
+        for ln in self._nfdump("-N", "-s", "proto", *([nfdump_filter] if nfdump_filter else [])):
+            m = SUMMARY.match(ln)
+            if m:
+                for key, value in zip(("flows", "bytes", "packets"), m.groups(), strict=True):
+                    out[key] += int(value)
+        return out
 
     def stats(self) -> dict[str, int]:
         """``nfdump -I`` counters summed over the files (e.g. "Sequence failures")."""

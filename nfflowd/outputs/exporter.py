@@ -13,6 +13,11 @@ collectors encode it as it is (:meth:`V5Encoder.encode_block`, no object per
 record); v9 and IPFIX, whose encoders take FlowRecord objects, share one
 :func:`~nfflowd.messages.unpack_flows` of the block, made only when one of them is
 configured.
+
+Which records: v5 collectors get the correlator's triplet as it is; v9/IPFIX
+encoders leave out the ORIGINAL_OUT records (``per_direction``, counted as
+``left_out``: the ORIGINAL_IN record's postNAT* elements say the same) unless the
+collector says ``records triplet``.
 """
 
 from __future__ import annotations
@@ -77,6 +82,7 @@ def make_encoder(exp: ExportSettings, c: Collector) -> Encoder:
         "template_refresh_seconds": float(exp.template_refresh_seconds),
         "nat_events": c.nat_events,
         "nat_event_numbering": c.nat_event_numbering,
+        "per_direction": c.records != "triplet",  # None: the default, per_direction
     }
     if c.version == 9:
         return V9Encoder(source_id=exp.observation_domain, **common)  # type: ignore[arg-type]
@@ -150,6 +156,7 @@ class Exporter:
                 "template_sends",
                 "split",
                 "clamped",
+                "left_out",
             ):
                 value = getattr(enc, name, None)
                 if isinstance(value, int):

@@ -188,6 +188,10 @@ COLLECTOR_KEYS: dict[str, Spec] = {
     "template_sends": _c("export_template_sends", "Datagrams that carried templates (v9/IPFIX)"),
     "split": _c("export_split_records", "Extra v5 records for counters over 32 bits"),
     "clamped": _c("export_clamped_records", "v5 records whose start was moved into range"),
+    "left_out": _c(
+        "export_left_out_records",
+        "Original-as-it-left records not sent (records per_direction, v9/IPFIX)",
+    ),
 }
 #: mirror's ``d<i>_<counter>``: per dispatcher (labels dispatcher, kind).
 DISPATCHER_KEYS: dict[str, Spec] = {

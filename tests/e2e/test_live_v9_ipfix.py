@@ -1,9 +1,11 @@
-"""NetFlow v9 and IPFIX from the live lab's kernel, to two nfcapds at once, plus a dead one.
+"""NetFlow v9 and IPFIX from the live lab's kernel, to three nfcapds at once, plus a dead one.
 
 nfflowd is started with the real ``nfflowd start`` verb, reading the lab
-firewall's conntrack over netlink (``<source> netns``), with three collectors:
-an nfcapd speaking v9, an nfcapd speaking IPFIX, and a v5 collector on a closed
-loopback port (nothing listens: its datagrams are lost, then refused).  The
+firewall's conntrack over netlink (``<source> netns``), with four collectors:
+an nfcapd speaking v9 and one speaking IPFIX, both getting one record per
+direction (``records per_direction``, the default), a v5 collector on a closed
+loopback port (nothing listens: its datagrams are lost, then refused), and an
+nfcapd speaking v9 with ``records triplet`` (the v5 triplet, as before).  The
 mirror writes JSON lines to the screen (``mirror.out``).  Then the lab's mix runs
 twice (so that the dead collector is sent more than one v5 datagram and its
 refusals show), every connection ending by its timeout or, at the very end, by a
@@ -18,7 +20,11 @@ Judges, all independent of nfflowd's code:
   conntrack ids, and the kernel's own start/stop of each connection (tests/kernel_times.py);
 * nfdump (``nfdump -r``) for what each collector stored, post-NAT fields included
   (``%xsa %xda %xsp %xdp``), with its known 1.7 gaps asserted as such: no
-  flowEndReason (136) in v9, no postNAT*IPv6Address (281/282) in IPFIX.
+  flowEndReason (136) in v9, no postNAT*IPv6Address (281/282) in IPFIX; how many
+  records each connection got (per direction: 2 when replied, 1 when not); and
+  nfdump's own statistics (``-s``): per direction (a filter of the kernel's tuples)
+  and in total, the kernel's counters exactly, where the triplet counts the
+  original direction of NATed connections twice.
 
 The expected records are derived here from the README's "Flow records" rules,
 not by nfflowd's correlator.
@@ -60,11 +66,16 @@ def prefix() -> str:
     return f"nfv-{os.getpid() % 100_000}-"
 
 
-def config_text(rundir: Path, fw: str, v9: int, ipfix: int, dead: int) -> str:
+def config_text(rundir: Path, fw: str, v9: int, ipfix: int, dead: int, triplet: int) -> str:
     collectors = "".join(
         f"    <collector>\n        address 127.0.0.1\n        port {port}\n"
-        f"        version {version}\n    </collector>\n"
-        for port, version in ((v9, 9), (ipfix, 10), (dead, 5))
+        f"        version {version}\n{extra}    </collector>\n"
+        for port, version, extra in (
+            (v9, 9, ""),
+            (ipfix, 10, ""),
+            (dead, 5, ""),
+            (triplet, 9, "        records triplet\n"),
+        )
     )
     return (
         f"<source>\n    type netlink\n    netns {fw}\n    set_sysctls 1\n</source>\n"
@@ -92,7 +103,8 @@ def promised(f: labmod.Expected, counters: tuple[int, int, int, int]) -> list[Ro
     """The flow records of connection ``f`` (orig/reply packets and bytes ``counters``).
 
     1. original as it arrived, post = as it left (reply.dst:reply.dport -> reply.src:sport);
-    2. original as it left, only when NAT changed it (post = itself; direction egress);
+    2. original as it left, only when NAT changed it (post = itself; direction egress):
+       only with ``records triplet`` (and in the mirror);
     3. reply as it arrived (only when replied), post = as it left (orig.dst -> orig.src).
     ICMP/ICMPv6: source port 0, destination port type*256+code of that direction.
     """
@@ -185,8 +197,8 @@ def mirrored_row(j: dict[str, Any]) -> Row:
     )
 
 
-def witnessed(flows: list[labmod.Expected], destroys: list[Any]) -> list[tuple[Row, Any]]:
-    """Each promised record with its connection's DESTROY as conntrack -E reported it."""
+def destroyed(flows: list[labmod.Expected], destroys: list[Any]) -> list[tuple[Any, Any]]:
+    """Each connection of the mix with its DESTROY as conntrack -E reported it."""
     by_key = {e.key(): e for e in destroys}
     out = []
     for f in flows:
@@ -198,12 +210,53 @@ def witnessed(flows: list[labmod.Expected], destroys: list[Any]) -> list[tuple[R
             f.reply_sport,
             f.reply_dport,
         ), f.name
+        out.append((f, e))
+    return out
+
+
+def witnessed(flows: list[labmod.Expected], destroys: list[Any]) -> list[tuple[Row, Any]]:
+    """Each promised record with its connection's DESTROY as conntrack -E reported it."""
+    out = []
+    for f, e in destroyed(flows, destroys):
         counters = (e.orig.packets, e.orig.bytes, e.reply.packets, e.reply.bytes)
         exact = f.wire_bytes()
         if exact is not None:  # datagram flows: the lab knows the bytes exactly
             assert counters == (f.packets_orig, exact[0], f.packets_reply, exact[1]), f.name
         out += [(row, e) for row in promised(f, counters)]
     return out
+
+
+def as_arrived(proto: int, t: Any) -> str:
+    """An nfdump filter for the records of tuple ``t`` as it arrived (ports: TCP/UDP only;
+    ICMP's are type.code in nfdump, GRE has none)."""
+    ports = f" and src port {t.sport} and dst port {t.dport}" if proto in (6, 17) else ""
+    return f"(proto {proto} and src ip {t.src} and dst ip {t.dst}{ports})"
+
+
+def kernel_totals(conns: list[tuple[Any, Any]]) -> dict[str, dict[str, int]]:
+    """Per direction, what nfdump -s must count of one record per direction: the kernel's
+    packets and bytes at DESTROY, one flow per connection (reply: per replied one)."""
+    out = {}
+    for name in ("original", "reply"):
+        tuples = [getattr(e, "orig" if name == "original" else "reply") for _, e in conns]
+        out[name] = {
+            "flows": sum(t.packets > 0 for t in tuples),
+            "packets": sum(t.packets for t in tuples),
+            "bytes": sum(t.bytes for t in tuples),
+        }
+    out["all"] = {k: out["original"][k] + out["reply"][k] for k in out["original"]}
+    return out
+
+
+def nfdump_totals(cap: Nfcapd, conns: list[tuple[Any, Any]]) -> dict[str, dict[str, int]]:
+    """``nfdump -s proto`` of everything and of each direction as it arrived."""
+    original = " or ".join(as_arrived(e.proto, e.orig) for _, e in conns)
+    reply = " or ".join(as_arrived(e.proto, e.reply) for _, e in conns if e.reply.packets)
+    return {
+        "all": cap.totals(),
+        "original": cap.totals(original),
+        "reply": cap.totals(reply),
+    }
 
 
 @pytest.mark.root
@@ -218,9 +271,15 @@ def test_live_lab_to_v9_ipfix_and_a_dead_collector(
     # Two rounds of the mix: a v5 datagram holds the IPv4 records of one round, and the
     # dead collector's refusal (ICMP port unreachable) shows on the send after the first.
     rounds: list[tuple[list[labmod.Expected], Path]] = []
-    with labmod.running(prefix()) as lab, Nfcapd() as v9cap, Nfcapd() as ipfixcap:
+    with (
+        labmod.running(prefix()) as lab,
+        Nfcapd() as v9cap,
+        Nfcapd() as ipfixcap,
+        Nfcapd() as tripletcap,
+    ):
         conf = tmp_path / "nfflowd.conf"
-        conf.write_text(config_text(rundir, lab.fw, v9cap.port, ipfixcap.port, dead))
+        ports = v9cap.port, ipfixcap.port, dead, tripletcap.port
+        conf.write_text(config_text(rundir, lab.fw, *ports))
         try:
             nfflowd("-c", str(conf), "start")
             wait_all_running(rundir)
@@ -239,13 +298,25 @@ def test_live_lab_to_v9_ipfix_and_a_dead_collector(
         finally:
             nfflowd("-c", str(conf), "stop", check=False)
         assert not control.is_running(str(rundir))
-        got = {"v9": nfdump_rows(v9cap), "ipfix": nfdump_rows(ipfixcap)}
+        caps = {"v9": v9cap, "ipfix": ipfixcap, "v9 triplet": tripletcap}
+        got = {name: nfdump_rows(cap) for name, cap in caps.items()}
+        # each connection of both rounds with its DESTROY (conntrack -E): nfdump's statistics
+        conns = [
+            conn
+            for flows, events in rounds
+            for conn in destroyed(
+                flows, [e for e in ct_text.events(events.read_text()) if e.type == "DESTROY"]
+            )
+        ]
+        totals = {name: nfdump_totals(cap, conns) for name, cap in caps.items()}
 
     # 1. conntrack-tools saw each connection with the tuples the lab promises, and the
     #    kernel's start/stop of each (to the second) with its NEW and DESTROY (to the ms)
     witness: list[tuple[Row, Any]] = []
     kernel: list[tuple[Row, int, int, int, int]] = []  # row, start s, stop s, NEW ms, DESTROY ms
-    for flows, events in rounds:
+    connection: dict[tuple[Row, int], tuple[int, int]] = {}  # (row, start s) -> round, ct id
+    per_connection: dict[tuple[int, int], tuple[int, int]] = {}  # records: per direction, triplet
+    for i, (flows, events) in enumerate(rounds):
         assert {f.nat for f in flows} == {"snat", "dnat", "none"}
         assert {f.family for f in flows} == {4, 6}
         seen = ct_text.events(events.read_text())
@@ -258,40 +329,79 @@ def test_live_lab_to_v9_ipfix_and_a_dead_collector(
             assert e.key() in news, f"{row}: no NEW from conntrack -E"
             seen_ms = round(news[e.key()].time * 1000), round(e.time * 1000)
             kernel.append((row, *kernel_s[e.ct_id], *seen_ms))
+            connection[(row, kernel_s[e.ct_id][0])] = (i, e.ct_id)
+        for f, e in destroyed(flows, destroys):  # the README's rules, by connection
+            per_connection[(i, e.ct_id)] = (1 + f.replied, 1 + (f.nat != "none") + f.replied)
         witness += round_witness
     want = [row for row, _ in witness]
-    assert len(want) == n
+    assert len(want) == n and len(connection) == n  # no two records alike
+    # one record per direction: the original as it left (egress, "E") is not sent
+    per_direction = [w for w in want if w[11] != "E"]
+    assert len(per_direction) == sum(1 + f.replied for flows, _ in rounds for f in flows)
 
     # 2. each collector stored exactly those records, post-NAT side included, in time
-    for fmt, recs in got.items():
-        assert Counter(r["row"] for r in recs) == Counter(decoded(fmt, w) for w in want), fmt
-        assert {":" in r["src"] for r in recs} == {True, False}, fmt
-        assert {r["end"] for r in recs} == ({0} if fmt == "v9" else {3}), fmt  # v9: no IE 136
+    for name, recs in got.items():
+        fmt, triplet = name.split()[0], name.endswith("triplet")
+        sent = want if triplet else per_direction
+        assert Counter(r["row"] for r in recs) == Counter(decoded(fmt, w) for w in sent), name
+        assert {":" in r["src"] for r in recs} == {True, False}, name
+        assert {r["end"] for r in recs} == ({0} if fmt == "v9" else {3}), name  # v9: no IE 136
         # from the DESTROY (as conntrack -E stamped it) to the collector
         destroy_ms: dict[Row, list[int]] = {}
         for w, e in witness:
             destroy_ms.setdefault(decoded(fmt, w), []).append(round(e.time * 1000))
         late = sorted(min(abs(r["received_ms"] - d) for d in destroy_ms[r["row"]]) for r in recs)
-        assert late[-1] <= MAX_LATENCY_MS, (fmt, late)
+        assert late[-1] <= MAX_LATENCY_MS, (name, late)
     assert any(":" in r["row"][7] and r["row"][7] != r["src"] for r in got["v9"])  # v9: 281
 
     # 2b. times: each record's first/last are its connection's kernel start/stop, to the
     #     second as conntrack-tools prints them; and to the ms, the kernel's start is taken
     #     with the first packet, which conntrack -E reports as NEW a moment later, and its
     #     stop is before (a timeout that expired earlier) or at the DESTROY conntrack -E read
-    for fmt, recs in got.items():
+    for name, recs in got.items():
+        fmt, triplet = name.split()[0], name.endswith("triplet")
+        sent = [k for k in kernel if triplet or k[0][11] != "E"]
         assert Counter((r["row"], r["first_ms"] // 1000, r["last_ms"] // 1000) for r in recs) == (
-            Counter((decoded(fmt, w), start, stop) for w, start, stop, _, _ in kernel)
-        ), fmt
+            Counter((decoded(fmt, w), start, stop) for w, start, stop, _, _ in sent)
+        ), name
         stamps: dict[tuple[Any, ...], list[tuple[int, int]]] = {}
-        for w, start, stop, new_at, destroy_at in kernel:
+        for w, start, stop, new_at, destroy_at in sent:
             stamps.setdefault((decoded(fmt, w), start, stop), []).append((new_at, destroy_at))
         for r in recs:
             first, last = r["first_ms"], r["last_ms"]
             assert any(
                 0 <= new_at - first <= TIME_SLACK_MS and first <= last <= destroy_at + TIME_SLACK_MS
                 for new_at, destroy_at in stamps[(r["row"], first // 1000, last // 1000)]
-            ), (fmt, r, stamps[(r["row"], first // 1000, last // 1000)])
+            ), (name, r, stamps[(r["row"], first // 1000, last // 1000)])
+
+    # 2c. records per connection at each collector: 2 when replied, 1 when not (per
+    #     direction), 3 / 2 for a NATed one with the triplet (records matched to their
+    #     connection by their tuple and the kernel's start second, checked above)
+    for name, recs in got.items():
+        fmt, triplet = name.split()[0], name.endswith("triplet")
+        conn_of = {(decoded(fmt, row), start): c for (row, start), c in connection.items()}
+        assert len(conn_of) == len(connection), name
+        count = Counter(conn_of[(r["row"], r["first_ms"] // 1000)] for r in recs)
+        assert count == {c: both[triplet] for c, both in per_connection.items()}, name
+    # 2 rounds of the mix: 9 replied connections and 1 unreplied each (udp4-unreplied)
+    assert Counter(pd for pd, _ in per_connection.values()) == {2: 18, 1: 2}
+
+    # 2d. nfdump's statistics (-s) are the kernel's counters, direction by direction and
+    #     in total; with the triplet the total counts NATed originals twice
+    kernel_sum = kernel_totals(conns)
+    nated = [e.orig for f, e in conns if f.nat != "none"]
+    twice = {
+        "flows": len(nated),
+        "packets": sum(t.packets for t in nated),
+        "bytes": sum(t.bytes for t in nated),
+    }
+    for name, total in totals.items():
+        assert total["original"] == kernel_sum["original"], (name, total)
+        assert total["reply"] == kernel_sum["reply"], (name, total)
+        if name.endswith("triplet"):
+            assert total["all"] == {k: v + twice[k] for k, v in kernel_sum["all"].items()}, total
+        else:
+            assert total["all"] == kernel_sum["all"], (name, total)
 
     # 3. both decoders got the same records, times to the ms included (281/282 aside)
     def comparable(r: dict[str, Any]) -> Row:
@@ -303,9 +413,16 @@ def test_live_lab_to_v9_ipfix_and_a_dead_collector(
     #    every record (above), in time (above), without a send error
     c = export_counters(rundir)
     assert c, "the export stage logged no counters when it stopped"
-    assert c["c0_send_errors"] == c["c1_send_errors"] == 0, c
+    assert c["c0_send_errors"] == c["c1_send_errors"] == c["c3_send_errors"] == 0, c
     assert c["c0_datagrams_sent"] >= 2 and c["c1_datagrams_sent"] >= 2, c
     assert c["c2_refused"] > 0, c  # each refused send is retried at once (outputs/collector.py)
+    # records per direction: the originals as they left counted, not sent
+    assert c["c0_left_out"] == c["c1_left_out"] == len(nated) and c["c3_left_out"] == 0, c
+    assert (c["c0_records"], c["c1_records"], c["c3_records"]) == (
+        len(per_direction),
+        len(per_direction),
+        n,
+    ), c
 
     # 5. the JSON mirror: every record with every field, the IPv6 post-NAT side too
     lines = [json_lines.parse_line(x) for x in (rundir / "mirror.out").read_text().splitlines()]
@@ -314,7 +431,7 @@ def test_live_lab_to_v9_ipfix_and_a_dead_collector(
         (w, e.ct_id) for w, e in witness
     )
     assert Counter((mirrored_row(j), j["first_ms"], j["last_ms"]) for j in lines) == Counter(
-        (r["row"], r["first_ms"], r["last_ms"]) for r in got["v9"]
+        (r["row"], r["first_ms"], r["last_ms"]) for r in got["v9 triplet"]
     )
     for j in lines:
         assert (j["exaddr"], j["end_reason"], j["mark"], j["zone"]) == (

@@ -1,9 +1,12 @@
 """The export stage with several NetFlow v9 / IPFIX collectors at once, judged by nfdump.
 
 1. ``nfflowd replay`` of the lab's captured conntrack log through the real supervised
-   pipeline into a v9 nfcapd and an IPFIX nfcapd at the same time: each stores every
-   record of tests/data/golden/lab-expected.csv (IPv6 included, which v5 cannot carry),
-   with the NAT translations the golden README promises; so does the JSON mirror.
+   pipeline into a v9 nfcapd, an IPFIX nfcapd and an IPFIX nfcapd with ``records
+   triplet`` at the same time: the first two store one record per direction, every
+   record of tests/data/golden/lab-expected.csv but the original direction as it left
+   the firewall (its translation is in the postNAT* fields of the original as it
+   arrived), the third every record (IPv6 included, which v5 cannot carry), all with
+   the NAT translations the golden README promises; the JSON mirror has every record.
 2. A collector restart in mid-stream, through :class:`Exporter` (workers/export.py)
    with ``template_refresh_packets 2``: while the collectors are down the sends are
    refused and counted; once they are back they decode again from the next datagram
@@ -29,7 +32,7 @@ from nfflowd.conntrack.text import parse_line
 from nfflowd.correlate.correlator import Correlator
 from nfflowd.formats import json_lines
 from nfflowd.lab.nfcapd import Nfcapd, free_udp_port, parse_nfdump_line
-from nfflowd.messages import FlowRecord, pack_flows, unpack_flows
+from nfflowd.messages import Direction, FlowRecord, pack_flows, unpack_flows
 from nfflowd.outputs.exporter import Exporter
 from tests.needs import needs
 from tests.pipeline_harness import GOLDEN, csv_key, nfdump_key, nfflowd
@@ -39,6 +42,8 @@ from tests.pipeline_harness import GOLDEN, csv_key, nfdump_key, nfflowd
 LOG = GOLDEN / "lab-events.log"
 EXPECTED = GOLDEN / "lab-expected.csv"
 VERSIONS = {"v9": 9, "ipfix": 10}
+#: The firewall's public addresses and the port forward's inside host (golden README).
+PUBLIC, FORWARDED_TO = ("203.0.113.1", "2001:db8:1::1"), ("203.0.113.2", "10.0.1.2")
 #: nfdump output: the base fields, then the post-NAT fields and the direction.
 NFDUMP_FMT = "fmt:%ts|%te|%pr|%sa|%da|%sp|%dp|%pkt|%byt|%xsa|%xda|%xsp|%xdp|%dir"
 
@@ -80,14 +85,26 @@ def golden_nat(fmt: str) -> list[tuple[tuple[str, str, int, int], tuple[Any, ...
     ]
 
 
+def left_the_firewall(key: tuple[Any, ...]) -> bool:
+    """Whether the record ``key`` (csv_key / nfdump_key) is a NATed connection's original
+    direction as it left the firewall: from the public address (SNAT, NAT66), or the port
+    forward's towards its inside host (golden README's table)."""
+    src, dst = key[2], key[3]
+    return src in PUBLIC or (src, dst) == FORWARDED_TO
+
+
 @pytest.mark.timeout(180)
 def test_replay_into_v9_and_ipfix_collectors_at_once(tmp_path: Path) -> None:
     rundir = tmp_path / "run"
-    with Nfcapd() as v9cap, Nfcapd() as ipfixcap:
+    with Nfcapd() as v9cap, Nfcapd() as ipfixcap, Nfcapd() as tripletcap:
         collectors = "".join(
             f"  <collector>\n    address 127.0.0.1\n    port {cap.port}\n"
-            f"    version {version}\n  </collector>\n"
-            for cap, version in ((v9cap, 9), (ipfixcap, 10))
+            f"    version {version}\n{extra}  </collector>\n"
+            for cap, version, extra in (
+                (v9cap, 9, ""),
+                (ipfixcap, 10, ""),
+                (tripletcap, 10, "    records triplet\n"),
+            )
         )
         conf = tmp_path / "nfflowd.conf"
         conf.write_text(
@@ -97,18 +114,27 @@ def test_replay_into_v9_and_ipfix_collectors_at_once(tmp_path: Path) -> None:
             f"    </screen>\n  </conf>\n</ptee>\n<daemon>\n  rundir {rundir}\n</daemon>\n"
         )
         res = nfflowd("-c", str(conf), "replay", "--rundir", str(rundir), str(LOG))
-        got = {"v9": nat_rows(v9cap), "ipfix": nat_rows(ipfixcap)}
+        got = {
+            "v9": nat_rows(v9cap),
+            "ipfix": nat_rows(ipfixcap),
+            "ipfix triplet": nat_rows(tripletcap),
+        }
     expected = [csv_key(x) for x in EXPECTED.read_text().splitlines() if x.strip()]
     assert len(expected) == 27
     want = Counter(k[:9] for k in expected)
-    for fmt, rows in got.items():
-        # every record, IPv4 and IPv6, times to the ms
-        assert len(rows) == len(expected), fmt
-        assert Counter(r[:9] for r in rows) == want, fmt
+    per_direction = Counter(k[:9] for k in expected if not left_the_firewall(k))
+    assert sum(per_direction.values()) == 27 - 8  # 8 NATed connections of 10
+    for name, rows in got.items():
+        fmt, triplet = name.split()[0], name.endswith("triplet")
+        # every record (triplet) or all but the original as it left, IPv4 and IPv6,
+        # times to the ms
+        assert Counter(r[:9] for r in rows) == (want if triplet else per_direction), name
+        assert len(rows) == (27 if triplet else 19), name
         # a few records of the golden README's table, their post-NAT side included
         for (src, dst, sport, dport), post, direction in golden_nat(fmt):
             mine = [r for r in rows if r[2:6] == (src, dst, sport, dport)]
-            assert [r[9:] for r in mine] == [(*post, direction)], (fmt, src, dst, sport, dport)
+            sent = triplet or direction == "I"
+            assert [r[9:] for r in mine] == [(*post, direction)] * sent, (name, src, dst, sport)
     assert "export" in res.stdout
     # the JSON mirror has every record too, and every post-NAT address (281/282 included)
     lines = [json_lines.parse_line(x) for x in (rundir / "mirror.out").read_text().splitlines()]
@@ -177,8 +203,10 @@ def has_templates(fmt: str, datagram: bytes) -> bool:
 
 @pytest.mark.timeout(120)
 def test_restarted_collectors_decode_again_after_the_template_refresh() -> None:
-    records = golden_records()
-    assert len(records) == 27
+    # one datagram per record: only records a v9/IPFIX collector is sent (by default
+    # records per_direction: not the original direction as it left)
+    records = [r for r in golden_records() if r.direction != Direction.ORIGINAL_OUT]
+    assert len(records) == 19
     ports = {fmt: free_udp_port() for fmt in VERSIONS}
     settings = ExportSettings(
         collectors=tuple(Collector("127.0.0.1", ports[f], v) for f, v in VERSIONS.items()),

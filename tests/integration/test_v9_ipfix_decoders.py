@@ -12,6 +12,10 @@
    next template refresh on (by packet count and by time).
 
 The golden datagrams under tests/data/{v9,ipfix} go through 1 and 2 as well.
+The encoders here are fed explicit records and encode every one, ORIGINAL_OUT
+(flowDirection egress) included, as they do for a collector with ``records
+triplet``; ``per_direction`` (the collectors' default) only leaves those out, the
+rest byte for byte the same (tests/unit/test_collector_records.py).
 Outside CI each test skips when its program is missing; under ``CI=true`` a
 missing program fails.
 """
