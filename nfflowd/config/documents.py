@@ -6,17 +6,26 @@ the file and line where it was written.  :func:`read_data` reads the data
 formats (``.yml``/``.yaml`` YAML, ``.json`` JSON, ``.toml`` TOML); Config::General,
 the 2009 tool's format, is :mod:`nfflowd.config.general`, which also picks the
 reader for a file (:func:`nfflowd.config.general.read`).
+
+A file is untrusted input until it is validated, so reading it is bounded in
+time and memory whatever it holds: at most :data:`MAX_BYTES` (a file and what it
+includes), :data:`MAX_DEPTH` levels of nesting and, for YAML, :data:`MAX_NODES`
+values once its aliases are expanded (a self-referencing alias or an "alias
+bomb" is a :class:`ParseError` naming its line, not a RecursionError or
+gigabytes of memory).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import sys
 import tomllib
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
+from yaml.composer import ComposerError
 
 #: A position in the tree: block and key names, list indexes.
 Key = tuple[str | int, ...]
@@ -25,6 +34,12 @@ Origin = tuple[str | None, int]
 
 #: File extensions read by :func:`read_data`; any other is Config::General.
 DATA_EXTENSIONS = (".yml", ".yaml", ".json", ".toml")
+#: The most a configuration file (with everything it includes) may hold.
+MAX_BYTES = 128 * 1024  # 40 times defaults.conf; PyYAML reads it within ~2 s
+#: The deepest nesting of blocks, mappings and lists (nfflowd's own needs 5).
+MAX_DEPTH = 32
+#: The most values a YAML document may have once its aliases are expanded.
+MAX_NODES = 100_000
 
 
 class ParseError(Exception):
@@ -62,24 +77,45 @@ def decode(data: bytes, path: str | None) -> str:
         raise ParseError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", path, line) from None
 
 
+def read_bytes(path: str, budget: int = MAX_BYTES) -> bytes:
+    """The content of *path*, refused (ParseError) when longer than *budget* bytes; never
+    reads more than that (a ``/dev/zero`` included is an error, not a hang)."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(budget + 1)
+    except OSError as exc:
+        raise ParseError(f"cannot read: {exc.strerror}", path, None) from None
+    except ValueError:  # open() of a name with a NUL byte (an <<include>> can hold one)
+        raise ParseError("cannot read: a file name with a NUL byte", repr(path), None) from None
+    if len(data) > budget:
+        raise ParseError(
+            f"larger than {MAX_BYTES // 1024} KiB (a configuration file with what it "
+            "includes); refused",
+            path,
+            None,
+        )
+    return data
+
+
+def clip(text: str, limit: int = 60) -> str:
+    """*text* for an error message: at most *limit* characters of it, and how long it is."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def read_data(path: str, ext: str) -> Document:
     """Read the YAML, JSON or TOML file *path* (*ext* one of :data:`DATA_EXTENSIONS`,
     lower case); the root maps to ``(path, 0)``."""
-    try:
-        with open(path, "rb") as fh:
-            text = decode(fh.read(), path)
-    except OSError as exc:
-        raise ParseError(f"cannot read: {exc.strerror}", path, None) from None
+    text = decode(read_bytes(path), path)
     origins: dict[Key, Origin] = {(): (path, 0)}
     try:
         if ext == ".toml":
             tree: Any = tomllib.loads(text)
         elif ext == ".json":
             tree = json.loads(text)
+            _check_depth(tree, path)
             _yaml_origins_if_same(text, tree, path, origins)
         else:
-            tree = yaml.load(text, Loader=yaml.SafeLoader)
-            _yaml_origins(yaml.compose(text, Loader=yaml.SafeLoader), (), path, origins)
+            tree = load_yaml(text, path, origins)
     except tomllib.TOMLDecodeError as exc:
         m = re.search(r"\s*\(at line (\d+), column \d+\)", str(exc))
         msg = str(exc)[: m.start()] if m else str(exc)
@@ -87,16 +123,122 @@ def read_data(path: str, ext: str) -> Document:
     except json.JSONDecodeError as exc:
         raise ParseError(f"JSON syntax: {exc.msg}", path, exc.lineno) from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ParseError(f"YAML syntax: {problem}", path, mark.line + 1 if mark else None) from None
+        raise _yaml_error(exc, path) from None
+    except RecursionError:
+        raise ParseError(_too_deep(), path, None) from None
+    except ValueError as exc:  # an integer beyond int()'s limit; a TOML date out of range
+        raise _value_error(exc, text, path) from None
     tree = {} if tree is None else tree
     if not isinstance(tree, dict):
         raise ParseError(
             f"expected a mapping of blocks at the top, got {type(tree).__name__}", path, 1
         )
+    _check_depth(tree, path)
     _check_keys(tree, (), origins)
     return Document(tree, origins, [])
+
+
+def _too_deep() -> str:
+    return f"nested more than {MAX_DEPTH} levels deep"
+
+
+def _yaml_error(exc: yaml.YAMLError, path: str | None) -> ParseError:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    what = "YAML" if isinstance(exc, _Refused) else "YAML syntax"
+    return ParseError(f"{what}: {problem}", path, mark.line + 1 if mark else None)
+
+
+def _value_error(exc: ValueError, text: str, path: str) -> ParseError:
+    """A value the format's reader could not convert (ValueError, not its syntax error)."""
+    limit = sys.get_int_max_str_digits()
+    digits = re.search(rf"\d{{{limit + 1},}}", text) if limit else None
+    if digits is not None:
+        line = text.count("\n", 0, digits.start()) + 1
+        return ParseError(f"a number of more than {limit} digits", path, line)
+    return ParseError(f"a value that cannot be read: {clip(str(exc), 200)}", path, None)
+
+
+def _check_depth(tree: Any, path: str | None) -> None:
+    """ParseError when *tree* (JSON or TOML) nests deeper than :data:`MAX_DEPTH`."""
+    level: list[Any] = [tree]  # the top mapping is level 1
+    for _ in range(MAX_DEPTH):
+        level = [
+            child
+            for node in level
+            for child in (node.values() if isinstance(node, dict) else node)
+            if isinstance(child, dict | list)
+        ]
+        if not level:
+            return
+    raise ParseError(_too_deep(), path, None)
+
+
+class _Refused(ComposerError):
+    """A YAML document beyond the bounds above (well-formed YAML otherwise)."""
+
+
+def _refused(problem: str, mark: Any) -> ComposerError:
+    return _Refused(None, None, problem, mark)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses, while composing, what would make the tree
+    unbounded: nesting deeper than :data:`MAX_DEPTH`, an alias inside the node it names
+    (a cycle), more than :data:`MAX_NODES` values once aliases are expanded."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        #: id(node) -> (values once expanded, depth once expanded), for complete nodes
+        self.expanded: dict[int, tuple[int, int]] = {}
+        self.level = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event: Any = self.peek_event()  # type: ignore[no-untyped-call]
+        collection = isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent)
+        if isinstance(event, yaml.AliasEvent):
+            target = self.anchors.get(event.anchor)
+            if target is not None and id(target) not in self.expanded:
+                cycle = f"alias *{event.anchor} is inside the node it names (a cycle)"
+                raise _refused(cycle, event.start_mark)
+            return super().compose_node(parent, index)
+        self.level += collection  # the top mapping is level 1, as for JSON and TOML
+        if self.level > MAX_DEPTH:
+            raise _refused(_too_deep(), event.start_mark)
+        node = super().compose_node(parent, index)
+        self.level -= collection
+        if node is None:
+            return None
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        else:
+            children = node.value if isinstance(node, yaml.SequenceNode) else []
+        values, depth = 1, 0
+        for child in children:
+            n, d = self.expanded[id(child)]
+            values, depth = values + n, max(depth, d)
+        if values > MAX_NODES:
+            bomb = f"more than {MAX_NODES} values once its aliases are expanded"
+            raise _refused(bomb, node.start_mark)
+        depth += collection
+        if depth > MAX_DEPTH:
+            raise _refused(_too_deep() + " through aliases", node.start_mark)
+        self.expanded[id(node)] = (values, depth)
+        return node
+
+
+def load_yaml(text: str, path: str | None, origins: dict[Key, Origin] | None = None) -> Any:
+    """The YAML document *text* (safe types only), within the bounds above; with *origins*,
+    the line of every key path too.  Raises yaml.YAMLError (bounds included) or ValueError."""
+    loader = _BoundedLoader(text)
+    try:
+        node = loader.get_single_node()
+        tree = None if node is None else loader.construct_document(node)
+    finally:
+        loader.dispose()
+    if origins is not None:
+        _yaml_origins(node, (), path or "", origins)
+    return tree
 
 
 def _yaml_origins(node: yaml.Node | None, path: Key, file: str, out: dict[Key, Origin]) -> None:
@@ -114,11 +256,15 @@ def _yaml_origins(node: yaml.Node | None, path: Key, file: str, out: dict[Key, O
 
 def _yaml_origins_if_same(text: str, tree: Any, file: str, out: dict[Key, Origin]) -> None:
     """JSON reports no positions; when the text reads the same as YAML, use YAML's."""
+    if len(text) > MAX_BYTES // 2:  # line numbers are a nicety: not worth PyYAML's seconds
+        return
+    found: dict[Key, Origin] = {}
     try:
-        if yaml.load(text, Loader=yaml.SafeLoader) == tree:
-            _yaml_origins(yaml.compose(text, Loader=yaml.SafeLoader), (), file, out)
-    except yaml.YAMLError:
-        pass
+        same = load_yaml(text, file, found) == tree
+    except (yaml.YAMLError, ValueError, RecursionError):
+        return
+    if same:
+        out.update(found)
 
 
 def _check_keys(tree: Any, path: Key, origins: dict[Key, Origin]) -> None:

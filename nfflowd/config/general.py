@@ -29,6 +29,11 @@ its default.  This module parses that dialect:
   is not read again, as in Config::General;
 * names and values keep their case.
 
+Reading is bounded whatever the file holds (:mod:`nfflowd.config.documents`):
+:data:`~nfflowd.config.documents.MAX_BYTES` for a file with its includes, blocks
+nested at most :data:`~nfflowd.config.documents.MAX_DEPTH` deep, and every pattern
+is matched in time linear in the line's length.
+
 Every key path of the tree is mapped to the file and line where it was written:
 ``("export", "collector", 1, "port")`` -> ``("/etc/nfflowd.conf", 12)``.  Lists
 map their own path to the first element's line and each index to its element's.
@@ -42,7 +47,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from nfflowd.config.documents import DATA_EXTENSIONS, decode, read_data
+from nfflowd.config.documents import (
+    DATA_EXTENSIONS,
+    MAX_BYTES,
+    MAX_DEPTH,
+    clip,
+    decode,
+    read_bytes,
+    read_data,
+)
 from nfflowd.config.documents import Document as Document
 from nfflowd.config.documents import Key as Key
 from nfflowd.config.documents import Origin as Origin
@@ -52,11 +65,13 @@ _BLOCK_START = re.compile(r"^<([^/].*)>$")
 _BLOCK_END = re.compile(r"^</(.+?)>$")
 _BLOCK_NAMES = re.compile(r'^(?:"([^"]+)"|(\S+))(?:\s+(?:"([^"]+)"|(.*)))?$')
 _EMPTY_BLOCK = re.compile(r"^\s*<([^/].*?)/>$")
-_HEREDOC = re.compile(r"^\s*(\S+?)(?:\s*=\s*|\s+)<<\s*(.+?)\s*$")
-_INCLUDE = re.compile(r"^\s*<<include\s+(.+?)>>\s*$", re.IGNORECASE)
+# no lazy group followed by optional blanks and an anchor (quadratic on a long line):
+# the part after the marker is taken whole and stripped in code
+_HEREDOC = re.compile(r"^\s*(\S+?)(?:\s*=\s*|\s+)<<(.*)$")
+_INCLUDE = re.compile(r"^\s*<<include\s(.*)>>\s*$", re.IGNORECASE)
 _COMMENT = re.compile(r"(?<!\\)#.*$")
 _SPLIT = re.compile(r"\s*=\s*|\s+")
-_FORCE_ARRAY = re.compile(r"^\[\s*(.+?)\s*\]$")
+_FORCE_ARRAY = re.compile(r"^\[(.+)\]$")
 
 
 @dataclass
@@ -86,19 +101,23 @@ class _Reader:
         self.out: list[_Line] = []
         self.notes: list[tuple[Origin, str]] = []
         self.seen: set[str] = set()
+        self.budget = MAX_BYTES  # bytes the files still to be read may hold together
 
     def read_file(self, path: str, origin: Origin | None) -> None:
+        if "\0" in path:
+            file, line = origin or (None, None)
+            raise ParseError(f"cannot read {path!r}: a file name with a NUL byte", file, line)
         real = os.path.realpath(path)
         if real in self.seen:
             return
         self.seen.add(real)
         try:
-            with open(path, "rb") as fh:
-                data = fh.read()
-        except OSError as exc:
+            data = read_bytes(path, self.budget)
+        except ParseError as exc:
             if origin is None:
-                raise ParseError(f"cannot read: {exc.strerror}", path, None) from None
-            raise ParseError(f"cannot read {path}: {exc.strerror}", *origin) from None
+                raise
+            raise ParseError(f"{path}: {exc.message}", *origin) from None
+        self.budget -= len(data)
         self.read_text(decode(data, path), path)
 
     def read_text(self, text: str, file: str | None) -> None:
@@ -109,7 +128,9 @@ class _Reader:
             line = raw.rstrip("\r")
             # C comments, before anything else (as Config::General does)
             if "/*" in line and "*/" in line[line.index("/*") + 2 :]:
-                line = re.sub(r"\s*/\*.*\*/\s*", "", line)
+                # from the first /* to the last */, and the blanks around (no regex: a
+                # leading run of blanks made one quadratic on a long line)
+                line = line[: line.index("/*")].rstrip() + line[line.rindex("*/") + 2 :].lstrip()
             elif line.lstrip().startswith("/*"):
                 c_comment = lineno
                 continue
@@ -146,8 +167,8 @@ class _Reader:
                 self.out.append((f"</{name}>", (file, lineno)))
                 continue
             hd = _HEREDOC.match(line)
-            if hd and longline is None:
-                heredoc = (hd.group(1), hd.group(2), lineno, [])
+            if hd and hd.group(2).strip() and longline is None:
+                heredoc = (hd.group(1), hd.group(2).strip(), lineno, [])
                 continue
             if longline is not None:
                 self.out.append((longline[0] + line.lstrip(), (file, longline[1])))
@@ -156,13 +177,16 @@ class _Reader:
             inc = _INCLUDE.match(line)
             if inc:
                 target = inc.group(1).strip().strip('"')
+                if not target:
+                    raise ParseError("<<include>> names no file", file, lineno)
                 if file is not None and not os.path.isabs(target):
                     target = os.path.join(os.path.dirname(file), target)
                 self.read_file(target, (file, lineno))
                 continue
             self.out.append((line, (file, lineno)))
         if heredoc is not None:
-            msg = f"here-document <<{heredoc[1]} has no end marker {heredoc[1]!r}"
+            marker = clip(heredoc[1])
+            msg = f"here-document <<{marker} has no end marker {marker!r}"
             raise ParseError(msg, file, heredoc[2])
         if longline is not None:
             msg = "the line ends with a backslash (continuation) but the file ends"
@@ -191,7 +215,7 @@ def _build(lines: list[_Line], notes: list[tuple[Origin, str]]) -> _Block:
             continue
         text = item.strip()
         if text.startswith("<") and (text.count("<") > 1 or text.count(">") > 1):
-            raise ParseError(f"{text!r}: one block tag per line", *origin)
+            raise ParseError(f"{clip(text)!r}: one block tag per line", *origin)
         start = _BLOCK_START.match(text)
         if start:
             names = start.group(1).strip()
@@ -200,8 +224,10 @@ def _build(lines: list[_Line], notes: list[tuple[Origin, str]]) -> _Block:
             else:
                 m = _BLOCK_NAMES.match(names)
                 if m is None:
-                    raise ParseError(f"malformed block tag {text}", *origin)
+                    raise ParseError(f"malformed block tag {clip(text)}", *origin)
                 block, label = m.group(1) or m.group(2), m.group(3) or m.group(4)
+            if len(stack) >= MAX_DEPTH:  # the file's top level is level 1
+                raise ParseError(f"blocks nested more than {MAX_DEPTH} levels deep", *origin)
             stack.append((_Block(block, origin), label))
             continue
         end = _BLOCK_END.match(text)
@@ -220,14 +246,16 @@ def _build(lines: list[_Line], notes: list[tuple[Origin, str]]) -> _Block:
             _attach(stack[-1][0], block_obj, label)
             continue
         if text.startswith("<"):
-            raise ParseError(f"malformed block tag {text!r}: expected <name> or </name>", *origin)
+            raise ParseError(
+                f"malformed block tag {clip(text)!r}: expected <name> or </name>", *origin
+            )
         key, value = _split(text)
         if not key:
-            raise ParseError(f"{text!r}: a value without a key", *origin)
+            raise ParseError(f"{clip(text)!r}: a value without a key", *origin)
         forced = _FORCE_ARRAY.match(value)
         if forced and key not in current.items:
             current.forced.add(key)
-            value = forced.group(1)
+            value = forced.group(1).strip() or forced.group(1)[-1]
         current.add(key, value, origin)
     if len(stack) > 1:
         block_obj = stack[-1][0]
@@ -329,11 +357,24 @@ def _merge(
         elif path:  # over's format gives no position: point at over's file, not base's
             origins.pop(path, None)
         return out
-    n = len(path)
-    for k in [k for k in origins if k[:n] == path]:
-        del origins[k]
-    origins.update({k: o for k, o in over_origins.items() if k[:n] == path})
+    for k in _paths(base, path):  # base's positions under path, found by its shape (a scan
+        origins.pop(k, None)  # of every position per value merged was quadratic)
+    origins.update({k: over_origins[k] for k in _paths(over, path) if k in over_origins})
     return over
+
+
+def _paths(tree: Any, path: Key) -> list[Key]:
+    """*path* and the path of every value below it in *tree* (the value found there)."""
+    out: list[Key] = []
+    todo: list[tuple[Any, Key]] = [(tree, path)]
+    while todo:
+        node, at = todo.pop()
+        out.append(at)
+        if isinstance(node, dict):
+            todo += [(v, (*at, k)) for k, v in node.items()]
+        elif isinstance(node, list):
+            todo += [(v, (*at, i)) for i, v in enumerate(node)]
+    return out
 
 
 def _blocks(value: Any) -> bool:

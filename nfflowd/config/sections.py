@@ -76,7 +76,9 @@ COLLECTOR_KEYS = (
 #: ``<collector> records``: which flow records a v9/IPFIX collector gets
 #: (nfflowd.formats.netflow_v9's ``per_direction``); v5 always gets the triplet.
 RECORDS = ("per_direction", "triplet")
-_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)i?b?\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"^\s*(\d{1,30})\s*([kmg]?)i?b?\s*$", re.IGNORECASE)
+#: The longest ``<conntrack>`` argument line (shlex.split is slow on megabytes).
+MAX_ARGS_LENGTH = 4096
 
 
 def _source(v: _V) -> SourceSettings:
@@ -139,6 +141,9 @@ def _conntrack(v: _V) -> ConntrackSettings:
     fields = []
     for name, default in (("init_format", "-L"), ("format", ConntrackSettings.format)):
         text = v.text((*k, name), default, empty=True)
+        if len(text) > MAX_ARGS_LENGTH:
+            what = f"program arguments of at most {MAX_ARGS_LENGTH} characters"
+            raise v.expected((*k, name), what, text)
         try:
             args = shlex.split(text)
         except ValueError as exc:

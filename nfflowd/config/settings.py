@@ -183,9 +183,15 @@ def _show(value: Any) -> str:
     if isinstance(value, dict):
         return "a block"
     if isinstance(value, list):
-        shown = ", ".join(repr(v) for v in value[:4]) + (", ..." if len(value) > 4 else "")
+        shown = ", ".join(_repr(v) for v in value[:4]) + (", ..." if len(value) > 4 else "")
         return f"{len(value)} value{'s' if len(value) != 1 else ''} ({shown})"
-    return "nothing" if value is None else repr(value)
+    return "nothing" if value is None else _repr(value)
+
+
+def _repr(value: Any) -> str:
+    """repr(*value*), at most 60 characters of it (a value may be a whole line of the file)."""
+    shown = repr(value)  # an int has at most 4300 digits: the readers refuse more
+    return shown if len(shown) <= 60 else f"{shown[:60]}... ({len(shown)} characters)"
 
 
 def _suggest(word: str, valid: typing.Iterable[str]) -> str:
@@ -312,6 +318,6 @@ def _int(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
-        return int(value)
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d{1,30}\s*", value):
+        return int(value)  # no setting needs more digits; int() refuses over 4300
     return None
