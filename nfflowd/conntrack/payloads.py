@@ -146,14 +146,14 @@ class PayloadDecoder:
         view = memoryview(data)[pos : pos + length]
         return decode_messages(view, recv_ns, self.netlink, kernel_time=True, layouts=self.layouts)
 
-    def read_in_place(self) -> None:
-        """Count one datagram of one event read by a compiled layout, as the general
-        decoder counts it."""
+    def read_in_place(self, n: int = 1) -> None:
+        """Count *n* datagrams of one event each read by a compiled layout, as the general
+        decoder counts them."""
         c = self.netlink
-        c.buffers += 1
-        c.messages += 1
-        c.events += 1
-        self.layouts.hits += 1
+        c.buffers += n
+        c.messages += n
+        c.events += n
+        self.layouts.hits += n
 
     def _truncated(self, pos: int, end: int) -> None:
         n = self.counters["truncated_frames"] = self.counters["truncated_frames"] + 1

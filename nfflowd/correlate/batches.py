@@ -84,24 +84,26 @@ class BatchCorrelator:
         events and fed."""
         out = bytearray()
         corr, decoder, data = self.corr, self.decoder, batch.data
-        layouts = decoder.layouts.by_length
-        feed, destroyed, counted = corr.feed, corr.destroyed, decoder.read_in_place
+        destroys = decoder.layouts.destroys
+        feed, destroyed, datagram = corr.feed, corr.destroyed, decoder.datagram
         stateless = not corr.active_timeout_s
+        fused = 0
         for recv_ns, pos, length in decoder.frames(data):
             if stateless and not corr.open:
-                for layout in layouts.get(length, ()):
-                    if layout.etype == _DESTROY and (v := layout.values(data, pos)) is not None:
+                for layout in destroys.get(length, ()):
+                    if (v := layout.values(data, pos)) is not None:
                         destroyed(v, layout.family, layout.icmp, recv_ns, out)
-                        counted()
-                        self.events += 1
+                        fused += 1
                         break
                 else:
                     v = None
                 if v is not None:
                     continue
-            for ev in decoder.datagram(data, pos, length, recv_ns):
+            for ev in datagram(data, pos, length, recv_ns):
                 feed(ev, out)
                 self.events += 1
+        decoder.read_in_place(fused)
+        self.events += fused
         return bytes(out)
 
     def _text(self, batch: EventBatch) -> bytes:

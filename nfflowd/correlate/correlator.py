@@ -176,21 +176,28 @@ def _pack(
         back_sport = back_dport = 0
         natted = osrc != rdst or odst != rsrc
     pack = FLOW_RECORD.pack
-    block = b""
-    if o_pkts is None or o_pkts or o_bytes:
+    n = 0
+    orig = o_pkts is None or o_pkts or o_bytes
+    reply = r_pkts is None or r_pkts or r_bytes
+    # packed first, appended after: a value that does not fit appends nothing
+    a = b = c = b""
+    if orig:
         pk, by = o_pkts or 0, o_bytes or 0
-        block = pack(first, last, fam, proto, osrc, odst, o_sport, o_dport, pk, by, rdst, rsrc,
-                     out_sport, out_dport, _ORIGINAL_IN, end, mark, zone, ctid)  # fmt: skip
+        a = pack(first, last, fam, proto, osrc, odst, o_sport, o_dport, pk, by, rdst, rsrc,
+                 out_sport, out_dport, _ORIGINAL_IN, end, mark, zone, ctid)  # fmt: skip
+        n = 1
         if natted:
-            block += pack(first, last, fam, proto, rdst, rsrc, out_sport, out_dport, pk, by,
-                          rdst, rsrc, out_sport, out_dport, _ORIGINAL_OUT, end, mark, zone,
-                          ctid)  # fmt: skip
-    if r_pkts is None or r_pkts or r_bytes:
-        block += pack(first, last, fam, proto, rsrc, rdst, r_sport, r_dport, r_pkts or 0,
-                      r_bytes or 0, odst, osrc, back_sport, back_dport, _REPLY_IN, end, mark,
-                      zone, ctid)  # fmt: skip
-    out += block
-    return len(block) // _RECORD_SIZE
+            b = pack(first, last, fam, proto, rdst, rsrc, out_sport, out_dport, pk, by, rdst,
+                     rsrc, out_sport, out_dport, _ORIGINAL_OUT, end, mark, zone, ctid)  # fmt: skip
+            n = 2
+    if reply:
+        c = pack(first, last, fam, proto, rsrc, rdst, r_sport, r_dport, r_pkts or 0, r_bytes or 0,
+                 odst, osrc, back_sport, back_dport, _REPLY_IN, end, mark, zone, ctid)  # fmt: skip
+        n += 1
+    out += a
+    out += b
+    out += c
+    return n
 
 
 def _deltas(ev: ConntrackEvent, reported: list[int]) -> Counters:
@@ -362,11 +369,8 @@ class Correlator:
         t = event_ns or recv_ns
         if t > self.clock_ns:
             self.clock_ns = t
-        if ct_id is not None:
-            if ct_id in self.closed:
-                self.counters.replayed += 1
-                return
-            self.closed.add(ct_id)
+        # (no memory of closed ids here: without a table nothing can reopen a connection,
+        # and a live DESTROY is read once; saved logs take the text path)
         self.counters.destroy += 1
         if icmp:
             odp = odp << 8 | ocode

@@ -146,66 +146,68 @@ _check_layout()
 
 
 @functools.lru_cache(maxsize=8)
-def _template(exaddr: str) -> str:
-    """The line as one %-format of secs, nsecs, sysuptime, dpkts, doctets, first, last,
-    srcaddr, dstaddr, nexthop, srcport, dstport, prot."""
-    return "%d,%d,%d," + exaddr.replace("%", "%%") + ",%d,%d,%d,%d,%s,%s,%s,0,0,%d,%d,%d,0,0"
-
-
 def format_block(block: bytes, *, exaddr: str, boot_ms: int) -> list[str]:
     """The lines :func:`format_line` gives for each record of a FLOW_RECORD block
     (:func:`~nfflowd.messages.pack_flows`), without building a FlowRecord each.
 
     ValueError on a record whose family is neither 4 nor 6 (the caller formats
     record by record to skip it), or when the block's length is not a multiple of a
-    record's.  The rules of :func:`format_line`, inlined: clamp_span, uptime_base."""
+    record's.  The rules of :func:`format_line`, inlined: clamp_span, uptime_base.
+
+    Cost: turning integers into text is most of a line's work, so what repeats is
+    converted once: the time fields depend only on the flow's (first, last), the
+    same for the two or three records of one connection (the last pair's text is
+    kept); port and protocol numbers come from a table of small integers' text."""
     size = FLOW_RECORD.size
     if len(block) % size:
         raise ValueError(f"flow block of {len(block)} bytes: not a multiple of {size}")
     for cache in _TEXTS.values():
         if len(cache) > TEXTS_MAX:
             cache.clear()
-    line = _template(exaddr)
     texts_of = _TEXTS.get
+    small = _small_texts()
+    exa = exaddr
     lines: list[str] = []
     append = lines.append
+    key = None
+    head = mid = ""
     for first, last, family, proto, src, dst, sport, dport, packets, octets in _ROW.iter_unpack(
         block
     ):
         texts = texts_of(family)
         if texts is None:
             raise ValueError(f"family: {family} is neither 4 nor 6")
-        if first > last:  # clamp_span
-            first = last
-        elif last - first > UPTIME_MAX:
-            first = last - UPTIME_MAX
-        base = last - boot_ms  # uptime_base: the host's uptime at the flow's end ...
-        if base < 0:
-            base = first
-        else:  # ... its last 2**32 ms period, unless the flow started before
-            base = boot_ms + (base >> 32 << 32)
-            if base > first:
+        if (first, last) != key:
+            key = (first, last)
+            if first > last:  # clamp_span
+                first = last
+            elif last - first > UPTIME_MAX:
+                first = last - UPTIME_MAX
+            base = last - boot_ms  # uptime_base: the host's uptime at the flow's end ...
+            if base < 0:
                 base = first
-        up = last - base
+            else:  # ... its last 2**32 ms period, unless the flow started before
+                base = boot_ms + (base >> 32 << 32)
+                if base > first:
+                    base = first
+            up = last - base
+            head = f"{last // 1000},{last % 1000 * 1_000_000},{up},{exa},"
+            mid = f",{first - base},{up},"
         append(
-            line
-            % (
-                last // 1000,
-                last % 1000 * 1_000_000,
-                up,
-                packets,
-                octets,
-                first - base,
-                up,
-                texts[src],
-                texts[dst],
-                _NEXTHOP[family],
-                0 if proto in _ICMP else sport,
-                dport,
-                proto,
-            )
+            f"{head}{packets},{octets}{mid}{texts[src]},{texts[dst]},{_NEXTHOP[family]},0,0,"
+            f"{small[0] if proto in _ICMP else small[sport]},{small[dport]},{small[proto]},0,0"
         )
     return lines
+
+
+_SMALL: list[str] = []
+
+
+def _small_texts() -> list[str]:
+    """The text of every integer a port or protocol field can hold (built on first use)."""
+    if not _SMALL:
+        _SMALL.extend(map(str, range(0x10000)))
+    return _SMALL
 
 
 def parse_line(line: str) -> dict[str, int | str]:
