@@ -37,7 +37,7 @@ from nfflowd.pipeline.stage import Stage
 log = logging.getLogger("nfflowd.ingest")
 NOTICE_INTERVAL_S = 1.0
 #: How long a read waits for the first event of a batch (a live source wakes at once).
-IDLE_READ_S = 0.5
+IDLE_READ_S = 1.0
 
 
 def main(argv: list[str] | None = None) -> int:

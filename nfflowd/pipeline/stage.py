@@ -31,20 +31,10 @@ SETTINGS_FILE = "settings.json"
 STATS_DIR = "stats"
 #: A stopping stage keeps working until its input has been quiet this long.
 QUIET_S = 0.5
+#: While a stage's counters stand still, it reports only this often (see Stage.notify).
+IDLE_NOTICE_S = 4.0
 
 log = logging.getLogger("nfflowd")
-
-
-def peak_rss_kb() -> int:
-    """This process's peak resident set size (VmHWM), in KiB."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def _count_start(rundir: str, name: str) -> int:
@@ -157,6 +147,8 @@ class Stage:
         self.malformed: dict[str, int] = {}
         self.starts = _count_start(self.rundir, name)
         self._stats_path = stats_path(self.rundir, name)
+        self._last_counters: dict[str, int] = {}
+        self._next_idle_notice = 0.0
         self._stats_failed = False
         with contextlib.suppress(OSError):
             os.makedirs(os.path.dirname(self._stats_path), mode=0o700, exist_ok=True)
@@ -197,13 +189,22 @@ class Stage:
         """Publish a notice (dropped when nobody listens) and keep it in the stats file.
 
         Stages call this about once a second and at exit, which bounds the cost
-        of the file (one small JSON write and a rename).
+        of the file (one small JSON write and a rename).  While nothing but the
+        stage's own CPU time changed (an idle firewall), a ``stats`` notice goes out
+        only every IDLE_NOTICE_S: readers take a report older than 5 s for a stage
+        that is gone (nfflowd.outputs.prometheus), and an idle pipeline should cost
+        next to nothing.
         """
         merged = dict(counters)
         for reason, n in self.malformed.items():
             merged[f"malformed_{reason}"] = n
-        merged["peak_rss_kb"] = peak_rss_kb()
+        now = time.monotonic()
+        if token == "stats" and merged == self._last_counters and now < self._next_idle_notice:
+            return
+        self._last_counters = dict(merged)
+        self._next_idle_notice = now + IDLE_NOTICE_S
         usage = resource.getrusage(resource.RUSAGE_SELF)
+        merged["peak_rss_kb"] = usage.ru_maxrss  # KiB on Linux: VmHWM
         merged["cpu_ms"] = int((usage.ru_utime + usage.ru_stime) * 1000)
         merged["starts"] = self.starts
         with contextlib.suppress(zmq.Again):
