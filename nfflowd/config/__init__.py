@@ -163,7 +163,7 @@ def dump_resolved(s: Settings, path: str, *, group: int | None = None) -> None:
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600 if group is None else 0o640)
+            os.fchmod(fh.fileno(), 0o600 if group is None else 0o640)  # not by name
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -39,7 +39,11 @@ def cmd_start(config: str | None, foreground: bool, args: list[str]) -> int:
     links = environment.link_findings(settings)
     here = environment.source_findings(settings) + environment.kernel_findings(settings)
     privs = environment.privilege_findings(settings)
-    for level, text in (here if "ingest" in settings.daemon.stages else []) + links + privs:
+    run = environment.rundir_findings(settings)
+    files = environment.config_file_findings(settings)
+    for level, text in (
+        (here if "ingest" in settings.daemon.stages else []) + links + privs + run + files
+    ):
         if level in ("warning", "error"):
             sys.stderr.write(f"nfflowd: {level}: {text}\n")
     if any(level == "error" for level, _ in links):
@@ -47,6 +51,9 @@ def cmd_start(config: str | None, foreground: bool, args: list[str]) -> int:
         return 1
     if any(level == "error" for level, _ in privs):
         sys.stderr.write("nfflowd: not started: the stages cannot run as <daemon> user\n")
+        return 1
+    if any(level == "error" for level, _ in run):
+        sys.stderr.write("nfflowd: not started: the run directory is refused (see above)\n")
         return 1
     rundir = settings.daemon.rundir
     followers: list[screen.Follower] = []
@@ -154,11 +161,16 @@ def cmd_check(config: str | None, foreground: bool, args: list[str]) -> int:
     if settings is None:
         return 1
     if ns.write_settings:
-        control.prepare(settings, settings.daemon.rundir)
+        try:
+            control.prepare(settings, settings.daemon.rundir)
+        except control.ControlError as exc:
+            sys.stderr.write(f"nfflowd check: not written: {exc}\n")
+            return 1
         print(f"wrote {os.path.join(settings.daemon.rundir, 'settings.json')}")
     here = settings.daemon.stages  # a stage run on another host is checked there
     findings = (
         [("ok", f"configuration {settings.path or '(built-in defaults)'} is valid")]
+        + environment.config_file_findings(settings)
         + [("note", n) for n in settings.notes]
         + ([("ok", "stages run on this host: " + ", ".join(here))] if len(here) < 4 else [])
         + (environment.source_findings(settings) if "ingest" in here else [])
@@ -167,6 +179,7 @@ def cmd_check(config: str | None, foreground: bool, args: list[str]) -> int:
         + (environment.kernel_findings(settings) if "ingest" in here else [])
         + environment.link_findings(settings)
         + environment.privilege_findings(settings)
+        + environment.rundir_findings(settings)
     )
     rundir = settings.daemon.rundir
     running = control.is_running(rundir)

@@ -19,7 +19,8 @@ from typing import Any
 from nfflowd import topology
 from nfflowd.config import Settings, dump_resolved, load_resolved, stage_sections
 from nfflowd.ops import privileges
-from nfflowd.pipeline import endpoints, shards
+from nfflowd.pipeline import rundir as rundirs
+from nfflowd.pipeline import shards
 from nfflowd.pipeline.stage import SETTINGS_FILE, STATS_DIR
 from nfflowd.pipeline.supervision import GROUP, rpc
 
@@ -50,8 +51,9 @@ def render(rundir: str, python: str | None = None) -> str:
 def prepare(settings: Settings, rundir: str) -> str:
     """Create the run directory, write settings.json and supervisord.conf; return the conf path.
 
-    With ``<daemon> user`` (and root) the run directory is laid out for that user
-    first (:mod:`nfflowd.ops.privileges`).
+    The run directory is checked first and refused (ControlError) when it is not
+    safe (:mod:`nfflowd.pipeline.rundir`).  With ``<daemon> user`` (and root) it is
+    laid out for that user (:mod:`nfflowd.ops.privileges`).
     """
     acct = _account(settings)
     group = acct.gid if acct is not None else None
@@ -59,22 +61,24 @@ def prepare(settings: Settings, rundir: str) -> str:
     text = select_stages(render(path), settings.daemon.stages)
     text = shards.programs(text, settings.daemon.correlators, settings.daemon.exporters)
     text = run_as(text + _metrics_program(settings, path), acct.name if acct else None)
-    was_shared = privileges.shared_group(path) is not None
-    path = endpoints.ensure_rundir(path, group)
-    if acct is not None or was_shared:
-        privileges.sanitize(path, text)  # before root writes there
-    dump_resolved(settings, os.path.join(path, SETTINGS_FILE), group=group)
-    conf = os.path.join(path, CONF_NAME)
-    tmp = conf + ".tmp"
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
-        fh.write(text)
-    os.replace(tmp, conf)
-    stats = os.path.join(path, STATS_DIR)
-    os.makedirs(stats, mode=0o700, exist_ok=True)
-    for name in os.listdir(stats):  # a previous run's reports: not this run's counters
-        os.unlink(os.path.join(stats, name))
-    if acct is not None:
-        privileges.settle(path, acct, text, stats)
+    try:
+        found = rundirs.problems(path, group=group, correlators=settings.daemon.correlators)
+        if found:
+            raise rundirs.RundirError("; ".join(found))
+        was_shared = privileges.shared_group(path) is not None
+        path = rundirs.ensure(path, group, correlators=settings.daemon.correlators)
+        if acct is not None or was_shared:
+            privileges.sanitize(path, text)  # before root writes there
+        dump_resolved(settings, os.path.join(path, SETTINGS_FILE), group=group)
+        conf = rundirs.write_file(path, CONF_NAME, text, 0o600)
+        stats = rundirs.subdir(path, STATS_DIR, group)
+        rundirs.clear(stats)  # a previous run's reports: not this run's counters
+        if acct is not None:
+            privileges.settle(path, acct, text, stats)
+    except rundirs.RundirError as exc:
+        raise ControlError(str(exc)) from None
+    except OSError as exc:
+        raise ControlError(f"run directory {path}: {exc}") from None
     return conf
 
 

@@ -7,6 +7,7 @@ none of them changes anything.
 from __future__ import annotations
 
 import os
+import pwd
 import shlex
 import shutil
 import stat
@@ -15,6 +16,7 @@ from nfflowd import topology
 from nfflowd.config import ConntrackSettings, Settings
 from nfflowd.ops import privileges
 from nfflowd.pipeline import curve
+from nfflowd.pipeline import rundir as rundirs
 
 SYSCTL_DIR = "/proc/sys/net/netfilter"
 KERNEL_SWITCHES = {
@@ -250,6 +252,73 @@ def privilege_findings(settings: Settings, *, probe: bool = True) -> list[Findin
             )
         )
     return out
+
+
+def rundir_findings(settings: Settings) -> list[Finding]:
+    """Whether ``<daemon> rundir`` is safe to use (nfflowd.pipeline.rundir); an error makes
+    ``start`` refuse."""
+    path = settings.daemon.rundir
+    group = None
+    try:
+        acct = privileges.account_for(settings.daemon.user)
+        group = acct.gid if acct is not None else None
+    except privileges.PrivilegeError:
+        pass  # privilege_findings says so
+    found = rundirs.problems(path, group=group, correlators=settings.daemon.correlators)
+    if found:
+        return [("error", text) for text in found]
+    state = "exists" if os.path.isdir(path) else "created at start"
+    return [("ok", f"run directory {path} ({state})")]
+
+
+def config_file_findings(settings: Settings) -> list[Finding]:
+    """Warnings when others than its owner and root can change the configuration file:
+    its ``<conntrack> progname`` is a program ingest runs as root, its ``rundir`` where
+    root writes."""
+    path = settings.path
+    if path is None:
+        return []
+    try:
+        st = os.stat(path)
+    except OSError:
+        return []
+    out: list[Finding] = []
+    why = (
+        "whoever can change it chooses what nfflowd runs as root (<conntrack> progname) "
+        "and where root writes (<daemon> rundir)"
+    )
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid not in (0, os.geteuid()):
+        out.append(("warning", f"configuration {path} belongs to {_who(st.st_uid)}: {why}"))
+    if mode & stat.S_IWOTH:
+        text = f"is writable by every user (mode {mode:04o}): {why}; chmod o-w {path}"
+        out.append(("warning", f"configuration {path} {text}"))
+    elif mode & stat.S_IWGRP and st.st_gid != 0:
+        text = f"is writable by group {st.st_gid} (mode {mode:04o}): {why}; chmod g-w {path}"
+        out.append(("warning", f"configuration {path} {text}"))
+    directory = os.path.dirname(os.path.realpath(path))
+    try:
+        dst = os.stat(directory)
+    except OSError:
+        return out
+    dmode = stat.S_IMODE(dst.st_mode)
+    open_dir = dmode & stat.S_IWOTH or (dmode & stat.S_IWGRP and dst.st_gid != 0)
+    if (open_dir and not dmode & stat.S_ISVTX) or dst.st_uid not in (0, os.geteuid()):
+        out.append(
+            (
+                "warning",
+                f"configuration {path}: its directory {directory} (owner {_who(dst.st_uid)}, "
+                f"mode {dmode:04o}) lets others replace the file: {why}",
+            )
+        )
+    return out
+
+
+def _who(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
 
 
 def _unprivileged_port_start() -> int:

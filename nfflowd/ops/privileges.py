@@ -20,6 +20,7 @@ path                               owner:group  mode   why
                                                        path inside; the sticky bit stops G from
                                                        removing or renaming root's files
 ``settings.json``                  root:G       0640   the stages read it, nobody but root writes
+``.nfflowd-rundir``                root:G       0640   marks it nfflowd's (nfflowd.pipeline.rundir)
 ``supervisord.conf``, ``.sock``    root         0600   only root commands supervisord
 logs, ``ingest.*``                 root         0600   made by root before any user process runs
 ``stats/ingest.json``              root:G       0640   the metrics program (as the user) reads it
@@ -53,6 +54,7 @@ from typing import Final
 
 from nfflowd import topology
 from nfflowd.pipeline import endpoints
+from nfflowd.pipeline import rundir as rundirs
 
 #: Programs supervisord starts as ``<daemon> user`` (all but ingest).
 UNPRIVILEGED: Final = ("correlate", "export", "mirror", "metrics")
@@ -178,7 +180,7 @@ def sanitize(rundir: str, conf: str) -> None:
 def settle(rundir: str, acct: Account, conf: str, stats_dir: str) -> None:
     """Lay out *rundir* for *acct* (the table above); as root, after :func:`sanitize` and
     before supervisord starts.  *stats_dir* is the stages' stats directory in *rundir*."""
-    endpoints.ensure_rundir(stats_dir, acct.gid)  # the same rule as the run directory
+    rundirs.subdir(rundir, os.path.basename(stats_dir), acct.gid)  # as the run directory
     for path in [os.path.join(rundir, n) for n in PRECREATE] + logfiles(conf):
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
         os.close(fd)

@@ -29,6 +29,7 @@ from nfflowd.config.settings import DaemonSettings, LinkSettings
 from nfflowd.messages import EOF_TOKEN, Notice
 from nfflowd.ops import control, screen
 from nfflowd.pipeline import codec, endpoints, supervision
+from nfflowd.pipeline import rundir as rundirs
 
 
 class ReplayError(RuntimeError):
@@ -58,7 +59,10 @@ def run(
     settings = replay_settings(settings, logs)
     own_rundir = rundir is None
     run_dir = tempfile.mkdtemp(prefix="nfflowd-replay-") if rundir is None else rundir
-    endpoints.ensure_rundir(run_dir)
+    try:
+        rundirs.ensure(run_dir, correlators=settings.daemon.correlators)
+    except rundirs.RundirError as exc:
+        raise ReplayError(str(exc)) from None
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     sub = endpoints.open_socket(ctx, run_dir, "notices", "receiver", hwm=10000)
     proc = None

@@ -2,12 +2,13 @@
 
 The links themselves (who sends, who receives) are :mod:`nfflowd.topology`.
 By default every endpoint is an ``ipc://`` file inside the run directory, which
-is created mode 0700 (with ``<daemon> user``: root and that user's group only,
-see :func:`ensure_rundir`) so no other local user can connect to them, inject
-flow data or read it.  A data link can instead be a ``tcp://HOST:PORT`` address
-(``<links><NAME> address``), so its two stages run on different hosts; such a
-link is always CURVE-encrypted and its receiver admits only known sender keys
-(:mod:`nfflowd.pipeline.curve`).  The notices stay ``ipc://``: they are local to a host.
+is created mode 0700 (with ``<daemon> user``: root and that user's group only)
+and checked before use (:mod:`nfflowd.pipeline.rundir`), so no other local user
+can connect to them, inject flow data or read it.  A data link can instead be
+a ``tcp://HOST:PORT`` address (``<links><NAME> address``), so its two stages run
+on different hosts; such a link is always CURVE-encrypted and its receiver admits
+only known sender keys (:mod:`nfflowd.pipeline.curve`).  The notices stay
+``ipc://``: they are local to a host.
 The three data links are DEALER <-> DEALER pairs: batches go one way,
 acknowledgements (``Ack``) come back on the same connection (see
 nfflowd.pipeline.delivery).  Receivers bind; senders connect, so a restarted stage on
@@ -81,22 +82,6 @@ def address(rundir: str, name: str, links: LinkSettings | None = None) -> str:
 
 #: A run directory shared with ``<daemon> user``'s group: root:G, sticky (nfflowd.ops.privileges).
 SHARED_RUNDIR_MODE: Final = 0o1770
-
-
-def ensure_rundir(rundir: str, group: int | None = None) -> str:
-    """Create the run directory if needed and return its absolute path.
-
-    Mode 0700; with *group* (root only: ``<daemon> user``'s primary group) owned
-    by root:*group*, mode 1770, so the unprivileged stages can bind their
-    endpoints and create their files while other users still cannot resolve a
-    path inside and the group cannot remove or rename root's files.
-    """
-    path = os.path.abspath(rundir)
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    if group is not None:
-        os.chown(path, 0, group)
-    os.chmod(path, 0o700 if group is None else SHARED_RUNDIR_MODE)
-    return path
 
 
 def share_socket(path: str, gid: int) -> None:

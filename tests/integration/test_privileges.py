@@ -26,9 +26,11 @@ from pathlib import Path
 import pytest
 
 import nfflowd
+from nfflowd.config import load
 from nfflowd.lab.events import generate
 from nfflowd.ops import control, privileges
 from nfflowd.pipeline import endpoints
+from nfflowd.pipeline import rundir as rundirs
 from tests.needs import needs
 from tests.pipeline_harness import nfflowd as run_cli
 from tests.pipeline_harness import wait_all_running
@@ -336,7 +338,7 @@ def test_sanitize_removes_planted_links_and_keeps_root_files(
     """What a compromised stage could leave under root's names is removed, not followed."""
     user, _ = accounts
     run = workdir / "run"
-    endpoints.ensure_rundir(str(run), user.pw_gid)
+    rundirs.ensure(str(run), user.pw_gid)
     victim = workdir / "victim"
     victim.write_text("precious\n")
     conf = control.run_as(control.render(str(run)), user.pw_name)
@@ -359,6 +361,70 @@ def test_sanitize_removes_planted_links_and_keeps_root_files(
     assert (run / "correlate.starts").stat().st_uid == user.pw_uid
     st = (run / "stats").stat()
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, user.pw_gid, 0o1770)
+
+
+def test_the_run_directory_is_refused_to_the_user_and_to_others(
+    accounts: tuple[pwd.struct_passwd, pwd.struct_passwd], workdir: Path
+) -> None:
+    """Issue 13: a run directory the stages' user owns (it could replace settings.json,
+    whose <conntrack> progname root runs) or another user pre-created in a sticky,
+    world-writable parent is refused by check and start and left as it was."""
+    user, other = accounts
+    log = workdir / "e.log"
+    generate(str(log), 10, open_conns=5)
+    public = workdir / "public"
+    public.mkdir()
+    public.chmod(0o1777)  # as /tmp
+    for owner in (user, other):
+        run = public / f"run-{owner.pw_name}"
+        run.mkdir()
+        os.chown(run, owner.pw_uid, owner.pw_gid)
+        conf = _config(workdir / "c.conf", log, run, user.pw_name)
+        text = f"run directory {run} belongs to {owner.pw_name} (uid {owner.pw_uid}), not root"
+        with interpreter_reachable(user):  # so that only the run directory is wrong
+            check = run_cli("-c", str(conf), "check", check=False)
+            start = run_cli("-c", str(conf), "start", check=False)
+        assert check.returncode == 1 and f"error    {text}" in check.stdout, check.stdout
+        assert start.returncode == 1 and text in start.stderr, start.stderr
+        assert "not started: the run directory is refused" in start.stderr
+        assert os.listdir(run) == [] and run.stat().st_uid == owner.pw_uid
+
+
+def test_links_the_user_plants_in_the_shared_run_directory_are_not_followed(
+    accounts: tuple[pwd.struct_passwd, pwd.struct_passwd], workdir: Path
+) -> None:
+    """Issue 13: a supervisord.conf.tmp symlink made root overwrite a root-owned 0600
+    file; a stats symlink had root empty the directory it pointed to."""
+    user, _ = accounts
+    log = workdir / "e.log"
+    generate(str(log), 10, open_conns=5)
+    run = workdir / "run"
+    conf = _config(workdir / "c.conf", log, run, user.pw_name)
+    settings = load(str(conf))
+    control.prepare(settings, str(run))  # a first start laid it out: root:G 1770
+    victim = workdir / "victim"
+    victim.write_text("root's 0600 file\n")
+    victim.chmod(0o600)
+    victims = workdir / "victims"
+    victims.mkdir()
+    (victims / "keep").write_text("kept\n")
+    shutil.rmtree(run / "stats")  # the sticky bit keeps the user from removing root's
+    plant = (
+        "import os, sys; run = sys.argv[1]; "
+        "os.symlink(sys.argv[2], run + '/supervisord.conf.tmp'); "
+        "os.symlink(sys.argv[3], run + '/stats')"
+    )
+    switch = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups"]
+    args = [sys.executable, "-I", "-c", plant, str(run), str(victim), str(victims)]
+    subprocess.run([*switch, *args], check=True, capture_output=True, timeout=60)
+    assert (run / "stats").is_symlink() and (run / "supervisord.conf.tmp").is_symlink()
+    control.prepare(settings, str(run))
+    assert victim.read_text() == "root's 0600 file\n"
+    assert (victims / "keep").read_text() == "kept\n"
+    st = (run / "stats").lstat()
+    assert stat.S_ISDIR(st.st_mode) and (st.st_uid, st.st_gid) == (0, user.pw_gid)
+    assert not (run / "supervisord.conf.tmp").exists()
+    assert (run / "supervisord.conf").stat().st_uid == 0
 
 
 def _staging_root(base: Path) -> Path:

@@ -18,6 +18,7 @@ import pytest
 
 from nfflowd.lab.events import generate
 from nfflowd.pipeline import endpoints, supervision
+from nfflowd.pipeline import rundir as rundirs
 from nfflowd.pipeline.sink import CHUNK
 from tests.pipeline_harness import end_replay, nfflowd, running_pid, start_replay, write_config
 
@@ -75,7 +76,7 @@ def test_stage_failing_on_start_ends_fatal_with_its_cause_logged(tmp_path: Path)
     `nfflowd check` shows it, the other stages keep running, and export's log says
     which endpoint could not be opened."""
     rundir = tmp_path / "run"
-    endpoints.ensure_rundir(str(rundir))
+    rundirs.ensure(str(rundir))
     blocker = rundir / endpoints.BY_NAME["flows.export"].filename
     (blocker / "not-a-socket").mkdir(parents=True)  # non-empty: cannot be unlinked
     empty = tmp_path / "empty.log"
