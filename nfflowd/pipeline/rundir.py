@@ -177,8 +177,7 @@ def _owner_problems(path: str, st: os.stat_result, group: int | None) -> list[st
     if st.st_uid == owner:
         return []
     why = (
-        "it could replace settings.json, which root reads and whose <conntrack> progname "
-        "root runs"
+        "it could replace settings.json, which root reads and whose <conntrack> progname root runs"
         if group is not None and st.st_gid == group
         else "that user could read the flows and replace root's files"
     )
