@@ -152,6 +152,7 @@ from nfflowd import topology  # noqa: E402
 from nfflowd.config import Collector, Dispatcher, load  # noqa: E402
 from nfflowd.conntrack.kernel import NETLINK_NETFILTER, open_in_netns, run_in_netns  # noqa: E402
 from nfflowd.lab.nfcapd import Nfcapd  # noqa: E402
+from nfflowd.lab.nfcapd import _parse_time_ms as parse_time_ms  # noqa: E402
 from nfflowd.ops import control  # noqa: E402
 from nfflowd.pipeline import supervision  # noqa: E402
 
@@ -321,12 +322,31 @@ class FwNfcapd(Nfcapd):
         return state
 
 
-def collector_result(cap: Nfcapd) -> dict[str, int]:
-    """Everything sent so far processed, then stored flows and socket drops."""
+def collector_result(cap: Nfcapd) -> dict[str, Any]:
+    """Everything sent so far processed, then stored flows, socket drops and latencies."""
     cap.sync()
     drops = cap.drops()
     cap._terminate()
-    return {"stored": cap.stats().get("Flows", 0), "collector_drops": drops}
+    return {"stored": cap.stats().get("Flows", 0), "collector_drops": drops,
+            "latency_ms": latencies(cap)}  # fmt: skip
+
+
+def latencies(cap: Nfcapd) -> list[int]:
+    """Per stored record: when the collector received it minus when its flow ended (the
+    kernel's stop timestamp of the connection, i.e. its DESTROY), in ms (nfdump %tr - %te)."""
+    out = []
+    with contextlib.suppress(Exception):
+        for te, tr in cap.rows("fmt:%te|%tr"):
+            out.append(parse_time_ms(tr) - parse_time_ms(te))
+    return out
+
+
+def percentiles(values: list[int]) -> str:
+    if not values:
+        return "n/a"
+    v = sorted(values)
+    pick = [v[min(len(v) - 1, int(q * len(v)))] for q in (0.5, 0.9, 0.99)]
+    return f"{pick[0]:>6} {pick[1]:>6} {pick[2]:>6} {v[-1]:>6}"
 
 
 def final_counters(log: Path) -> dict[str, int]:
@@ -618,6 +638,7 @@ def run_step(
     for c in consumers:
         c.start()
     spies = start_profiles(consumers, rate, a.profile) if a.profile else []
+    idle = idle_cpu(consumers, a.idle) if a.idle else {}
     k0 = kernel_state(lab)
     cpu0 = {c.name: {n: cpu_seconds(p) for n, p in c.pids.items()} for c in consumers}
     st: dict[str, Any] = {}
@@ -627,12 +648,26 @@ def run_step(
     step.update({k: k1[k] - k0[k] for k in ("created", "drop", "early_drop", "insert_failed")})
     if spies:
         step["profile"] = stop_profiles(spies)
+    for name, pct in idle.items():
+        step.setdefault("idle", {})[name] = pct
     for c in consumers:
         cpu = {n: cpu_seconds(p) - cpu0[c.name][n] for n, p in c.pids.items()}
         sock = listener_state(lab, c.listener_pid) or (0, -1)
         extra = {"peak_queue": st[c.name]["peak_queue"], "busy_s": st[c.name]["busy_s"]}
         step[c.name] = {**c.finish(), **extra, "cpu": cpu, "sock_drops": sock[1]}
     return step
+
+
+def idle_cpu(consumers: list[Consumer], seconds: float) -> dict[str, float]:
+    """CPU of each consumer (all its processes) with no traffic, in % of one core, over
+    *seconds* (after 2 s to settle from the start)."""
+    time.sleep(2)
+    c0 = {c.name: sum(cpu_seconds(p) for p in c.pids.values()) for c in consumers}
+    time.sleep(seconds)
+    return {
+        c.name: (sum(cpu_seconds(p) for p in c.pids.values()) - c0[c.name]) * 100 / seconds
+        for c in consumers
+    }
 
 
 # ------------------------------------------------------------------ profiles (py-spy)
@@ -793,6 +828,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--prefix", default="nfk-live-", help="lab namespace prefix")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("--profile", default="", help="py-spy every nfflowd process into this dir")
+    p.add_argument("--idle", type=float, default=0.0, help="s of idle CPU to measure per step")
     return p.parse_args(argv)
 
 
@@ -824,6 +860,8 @@ def main(argv: list[str]) -> int:
     started = time.monotonic()
     lines: list[tuple[str, str]] = []
     profiles: list[str] = []
+    latency_lines: list[str] = []
+    idle_lines: list[str] = []
     try:
         lab = labmod.up(a.prefix)
         for ns, rules in ((lab.client, CLIENT_RULES), (lab.fw, FW_RULES)):
@@ -853,6 +891,13 @@ def main(argv: list[str]) -> int:
                 for name in (k for k, v in step.items() if isinstance(v, dict) and "cpu" in v):
                     lines.append(show_step(name, step))
                     print(lines[-1][0], flush=True)
+                    if name in step.get("idle", {}):
+                        idle_lines.append(
+                            f"{name:<16} {rate or 'max':>7} {step['idle'][name]:6.2f}"
+                        )
+                    lat = step[name].pop("latency_ms", [])
+                    if name.startswith("nfflowd"):
+                        latency_lines.append(f"{name:<16} {rate or 'max':>7} {percentiles(lat)}")
                 for proc, top in step.get("profile", {}).items():
                     profiles.append(f"{rate or 'max':>7} {proc:<12} " + "; ".join(
                         f"{fn} {share:.0%}" for fn, share in top[:6]))  # fmt: skip
@@ -874,6 +919,12 @@ def main(argv: list[str]) -> int:
             shutil.rmtree(work, ignore_errors=True)
     print(f"\n{DELIVERY}\n" + "\n".join(d for d, _ in lines))
     print(f"\n{CPU}\n" + "\n".join(c for _, c in lines))
+    if idle_lines:
+        print("\nidle CPU, no traffic, % of one core (every process of the consumer):")
+        print("\n".join(idle_lines))
+    print("\nlatency: collector receive time - flow end (the DESTROY's kernel stop), ms")
+    print(f"{'consumer':<16} {'target':>7} {'p50':>6} {'p90':>6} {'p99':>6} {'max':>6}")
+    print("\n".join(latency_lines))
     if profiles:
         print("\npy-spy, self time by function (share of each process's samples):")
         print("\n".join(profiles))

@@ -39,6 +39,19 @@ def text_lines(data: bytes) -> list[str]:
     return lines
 
 
+def line_ct_id(line: bytes) -> int | None:
+    """The conntrack id a ``-o id`` line ends with (what :func:`parse_line` gives as
+    ``ct_id``), read without parsing the line; None when it does not end so (then parse
+    it: an ICMP tuple's ``code=N id=N`` is the ICMP id, not the conntrack id)."""
+    head, _, last = line.rstrip(b"\r\n").rpartition(b" id=")
+    if not last.isdigit() or len(last) > 10 or not head:
+        return None
+    if head[head.rfind(b" ") + 1 :].startswith(b"code="):
+        return None
+    ct_id = int(last)
+    return ct_id if ct_id <= 0xFFFFFFFF else None
+
+
 def frame(out: bytearray, recv_ns: int, datagram: bytes | memoryview) -> None:
     """Append one received datagram to a NETLINK payload."""
     out += DATAGRAM_FRAME.pack(recv_ns, len(datagram))
@@ -189,11 +202,15 @@ def split(payload: int, data: bytes, n: int) -> list[tuple[bytes, int]]:
     counts = [0] * n
     if payload == Payload.TEXT:
         for line in data.splitlines(keepends=True):
-            try:
-                ev = parse_line(line.decode("utf-8", "replace"))
-            except ParseError:
-                ev = None
-            i = shard_of(ev, n) if ev is not None else 0
+            ct_id = line_ct_id(line)
+            if ct_id:  # what shard_of takes from the parsed event, read off the line's end
+                i = ct_id % n
+            else:
+                try:
+                    ev = parse_line(line.decode("utf-8", "replace"))
+                except ParseError:
+                    ev = None
+                i = shard_of(ev, n) if ev is not None else 0
             parts[i] += line
             counts[i] += 1
         return [(bytes(p), c) for p, c in zip(parts, counts, strict=True)]

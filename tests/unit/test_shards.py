@@ -8,9 +8,15 @@ from pathlib import Path
 import pytest
 
 from nfflowd import config, topology
+from nfflowd.conntrack.payloads import line_ct_id, split
+from nfflowd.conntrack.text import ParseError, parse_line
+from nfflowd.lab.events import generate
+from nfflowd.messages import Payload
 from nfflowd.ops import control
 from nfflowd.pipeline import endpoints, shards
 from tests.conntrack_events import numbered_event as event
+
+DATA_TEXT = Path(__file__).resolve().parent.parent / "data" / "conntrack-text"
 
 
 def test_a_connection_always_meets_the_same_correlator() -> None:
@@ -94,3 +100,28 @@ def test_config_keys_and_their_bounds(tmp_path: Path) -> None:
     bad.write_text("<daemon>\n  correlators 2\n  exporters 3\n</daemon>\n")
     with pytest.raises(config.ConfigError, match="exporters"):
         config.load(str(bad))
+
+
+def test_a_text_payload_is_split_where_shard_of_sends_each_event(tmp_path: Path) -> None:
+    """Ingest splits a stateful source's batch without parsing the lines that end with their
+    conntrack id (line_ct_id): every line lands where shard_of sends its parsed event."""
+    log = tmp_path / "events.log"
+    generate(str(log), 3000, seed=5)
+    data = (
+        log.read_bytes()
+        + (DATA_TEXT / "events-acct-id-ktimestamp-labels-userspace.txt").read_bytes()
+    )
+    parts = split(Payload.TEXT, data, 3)
+    assert sum(n for _, n in parts) == data.count(b"\n")
+    for i, (part, _) in enumerate(parts):
+        for line in part.decode().splitlines():
+            try:
+                ev = parse_line(line)
+            except ParseError:
+                ev = None
+            assert (shards.shard_of(ev, 3) if ev is not None else 0) == i, line
+    for line in data.splitlines():
+        ct_id = line_ct_id(line)
+        if ct_id is not None:
+            ev = parse_line(line.decode())
+            assert ev is not None and ev.ct_id == ct_id
