@@ -19,6 +19,9 @@ from nfflowd.pipeline import supervision
 from nfflowd.pipeline.stage import SETTINGS_FILE, read_stats
 
 UNIT_NAME = install.UNIT_NAME
+#: ``nfflowd replay``'s exit status when the logs were replayed but not every flow line
+#: could be delivered (nfflowd.ops.replay.Undelivered).
+UNDELIVERED = 3
 
 
 def _load(config: str | None, *, quiet: bool = False) -> Settings | None:
@@ -285,12 +288,34 @@ def cmd_replay(config: str | None, foreground: bool, args: list[str]) -> int:
         "--rundir", default=None, help="run directory (default: a private temporary one)"
     )
     p.add_argument("--timeout", type=float, default=None)
+    p.add_argument(
+        "--delivery-wait",
+        type=float,
+        default=replay.DELIVERY_WAIT_S,
+        metavar="SECONDS",
+        help="how long the mirror may hold lines it cannot deliver (syslog down) with "
+        "nothing else moving; then replay stops and exits 3 naming them (default "
+        f"{replay.DELIVERY_WAIT_S:.0f})",
+    )
     ns = p.parse_args(args)
     settings = _load(config)
     if settings is None:
         return 1
+    for level, text in environment.mirror_findings(settings):
+        if level in ("warning", "error"):
+            sys.stderr.write(f"nfflowd replay: {level}: {text}\n")
     try:
-        replay.run(settings, ns.logs, rundir=ns.rundir, timeout=ns.timeout, out=sys.stdout)
+        replay.run(
+            settings,
+            ns.logs,
+            rundir=ns.rundir,
+            timeout=ns.timeout,
+            out=sys.stdout,
+            delivery_wait=ns.delivery_wait,
+        )
+    except replay.Undelivered as exc:
+        sys.stderr.write(f"nfflowd replay: {exc}\n")
+        return UNDELIVERED
     except (replay.ReplayError, control.ControlError) as exc:
         sys.stderr.write(f"nfflowd replay: {exc}\n")
         return 1

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TextIO, cast
 
+from nfflowd.config import Dispatcher as DispatcherSettings
 from nfflowd.config import Settings
 from nfflowd.formats import flowtools_csv, json_lines
 from nfflowd.formats.syslog import FLOW_LINE_SEVERITY
@@ -65,6 +66,12 @@ def screen_stream(rundir: str, stderr: bool) -> TextIO | None:
         return None
 
 
+def gets_flow_lines(d: DispatcherSettings) -> bool:
+    """Whether dispatcher *d* is given flow lines (its min_level lets ``notice`` through);
+    the mirror's counters number those ``d0``, ``d1``, ... in configuration order."""
+    return LEVELS[d.min_level] >= LEVELS[FLOW_LINE_LEVEL]
+
+
 def make_dispatchers(
     settings: Settings, screen_dir: str | None = None
 ) -> list[tuple[str, Dispatcher]]:
@@ -75,7 +82,7 @@ def make_dispatchers(
     (:mod:`nfflowd.outputs.screen_file`); without, to this process's stdout/stderr."""
     out: list[tuple[str, Dispatcher]] = []
     for d in settings.mirror.dispatchers:
-        if LEVELS[d.min_level] < LEVELS[FLOW_LINE_LEVEL]:
+        if not gets_flow_lines(d):
             log.warning(
                 "dispatcher %s: min_level %s is above %s: it gets no flow lines",
                 d.name,
