@@ -32,6 +32,7 @@ import dataclasses
 import json
 import os
 import re
+import select
 import selectors
 import shutil
 import signal
@@ -42,6 +43,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -150,9 +152,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nfflowd import lab as labmod  # noqa: E402
 from nfflowd import topology  # noqa: E402
 from nfflowd.config import Collector, Dispatcher, load  # noqa: E402
-from nfflowd.conntrack.kernel import NETLINK_NETFILTER, open_in_netns, run_in_netns  # noqa: E402
+from nfflowd.conntrack.kernel import (  # noqa: E402
+    NETLINK_NETFILTER,
+    CtnetlinkListener,
+    open_in_netns,
+    run_in_netns,
+)
+from nfflowd.conntrack.payloads import PayloadDecoder  # noqa: E402
 from nfflowd.lab.nfcapd import Nfcapd  # noqa: E402
 from nfflowd.lab.nfcapd import _parse_time_ms as parse_time_ms  # noqa: E402
+from nfflowd.messages import Payload  # noqa: E402
 from nfflowd.ops import control  # noqa: E402
 from nfflowd.pipeline import supervision  # noqa: E402
 
@@ -322,22 +331,59 @@ class FwNfcapd(Nfcapd):
         return state
 
 
-def collector_result(cap: Nfcapd) -> dict[str, Any]:
+def collector_result(cap: Nfcapd, destroyed: dict[tuple[str, int], int] | None = None
+                     ) -> dict[str, Any]:  # fmt: skip
     """Everything sent so far processed, then stored flows, socket drops and latencies."""
     cap.sync()
     drops = cap.drops()
     cap._terminate()
-    return {"stored": cap.stats().get("Flows", 0), "collector_drops": drops,
-            "latency_ms": latencies(cap)}  # fmt: skip
+    out: dict[str, Any] = {"stored": cap.stats().get("Flows", 0), "collector_drops": drops}
+    if destroyed:
+        out["latency_ms"] = latencies(cap, destroyed)
+    return out
 
 
-def latencies(cap: Nfcapd) -> list[int]:
-    """Per stored record: when the collector received it minus when its flow ended (the
-    kernel's stop timestamp of the connection, i.e. its DESTROY), in ms (nfdump %tr - %te)."""
+class DestroyProbe:
+    """When the kernel sent each DESTROY: a listener of our own in the fw namespace (the
+    event's kernel timestamp, CTA_TIMESTAMP_EVENT, or its receive time), by the original
+    source address and port of its connection (distinct for every bench connection).
+
+    The flow's end (the kernel's stop timestamp) is not the moment to measure from: for a
+    connection reaped by the garbage collector the kernel backdates it to the expiry, up
+    to seconds before the DESTROY is sent (nf_ct_delete)."""
+
+    def __init__(self, netns: str) -> None:
+        self.listener = CtnetlinkListener(netns=netns, destroy_only=True, kernel_time=True)
+        self.data = bytearray()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            select.select([self.listener.fileno()], [], [], 0.2)
+            self.listener.recv_frames(self.data)
+
+    def finish(self) -> dict[tuple[str, int], int]:
+        self.stop.set()
+        self.thread.join(5)
+        self.listener.recv_frames(self.data)
+        self.listener.close()
+        events = PayloadDecoder().decode(Payload.NETLINK, bytes(self.data))
+        return {(socket.inet_ntop(socket.AF_INET if e.family == 4 else socket.AF_INET6,
+                                  e.orig_src), e.orig_sport): e.time_ns // 1_000_000
+                for e in events if e.type == 3}  # fmt: skip
+
+
+def latencies(cap: Nfcapd, destroyed: dict[tuple[str, int], int]) -> list[int]:
+    """Per stored record of a connection's original direction as it arrived: when the
+    collector received it minus when the kernel sent the connection's DESTROY, in ms."""
     out = []
     with contextlib.suppress(Exception):
-        for te, tr in cap.rows("fmt:%te|%tr"):
-            out.append(parse_time_ms(tr) - parse_time_ms(te))
+        for sa, sp, tr in cap.rows("fmt:%sa|%sp|%tr"):
+            sent = destroyed.get((sa, int(sp)))
+            if sent is not None:
+                out.append(parse_time_ms(tr) - sent)
     return out
 
 
@@ -398,8 +444,12 @@ class NfflowdRun:
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self.pids: dict[str, int] = {}
+        self.latency = a.latency
+        self.probe: DestroyProbe | None = None
 
     def start(self) -> None:
+        if self.latency:
+            self.probe = DestroyProbe(self.lab.fw)
         self.proc = control.launch_foreground(self.settings, str(self.rundir), silent=True)
         self.pids = {"supervisord": self.proc.pid}
 
@@ -416,10 +466,11 @@ class NfflowdRun:
         return self.pids["ingest"]
 
     def finish(self) -> dict[str, Any]:
+        destroyed = self.probe.finish() if self.probe is not None else None
         control.stop(str(self.rundir))
         assert self.proc is not None
         self.proc.wait(30)
-        out: dict[str, Any] = collector_result(self.cap)
+        out: dict[str, Any] = collector_result(self.cap, destroyed)
         self.cap.close()
         out.update(final_counters(self.rundir / "ingest.log"))
         out.update(final_counters(self.rundir / "correlate.log"))
@@ -829,6 +880,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("--profile", default="", help="py-spy every nfflowd process into this dir")
     p.add_argument("--idle", type=float, default=0.0, help="s of idle CPU to measure per step")
+    p.add_argument("--latency", action="store_true", help="DESTROY -> collector latency")
     return p.parse_args(argv)
 
 
@@ -922,7 +974,7 @@ def main(argv: list[str]) -> int:
     if idle_lines:
         print("\nidle CPU, no traffic, % of one core (every process of the consumer):")
         print("\n".join(idle_lines))
-    print("\nlatency: collector receive time - flow end (the DESTROY's kernel stop), ms")
+    print("\nlatency: collector receive time of a connection's first record - its DESTROY, ms")
     print(f"{'consumer':<16} {'target':>7} {'p50':>6} {'p90':>6} {'p99':>6} {'max':>6}")
     print("\n".join(latency_lines))
     if profiles:
