@@ -121,10 +121,10 @@ def run_in_process(log: Path, csv_path: Path | None) -> Run:
     return Run(name, wall, cpu, records, f"{malformed} malformed" if malformed else "")
 
 
-def run_pipeline(log: Path, rundir: Path) -> Run:
+def run_pipeline(log: Path, rundir: Path, correlators: int = 1) -> Run:
     """``nfflowd replay`` into nfcapd, as bench_pipeline.py does; CPU = sum over the stages."""
     with Nfcapd(extra_args=["-B", "8388608"]) as cap:
-        settings = replay_settings(cap.port)
+        settings = replay_settings(cap.port, correlators)
         t0 = time.perf_counter()
         counters = replay.run(settings, [str(log)], rundir=str(rundir))
         wall = time.perf_counter() - t0
@@ -139,7 +139,8 @@ def run_pipeline(log: Path, rundir: Path) -> Run:
     exports = [c for n, c in counters.items() if n.startswith("export")]
     skipped = sum(c.get("c0_skipped_ipv6", 0) for c in exports)
     note = f"mirrored {mirrored}, nfcapd stored {stored} (+{skipped} IPv6 not in v5)"
-    return Run("nfflowd pipeline (4 stages, replay)", wall, cpu, records, note)
+    what = "4 stages" if correlators == 1 else f"{correlators} correlators"
+    return Run(f"nfflowd pipeline ({what}, replay)", wall, cpu, records, note)
 
 
 def main() -> None:
@@ -147,6 +148,7 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--no-pipeline", action="store_true", help="skip the supervised pipeline")
+    ap.add_argument("--correlators", default="1", help="pipeline runs: correlator counts, e.g. 1,2")
     ns = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="nfflowd-vs-seed-"))
     log = work / "events.log"
@@ -176,7 +178,8 @@ def main() -> None:
     runs.append(run_in_process(log, work / "nfflowd.csv"))
     if not ns.no_pipeline:
         print(f"[pipeline] {_load()}", flush=True)
-        runs.append(run_pipeline(log, work / "run"))
+        for n in (int(c) for c in ns.correlators.split(",")):
+            runs.append(run_pipeline(log, work / f"run-{n}", n))
 
     print()
     print(

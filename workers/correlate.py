@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             # backpressure: while an output is full, events wait (only acks are read)
             blocked = any(out.full() for out in outs.values())
             poller.modify(inlet.sock, 0 if blocked else zmq.POLLIN)
-            ready = dict(poller.poll(1000 if idle else 100))
+            ready = dict(poller.poll(stage.poll_ms(last_input, busy=not idle)))
             acked = {name: newest for name, out in outs.items()
                      if out.sock in ready and (newest := out.poll_acks()) is not None}  # fmt: skip
             for name, newest in acked.items():

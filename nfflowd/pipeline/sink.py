@@ -305,9 +305,9 @@ def _consume(stage: Stage, inputs: list[_Input], flow: Flow) -> None:
         if time.monotonic() >= next_notice:
             stage.notify("stats", counters())
             next_notice = time.monotonic() + NOTICE_INTERVAL_S
-        # quiet: wake once a second (heartbeat, notice); records held: retry every 100 ms
-        busy = sink.pending() or any(inp.waiting for inp in inputs) or stage.stopping
-        ready = dict(poller.poll(100 if busy else 1000))
+        # records held (an outage, a slow reader): retry every 100 ms
+        busy = bool(sink.pending() or any(inp.waiting for inp in inputs))
+        ready = dict(poller.poll(stage.poll_ms(last_input, busy=busy)))
         if not ready:
             if sink.pending():
                 sink.flush()  # an outage or a slow reader: retry now and then

@@ -33,6 +33,8 @@ STATS_DIR = "stats"
 QUIET_S = 0.5
 #: While a stage's counters stand still, it reports only this often (see Stage.notify).
 IDLE_NOTICE_S = 4.0
+#: A stage whose input has been quiet this long polls once a second (Stage.poll_ms).
+QUIET_POLL_AFTER_S = 5.0
 
 log = logging.getLogger("nfflowd")
 
@@ -161,6 +163,14 @@ class Stage:
             log.info("signal %d: draining, then stopping", signum)
         self.stopping = True
         self.stop_deadline = time.monotonic() + float(os.environ.get("NFFLOWD_DRAIN_S", "10"))
+
+    def poll_ms(self, last_input: float, *, busy: bool = False) -> int:
+        """How long a loop may wait for input: 100 ms while it works, is asked to stop, or
+        had input lately; once quiet for QUIET_POLL_AFTER_S, a second (an idle pipeline
+        wakes once a second per stage: heartbeat and notice)."""
+        if busy or self.stopping or time.monotonic() - last_input < QUIET_POLL_AFTER_S:
+            return 100
+        return 1000
 
     def done_draining(self, last_input: float) -> bool:
         """True once a stop was asked and input has been quiet (or the deadline passed).
