@@ -339,7 +339,9 @@ def collector_result(cap: Nfcapd, destroyed: dict[tuple[str, int], int] | None =
     cap._terminate()
     out: dict[str, Any] = {"stored": cap.stats().get("Flows", 0), "collector_drops": drops}
     if destroyed:
-        out["latency_ms"] = latencies(cap, destroyed)
+        out["latency_ms"] = lat = latencies(cap, destroyed)
+        out["probe_destroys"] = len(destroyed)
+        out["probe_missing"] = len(destroyed) - len(lat)
     return out
 
 
@@ -376,12 +378,13 @@ class DestroyProbe:
 
 
 def latencies(cap: Nfcapd, destroyed: dict[tuple[str, int], int]) -> list[int]:
-    """Per stored record of a connection's original direction as it arrived: when the
-    collector received it minus when the kernel sent the connection's DESTROY, in ms."""
+    """Per DESTROY the probe saw whose connection has its original-direction record at the
+    collector: when the collector received it minus when the kernel sent the DESTROY, in
+    ms.  The DESTROYs without such a record are the records lost on the way."""
     out = []
     with contextlib.suppress(Exception):
         for sa, sp, tr in cap.rows("fmt:%sa|%sp|%tr"):
-            sent = destroyed.get((sa, int(sp)))
+            sent = destroyed.pop((sa, int(sp)), None)
             if sent is not None:
                 out.append(parse_time_ms(tr) - sent)
     return out
@@ -948,8 +951,11 @@ def main(argv: list[str]) -> int:
                             f"{name:<16} {rate or 'max':>7} {step['idle'][name]:6.2f}"
                         )
                     lat = step[name].pop("latency_ms", [])
-                    if name.startswith("nfflowd"):
-                        latency_lines.append(f"{name:<16} {rate or 'max':>7} {percentiles(lat)}")
+                    if name.startswith("nfflowd") and a.latency:
+                        seen = step[name].get("probe_destroys", 0)
+                        lost = step[name].get("probe_missing", 0)
+                        row = f"{name:<16} {rate or 'max':>7} {percentiles(lat)}"
+                        latency_lines.append(f"{row} {seen:>9,} {lost:>7,}")
                 for proc, top in step.get("profile", {}).items():
                     profiles.append(f"{rate or 'max':>7} {proc:<12} " + "; ".join(
                         f"{fn} {share:.0%}" for fn, share in top[:6]))  # fmt: skip
@@ -975,7 +981,8 @@ def main(argv: list[str]) -> int:
         print("\nidle CPU, no traffic, % of one core (every process of the consumer):")
         print("\n".join(idle_lines))
     print("\nlatency: collector receive time of a connection's first record - its DESTROY, ms")
-    print(f"{'consumer':<16} {'target':>7} {'p50':>6} {'p90':>6} {'p99':>6} {'max':>6}")
+    print(f"{'consumer':<16} {'target':>7} {'p50':>6} {'p90':>6} {'p99':>6} {'max':>6}"
+          f" {'DESTROYs':>9} {'missing':>7}")  # fmt: skip
     print("\n".join(latency_lines))
     if profiles:
         print("\npy-spy, self time by function (share of each process's samples):")
