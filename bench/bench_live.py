@@ -331,7 +331,7 @@ class FwNfcapd(Nfcapd):
         return state
 
 
-def collector_result(cap: Nfcapd, destroyed: dict[tuple[str, int], int] | None = None
+def collector_result(cap: Nfcapd, destroyed: dict[tuple[str, int, int], int] | None = None
                      ) -> dict[str, Any]:  # fmt: skip
     """Everything sent so far processed, then stored flows, socket drops and latencies."""
     cap.sync()
@@ -348,7 +348,7 @@ def collector_result(cap: Nfcapd, destroyed: dict[tuple[str, int], int] | None =
 class DestroyProbe:
     """When the kernel sent each DESTROY: a listener of our own in the fw namespace (the
     event's kernel timestamp, CTA_TIMESTAMP_EVENT, or its receive time), by the original
-    source address and port of its connection (distinct for every bench connection).
+    source address and ports of its connection (distinct for every bench connection).
 
     The flow's end (the kernel's stop timestamp) is not the moment to measure from: for a
     connection reaped by the garbage collector the kernel backdates it to the expiry, up
@@ -366,25 +366,25 @@ class DestroyProbe:
             select.select([self.listener.fileno()], [], [], 0.2)
             self.listener.recv_frames(self.data)
 
-    def finish(self) -> dict[tuple[str, int], int]:
+    def finish(self) -> dict[tuple[str, int, int], int]:
         self.stop.set()
         self.thread.join(5)
         self.listener.recv_frames(self.data)
         self.listener.close()
         events = PayloadDecoder().decode(Payload.NETLINK, bytes(self.data))
         return {(socket.inet_ntop(socket.AF_INET if e.family == 4 else socket.AF_INET6,
-                                  e.orig_src), e.orig_sport): e.time_ns // 1_000_000
+                                  e.orig_src), e.orig_sport, e.orig_dport): e.time_ns // 1_000_000
                 for e in events if e.type == 3}  # fmt: skip
 
 
-def latencies(cap: Nfcapd, destroyed: dict[tuple[str, int], int]) -> list[int]:
+def latencies(cap: Nfcapd, destroyed: dict[tuple[str, int, int], int]) -> list[int]:
     """Per DESTROY the probe saw whose connection has its original-direction record at the
     collector: when the collector received it minus when the kernel sent the DESTROY, in
     ms.  The DESTROYs without such a record are the records lost on the way."""
     out = []
     with contextlib.suppress(Exception):
-        for sa, sp, tr in cap.rows("fmt:%sa|%sp|%tr"):
-            sent = destroyed.pop((sa, int(sp)), None)
+        for sa, sp, dp, tr in cap.rows("fmt:%sa|%sp|%dp|%tr"):
+            sent = destroyed.pop((sa, int(sp), int(dp)), None)
             if sent is not None:
                 out.append(parse_time_ms(tr) - sent)
     return out
