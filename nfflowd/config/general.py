@@ -141,11 +141,10 @@ class _Reader:
                 continue
             if heredoc is not None:
                 key, marker, start, body = heredoc
-                end = re.match(rf"^(\s*){re.escape(marker)}\s*$", line)
-                if end is None:
+                if line.strip() != marker:  # (no regex: compiling a long marker costs seconds)
                     body.append(line)
                     continue
-                indent = end.group(1)
+                indent = line[: len(line) - len(line.lstrip())]
                 if indent:
                     body = [b[len(indent) :] if b.startswith(indent) else b for b in body]
                 self.out.append((_Heredoc(key, "\n".join(body).strip()), (file, start)))
