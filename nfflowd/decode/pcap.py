@@ -285,6 +285,7 @@ def udp_datagram(linktype: int, frame: bytes) -> Udp:
         _vcl, plen, proto, _hop, src, dst = IPV6_HEADER.unpack_from(frame, off)
         off += IPV6_HEADER.size
         end = off + plen
+        _captured(frame, end)  # before its extension headers are read
         while proto in IPV6_EXTENSIONS and end - off >= 8:
             proto, off = frame[off], off + (frame[off + 1] + 1) * 8
         if proto == IPPROTO_FRAGMENT:
@@ -293,11 +294,7 @@ def udp_datagram(linktype: int, frame: bytes) -> Udp:
             raise NotUdp(f"IPv6 next header {proto}")
     else:
         raise NotUdp(f"ethertype {etype:#06x}")
-    if end > len(frame):
-        raise ValueError(
-            f"offset {len(frame)}: frame captured up to byte {len(frame)}, its IP "
-            f"packet ends at {end} (snaplen too small?)"
-        )
+    _captured(frame, end)
     if end - off < UDP_HEADER.size:
         raise ValueError(f"offset {off}: truncated UDP header")
     sport, dport, length, _csum = UDP_HEADER.unpack_from(frame, off)
@@ -306,3 +303,12 @@ def udp_datagram(linktype: int, frame: bytes) -> Udp:
     payload = frame[off + UDP_HEADER.size : off + length]
     family = socket.AF_INET if etype == ETHERTYPE_IPV4 else socket.AF_INET6
     return Udp(socket.inet_ntop(family, src), sport, socket.inet_ntop(family, dst), dport, payload)
+
+
+def _captured(frame: bytes, end: int) -> None:
+    """ValueError when the IP packet ending at *end* was not captured whole."""
+    if end > len(frame):
+        raise ValueError(
+            f"offset {len(frame)}: frame captured up to byte {len(frame)}, its IP "
+            f"packet ends at {end} (snaplen too small?)"
+        )
