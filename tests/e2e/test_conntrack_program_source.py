@@ -85,3 +85,39 @@ def test_program_source_restarts_a_dead_program(tmp_path: Path) -> None:
     assert src.counters["program_starts"] >= 3 and src.counters["program_exits"] >= 2
     assert len(events) >= 2 and all(e.ct_id == 5 for e in events)
     assert reader.counters()["malformed_lines"] >= 2
+
+
+def test_program_source_keeps_reading_a_program_that_fills_its_stderr(tmp_path: Path) -> None:
+    """Issue 13: conntrack-tools prints its ENOBUFS warnings on stderr, exactly under load;
+    a pipe nobody reads blocks the program once it holds 64 KiB, and the events stop.
+    Here 50 events each follow 8 KiB of error output (400 KiB in all): every event
+    arrives, every error line is counted, and the program is never restarted."""
+    script = tmp_path / "fake-conntrack"
+    script.write_text(
+        "#!/bin/sh\n"
+        "i=1\n"
+        "while [ $i -le 50 ]; do\n"
+        "  head -c 8192 /dev/zero | tr '\\0' 'x' | fold -w 63 >&2\n"
+        "  printf '[1795714525.646611]\\t[DESTROY] udp      17 src=10.0.1.2 dst=203.0.113.2 "
+        "sport=1 dport=2 packets=1 bytes=28 src=203.0.113.2 dst=10.0.1.2 sport=2 dport=1 "
+        "packets=1 bytes=28 id=%d\\n' $i\n"
+        "  i=$((i + 1))\n"
+        "done\n"
+        "exec sleep 60\n"
+    )
+    script.chmod(0o755)
+    src = ProgramSource(str(script), "", "-E", restart_delay_s=0.05)
+    reader = SourceEvents(src)
+    events = []
+    deadline = time.monotonic() + 30
+    try:
+        while len(events) < 50 and time.monotonic() < deadline:
+            events += reader.read(0.1)
+        for _ in range(10):  # what is left of the error output
+            reader.read(0.05)
+    finally:
+        src.close()
+    assert [e.ct_id for e in events] == list(range(1, 51))
+    # 8192 bytes folded at 63: 130 lines, and a last piece without its newline
+    assert src.counters["program_stderr_lines"] == 50 * (8192 // 63)
+    assert src.counters["program_starts"] == 1 and src.counters["program_exits"] == 0
