@@ -5,9 +5,12 @@ error type its documentation promises; an input is a seed mutated a few times
 (bit flips, interesting integers, inserted tokens, deleted, repeated or spliced
 ranges, truncation).  Checked for every input: any exception other than the
 documented one (a *crash*: minimised, then saved and printed), any input slower
-than ``--slow-ms`` (50 ms; re-timed three times, the best counts), and, per
-target, memory growth (the resident set after the run, garbage collected, against
-before it).
+than ``--slow-ms`` (50 ms by the wall clock, then confirmed after the run: the
+least CPU time of three runs, so that a busy machine's other load does not count),
+and, per target, memory growth (the resident set after the run, garbage collected,
+against before it).  Inputs stop at a size per target (``Target.max_input``, from
+4 KiB for text lines and hex to 64 KiB for datagrams and frames) that a linear
+parser handles well within the bound.
 
 ===========  ==================================================  ========================
 target       what is called                                      may raise
@@ -29,9 +32,9 @@ config       config.load on a mutated file (.conf, .json,        config.ConfigEr
              .yaml, .toml)
 ===========  ==================================================  ========================
 
-Full run (1,020,000 inputs; about 15 minutes on one core)::
+Full run (1,020,000 inputs; about 4 minutes on one core)::
 
-    nice .venv/bin/python -m bench.fuzz --full
+    nice .venv/bin/python -m bench.fuzz --full --as-limit-mb 2048
 
 A reduced run is part of the test suite (tests/unit/test_fuzz.py: a few thousand
 inputs per target).  Other options: ``--inputs N`` per target, ``--only
@@ -609,11 +612,13 @@ def minimise(target: Target, data: bytes, signature: str, tries: int = 3000) -> 
 
 
 def _best_ms(target: Target, data: bytes, runs: int = 3) -> float:
+    """The least CPU time (this process's) *data* takes in *runs* runs, in ms: a busy
+    machine's other load, which the wall clock of the first run includes, does not count."""
     best = float("inf")
     for _ in range(runs):
-        start = time.perf_counter()
+        start = time.process_time()
         _outcome(target, data)
-        best = min(best, (time.perf_counter() - start) * 1000)
+        best = min(best, (time.process_time() - start) * 1000)
     return best
 
 
@@ -625,6 +630,7 @@ def fuzz(
     report.rss_before_kb = rss_kb()
     started = time.monotonic()
     seeds = target.seeds
+    candidates: list[bytes] = []  # slower than slow_ms by the wall clock
     for i in range(inputs):
         if i < len(seeds):
             data = seeds[i]
@@ -646,12 +652,15 @@ def fuzz(
                 report.crashes[sig] = Crash(sig, f"{type(exc).__name__}: {exc}"[:300], small)
                 out(f"  {target.name}: CRASH {sig}: {str(exc)[:120]!r} input {small[:80]!r}")
         if ms > slow_ms:
-            best = _best_ms(target, data)
-            if best > slow_ms:
-                report.slow.append((best, data))
-                out(f"  {target.name}: SLOW {best:.0f} ms, {len(data)} bytes: {data[:60]!r}")
-            ms = best
-        report.slowest_ms = max(report.slowest_ms, ms)
+            candidates.append(data)  # timed again once the run is over
+        else:
+            report.slowest_ms = max(report.slowest_ms, ms)
+    for data in candidates:
+        best = _best_ms(target, data)
+        if best > slow_ms:
+            report.slow.append((best, data))
+            out(f"  {target.name}: SLOW {best:.0f} ms, {len(data)} bytes: {data[:60]!r}")
+        report.slowest_ms = max(report.slowest_ms, best)
     report.seconds = time.monotonic() - started
     gc.collect()
     report.rss_after_kb = rss_kb()
