@@ -174,7 +174,7 @@ def _value_error(exc: ValueError, text: str, path: str) -> ParseError:
 
 def _check_depth(tree: Any, path: str | None) -> None:
     """ParseError when *tree* (JSON or TOML) nests deeper than :data:`MAX_DEPTH`."""
-    level: list[Any] = [tree]  # the top mapping is level 1
+    level: list[Any] = [tree] if isinstance(tree, dict | list) else []  # the top is level 1
     for _ in range(MAX_DEPTH):
         level = [
             child

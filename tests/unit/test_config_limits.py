@@ -204,3 +204,10 @@ def test_many_keys_merge_in_linear_time(tmp_path: Path) -> None:
 def test_many_blocks_validate_in_linear_time(tmp_path: Path) -> None:
     blocks = "".join(f"<d{i}>\nclass screen\n</d{i}>\n" for i in range(4_000))  # 52 s before
     loaded(tmp_path, "c.conf", f"<ptee>\n<conf>\n{blocks}</conf>\n</ptee>\n")
+
+
+@pytest.mark.parametrize(("name", "text"), [("c.json", "9"), ("c.json", '"x"'), ("c.yaml", "9")])
+def test_a_data_file_that_is_one_scalar(tmp_path: Path, name: str, text: str) -> None:
+    """Found by bench/fuzz.py (seed 2026): the depth check iterated a top-level 9."""
+    err = refused(tmp_path, name, text)
+    assert err.line == 1 and err.message.startswith("expected a mapping of blocks at the top")
