@@ -776,6 +776,27 @@ def top_functions(path: Path, n: int = 8) -> list[tuple[str, float]]:
     return [(f, v / total) for f, v in top] if total else []
 
 
+def projection(step: dict[str, Any], name: str) -> list[str]:
+    """Scaling on paper from one step's CPU per connection of each stage: one ingest, one
+    mirror (neither is sharded), N correlators and M exporters sharing the other cores."""
+    r, created = step[name], step["created"] or 1
+    per = {n: r["cpu"].get(n, 0.0) * 1e6 / created for n in STAGES}
+    out = [f"{name}, {step['rate'] or 'max'} conn/s step: CPU per connection "
+           + ", ".join(f"{n} {v:.1f} µs" for n, v in per.items())]  # fmt: skip
+    sharded = per["correlate"] + per["export"]
+    for cores in (2, 8, 16):
+        bounds = {
+            "ingest (one socket)": 1e6 / per["ingest"] if per["ingest"] else float("inf"),
+            "mirror (one process)": 1e6 / per["mirror"] if per["mirror"] else float("inf"),
+            f"correlators + exporters on {cores - 2 if cores > 2 else 'the rest of 2'} cores":
+                max(cores - 2, 0.5) * 1e6 / sharded if sharded else float("inf"),
+            "all stages on all cores": cores * 1e6 / sum(per.values()),
+        }  # fmt: skip
+        what, limit = min(bounds.items(), key=lambda kv: kv[1])
+        out.append(f"  {cores:>2} cores: ~{limit:,.0f} conn/s, bounded by {what}")
+    return out
+
+
 # ------------------------------------------------------------------ report
 DELIVERY = (
     f"{'consumer':<16} {'target':>7} {'sent/s':>7} {'made/s':>7} {'kdrop':>5} "
@@ -917,6 +938,7 @@ def main(argv: list[str]) -> int:
     profiles: list[str] = []
     latency_lines: list[str] = []
     idle_lines: list[str] = []
+    projections: list[str] = []
     try:
         lab = labmod.up(a.prefix)
         for ns, rules in ((lab.client, CLIENT_RULES), (lab.fw, FW_RULES)):
@@ -946,6 +968,8 @@ def main(argv: list[str]) -> int:
                 for name in (k for k, v in step.items() if isinstance(v, dict) and "cpu" in v):
                     lines.append(show_step(name, step))
                     print(lines[-1][0], flush=True)
+                    if name.startswith("nfflowd") and rate == rates[-1]:
+                        projections.extend(projection(step, name))
                     if name in step.get("idle", {}):
                         idle_lines.append(
                             f"{name:<16} {rate or 'max':>7} {step['idle'][name]:6.2f}"
@@ -977,6 +1001,9 @@ def main(argv: list[str]) -> int:
             shutil.rmtree(work, ignore_errors=True)
     print(f"\n{DELIVERY}\n" + "\n".join(d for d, _ in lines))
     print(f"\n{CPU}\n" + "\n".join(c for _, c in lines))
+    if projections:
+        print("\nprojection (one ingest, one mirror, N correlators + M exporters):")
+        print("\n".join(projections))
     if idle_lines:
         print("\nidle CPU, no traffic, % of one core (every process of the consumer):")
         print("\n".join(idle_lines))

@@ -154,13 +154,9 @@ Ident = tuple[Any, ...]
 def expected_records(log: Path) -> list[FlowRecord]:
     """The flow records a saved ``conntrack -E`` log must produce (one correlator, no crash)."""
     corr = Correlator()
-    out: list[FlowRecord] = []
     with open(log, encoding="utf-8") as fh:
-        for line in fh:
-            ev = parse_line(line)
-            if ev is not None:
-                corr.feed(ev, out)
-    return out
+        events = [ev for line in fh if (ev := parse_line(line)) is not None]
+    return corr.feed_all(events)
 
 
 def record_ident(r: FlowRecord) -> Ident:

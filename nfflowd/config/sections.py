@@ -43,7 +43,16 @@ OBSOLETE = "is no longer needed (nfflowd sends NetFlow itself)"
 SOURCE_TYPES = ("netlink", "conntrack", "file")
 NETFLOW_VERSIONS = (5, 9, 10)
 SECTIONS = {
-    "source": ("type", "path", "netns", "rcvbuf", "reliable", "set_sysctls", "linger_ms"),
+    "source": (
+        "type",
+        "path",
+        "netns",
+        "rcvbuf",
+        "reliable",
+        "set_sysctls",
+        "linger_ms",
+        "subscribe",
+    ),
     "conntrack": ("progname", "init_format", "format"),
     "ct2ft": ("ttl",),
     "export": (
@@ -64,6 +73,8 @@ SECTIONS = {
     "links": LINKS_KEYS,  # nfflowd.config.links
     "metrics": METRICS_KEYS,
 }
+#: <source> subscribe: which conntrack event groups the netlink source reads.
+SUBSCRIBE = ("auto", "all")
 COLLECTOR_KEYS = (
     "address",
     "port",
@@ -112,6 +123,7 @@ def _source(v: _V) -> SourceSettings:
         v.boolean((*k, "reliable"), False),
         v.boolean((*k, "set_sysctls"), False),
         v.integer((*k, "linger_ms"), SourceSettings.linger_ms, 0, 10_000, "milliseconds"),
+        _subscribe(v, (*k, "subscribe")),
     )
     for key in ("rcvbuf", "reliable"):
         if kind != "netlink" and v.user_set((*k, key)):
@@ -119,6 +131,14 @@ def _source(v: _V) -> SourceSettings:
     if kind != "file" and paths:
         v.note((*k, "path"), "<source> path is only used with type file")
     return out
+
+
+def _subscribe(v: _V, key: Key) -> str:
+    """``auto`` (DESTROY only when the kernel stamps times) or ``all`` (NEW too)."""
+    word = v.text(key, SourceSettings.subscribe)
+    if word not in SUBSCRIBE:
+        raise v.expected(key, f"one of {', '.join(SUBSCRIBE)}", word)
+    return word
 
 
 def _size(v: _V, key: Key) -> int:

@@ -51,6 +51,7 @@ class SourceSettings:
     reliable: bool = False
     set_sysctls: bool = False
     linger_ms: int = 50  # a batch of events leaves when full or its oldest waited this long
+    subscribe: str = "auto"  # auto: DESTROY only when the kernel stamps times; all: NEW too
 
 
 @dataclass(frozen=True)

@@ -330,10 +330,10 @@ class NetlinkSource:
     flow record needs (both tuples, counters, the kernel's start and stop), so the
     source subscribes to the DESTROY group alone: half the events, and every one
     self-contained (:attr:`stateless`: batches may go to any correlator).  Without
-    them it also subscribes to NEW (the start time comes from there) and dumps the
-    table at start, so connections opened before are known; ``nfflowd check``
-    says what that costs.  The active timeout dumps the table periodically: its
-    entries carry the counters of long connections.
+    them (or with ``<source> subscribe all``) it also subscribes to NEW (the start
+    time comes from there) and dumps the table at start, so connections opened
+    before are known; ``nfflowd check`` says what that costs.  The active timeout
+    dumps the table periodically: its entries carry the counters of long connections.
 
     After an overrun (ENOBUFS: the kernel dropped events) the table is dumped
     again in NEW+DESTROY mode (connections still open are re-learned with their
@@ -355,7 +355,7 @@ class NetlinkSource:
         for key, value in found.items():
             if value != "1" and not key.endswith("events"):
                 log.warning("%s = %s: see `nfflowd check`", key, value)
-        self.destroy_only = destroy_only(found)
+        self.destroy_only = settings.subscribe == "auto" and destroy_only(found)
         self.stateless = self.destroy_only and not dump_interval_s
         self.listener = kernel.CtnetlinkListener(
             netns=settings.netns,

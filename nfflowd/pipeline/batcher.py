@@ -27,8 +27,8 @@ class Batcher:
     """Accumulates a payload (bytes) and says when it is due (see the module docstring)."""
 
     linger_s: float = 0.05
-    max_events: int = 4096
-    max_bytes: int = 1 << 20
+    max_events: int = 2048
+    max_bytes: int = 512 << 10
     data: bytearray = field(default_factory=bytearray)
     count: int = 0
     first_at: float = 0.0  # monotonic time of the oldest event held

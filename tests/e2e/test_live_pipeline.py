@@ -31,13 +31,8 @@ from tests.pipeline_harness import csv_key, nfflowd, wait_all_running, write_con
 
 
 def witness_records(log: Path) -> list[FlowRecord]:
-    corr = Correlator()
-    out: list[FlowRecord] = []
-    for line in log.read_text().splitlines():
-        ev = parse_line(line)
-        if ev is not None:
-            corr.feed(ev, out)
-    return out
+    events = [ev for line in log.read_text().splitlines() if (ev := parse_line(line)) is not None]
+    return Correlator().feed_all(events)
 
 
 def text(addr: bytes) -> str:

@@ -95,7 +95,9 @@ def tcp_entries(
 def test_overrun_is_counted_logged_and_resynced_by_a_dump(
     netns: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = SourceSettings("netlink", netns=netns, rcvbuf=TINY)
+    # NEW and DESTROY (with the kernel's stamps on, the source would read DESTROY only,
+    # where a dump cannot bring anything back: see the test after this one)
+    settings = SourceSettings("netlink", netns=netns, rcvbuf=TINY, subscribe="all")
     with open_connections(netns, OPEN) as conns:
         ports = {(sport, dport) for _, sport, dport in conns}
         src = NetlinkSource(settings)
@@ -136,6 +138,31 @@ def test_overrun_is_counted_logged_and_resynced_by_a_dump(
             assert "ENOBUFS #1" in warned[0].message
         finally:
             src.close()
+
+
+def test_destroy_only_when_the_kernel_stamps_times(netns: str) -> None:
+    """acct and timestamps on: DESTROY alone is read (no NEW, no dump at start), each one
+    carrying the whole connection: both tuples, counters, the kernel's start and stop."""
+    src = NetlinkSource(SourceSettings("netlink", netns=netns, set_sysctls=True))
+    reader = SourceEvents(src)
+    try:
+        assert src.destroy_only and src.stateless
+        assert src.counters["destroy_only"] == 1 and src.counters["dumped"] == 0
+        with open_connections(netns, OPEN) as conns:
+            ports = {(sport, dport) for _, sport, dport in conns}
+        got: list[ConntrackEvent] = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(got) < OPEN:
+            run_in_netns(netns, lambda: os.system("conntrack -F >/dev/null 2>&1"))
+            got += [e for e in reader.read(0.5)
+                    if e.proto == 6 and (e.orig_sport, e.orig_dport) in ports]  # fmt: skip
+        assert {(e.orig_sport, e.orig_dport) for e in got} == ports
+        for e in got:
+            assert e.type == EventType.DESTROY
+            assert e.start_ns is not None and e.stop_ns is not None and e.stop_ns >= e.start_ns
+            assert e.orig_packets and e.orig_bytes and e.reply_packets and e.reply_bytes
+    finally:
+        src.close()
 
 
 def with_bad_and_unknown_attributes(msg: bytes) -> bytes:
