@@ -269,8 +269,11 @@ class _V:
         if isinstance(value, list) and len(value) == 1:  # `key [value]` (ForceArray), `[::1]`
             return value[0]
         if isinstance(value, list):
-            lines = ", ".join(str(self.where((*key, i))[1]) for i in range(len(value)))
-            raise self.error(key, f"expected a single value, got {len(value)} (lines {lines})")
+            lines = ", ".join(str(self.where((*key, i))[1]) for i in range(min(len(value), 5)))
+            more = ", ..." if len(value) > 5 else ""
+            raise self.error(
+                key, f"expected a single value, got {len(value)} (lines {lines}{more})"
+            )
         return value
 
     def many(self, key: Key) -> list[Any]:

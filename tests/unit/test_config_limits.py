@@ -211,3 +211,24 @@ def test_a_data_file_that_is_one_scalar(tmp_path: Path, name: str, text: str) ->
     """Found by bench/fuzz.py (seed 2026): the depth check iterated a top-level 9."""
     err = refused(tmp_path, name, text)
     assert err.line == 1 and err.message.startswith("expected a mapping of blocks at the top")
+
+
+def test_a_toml_key_of_thousands_of_dotted_parts(tmp_path: Path) -> None:
+    """Found by bench/fuzz.py (seed 4): tomllib's cost is quadratic in a key's parts
+    (1,184 parts: 0.1 s; 30,000 parts in 60 kB: 9 s)."""
+    err = refused(tmp_path, "c.toml", "a" + ".t" * 30_000 + " = 1\n")
+    assert err.line == 1 and err.message == "a dotted key of more than 32 parts"
+    for text in ("[" + "t." * 40 + "t]\n", "x = {" + "t." * 40 + "t = 1}\n"):
+        assert refused(tmp_path, "c.toml", text).message == "a dotted key of more than 32 parts"
+    # dots in strings, comments and floats are not a key's
+    loaded(
+        tmp_path,
+        "ok.toml",
+        f"# {'.' * 100}\n[ct2ft]\nttl = 1\n[x]\ns = \"{'a.' * 50}\"\nt = '{'.' * 50}'\n"
+        f'u = """\n{"." * 50}\n"""\nf = [1.5, 2.5]\n',
+    )
+
+
+def test_a_value_repeated_thousands_of_times_is_named_briefly(tmp_path: Path) -> None:
+    err = refused(tmp_path, "c.conf", "<ct2ft>\n" + "ttl 1\n" * 5000 + "</ct2ft>\n")
+    assert err.message == "expected a single value, got 5000 (lines 2, 3, 4, 5, 6, ...)"
