@@ -51,6 +51,10 @@ MAX_BYTES = 128 * 1024  # 40 times defaults.conf; PyYAML reads it within ~2 s
 MAX_DEPTH = 32
 #: The most values a YAML document may have once its aliases are expanded.
 MAX_NODES = 100_000
+#: The largest integer a file may hold (every setting fits in 64 bits).
+MAX_INT_BITS = 1024
+#: The longest YAML integer (its sexagesimal form ``1:2:3`` costs quadratic time).
+MAX_YAML_INT = 400
 
 
 class ParseError(Exception):
@@ -124,7 +128,7 @@ def read_data(path: str, ext: str) -> Document:
             tree: Any = tomllib.loads(text)
         elif ext == ".json":
             tree = json.loads(text)
-            _check_depth(tree, path)
+            _check_tree(tree, path, ints=False)  # before it is read again as YAML
             _yaml_origins_if_same(text, tree, path, origins)
         else:
             tree = load_yaml(text, path, origins)
@@ -145,7 +149,7 @@ def read_data(path: str, ext: str) -> Document:
         raise ParseError(
             f"expected a mapping of blocks at the top, got {type(tree).__name__}", path, 1
         )
-    _check_depth(tree, path)
+    _check_tree(tree, path, origins)
     _check_keys(tree, (), origins)
     return Document(tree, origins, [])
 
@@ -225,16 +229,26 @@ def _toml_string_end(text: str, start: int, quote: str) -> int:
         k = end + 1
 
 
-def _check_depth(tree: Any, path: str | None) -> None:
-    """ParseError when *tree* (JSON or TOML) nests deeper than :data:`MAX_DEPTH`."""
-    level: list[Any] = [tree] if isinstance(tree, dict | list) else []  # the top is level 1
-    for _ in range(MAX_DEPTH):
-        level = [
-            child
-            for node in level
-            for child in (node.values() if isinstance(node, dict) else node)
-            if isinstance(child, dict | list)
-        ]
+def _check_tree(
+    tree: Any, path: str | None, origins: dict[Key, Origin] | None = None, *, ints: bool = True
+) -> None:
+    """ParseError when *tree* nests deeper than :data:`MAX_DEPTH` or holds an integer of
+    more than :data:`MAX_INT_BITS` bits (YAML's ``0x``/sexagesimal and TOML's ``0x``
+    spell them without 4300 digits; str() of one would raise ValueError later)."""
+    level: list[tuple[Any, Key]] = [(tree, ())] if isinstance(tree, dict | list) else []
+    for _ in range(MAX_DEPTH):  # the top is level 1
+        below: list[tuple[Any, Key]] = []
+        for node, key in level:
+            items = node.items() if isinstance(node, dict) else enumerate(node)
+            for k, child in items:
+                if isinstance(child, dict | list):
+                    below.append((child, (*key, k)))
+                elif ints and isinstance(child, int) and child.bit_length() > MAX_INT_BITS:
+                    at, known = (*key, k), origins or {}
+                    lines = (known[at[:n]][1] for n in range(len(at), 0, -1) if at[:n] in known)
+                    too_big = f"a number of more than {MAX_INT_BITS} bits"
+                    raise ParseError(too_big, path, next(lines, None))
+        level = below
         if not level:
             return
     raise ParseError(_too_deep(), path, None)
@@ -294,6 +308,15 @@ class _BoundedComposer(Composer):
         return node
 
 
+def _yaml_int(loader: Any, node: yaml.ScalarNode) -> Any:
+    """A YAML integer, refused when longer than :data:`MAX_YAML_INT` characters."""
+    text = str(node.value)
+    if len(text) > MAX_YAML_INT:
+        problem = f"an integer of more than {MAX_YAML_INT} characters"
+        raise _Refused(None, None, problem, node.start_mark)
+    return loader.construct_yaml_int(node)
+
+
 class _PyLoader(_BoundedComposer, yaml.SafeLoader):
     """The bounded composer on PyYAML's pure-Python scanner and parser."""
 
@@ -311,6 +334,10 @@ class _CLoader(_BoundedComposer, CParser, SafeConstructor, Resolver):
         SafeConstructor.__init__(self)
         Resolver.__init__(self)
         self.bound()
+
+
+for _loader in (_PyLoader, _CLoader):
+    _loader.add_constructor("tag:yaml.org,2002:int", _yaml_int)
 
 
 def load_yaml(text: str, path: str | None, origins: dict[Key, Origin] | None = None) -> Any:

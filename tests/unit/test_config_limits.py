@@ -16,7 +16,13 @@ import pytest
 
 from nfflowd.config import ConfigError, load
 from nfflowd.config import general as cg
-from nfflowd.config.documents import MAX_BYTES, MAX_DEPTH, MAX_NODES
+from nfflowd.config.documents import (
+    MAX_BYTES,
+    MAX_DEPTH,
+    MAX_INT_BITS,
+    MAX_NODES,
+    MAX_YAML_INT,
+)
 from nfflowd.config.sections import MAX_ARGS_LENGTH
 
 #: What any of these inputs may cost (the slowest took 210 s and 4.5 GB before).
@@ -114,19 +120,35 @@ def test_yaml_aliases_within_the_bound_still_read(tmp_path: Path) -> None:
     assert ports == [2055, 2056]
 
 
+DIGITS = "a number of more than 4300 digits"
+BITS = f"a number of more than {MAX_INT_BITS} bits"
+YAML_INT = f"YAML: an integer of more than {MAX_YAML_INT} characters"
+
+
 @pytest.mark.parametrize(
-    ("name", "text", "line"),
+    ("name", "text", "line", "message"),
     [
-        ("c.json", '{"export": {"engine_id": ' + "9" * 5000 + "}}", 1),
-        ("c.yaml", "export:\n  engine_id: " + "9" * 5000 + "\n", 2),
-        ("c.toml", "[export]\nengine_id = " + "9" * 5000 + "\n", 2),
+        ("c.json", '{"export": {"engine_id": ' + "9" * 5000 + "}}", 1, DIGITS),
+        ("c.toml", "[export]\nengine_id = " + "9" * 5000 + "\n", 2, DIGITS),
+        ("c.yaml", "export:\n  engine_id: " + "9" * 5000 + "\n", 2, YAML_INT),
+        # no 4300 digits, yet str() of them raised ValueError while naming the bad value
+        ("c.json", '{"export": {"engine_id": ' + "9" * 400 + "}}", 1, BITS),
+        ("c.toml", "[export]\nengine_id = 0x" + "f" * 4000 + "\n", None, BITS),
+        ("c.yaml", "export:\n  engine_id: 0x" + "f" * 300 + "\n", 2, BITS),
+        ("c.yaml", "export:\n  engine_id: 1" + ":1" * 3000 + "\n", 2, YAML_INT),  # 60**3000
     ],
 )
-def test_integers_over_4300_digits_in_data_files(
-    tmp_path: Path, name: str, text: str, line: int
+def test_integers_too_large_to_name_or_convert(
+    tmp_path: Path, name: str, text: str, line: int | None, message: str
 ) -> None:
     err = refused(tmp_path, name, text)
-    assert err.line == line and err.message == "a number of more than 4300 digits"
+    assert (err.line, err.message) == (line, message)
+
+
+def test_yaml_sexagesimal_integers_are_bounded(tmp_path: Path) -> None:
+    """``1:1:1:...`` is a YAML 1.1 integer in base 60: 40,000 parts took 0.8 s."""
+    err = refused(tmp_path, "c.yaml", "a: 1" + ":1" * 40_000 + "\n")
+    assert (err.line, err.message) == (1, YAML_INT)
 
 
 def test_integers_over_4300_digits_in_config_general(tmp_path: Path) -> None:
