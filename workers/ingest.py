@@ -6,10 +6,13 @@ Ingest reads and forwards; it decodes nothing (the correlators do,
 event has waited ``<source> linger_ms``; then it goes to a correlator: the least
 loaded when every event is self-contained (DESTROY-only netlink), else each event
 to the correlator of its connection (:func:`~nfflowd.conntrack.payloads.split`).
-Every batch is kept until correlate acknowledges it, which it does only once the
-batch's records have left nfflowd (end to end); while ``max_unacked`` batches
-wait, ingest stops reading (backpressure: the kernel socket buffer, reliable mode
-and resync dumps take over).  For a saved log the position after the last
+A saved log's batches are cut only where a successor re-reading from the
+checkpoint would cut them (full, or a file's end), so a re-read batch has the
+origin it had the first time (a partial one is dropped at a stop and read again
+from the checkpoint).  Every batch is kept until correlate acknowledges it, which
+it does only once the batch's records have left nfflowd (end to end); while
+``max_unacked`` batches wait, ingest stops reading (backpressure: the kernel socket
+buffer, reliable mode and resync dumps take over).  For a saved log the position after the last
 acknowledged batch is checkpointed (:mod:`nfflowd.conntrack.checkpoint`); when the
 log is exhausted and everything is acknowledged, ingest publishes an ``eof``
 notice (``nfflowd replay`` waits for it).
@@ -111,7 +114,15 @@ def main(argv: list[str] | None = None) -> int:
                 stage.notify(EOF_TOKEN if source.exhausted and idle else "stats", counters())
                 next_notice = time.monotonic() + NOTICE_INTERVAL_S
             full = any(out.full() for out in outs)
-            if not full and (batch.due() or (batch.count and (source.exhausted or stage.stopping))):
+            if log_file:
+                # a saved log's batches are cut where a re-read cuts them: full, or a
+                # file's end (never by time, never at a stop: a partial batch is
+                # dropped and read again by the successor, from the checkpoint)
+                if not full and batch.full():
+                    flush()
+                elif stage.stopping:
+                    batch.take()
+            elif not full and (batch.due() or (batch.count and stage.stopping)):
                 flush()
             if full or stage.stopping or source.exhausted:
                 poller.poll(100)  # wait for acknowledgements

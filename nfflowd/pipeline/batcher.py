@@ -43,10 +43,13 @@ class Batcher:
         """How many more events the batch may take."""
         return max(0, self.max_events - self.count)
 
+    def full(self) -> bool:
+        return self.count >= self.max_events or len(self.data) >= self.max_bytes
+
     def due(self, now: float | None = None) -> bool:
         if not self.count:
             return False
-        if self.count >= self.max_events or len(self.data) >= self.max_bytes:
+        if self.full():
             return True
         return (time.monotonic() if now is None else now) - self.first_at >= self.linger_s
 
