@@ -101,6 +101,11 @@ class FileSource:
                 self.line = 1 + _count_lines(self._fh, offset)
                 self.counters["resumed_at_line"] = self.line - 1
 
+    @property
+    def open(self) -> bool:
+        """A file is being read (False between two files, and at the end)."""
+        return self._fh is not None
+
     def position(self) -> tuple[int, int]:
         """(file index, byte offset) where the next read starts."""
         if self._fh is None:
