@@ -112,7 +112,10 @@ TOKENS = (b" ", b"=", b"\t", b"\n", b"\r", b"[", b"]", b"<", b">", b"</", b"/>",
           b"dport=", b"id=", b"packets=", b"bytes=", b"zone=", b"mark=", b"type=", b"code=",
           b"[NEW] ", b"[DESTROY] ", b"[UPDATE] ", b"[1700000000.123456]", b"tcp ", b"icmpv6 ",
           b"ipv6 10 ", b"::ffff:1.2.3.4", b"255.255.255.256", b"<<include x>>", b"<source>",
-          b"</source>", b"true", b"null", b"~", b"[[a]]", b"a.b.c = 1")  # fmt: skip
+          b"</source>", b"true", b"null", b"~", b"[[a]]", b"a.b.c = 1", b".t", b":1", b"0o7",
+          b"0b1", b"1_000", b"0xff", b"inf", b'"""', b"'''", b"!!set ", b"!!binary ", b"!!omap ",
+          b"!!str ", b"!!int ", b"!!timestamp ", b"2001-12-14t21:59:43.10-05:00", b"<<: *a",
+          b"&a ", b"? ", b"| \n", b"> \n", b"---\n", b"...\n", b"%YAML 1.1\n")  # fmt: skip
 
 
 # -- mutation ---------------------------------------------------------------------------------

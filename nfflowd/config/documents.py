@@ -265,9 +265,21 @@ def _refused(problem: str, mark: Any) -> ComposerError:
 class _BoundedComposer(Composer):
     """PyYAML's composer refusing what would make the tree unbounded: nesting deeper
     than :data:`MAX_DEPTH`, an alias inside the node it names (a cycle), more than
-    :data:`MAX_NODES` values once aliases are expanded.  Mixed with a parser below."""
+    :data:`MAX_NODES` values once aliases are expanded.  Mixed with a parser below, and
+    before the constructor, whose errors on a value its tag cannot hold it names."""
 
     peek_event: Any  # the parser's
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """The constructor's, which for an explicit tag on a value it cannot hold (``!!int
+        ""``, ``!!timestamp x``, ``!!bool maybe``) raised IndexError, AttributeError,
+        KeyError ... instead of a YAML error."""
+        try:
+            return super().construct_object(node, deep)  # type: ignore[misc]
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            shown = clip(str(node.value)) if isinstance(node, yaml.ScalarNode) else "this node"
+            problem = f"{node.tag} cannot hold {shown!r} ({type(exc).__name__})"
+            raise _Refused(None, None, problem, node.start_mark) from None
 
     def bound(self) -> None:
         #: id(node) -> (values once expanded, depth once expanded), for complete nodes

@@ -254,3 +254,19 @@ def test_a_toml_key_of_thousands_of_dotted_parts(tmp_path: Path) -> None:
 def test_a_value_repeated_thousands_of_times_is_named_briefly(tmp_path: Path) -> None:
     err = refused(tmp_path, "c.conf", "<ct2ft>\n" + "ttl 1\n" * 5000 + "</ct2ft>\n")
     assert err.message == "expected a single value, got 5000 (lines 2, 3, 4, 5, 6, ...)"
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [  # found by bench/fuzz.py (seeds 11-16), minimal inputs
+        ("!!timestamp", 1, "timestamp cannot hold '' (AttributeError)"),
+        ("r:\n    - s:\n      p:\n    - s:\n      p: !!int", 5, "int cannot hold '' (IndexError)"),
+        ("a: !!bool maybe\n", 1, "bool cannot hold 'maybe' (KeyError)"),
+        ("a: !!float ''\n", 1, "float cannot hold '' (IndexError)"),
+    ],
+)
+def test_a_yaml_tag_on_a_value_it_cannot_hold(
+    tmp_path: Path, text: str, line: int, message: str
+) -> None:
+    err = refused(tmp_path, "c.yaml", text)
+    assert err.line == line and err.message == f"YAML: tag:yaml.org,2002:{message}"
