@@ -331,8 +331,9 @@ class FwNfcapd(Nfcapd):
         return state
 
 
-def collector_result(cap: Nfcapd, destroyed: dict[tuple[str, int, int], int] | None = None
-                     ) -> dict[str, Any]:  # fmt: skip
+def collector_result(
+    cap: Nfcapd, destroyed: dict[tuple[str, int, int], int] | None = None
+) -> dict[str, Any]:
     """Everything sent so far processed, then stored flows, socket drops and latencies."""
     cap.sync()
     drops = cap.drops()
@@ -372,9 +373,15 @@ class DestroyProbe:
         self.listener.recv_frames(self.data)
         self.listener.close()
         events = PayloadDecoder().decode(Payload.NETLINK, bytes(self.data))
-        return {(socket.inet_ntop(socket.AF_INET if e.family == 4 else socket.AF_INET6,
-                                  e.orig_src), e.orig_sport, e.orig_dport): e.time_ns // 1_000_000
-                for e in events if e.type == 3}  # fmt: skip
+        return {
+            (
+                socket.inet_ntop(socket.AF_INET if e.family == 4 else socket.AF_INET6, e.orig_src),
+                e.orig_sport,
+                e.orig_dport,
+            ): e.time_ns // 1_000_000
+            for e in events
+            if e.type == 3
+        }
 
 
 def latencies(cap: Nfcapd, destroyed: dict[tuple[str, int, int], int]) -> list[int]:
@@ -737,10 +744,26 @@ def start_profiles(
         for name, pid in c.pids.items():
             path = Path(directory) / f"{c.name}-{rate or 'max'}-{name}.txt"
             path.parent.mkdir(parents=True, exist_ok=True)
-            cmd = [spy, "record", "--format", "raw", "--nonblocking", "-r", "250", "-o",
-                   str(path), "-p", str(pid)]  # fmt: skip
-            out.append((name, path, subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
-                                                     stderr=subprocess.DEVNULL)))  # fmt: skip
+            cmd = [
+                spy,
+                "record",
+                "--format",
+                "raw",
+                "--nonblocking",
+                "-r",
+                "250",
+                "-o",
+                str(path),
+                "-p",
+                str(pid),
+            ]
+            out.append(
+                (
+                    name,
+                    path,
+                    subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+                )
+            )
     return out
 
 
@@ -781,8 +804,10 @@ def projection(step: dict[str, Any], name: str) -> list[str]:
     mirror (neither is sharded), N correlators and M exporters sharing the other cores."""
     r, created = step[name], step["created"] or 1
     per = {n: r["cpu"].get(n, 0.0) * 1e6 / created for n in STAGES}
-    out = [f"{name}, {step['rate'] or 'max'} conn/s step: CPU per connection "
-           + ", ".join(f"{n} {v:.1f} µs" for n, v in per.items())]  # fmt: skip
+    out = [
+        f"{name}, {step['rate'] or 'max'} conn/s step: CPU per connection "
+        + ", ".join(f"{n} {v:.1f} µs" for n, v in per.items())
+    ]
     for cores in (2, 8, 16):
         bounds = {
             "ingest (one socket, one core)": 1e6 / per["ingest"] if per["ingest"] else 1e12,
@@ -978,8 +1003,10 @@ def main(argv: list[str]) -> int:
                         row = f"{name:<16} {rate or 'max':>7} {percentiles(lat)}"
                         latency_lines.append(f"{row} {seen:>9,} {lost:>7,}")
                 for proc, top in step.get("profile", {}).items():
-                    profiles.append(f"{rate or 'max':>7} {proc:<12} " + "; ".join(
-                        f"{fn} {share:.0%}" for fn, share in top[:6]))  # fmt: skip
+                    profiles.append(
+                        f"{rate or 'max':>7} {proc:<12} "
+                        + "; ".join(f"{fn} {share:.0%}" for fn, share in top[:6])
+                    )
                 (d / "step.json").write_text(json.dumps(step, indent=1, default=str))
     except KeyboardInterrupt:
         print("interrupted: cleaning up", file=sys.stderr)
@@ -1005,8 +1032,10 @@ def main(argv: list[str]) -> int:
         print("\nidle CPU, no traffic, % of one core (every process of the consumer):")
         print("\n".join(idle_lines))
     print("\nlatency: collector receive time of a connection's first record - its DESTROY, ms")
-    print(f"{'consumer':<16} {'target':>7} {'p50':>6} {'p90':>6} {'p99':>6} {'max':>6}"
-          f" {'DESTROYs':>9} {'missing':>7}")  # fmt: skip
+    print(
+        f"{'consumer':<16} {'target':>7} {'p50':>6} {'p90':>6} {'p99':>6} {'max':>6}"
+        f" {'DESTROYs':>9} {'missing':>7}"
+    )
     print("\n".join(latency_lines))
     if profiles:
         print("\npy-spy, self time by function (share of each process's samples):")

@@ -33,12 +33,17 @@ def main(argv: list[str] | None = None) -> int:
     stage = Stage("correlate", argv)
     settings, shard = stage.settings, stage.shard or 0
     limit = settings.daemon.max_unacked
-    work = BatchCorrelator(settings.ct2ft.ttl, settings.export.active_timeout,
-                           journal_path=journal_path(stage.rundir, stage.shard),
-                           remembered=max(16384, 4 * limit))  # fmt: skip
+    work = BatchCorrelator(
+        settings.ct2ft.ttl,
+        settings.export.active_timeout,
+        journal_path=journal_path(stage.rundir, stage.shard),
+        remembered=max(16384, 4 * limit),
+    )
     inlet = Inlet(stage, topology.link("events", shard))
-    outs = {name: Outlet(stage, topology.link(f"flows.{name}", shard), limit)
-            for name in ("export", "mirror")}  # fmt: skip
+    outs = {
+        name: Outlet(stage, topology.link(f"flows.{name}", shard), limit)
+        for name in ("export", "mirror")
+    }
     ledger = Ledger(outputs=tuple(outs))
     poller = zmq.Poller()
     for sock in [inlet.sock] + [out.sock for out in outs.values()]:
@@ -68,8 +73,11 @@ def main(argv: list[str] | None = None) -> int:
             blocked = any(out.full() for out in outs.values())
             poller.modify(inlet.sock, 0 if blocked else zmq.POLLIN)
             ready = dict(poller.poll(stage.poll_ms(last_input, busy=not idle)))
-            acked = {name: newest for name, out in outs.items()
-                     if out.sock in ready and (newest := out.poll_acks()) is not None}  # fmt: skip
+            acked = {
+                name: newest
+                for name, out in outs.items()
+                if out.sock in ready and (newest := out.poll_acks()) is not None
+            }
             for name, newest in acked.items():
                 ledger.output_acked(name, newest)
             if acked:
@@ -86,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
             if block:
                 flow_seq = outs["export"].outbox.reserve()
                 floor = min(out.outbox.acked_upto for out in outs.values())
-                data = codec.encode(FlowBatch(stage.name, stage.incarnation, flow_seq, floor,
-                                              *msg.origin(), block))  # fmt: skip
+                data = codec.encode(
+                    FlowBatch(stage.name, stage.incarnation, flow_seq, floor, *msg.origin(), block)
+                )
                 for out in outs.values():
                     out.send_encoded(flow_seq, data)
             ledger.record(msg.seq, flow_seq)

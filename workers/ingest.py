@@ -39,8 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     alive = persist.Slots(os.path.join(stage.rundir, ckpt.ALIVE), 1)  # survives SIGKILL
     blind_ms = ckpt.blind_time(alive, settings.source.type != "file", time.time_ns())
     if blind_ms:
-        log.warning("no ingest listened for %.1f s before this start: connections that began "
-                    "and ended in that time were not seen", blind_ms / 1000)  # fmt: skip
+        log.warning(
+            "no ingest listened for %.1f s before this start: connections that began "
+            "and ended in that time were not seen",
+            blind_ms / 1000,
+        )
     source = make_source(settings, checkpoint)
     n, limit, paths = settings.daemon.correlators, settings.daemon.max_unacked, settings.source.path
     reader = Reader(source, n, settings.source.linger_ms / 1000, paths)
@@ -74,8 +77,16 @@ def main(argv: list[str] | None = None) -> int:
             if not full and reader.due(stage.stopping):
                 seqs = [0] * n
                 for p in reader.take([len(o.outbox.unacked) for o in outs]):
-                    build = event_batch(stage, source.payload, p.data, p.events, p.where,
-                                        p.first_line, p.origin_stream, p.origin_pos)  # fmt: skip
+                    build = event_batch(
+                        stage,
+                        source.payload,
+                        p.data,
+                        p.events,
+                        p.where,
+                        p.first_line,
+                        p.origin_stream,
+                        p.origin_pos,
+                    )
                     seqs[p.shard] = outs[p.shard].send(build)
                 reader.sent_as(seqs)
             elif stage.stopping and reader.log_file and reader.holding:

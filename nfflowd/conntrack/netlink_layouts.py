@@ -256,8 +256,31 @@ class Layout:
         p = self.values(data, off)
         if p is None:
             return None
-        (proto, _, osrc, odst, osp, odp, rsrc, rdst, rsp, rdp, opk, oby, rpk, rby, ct_id, start,
-         stop, mark, zone, status, event_ns, ocode, rcode) = p  # fmt: skip
+        (
+            proto,
+            _,
+            osrc,
+            odst,
+            osp,
+            odp,
+            rsrc,
+            rdst,
+            rsp,
+            rdp,
+            opk,
+            oby,
+            rpk,
+            rby,
+            ct_id,
+            start,
+            stop,
+            mark,
+            zone,
+            status,
+            event_ns,
+            ocode,
+            rcode,
+        ) = p
         if self.icmp:
             odp = odp << 8 | ocode
             rdp = rdp << 8 | rcode
@@ -265,8 +288,31 @@ class Layout:
         if start is not None and stop is not None and stop >= start:
             delta = stop // 1_000_000_000 - start // 1_000_000_000
         t = (event_ns or now) if kernel_time else now
-        fields = (self.etype, t, self.family, proto, osrc, odst, osp, odp, rsrc, rdst, rsp, rdp,
-                  opk, oby, rpk, rby, ct_id, start, stop, delta, mark, zone, status)  # fmt: skip
+        fields = (
+            self.etype,
+            t,
+            self.family,
+            proto,
+            osrc,
+            odst,
+            osp,
+            odp,
+            rsrc,
+            rdst,
+            rsp,
+            rdp,
+            opk,
+            oby,
+            rpk,
+            rby,
+            ct_id,
+            start,
+            stop,
+            delta,
+            mark,
+            zone,
+            status,
+        )
         return _new(ConntrackEvent, fields)
 
 

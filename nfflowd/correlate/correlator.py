@@ -145,19 +145,53 @@ def pack_records(
         ev.reply_bytes,
     )
     return _pack(
-        out, start_ns, end_ns, end, ev.family, ev.proto,
-        ev.orig_src, ev.orig_dst, ev.orig_sport, ev.orig_dport,
-        ev.reply_src, ev.reply_dst, ev.reply_sport, ev.reply_dport,
-        o_pkts, o_bytes, r_pkts, r_bytes, ev.mark, ev.zone, ev.ct_id or 0,
-    )  # fmt: skip
+        out,
+        start_ns,
+        end_ns,
+        end,
+        ev.family,
+        ev.proto,
+        ev.orig_src,
+        ev.orig_dst,
+        ev.orig_sport,
+        ev.orig_dport,
+        ev.reply_src,
+        ev.reply_dst,
+        ev.reply_sport,
+        ev.reply_dport,
+        o_pkts,
+        o_bytes,
+        r_pkts,
+        r_bytes,
+        ev.mark,
+        ev.zone,
+        ev.ct_id or 0,
+    )
 
 
 def _pack(
-    out: bytearray, start_ns: int, end_ns: int, end: int, fam: int, proto: int,
-    osrc: bytes, odst: bytes, osp: int, odp: int, rsrc: bytes, rdst: bytes, rsp: int, rdp: int,
-    o_pkts: int | None, o_bytes: int | None, r_pkts: int | None, r_bytes: int | None,
-    mark: int, zone: int, ctid: int,
-) -> int:  # fmt: skip
+    out: bytearray,
+    start_ns: int,
+    end_ns: int,
+    end: int,
+    fam: int,
+    proto: int,
+    osrc: bytes,
+    odst: bytes,
+    osp: int,
+    odp: int,
+    rsrc: bytes,
+    rdst: bytes,
+    rsp: int,
+    rdp: int,
+    o_pkts: int | None,
+    o_bytes: int | None,
+    r_pkts: int | None,
+    r_bytes: int | None,
+    mark: int,
+    zone: int,
+    ctid: int,
+) -> int:
     """:func:`pack_records` on plain values (what :meth:`Correlator.destroyed` has)."""
     first = start_ns // _NS_PER_MS
     last = end_ns // _NS_PER_MS
@@ -183,16 +217,73 @@ def _pack(
     a = b = c = b""
     if orig:
         pk, by = o_pkts or 0, o_bytes or 0
-        a = pack(first, last, fam, proto, osrc, odst, o_sport, o_dport, pk, by, rdst, rsrc,
-                 out_sport, out_dport, _ORIGINAL_IN, end, mark, zone, ctid)  # fmt: skip
+        a = pack(
+            first,
+            last,
+            fam,
+            proto,
+            osrc,
+            odst,
+            o_sport,
+            o_dport,
+            pk,
+            by,
+            rdst,
+            rsrc,
+            out_sport,
+            out_dport,
+            _ORIGINAL_IN,
+            end,
+            mark,
+            zone,
+            ctid,
+        )
         n = 1
         if natted:
-            b = pack(first, last, fam, proto, rdst, rsrc, out_sport, out_dport, pk, by, rdst,
-                     rsrc, out_sport, out_dport, _ORIGINAL_OUT, end, mark, zone, ctid)  # fmt: skip
+            b = pack(
+                first,
+                last,
+                fam,
+                proto,
+                rdst,
+                rsrc,
+                out_sport,
+                out_dport,
+                pk,
+                by,
+                rdst,
+                rsrc,
+                out_sport,
+                out_dport,
+                _ORIGINAL_OUT,
+                end,
+                mark,
+                zone,
+                ctid,
+            )
             n = 2
     if reply:
-        c = pack(first, last, fam, proto, rsrc, rdst, r_sport, r_dport, r_pkts or 0, r_bytes or 0,
-                 odst, osrc, back_sport, back_dport, _REPLY_IN, end, mark, zone, ctid)  # fmt: skip
+        c = pack(
+            first,
+            last,
+            fam,
+            proto,
+            rsrc,
+            rdst,
+            r_sport,
+            r_dport,
+            r_pkts or 0,
+            r_bytes or 0,
+            odst,
+            osrc,
+            back_sport,
+            back_dport,
+            _REPLY_IN,
+            end,
+            mark,
+            zone,
+            ctid,
+        )
         n += 1
     out += a
     out += b
@@ -364,8 +455,31 @@ class Correlator:
         compiled layout picked (:meth:`nfflowd.conntrack.netlink_layouts.Layout.values`):
         no event object, no table lookup.  The stateless path: with the kernel's stamps a
         DESTROY is all a connection's records need."""
-        (proto, _, osrc, odst, osp, odp, rsrc, rdst, rsp, rdp, opk, oby, rpk, rby, ct_id,
-         start, stop, mark, zone, _status, event_ns, ocode, rcode) = v  # fmt: skip
+        (
+            proto,
+            _,
+            osrc,
+            odst,
+            osp,
+            odp,
+            rsrc,
+            rdst,
+            rsp,
+            rdp,
+            opk,
+            oby,
+            rpk,
+            rby,
+            ct_id,
+            start,
+            stop,
+            mark,
+            zone,
+            _status,
+            event_ns,
+            ocode,
+            rcode,
+        ) = v
         t = event_ns or recv_ns
         if t > self.clock_ns:
             self.clock_ns = t
@@ -380,9 +494,28 @@ class Correlator:
             start = t
         try:
             self.counters.records += _pack(
-                out, start, t if stop is None else stop, _END_OF_FLOW, family, proto, osrc, odst,
-                osp, odp, rsrc, rdst, rsp, rdp, opk, oby, rpk, rby, mark, zone, ct_id or 0,
-            )  # fmt: skip
+                out,
+                start,
+                t if stop is None else stop,
+                _END_OF_FLOW,
+                family,
+                proto,
+                osrc,
+                odst,
+                osp,
+                odp,
+                rsrc,
+                rdst,
+                rsp,
+                rdp,
+                opk,
+                oby,
+                rpk,
+                rby,
+                mark,
+                zone,
+                ct_id or 0,
+            )
         except (struct.error, TypeError):
             self.counters.invalid += 1
 

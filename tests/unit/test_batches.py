@@ -36,9 +36,12 @@ def test_text_batches_give_what_parse_and_feed_give(tmp_path: Path) -> None:
     assert got == want and len(unpack_flows(got)) > 1000
     c = work.counters()
     assert (c["new"], c["destroy"], c["records"], c["open"], c["new_duplicate"]) == (
-        plain.counters.new, plain.counters.destroy, plain.counters.records, len(plain.open),
+        plain.counters.new,
+        plain.counters.destroy,
+        plain.counters.records,
+        len(plain.open),
         plain.counters.new_duplicate,
-    )  # fmt: skip
+    )
     assert c["events"] == len(events) and c["lines"] == data.count(b"\n")
 
 
@@ -66,8 +69,11 @@ def test_a_bad_line_is_counted_and_named_by_place(caplog: pytest.LogCaptureFixtu
 
 def test_netlink_batches_decode_in_place() -> None:
     """Framed datagrams: the records of the golden log's events, whatever the framing."""
-    events = [ev for ln in (GOLDEN / "lab-events.log").read_text().splitlines()
-              if (ev := parse_line(ln)) is not None]  # fmt: skip
+    events = [
+        ev
+        for ln in (GOLDEN / "lab-events.log").read_text().splitlines()
+        if (ev := parse_line(ln)) is not None
+    ]
     want = Correlator().feed_block(events)
     data = bytearray()
     for ev in events:  # the kernel sends each event in a datagram of its own

@@ -139,12 +139,22 @@ def test_random_bytes_never_escape_as_other_errors(data: bytes) -> None:
 
 
 @settings(max_examples=300)
-@given(st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats()
-                    | st.text(max_size=5) | st.binary(max_size=5),
-                    lambda children: st.lists(children, max_size=4)
-                    | st.dictionaries(st.text(max_size=3), children, max_size=3),
-                    max_leaves=20),
-       st.sampled_from(list(Kind)))  # fmt: skip
+@given(
+    st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers(-(2**63), 2**64 - 1)
+        | st.floats()
+        | st.text(max_size=5)
+        | st.binary(max_size=5),
+        lambda children: (
+            st.lists(children, max_size=4)
+            | st.dictionaries(st.text(max_size=3), children, max_size=3)
+        ),
+        max_leaves=20,
+    ),
+    st.sampled_from(list(Kind)),
+)
 def test_random_structures_with_a_valid_kind_never_escape(body: object, kind: Kind) -> None:
     fields = body if isinstance(body, list) else [body]
     with contextlib.suppress(codec.DecodeError):
