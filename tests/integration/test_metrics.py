@@ -118,14 +118,17 @@ def test_metrics_endpoint_and_status_follow_the_pipeline(tmp_path: Path, udp_sin
     try:
         wait_all_running(run)
 
-        def delivered(n: int) -> Callable[[Samples], bool]:
+        def delivered(n: int, events: int) -> Callable[[Samples], bool]:
+            # the source's count too: a restarted ingest publishes it at its next notice,
+            # which may come after the records it read have been delivered
             return lambda s: (
-                value(s, "nfflowd_export_records_total", stage="export") == n
+                value(s, "nfflowd_source_events_total", stage="ingest") == events
+                and value(s, "nfflowd_export_records_total", stage="export") == n
                 and value(s, "nfflowd_mirror_records_total", stage="mirror") == n
                 and value(s, "nfflowd_link_unacked_batches", stage="ingest", link="events") == 0
             )
 
-        first = scrape_until(port, delivered(records_a), 120)
+        first = scrape_until(port, delivered(records_a, events_a), 120)
         _, types = scrape(port)
         # every counter a stage publishes has a name, a type and a HELP text of its own
         assert not [n for n, t in types.items() if t in ("unknown", "untyped")], types
@@ -150,7 +153,7 @@ def test_metrics_endpoint_and_status_follow_the_pipeline(tmp_path: Path, udp_sin
         # a second log: ingest alone restarts, the counters go on
         config(tmp_path, log_b, udp_sink, port)
         assert "restarted: ingest" in nfflowd("-c", str(conf), "reload").stdout
-        second = scrape_until(port, delivered(records_a + records_b), 120)
+        second = scrape_until(port, delivered(records_a + records_b, events_b), 120)
         assert value(second, "nfflowd_stage_starts_total", stage="ingest") == 2
         for stage in ("correlate", "export", "mirror"):
             assert value(second, "nfflowd_stage_starts_total", stage=stage) == 1
