@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import gc
 import random
-import statistics
 import sys
 import time
-from collections.abc import Callable
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.bench_v5_encode import compare
 from nfflowd.formats.flowtools_csv import format_block, format_line
 from nfflowd.messages import FlowRecord, pack_flows, unpack_flows
 
@@ -71,17 +73,6 @@ def make_records(n: int, now_ms: int, *, distinct: bool = False) -> list[FlowRec
         ):
             out.append(FlowRecord(first, last, fam, proto, *row, 3, 0, 0, i))
     return out[:n]
-
-
-def compare(ways: dict[str, Callable[[], object]], records: int, repeats: int) -> dict[str, float]:
-    """Median µs of CPU per record of each way, the ways run in turn in each repeat."""
-    times: dict[str, list[float]] = {name: [] for name in ways}
-    for _ in range(repeats):
-        for name, way in ways.items():
-            t0 = time.process_time()
-            way()
-            times[name].append((time.process_time() - t0) / records * 1e6)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:

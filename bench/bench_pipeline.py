@@ -22,27 +22,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nfflowd import topology
-from nfflowd.config import Collector, Dispatcher, Settings, load
+from nfflowd.config import Settings, load
 from nfflowd.lab.events import generate
 from nfflowd.lab.nfcapd import Nfcapd
 from nfflowd.ops import replay
+from nfflowd.ops.demo import demo_settings
 
 
 def replay_settings(collector_port: int, correlators: int = 1, exporters: int = 1) -> Settings:
-    """The built-in defaults, exporting v5 to nfcapd on loopback and mirroring to the screen."""
-    base = load(None)
-    return dataclasses.replace(
-        base,
-        export=dataclasses.replace(
-            base.export,
-            exaddr="127.0.0.1",
-            collectors=(Collector(address="127.0.0.1", port=collector_port, version=5),),
-        ),
-        mirror=dataclasses.replace(
-            base.mirror, dispatchers=(Dispatcher(name="screen", kind="screen"),)
-        ),
-        daemon=dataclasses.replace(base.daemon, correlators=correlators, exporters=exporters),
-    )
+    """The built-in defaults, exporting v5 to nfcapd on loopback and mirroring to the screen
+    (the demo's settings, its default run directory), with *correlators* and *exporters*."""
+    base = demo_settings(collector_port, load(None).daemon.rundir)
+    daemon = dataclasses.replace(base.daemon, correlators=correlators, exporters=exporters)
+    return dataclasses.replace(base, daemon=daemon)
 
 
 def main() -> None:

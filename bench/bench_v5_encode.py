@@ -62,7 +62,8 @@ def make_records(n: int, now_ms: int) -> list[FlowRecord]:
 
 
 def compare(ways: dict[str, Callable[[], object]], records: int, repeats: int) -> dict[str, float]:
-    """Median µs of CPU per record of each way, the ways run in turn in each repeat."""
+    """Median µs of CPU per record of each way, the ways run in turn in each repeat
+    (also bench_mirror_format's)."""
     times: dict[str, list[float]] = {name: [] for name in ways}
     for _ in range(repeats):
         for name, way in ways.items():

@@ -351,10 +351,30 @@ def _codec_target() -> Target:
 def _odd_value(rng: random.Random) -> object:
     """A msgpack value a sender should not send: another type, or an extreme."""
     pool: list[object] = [
-        None, True, False, -1, -(2**63), 2**63 - 1, 2**64 - 1, 0.5, float("nan"), float("inf"),
-        "", "x" * 300, "é", b"", b"\0" * 57, rng.randbytes(rng.randrange(200)),
-        [], [1, 2], {}, {"a": 1}, {1: 2}, [[[]]], rng.choice(INTERESTING),
-    ]  # fmt: skip
+        None,
+        True,
+        False,
+        -1,
+        -(2**63),
+        2**63 - 1,
+        2**64 - 1,
+        0.5,
+        float("nan"),
+        float("inf"),
+        "",
+        "x" * 300,
+        "é",
+        b"",
+        b"\0" * 57,
+        rng.randbytes(rng.randrange(200)),
+        [],
+        [1, 2],
+        {},
+        {"a": 1},
+        {1: 2},
+        [[[]]],
+        rng.choice(INTERESTING),
+    ]
     return rng.choice(pool)
 
 

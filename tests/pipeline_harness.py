@@ -13,7 +13,7 @@ import threading
 import time
 import xmlrpc.client
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from nfflowd import topology
 from nfflowd.conntrack.text import parse_line
 from nfflowd.correlate.correlator import Correlator
 from nfflowd.formats import flowtools_csv
+from nfflowd.lab.events import generate
 from nfflowd.messages import FlowRecord
 from nfflowd.ops import control
 from nfflowd.pipeline import supervision
@@ -33,16 +34,21 @@ GOLDEN = ROOT / "tests" / "data" / "golden"
 
 
 def write_config(
-    path: Path,
-    *,
-    collector_port: int | None,
-    syslog_socket: str | None,
     rundir: Path,
-    screen: bool = False,
-    screen_stderr: bool = False,
     extra: str = "",
+    *,
+    collector_port: int | None = None,
+    syslog_socket: str | None = None,
+    screen: bool = True,
+    screen_stderr: bool = False,
+    screen_format: str | None = None,
+    path: Path | None = None,
 ) -> Path:
-    """A seed-style Config::General file pointing at our private collector and syslog."""
+    """A seed-style Config::General file for a daemon running in *rundir*: the screen
+    dispatcher (mirror.out; ``format screen_format`` if given) unless ``screen=False``,
+    a NetFlow v5 flow_send to our private collector and a syslog dispatcher only when
+    given, then *extra* (blocks).  Written to *path*, by default next to the run
+    directory (``<rundir>.conf``)."""
     parts = []
     if collector_port is not None:
         parts.append(
@@ -55,7 +61,9 @@ def write_config(
     if screen:
         parts.append(
             "    <screen>\n      class Log::Dispatch::Screen\n"
-            f"      stderr {int(screen_stderr)}\n      min_level debug\n    </screen>\n"
+            f"      stderr {int(screen_stderr)}\n      min_level debug\n"
+            + (f"      format {screen_format}\n" if screen_format else "")
+            + "    </screen>\n"
         )
     if syslog_socket:
         parts.append(
@@ -65,8 +73,41 @@ def write_config(
         )
     parts.append("  </conf>\n</ptee>\n")
     parts.append(f"<daemon>\n    rundir {rundir}\n</daemon>\n")
+    path = path or rundir.with_suffix(".conf")
     path.write_text("".join(parts) + extra)
     return path
+
+
+def file_source(log: Path | str) -> str:
+    """A ``<source>`` block reading a saved ``conntrack -E`` log."""
+    return f"<source>\n  type file\n  path {log}\n</source>\n"
+
+
+def idle_source(directory: Path) -> str:
+    """A ``<source>`` reading an empty log (written in *directory*): a daemon with
+    nothing to read."""
+    empty = directory / "empty.log"
+    empty.write_text("")
+    return file_source(empty)
+
+
+def netlink_source(netns: str, *settings: str) -> str:
+    """A ``<source>`` block reading *netns*'s conntrack over netlink, with *settings*
+    (lines such as ``"set_sysctls 1"``)."""
+    lines = "".join(f"  {s}\n" for s in settings)
+    return f"<source>\n  type netlink\n  netns {netns}\n{lines}</source>\n"
+
+
+def export_block(exaddr: str, *collectors: tuple[int, int, *tuple[str, ...]]) -> str:
+    """An ``<export>`` block: *exaddr*, and a collector on 127.0.0.1 for each
+    ``(port, NetFlow version, setting lines...)``, e.g. ``(port, 9, "records triplet")``."""
+    blocks = "".join(
+        f"  <collector>\n    address 127.0.0.1\n    port {port}\n    version {version}\n"
+        + "".join(f"    {s}\n" for s in settings)
+        + "  </collector>\n"
+        for port, version, *settings in collectors
+    )
+    return f"<export>\n  exaddr {exaddr}\n{blocks}</export>\n"
 
 
 def nfflowd(
@@ -88,6 +129,23 @@ def nfflowd(
     return res
 
 
+def replay(
+    conf: Path, rundir: Path, log: Path | str, *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """`nfflowd -c conf replay [args] --rundir rundir log` (the stages' report on stdout)."""
+    return nfflowd("-c", str(conf), "replay", *args, "--rundir", str(rundir), str(log), check=check)
+
+
+@contextlib.contextmanager
+def daemon(conf: Path) -> Iterator[subprocess.CompletedProcess[str]]:
+    """`nfflowd -c conf start` (its result), and `stop` however the block ends, even
+    when start failed half-way."""
+    try:
+        yield nfflowd("-c", str(conf), "start")
+    finally:
+        nfflowd("-c", str(conf), "stop", check=False)
+
+
 def csv_key(line: str) -> tuple[Any, ...]:
     """A syslog CSV line reduced to what it means: absolute times and the flow fields."""
     f = flowtools_csv.parse_line(line)
@@ -107,18 +165,19 @@ def csv_key(line: str) -> tuple[Any, ...]:
     )
 
 
+#: The flow fields of a record read by nfdump (``parse_nfdump_line``) or of a JSON
+#: mirror line (``json_lines.parse_line``): both use these names.
+FLOW_FIELDS = ("src", "dst", "sport", "dport", "proto", "packets", "bytes")
+
+
+def flow_fields(rec: dict[str, Any]) -> tuple[Any, ...]:
+    """(src, dst, sport, dport, proto, packets, bytes) of an nfdump record or JSON line."""
+    return tuple(rec[name] for name in FLOW_FIELDS)
+
+
 def nfdump_key(rec: dict[str, Any]) -> tuple[Any, ...]:
-    return (
-        rec["first_ms"],
-        rec["last_ms"],
-        rec["src"],
-        rec["dst"],
-        rec["sport"],
-        rec["dport"],
-        rec["proto"],
-        rec["packets"],
-        rec["bytes"],
-    )
+    """(first ms, last ms, *flow_fields*) of an nfdump record or a JSON mirror line."""
+    return (rec["first_ms"], rec["last_ms"], *flow_fields(rec))
 
 
 def is_ipv4(text: str) -> bool:
@@ -149,6 +208,13 @@ def wait_all_running(rundir: Path | str, timeout: float = 20) -> dict[str, int]:
 #: left out, as in nfflowd's own record identity: a restarted correlate has lost the
 #: NEW events of acknowledged batches and takes the start from the DESTROY instead.
 Ident = tuple[Any, ...]
+
+
+def event_log(directory: Path, events: int, **options: Any) -> tuple[Path, int]:
+    """A generated ``conntrack -E`` log of *events* lines (``nfflowd.lab.events.generate``
+    with *options*), *directory*/events.log, and the number of records it must produce."""
+    log = directory / "events.log"
+    return log, generate(str(log), events, **options)
 
 
 def expected_records(log: Path) -> list[FlowRecord]:

@@ -24,6 +24,12 @@ TRACKING_RULES = (
 )
 
 
+def track_connections(netns: str) -> None:
+    """Load TRACKING_RULES in *netns*: its connections are tracked from now on."""
+    argv = ["ip", "netns", "exec", netns, "nft", "-f", "-"]
+    subprocess.run(argv, input=TRACKING_RULES, text=True, check=True, timeout=10)
+
+
 @contextlib.contextmanager
 def scratch_netns(prefix: str, *, track: bool = True, counters: bool = True) -> Iterator[str]:
     """A fresh namespace with lo up; with *track*, connections are tracked; with
@@ -35,8 +41,7 @@ def scratch_netns(prefix: str, *, track: bool = True, counters: bool = True) -> 
     try:
         subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, timeout=10)
         if track:
-            argv = ["ip", "netns", "exec", name, "nft", "-f", "-"]
-            subprocess.run(argv, input=TRACKING_RULES, text=True, check=True, timeout=10)
+            track_connections(name)
         if counters:
             set_sysctls(name, acct=True, timestamp=True)
         yield name

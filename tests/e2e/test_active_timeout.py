@@ -22,8 +22,8 @@ import pytest
 
 from nfflowd import lab as labmod
 from nfflowd.lab.nfcapd import Nfcapd
-from tests.lab_names import lab_prefix
-from tests.pipeline_harness import nfflowd, running_pid, write_config
+from tests.lab_names import end_connections, lab_prefix
+from tests.pipeline_harness import daemon, netlink_source, running_pid, write_config
 
 SERVER = """
 import socket
@@ -60,42 +60,27 @@ def test_long_connection_interim_records_sum_to_kernel_counters(
     rundir = tmp_path / "run"
     events = tmp_path / "conntrack-E.log"
     with labmod.running(lab_prefix("at")) as lab, Nfcapd() as cap:
-        conf = write_config(
-            tmp_path / "nfflowd.conf",
-            collector_port=cap.port,
-            syslog_socket=None,
-            rundir=rundir,
-            screen=True,
-            extra=(
-                f"<source>\n  type netlink\n  netns {lab.fw}\n  set_sysctls 1\n</source>\n"
-                "<export>\n  active_timeout 3\n</export>\n"
-            ),
-        )
-        nfflowd("-c", str(conf), "start")
-        try:
-            with open(events, "wb") as fh, labmod.capture(lab, fh, "timestamp,id"):
-                server = subprocess.Popen(
-                    ["ip", "netns", "exec", lab.server, sys.executable, "-c", SERVER],
-                    stdout=subprocess.PIPE,
-                    text=True,
-                )
-                assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-                client = subprocess.Popen(
-                    ["ip", "netns", "exec", lab.client, sys.executable, "-c", CLIENT]
-                )
-                if kill_correlate:
-                    time.sleep(7)  # reported at least once (active timeout 3 s)
-                    pid = running_pid(rundir, "correlate")
-                    assert pid, "correlate runs"
-                    os.kill(pid, signal.SIGKILL)
-                assert client.wait(60) == 0
-                server.wait(10)
-                time.sleep(2.5)  # TIME_WAIT (2 s in the lab) ends the connection
-                labmod.expire(lab)
-                labmod.flush(lab)
-                time.sleep(1.0)
-        finally:
-            nfflowd("-c", str(conf), "stop", check=False)
+        source = netlink_source(lab.fw, "set_sysctls 1")
+        export = "<export>\n  active_timeout 3\n</export>\n"
+        conf = write_config(rundir, source + export, collector_port=cap.port)
+        with daemon(conf), open(events, "wb") as fh, labmod.capture(lab, fh, "timestamp,id"):
+            server = subprocess.Popen(
+                ["ip", "netns", "exec", lab.server, sys.executable, "-c", SERVER],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+            client = subprocess.Popen(
+                ["ip", "netns", "exec", lab.client, sys.executable, "-c", CLIENT]
+            )
+            if kill_correlate:
+                time.sleep(7)  # reported at least once (active timeout 3 s)
+                pid = running_pid(rundir, "correlate")
+                assert pid, "correlate runs"
+                os.kill(pid, signal.SIGKILL)
+            assert client.wait(60) == 0
+            server.wait(10)
+            end_connections(lab, 2.5)  # TIME_WAIT (2 s in the lab) ends the connection
         stored = cap.records()
 
     m = DESTROY.search(events.read_text())

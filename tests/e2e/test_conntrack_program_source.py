@@ -18,8 +18,8 @@ import pytest
 from nfflowd import lab as labmod
 from nfflowd.conntrack.sources import ProgramSource
 from nfflowd.lab.nfcapd import Nfcapd
-from tests.lab_names import lab_prefix
-from tests.pipeline_harness import nfflowd, write_config
+from tests.lab_names import end_connections, lab_prefix
+from tests.pipeline_harness import daemon, write_config
 from tests.source_events import SourceEvents
 
 
@@ -28,30 +28,18 @@ from tests.source_events import SourceEvents
 def test_conntrack_program_source_in_the_lab(tmp_path: Path, lab_ready: None) -> None:
     rundir = tmp_path / "run"
     with labmod.running(lab_prefix("prog")) as lab, Nfcapd() as cap:
-        conf = write_config(
-            tmp_path / "nfflowd.conf",
-            collector_port=cap.port,
-            syslog_socket=None,
-            rundir=rundir,
-            screen=True,
-            extra=(
-                "<source>\n  type conntrack\n</source>\n"
-                "<conntrack>\n  progname ip\n"
-                f"  init_format netns exec {lab.fw} conntrack -L\n"
-                f"  format netns exec {lab.fw} conntrack -E -e NEW,DESTROY -o timestamp,id\n"
-                "</conntrack>\n"
-            ),
+        program = (
+            "<source>\n  type conntrack\n</source>\n"
+            "<conntrack>\n  progname ip\n"
+            f"  init_format netns exec {lab.fw} conntrack -L\n"
+            f"  format netns exec {lab.fw} conntrack -E -e NEW,DESTROY -o timestamp,id\n"
+            "</conntrack>\n"
         )
-        nfflowd("-c", str(conf), "start")
-        try:
+        conf = write_config(rundir, program, collector_port=cap.port)
+        with daemon(conf):
             time.sleep(1.5)  # the program starts and subscribes
             flows = labmod.traffic(lab)
-            time.sleep(3.5)
-            labmod.expire(lab)
-            labmod.flush(lab)
-            time.sleep(1.0)
-        finally:
-            nfflowd("-c", str(conf), "stop", check=False)
+            end_connections(lab)
         stored = cap.records()
     lines = (rundir / "mirror.out").read_text().splitlines()
     # every connection of the mix: 3 records when NATed and replied, 2 without NAT / reply
@@ -63,20 +51,25 @@ def test_conntrack_program_source_in_the_lab(tmp_path: Path, lab_ready: None) ->
     assert protos[6] and protos[17] and protos[1] and protos[47]
 
 
+def fake_conntrack(tmp_path: Path, script: str) -> tuple[ProgramSource, SourceEvents]:
+    """A source running the shell *script* as its conntrack program, and its reader."""
+    program = tmp_path / "fake-conntrack"
+    program.write_text("#!/bin/sh\n" + script)
+    program.chmod(0o755)
+    src = ProgramSource(str(program), "", "-E", restart_delay_s=0.05)
+    return src, SourceEvents(src)
+
+
 def test_program_source_restarts_a_dead_program(tmp_path: Path) -> None:
     """The program exits after one line: the source logs, counts and runs it again."""
-    script = tmp_path / "fake-conntrack"
-    script.write_text(
-        "#!/bin/sh\n"
+    src, reader = fake_conntrack(
+        tmp_path,
         "echo '[1795714525.646611]\t[DESTROY] udp      17 src=10.0.1.2 dst=203.0.113.2 "
         "sport=1 dport=2 packets=1 bytes=28 src=203.0.113.2 dst=10.0.1.2 sport=2 dport=1 "
         "packets=1 bytes=28 id=5'\n"
         "echo 'garbage line' \n"
-        "exit 3\n"
+        "exit 3\n",
     )
-    script.chmod(0o755)
-    src = ProgramSource(str(script), "", "-E", restart_delay_s=0.05)
-    reader = SourceEvents(src)
     events = []
     deadline = time.monotonic() + 10
     while src.counters["program_starts"] < 3 and time.monotonic() < deadline:
@@ -92,9 +85,8 @@ def test_program_source_keeps_reading_a_program_that_fills_its_stderr(tmp_path: 
     a pipe nobody reads blocks the program once it holds 64 KiB, and the events stop.
     Here 50 events each follow 8 KiB of error output (400 KiB in all): every event
     arrives, every error line is counted, and the program is never restarted."""
-    script = tmp_path / "fake-conntrack"
-    script.write_text(
-        "#!/bin/sh\n"
+    src, reader = fake_conntrack(
+        tmp_path,
         "i=1\n"
         "while [ $i -le 50 ]; do\n"
         "  head -c 8192 /dev/zero | tr '\\0' 'x' | fold -w 63 >&2\n"
@@ -103,11 +95,8 @@ def test_program_source_keeps_reading_a_program_that_fills_its_stderr(tmp_path: 
         "packets=1 bytes=28 id=%d\\n' $i\n"
         "  i=$((i + 1))\n"
         "done\n"
-        "exec sleep 60\n"
+        "exec sleep 60\n",
     )
-    script.chmod(0o755)
-    src = ProgramSource(str(script), "", "-E", restart_delay_s=0.05)
-    reader = SourceEvents(src)
     events = []
     deadline = time.monotonic() + 30
     try:

@@ -41,6 +41,7 @@ from tests.pipeline_harness import (
     csv_key,
     expected_records,
     mirror_lines,
+    netlink_source,
     nfflowd,
     wait_all_running,
     wait_settled,
@@ -103,15 +104,9 @@ def test_live_traffic_with_stages_killed_every_second(tmp_path: Path, lab_ready:
     failures: list[BaseException] = []
     stop = threading.Event()
     with labmod.running(lab_prefix("chaos")) as lab, Nfcapd(extra_args=["-B", "8388608"]) as cap:
-        conf = write_config(
-            tmp_path / "nfflowd.conf",
-            collector_port=cap.port,
-            syslog_socket=None,
-            rundir=rundir,
-            screen=True,
-            extra=f"<source>\n  type netlink\n  netns {lab.fw}\n  set_sysctls 1\n</source>\n"
-            f"<daemon>\n  max_unacked {MAX_UNACKED}\n</daemon>\n",
-        )
+        source = netlink_source(lab.fw, "set_sysctls 1")
+        daemon = f"<daemon>\n  max_unacked {MAX_UNACKED}\n</daemon>\n"
+        conf = write_config(rundir, source + daemon, collector_port=cap.port)
 
         def traffic() -> None:
             try:

@@ -26,8 +26,14 @@ from nfflowd.lab.nfcapd import Nfcapd
 from nfflowd.messages import FlowRecord
 from nfflowd.ops import control
 from tests.kernel_times import TIME_SLACK_MS, kernel_seconds
-from tests.lab_names import lab_prefix
-from tests.pipeline_harness import csv_key, nfflowd, wait_all_running, write_config
+from tests.lab_names import end_connections, lab_prefix
+from tests.pipeline_harness import (
+    csv_key,
+    netlink_source,
+    nfflowd,
+    wait_all_running,
+    write_config,
+)
 
 
 def witness_records(log: Path) -> list[FlowRecord]:
@@ -54,14 +60,8 @@ def test_live_lab_through_the_kernel(
     rundir = tmp_path / "run"
     events = tmp_path / "conntrack-E.log"
     with labmod.running(lab_prefix("live")) as lab, Nfcapd() as cap:
-        conf = write_config(
-            tmp_path / "nfflowd.conf",
-            collector_port=cap.port,
-            syslog_socket=None,
-            rundir=rundir,
-            screen=True,
-            extra=f"<source>\n  type netlink\n  netns {lab.fw}\n  set_sysctls 1\n</source>\n",
-        )
+        source = netlink_source(lab.fw, "set_sysctls 1")
+        conf = write_config(rundir, source, collector_port=cap.port)
         started_ms: list[int] = []
 
         def start_nfflowd() -> None:
@@ -72,10 +72,7 @@ def test_live_lab_through_the_kernel(
         try:
             with open(events, "wb") as fh, labmod.capture(lab, fh, "timestamp,ktimestamp,id"):
                 flows = labmod.traffic(lab, before_close=start_nfflowd)
-                time.sleep(3.5)  # natural ends: TIME_WAIT and the 3 s datagram timeouts
-                labmod.expire(lab)
-                labmod.flush(lab)
-                time.sleep(1.0)
+                end_connections(lab)  # natural ends: TIME_WAIT, the 3 s datagram timeouts
             check = nfflowd("-c", str(conf), "check")
             for stage in ("ingest", "correlate", "export", "mirror"):
                 assert f"stage    {stage}" in check.stdout and "RUNNING" in check.stdout

@@ -49,7 +49,14 @@ from nfflowd.lab.nfcapd import Nfcapd, free_udp_port, parse_nfdump_line
 from nfflowd.ops import control
 from tests.kernel_times import TIME_SLACK_MS, kernel_seconds
 from tests.needs import needs
-from tests.pipeline_harness import nfflowd, wait_all_running
+from tests.pipeline_harness import (
+    export_block,
+    flow_fields,
+    netlink_source,
+    nfflowd,
+    wait_all_running,
+    write_config,
+)
 
 #: nfdump output: the base fields, the NAT fields, direction, end reason, time received.
 NFDUMP_FMT = "fmt:%ts|%te|%pr|%sa|%da|%sp|%dp|%pkt|%byt|%xsa|%xda|%xsp|%xdp|%dir|%end|%tr"
@@ -64,27 +71,6 @@ Row = tuple[Any, ...]  # src, dst, sport, dport, proto, packets, bytes, psrc, pd
 
 def prefix() -> str:
     return f"nfv-{os.getpid() % 100_000}-"
-
-
-def config_text(rundir: Path, fw: str, v9: int, ipfix: int, dead: int, triplet: int) -> str:
-    collectors = "".join(
-        f"    <collector>\n        address 127.0.0.1\n        port {port}\n"
-        f"        version {version}\n{extra}    </collector>\n"
-        for port, version, extra in (
-            (v9, 9, ""),
-            (ipfix, 10, ""),
-            (dead, 5, ""),
-            (triplet, 9, "        records triplet\n"),
-        )
-    )
-    return (
-        f"<source>\n    type netlink\n    netns {fw}\n    set_sysctls 1\n</source>\n"
-        f"<export>\n    exaddr {EXADDR}\n{collectors}</export>\n"
-        "<ptee>\n  <conf>\n    dispatchers screen\n    <screen>\n"
-        "      class Log::Dispatch::Screen\n      stderr 0\n      min_level debug\n"
-        "      format json\n    </screen>\n  </conf>\n</ptee>\n"
-        f"<daemon>\n    rundir {rundir}\n</daemon>\n"
-    )
 
 
 def wait_lines(path: Path, n: int, timeout: float = 15) -> None:
@@ -144,13 +130,7 @@ def nfdump_rows(cap: Nfcapd) -> list[dict[str, Any]]:
     for cols in cap.rows(NFDUMP_FMT):
         rec = parse_nfdump_line("|".join(cols[:9]))
         rec["row"] = (
-            rec["src"],
-            rec["dst"],
-            rec["sport"],
-            rec["dport"],
-            rec["proto"],
-            rec["packets"],
-            rec["bytes"],
+            *flow_fields(rec),
             addr(cols[9]),
             addr(cols[10]),
             int(cols[11]),
@@ -182,13 +162,7 @@ def export_counters(rundir: Path) -> dict[str, int]:
 def mirrored_row(j: dict[str, Any]) -> Row:
     """A JSON mirror line as a Row (direction: egress for the original as it left)."""
     return (
-        j["src"],
-        j["dst"],
-        j["sport"],
-        j["dport"],
-        j["proto"],
-        j["packets"],
-        j["bytes"],
+        *flow_fields(j),
         j["post_src"],
         j["post_dst"],
         j["post_sport"],
@@ -277,9 +251,15 @@ def test_live_lab_to_v9_ipfix_and_a_dead_collector(
         Nfcapd() as ipfixcap,
         Nfcapd() as tripletcap,
     ):
-        conf = tmp_path / "nfflowd.conf"
-        ports = v9cap.port, ipfixcap.port, dead, tripletcap.port
-        conf.write_text(config_text(rundir, lab.fw, *ports))
+        source = netlink_source(lab.fw, "set_sysctls 1")
+        export = export_block(
+            EXADDR,
+            (v9cap.port, 9),
+            (ipfixcap.port, 10),
+            (dead, 5),
+            (tripletcap.port, 9, "records triplet"),
+        )
+        conf = write_config(rundir, source + export, screen_format="json")
         try:
             nfflowd("-c", str(conf), "start")
             wait_all_running(rundir)

@@ -191,12 +191,17 @@ def flows(events: list[ConntrackEvent], kind: int) -> set[int | None]:
     return {e.ct_id for e in events if e.type == kind and e.proto == 17 and e.orig_dport == 9}
 
 
+def burst(listener: CtnetlinkListener, netns: str) -> list[ConntrackEvent]:
+    """BURST UDP flows in *netns*, and what *listener* reads in the second after."""
+    run_in_netns(netns, lambda: udp_burst(BURST))
+    return collect(listener, lambda g: False, timeout=1.0)
+
+
 def test_burst_default_mode_counts_enobufs(
     netns: str, record_property: Callable[..., None]
 ) -> None:
     with CtnetlinkListener(netns=netns, rcvbuf=TINY, rcvbuf_max=TINY) as listener:
-        run_in_netns(netns, lambda: udp_burst(BURST))
-        got = collect(listener, lambda g: False, timeout=1.0)
+        got = burst(listener, netns)
         ns_exec(netns, "conntrack", "-F")
         got += collect(listener, lambda g: False, timeout=1.0)
         new, destroy = flows(got, EventType.NEW), flows(got, EventType.DESTROY)
@@ -223,8 +228,7 @@ def test_burst_reliable_mode_loses_no_destroy(
     netns: str, record_property: Callable[..., None]
 ) -> None:
     with CtnetlinkListener(netns=netns, rcvbuf=TINY, reliable=True) as listener:
-        run_in_netns(netns, lambda: udp_burst(BURST))
-        got = collect(listener, lambda g: False, timeout=1.0)
+        got = burst(listener, netns)
         entries = len(ns_exec(netns, "conntrack", "-L", "-p", "udp").splitlines())
         assert entries == BURST
         t0 = time.monotonic()

@@ -154,8 +154,11 @@ def test_destroy_only_when_the_kernel_stamps_times(netns: str) -> None:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and len(got) < OPEN:
             run_in_netns(netns, lambda: os.system("conntrack -F >/dev/null 2>&1"))
-            got += [e for e in reader.read(0.5)
-                    if e.proto == 6 and (e.orig_sport, e.orig_dport) in ports]  # fmt: skip
+            got += [
+                e
+                for e in reader.read(0.5)
+                if e.proto == 6 and (e.orig_sport, e.orig_dport) in ports
+            ]
         assert {(e.orig_sport, e.orig_dport) for e in got} == ports
         for e in got:
             assert e.type == EventType.DESTROY

@@ -35,6 +35,7 @@ from tests.needs import needs, skip_or_fail
 from tests.pipeline_harness import (
     ROOT,
     csv_key,
+    file_source,
     is_ipv4,
     nfdump_key,
     wait_all_running,
@@ -185,13 +186,7 @@ def test_bundle_replays_into_a_collector_with_the_bare_system_python(
     expected = generated_log(log)
     rundir = tmp_path / "run"
     with Nfcapd() as cap:
-        conf = write_config(
-            tmp_path / "nfflowd.conf",
-            collector_port=cap.port,
-            syslog_socket=None,
-            rundir=rundir,
-            screen=True,
-        )
+        conf = write_config(rundir, collector_port=cap.port)
         res = bundle.run("-c", str(conf), "replay", "--rundir", str(rundir), str(log), cwd=tmp_path)
         assert re.search(rf"^export .*\brecords={expected}\b", res.stdout, re.M), res.stdout
         lines = mirrored(rundir)
@@ -206,18 +201,8 @@ def test_bundle_start_check_stop_as_a_daemon(bundle: Bundle, tmp_path: Path) -> 
     log = tmp_path / "events.log"
     expected = generated_log(log)
     rundir = tmp_path / "run"
-    source = f"<source>\n    type file\n    path {log}\n</source>\n"
     with Nfcapd() as cap:
-        conf = str(
-            write_config(
-                tmp_path / "nfflowd.conf",
-                collector_port=cap.port,
-                syslog_socket=None,
-                rundir=rundir,
-                screen=True,
-                extra=source,
-            )
-        )
+        conf = str(write_config(rundir, file_source(log), collector_port=cap.port))
         res = bundle.run("-c", conf, "check", cwd=tmp_path)
         assert re.search(r"^ok +configuration .* is valid$", res.stdout, re.M), res.stdout
         assert not re.search(r"^error ", res.stdout, re.M), res.stdout

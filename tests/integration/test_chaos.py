@@ -26,7 +26,6 @@ from typing import Any
 import pytest
 
 from nfflowd import topology
-from nfflowd.lab.events import generate
 from nfflowd.lab.nfcapd import Nfcapd
 from tests.needs import needs
 from tests.pipeline_harness import (
@@ -34,6 +33,7 @@ from tests.pipeline_harness import (
     PacedSyslog,
     csv_idents,
     end_replay,
+    event_log,
     expected_records,
     mirror_lines,
     record_ident,
@@ -61,8 +61,7 @@ DUPLICATE_BOUND = 0.001
 def chaos_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Chaos, dict[str, Any]]:
     """One chaos replay (~50 s), judged by the tests below."""
     tmp_path = tmp_path_factory.mktemp("chaos")
-    log = tmp_path / "events.log"
-    generate(str(log), EVENTS)
+    log, _ = event_log(tmp_path, EVENTS)
     expected = expected_records(log)
     rundir = tmp_path / "run"
     chaos = Chaos(rundir, SEED, interval=1.0)
@@ -73,11 +72,7 @@ def chaos_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Chaos, dict[str
     ):
         daemon = f"<daemon>\n  max_unacked {MAX_UNACKED}\n</daemon>\n"
         conf = write_config(
-            tmp_path / "c.conf",
-            collector_port=cap.port,
-            syslog_socket=syslog.path,
-            rundir=rundir,
-            extra=daemon,
+            rundir, daemon, collector_port=cap.port, syslog_socket=syslog.path, screen=False
         )
         proc = start_replay(conf, rundir, log)
         started = time.monotonic()
@@ -133,13 +128,10 @@ def test_ingest_restarted_while_the_mirror_lags_loses_nothing(tmp_path: Path) ->
     for the mirror: if they were, ingest would consider the log done (``eof``),
     and a correlate crash at that point loses the records for good.
     """
-    log = tmp_path / "events.log"
-    generate(str(log), 60_000)  # 60 batches of 1000 events: fewer than max_unacked (64)
+    log, _ = event_log(tmp_path, 60_000)  # 60 batches of 1000 events: fewer than max_unacked (64)
     expected = [record_ident(r) for r in expected_records(log)]
     rundir = tmp_path / "run"
-    conf = write_config(
-        tmp_path / "c.conf", collector_port=None, syslog_socket=None, rundir=rundir, screen=True
-    )
+    conf = write_config(rundir)
     proc = start_replay(conf, rundir, log)
     mirror = 0
     try:

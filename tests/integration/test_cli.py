@@ -19,7 +19,15 @@ from nfflowd import topology
 from nfflowd.config import load
 from nfflowd.ops import control
 from nfflowd.pipeline import supervision
-from tests.pipeline_harness import GOLDEN, csv_key, nfflowd, wait_all_running, write_config
+from tests.pipeline_harness import (
+    GOLDEN,
+    csv_key,
+    file_source,
+    nfflowd,
+    replay,
+    wait_all_running,
+    write_config,
+)
 
 
 def pids(rundir: Path) -> dict[str, int]:
@@ -28,15 +36,8 @@ def pids(rundir: Path) -> dict[str, int]:
 
 def config(tmp_path: Path, engine_id: int = 0) -> Path:
     return write_config(
-        tmp_path / "nfflowd.conf",
-        collector_port=None,
-        syslog_socket=None,
-        rundir=tmp_path / "run",
-        screen=True,
-        extra=(
-            f"<source>\n  type file\n  path {GOLDEN / 'lab-events.log'}\n</source>\n"
-            f"<export>\n  engine_id {engine_id}\n</export>\n"
-        ),
+        tmp_path / "run",
+        file_source(GOLDEN / "lab-events.log") + f"<export>\n  engine_id {engine_id}\n</export>\n",
     )
 
 
@@ -227,17 +228,8 @@ def test_foreground_start_stops_cleanly_on_signal(
 def test_replay_shows_screen_lines_on_its_own_terminal(tmp_path: Path, stderr: bool) -> None:
     """The 2009 tool printed a screen dispatcher's lines on its terminal; so does replay
     (stderr with ``stderr 1``), while the mirror's file keeps them too."""
-    conf = write_config(
-        tmp_path / "c.conf",
-        collector_port=None,
-        syslog_socket=None,
-        rundir=tmp_path / "run",
-        screen=True,
-        screen_stderr=stderr,
-    )
-    res = nfflowd(
-        "-c", str(conf), "replay", "--rundir", str(tmp_path / "run"), str(GOLDEN / "lab-events.log")
-    )
+    conf = write_config(tmp_path / "run", screen_stderr=stderr)
+    res = replay(conf, tmp_path / "run", GOLDEN / "lab-events.log")
     expected = (GOLDEN / "lab-expected.csv").read_text().splitlines()
     terminal, other = (res.stderr, res.stdout) if stderr else (res.stdout, res.stderr)
     shown = [line for line in terminal.splitlines() if line.count(",") == 17]

@@ -19,7 +19,7 @@ import zmq.auth
 
 from nfflowd.config.settings import LinkAddress, LinkSettings
 from nfflowd.pipeline import curve, endpoints
-from tests.pipeline_harness import nfflowd, write_config
+from tests.pipeline_harness import idle_source, nfflowd, write_config
 
 #: Generous: the machine is shared; nothing here asserts a duration.
 WAIT_MS = 10_000
@@ -174,16 +174,8 @@ def test_check_and_start_refuse_a_tcp_link_without_keys(tmp_path: Path) -> None:
     links = (
         "<links>\n    <events>\n        address tcp://127.0.0.1:5701\n    </events>\n"
         f"    curve_dir {keys}\n</links>\n<daemon>\n    stages ingest\n</daemon>\n"
-        f"<source>\n    type file\n    path {tmp_path / 'events.log'}\n</source>\n"
     )
-    (tmp_path / "events.log").write_text("")
-    conf = write_config(
-        tmp_path / "nfflowd.conf",
-        collector_port=None,
-        syslog_socket=None,
-        rundir=tmp_path / "run",
-        extra=links,
-    )
+    conf = write_config(tmp_path / "run", links + idle_source(tmp_path), screen=False)
     # no keys yet: check and start refuse
     res = nfflowd("-c", str(conf), "check", check=False)
     assert res.returncode == 1

@@ -35,7 +35,14 @@ from nfflowd.lab.nfcapd import Nfcapd, free_udp_port, parse_nfdump_line
 from nfflowd.messages import Direction, FlowRecord, pack_flows, unpack_flows
 from nfflowd.outputs.exporter import Exporter
 from tests.needs import needs
-from tests.pipeline_harness import GOLDEN, csv_key, nfdump_key, nfflowd
+from tests.pipeline_harness import (
+    GOLDEN,
+    csv_key,
+    export_block,
+    nfdump_key,
+    replay,
+    write_config,
+)
 
 # workers/ is installed as nfflowd.workers; mypy checks it as `workers`, not under that name
 
@@ -97,23 +104,10 @@ def left_the_firewall(key: tuple[Any, ...]) -> bool:
 def test_replay_into_v9_and_ipfix_collectors_at_once(tmp_path: Path) -> None:
     rundir = tmp_path / "run"
     with Nfcapd() as v9cap, Nfcapd() as ipfixcap, Nfcapd() as tripletcap:
-        collectors = "".join(
-            f"  <collector>\n    address 127.0.0.1\n    port {cap.port}\n"
-            f"    version {version}\n{extra}  </collector>\n"
-            for cap, version, extra in (
-                (v9cap, 9, ""),
-                (ipfixcap, 10, ""),
-                (tripletcap, 10, "    records triplet\n"),
-            )
-        )
-        conf = tmp_path / "nfflowd.conf"
-        conf.write_text(
-            f"<export>\n  exaddr 127.0.0.1\n{collectors}</export>\n"
-            "<ptee>\n  <conf>\n    dispatchers screen\n    <screen>\n"
-            "      class Log::Dispatch::Screen\n      stderr 0\n      format json\n"
-            f"    </screen>\n  </conf>\n</ptee>\n<daemon>\n  rundir {rundir}\n</daemon>\n"
-        )
-        res = nfflowd("-c", str(conf), "replay", "--rundir", str(rundir), str(LOG))
+        collectors = (v9cap.port, 9), (ipfixcap.port, 10), (tripletcap.port, 10, "records triplet")
+        export = export_block("127.0.0.1", *collectors)
+        conf = write_config(rundir, export, screen_format="json")
+        res = replay(conf, rundir, LOG)
         got = {
             "v9": nat_rows(v9cap),
             "ipfix": nat_rows(ipfixcap),
@@ -138,23 +132,7 @@ def test_replay_into_v9_and_ipfix_collectors_at_once(tmp_path: Path) -> None:
     assert "export" in res.stdout
     # the JSON mirror has every record too, and every post-NAT address (281/282 included)
     lines = [json_lines.parse_line(x) for x in (rundir / "mirror.out").read_text().splitlines()]
-    assert (
-        Counter(
-            (
-                j["first_ms"],
-                j["last_ms"],
-                j["src"],
-                j["dst"],
-                j["sport"],
-                j["dport"],
-                j["proto"],
-                j["packets"],
-                j["bytes"],
-            )
-            for j in lines
-        )
-        == want
-    )
+    assert Counter(nfdump_key(j) for j in lines) == want
     assert {j["exaddr"] for j in lines} == {"127.0.0.1"}
     for (src, dst, sport, dport), post, direction in golden_nat("json"):
         (j,) = [

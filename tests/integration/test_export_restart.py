@@ -23,9 +23,15 @@ from pathlib import Path
 import pytest
 
 from nfflowd.formats.netflow_v5 import unpack_datagram
-from nfflowd.lab.events import generate
 from nfflowd.pipeline.sink import CHUNK
-from tests.pipeline_harness import end_replay, is_ipv4, running_pid, start_replay, write_config
+from tests.pipeline_harness import (
+    end_replay,
+    event_log,
+    is_ipv4,
+    running_pid,
+    start_replay,
+    write_config,
+)
 
 SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>; Python's socket module lacks the name
 
@@ -58,18 +64,11 @@ class Collector(threading.Thread):
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_a_killed_export_continues_its_sequence(tmp_path: Path) -> None:
-    log = tmp_path / "events.log"
-    expected = generate(str(log), 150_000)
+    log, expected = event_log(tmp_path, 150_000)
     rundir = tmp_path / "run"
     coll = Collector()
     coll.start()
-    conf = write_config(
-        tmp_path / "c.conf",
-        collector_port=coll.port,
-        syslog_socket=None,
-        rundir=rundir,
-        screen=True,
-    )
+    conf = write_config(rundir, collector_port=coll.port)
     proc = start_replay(conf, rundir, log)
     try:
         deadline = time.monotonic() + 30

@@ -24,8 +24,8 @@ from nfflowd.conntrack.kernel import set_sysctls as write_sysctls
 from nfflowd.conntrack.sources import NetlinkSource
 from nfflowd.ops import control
 from tests.needs import needs, needs_root
-from tests.pipeline_harness import nfflowd, wait_all_running, write_config
-from tests.scratch_netns import TRACKING_RULES, scratch_netns
+from tests.pipeline_harness import netlink_source, nfflowd, wait_all_running, write_config
+from tests.scratch_netns import scratch_netns, track_connections
 
 pytestmark = [
     pytest.mark.root,
@@ -56,15 +56,8 @@ def host_values() -> dict[str, str | None]:
     return kernel_settings(None)
 
 
-def netlink_config(tmp_path: Path, ns: str, extra: str = "") -> Path:
-    return write_config(
-        tmp_path / "nfflowd.conf",
-        collector_port=None,
-        syslog_socket=None,
-        rundir=tmp_path / "run",
-        screen=True,
-        extra=f"<source>\n  type netlink\n  netns {ns}\n{extra}</source>\n",
-    )
+def netlink_config(tmp_path: Path, ns: str, *settings: str) -> Path:
+    return write_config(tmp_path / "run", netlink_source(ns, *settings))
 
 
 def switch_lines(out: str, ns: str) -> dict[str, str]:
@@ -143,7 +136,7 @@ def test_set_sysctls_turns_acct_and_timestamp_on_in_the_source_namespace(
     before = host_values()
     write_sysctls(netns, acct=False, timestamp=False)  # off, whatever the module defaults
     assert (sysctl_in(netns, ACCT), sysctl_in(netns, TIMESTAMP)) == ("0", "0")
-    conf = netlink_config(tmp_path, netns, "  set_sysctls 1\n")
+    conf = netlink_config(tmp_path, netns, "set_sysctls 1")
     settings = config.load(str(conf))
     assert settings.source.set_sysctls
     # check changes nothing, but says that start will turn them on
@@ -157,13 +150,7 @@ def test_set_sysctls_turns_acct_and_timestamp_on_in_the_source_namespace(
         assert (sysctl_in(netns, ACCT), sysctl_in(netns, TIMESTAMP)) == ("1", "1")
         assert host_values() == before  # the namespace's, not the host's
         # and they work: a connection made now has counters and a kernel start time
-        subprocess.run(
-            ["ip", "netns", "exec", netns, "nft", "-f", "-"],
-            input=TRACKING_RULES,
-            text=True,
-            check=True,
-            timeout=10,
-        )
+        track_connections(netns)
         t0 = time.time_ns()
         run_in_netns(netns, udp_exchange)
         (entry,) = [e for e in dump_table(netns, timeout=10) if e.proto == 17]

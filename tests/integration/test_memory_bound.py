@@ -25,7 +25,6 @@ import pytest
 from nfflowd import topology
 from nfflowd.conntrack.text import parse_line
 from nfflowd.correlate.correlator import Correlator
-from nfflowd.lab.events import generate
 from nfflowd.lab.nfcapd import Nfcapd
 from nfflowd.messages import EventBatch, FlowBatch, Payload
 from nfflowd.pipeline import codec
@@ -33,10 +32,12 @@ from nfflowd.pipeline.batcher import Batcher
 from nfflowd.pipeline.delivery import Recent
 from tests.needs import needs
 from tests.pipeline_harness import (
+    daemon,
     end_replay,
+    event_log,
     expected_records,
+    idle_source,
     mirror_lines,
-    nfflowd,
     running_pid,
     stage_counters,
     start_replay,
@@ -109,32 +110,18 @@ def correlate_state_kb(log: Path) -> int:
 
 def idle_rss(tmp_path: Path) -> dict[str, int]:
     """Each stage's resident size in a daemon that has nothing to read."""
-    empty = tmp_path / "empty.log"
-    empty.write_text("")
     rundir = tmp_path / "idle"
-    conf = write_config(
-        tmp_path / "idle.conf",
-        collector_port=None,
-        syslog_socket=None,
-        rundir=rundir,
-        screen=True,
-        extra=f"<source>\n  type file\n  path {empty}\n</source>\n",
-    )
-    nfflowd("-c", str(conf), "start")
-    try:
+    with daemon(write_config(rundir, idle_source(tmp_path))):
         pids = wait_all_running(rundir)
         time.sleep(2)
         return {stage: rss_kb(pid) for stage, pid in pids.items()}
-    finally:
-        nfflowd("-c", str(conf), "stop", check=False)
 
 
 @needs("nfcapd", "nfdump")
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_export_stopped_for_a_minute_memory_stays_bounded(tmp_path: Path) -> None:
-    log = tmp_path / "events.log"
-    generate(str(log), EVENTS)
+    log, _ = event_log(tmp_path, EVENTS)
     expected = expected_records(log)
     ev_kb, flow_kb = (n // 1024 + 1 for n in batch_sizes(log))
     base = idle_rss(tmp_path)
@@ -155,12 +142,7 @@ def test_export_stopped_for_a_minute_memory_stays_bounded(tmp_path: Path) -> Non
     peak: dict[str, int] = dict.fromkeys(topology.STAGES, 0)
     with Nfcapd(extra_args=["-B", "8388608"]) as cap:
         conf = write_config(
-            tmp_path / "c.conf",
-            collector_port=cap.port,
-            syslog_socket=None,
-            rundir=rundir,
-            screen=True,
-            extra=f"<daemon>\n  max_unacked {m}\n</daemon>\n",
+            rundir, f"<daemon>\n  max_unacked {m}\n</daemon>\n", collector_port=cap.port
         )
         proc = start_replay(conf, rundir, log)
         export = 0

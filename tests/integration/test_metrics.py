@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from nfflowd.lab.events import generate
 from nfflowd.ops import control
-from tests.pipeline_harness import GOLDEN, nfflowd, wait_all_running, write_config
+from tests.pipeline_harness import GOLDEN, file_source, nfflowd, wait_all_running, write_config
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 STAGES = ("ingest", "correlate", "export", "mirror")
@@ -91,15 +91,9 @@ def udp_sink() -> Iterator[int]:
 
 def config(tmp_path: Path, log: Path, collector: int, metrics_port: int) -> Path:
     return write_config(
-        tmp_path / "nfflowd.conf",
+        tmp_path / "run",
+        file_source(log) + f"<metrics>\n  listen 127.0.0.1:{metrics_port}\n</metrics>\n",
         collector_port=collector,
-        syslog_socket=None,
-        rundir=tmp_path / "run",
-        screen=True,
-        extra=(
-            f"<source>\n  type file\n  path {log}\n</source>\n"
-            f"<metrics>\n  listen 127.0.0.1:{metrics_port}\n</metrics>\n"
-        ),
     )
 
 

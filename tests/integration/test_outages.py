@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 from nfflowd import topology
-from nfflowd.lab.events import generate
 from nfflowd.lab.nfcapd import Nfcapd
 from tests.needs import needs
 from tests.pipeline_harness import (
     end_replay,
+    event_log,
     expected_records,
     nfdump_ident,
     record_ident,
@@ -40,16 +40,14 @@ from tests.rsyslog_harness import RsyslogHarness
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_syslog_down_for_ten_seconds_loses_nothing(tmp_path: Path) -> None:
-    log = tmp_path / "events.log"
-    expected = generate(str(log), 100_000)
+    log, expected = event_log(tmp_path, 100_000)
     rundir = tmp_path / "run"
     with RsyslogHarness(tmp_path / "syslog") as syslog:
         conf = write_config(
-            tmp_path / "c.conf",
-            collector_port=None,
+            rundir,
+            "<daemon>\n  max_unacked 8\n</daemon>\n",
             syslog_socket=syslog.socket_path,
-            rundir=rundir,
-            extra="<daemon>\n  max_unacked 8\n</daemon>\n",
+            screen=False,
         )
         proc = start_replay(conf, rundir, log)
         try:
@@ -100,22 +98,14 @@ def test_collector_down_for_ten_seconds(tmp_path: Path) -> None:
     (ICMP port unreachable -> ECONNREFUSED, counted as ``refused``).  No stage
     restarts.
     """
-    log = tmp_path / "events.log"
-    generate(str(log), 200_000)
+    log, _ = event_log(tmp_path, 200_000)
     want = [record_ident(r) for r in expected_records(log) if r.family == 4]
     rundir = tmp_path / "run"
     big = ["-B", "8388608"]  # a receive buffer for bursts: nfcapd itself must not drop
     first = Nfcapd(tmp_path / "nfcapd-1", extra_args=big)
     first.start()
     second = Nfcapd(tmp_path / "nfcapd-2", port=first.port, extra_args=big)
-    conf = write_config(
-        tmp_path / "c.conf",
-        collector_port=first.port,
-        syslog_socket=None,
-        rundir=rundir,
-        screen=True,
-        extra="<daemon>\n  max_unacked 8\n</daemon>\n",
-    )
+    conf = write_config(rundir, "<daemon>\n  max_unacked 8\n</daemon>\n", collector_port=first.port)
     proc = start_replay(conf, rundir, log)
     paused: list[int] = []
 

@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 
 from nfflowd.lab.nfcapd import Nfcapd
-from tests.pipeline_harness import GOLDEN, csv_key, is_ipv4, nfdump_key, nfflowd, write_config
+from tests.pipeline_harness import (
+    GOLDEN,
+    csv_key,
+    is_ipv4,
+    nfdump_key,
+    nfflowd,
+    replay,
+    write_config,
+)
 from tests.rsyslog_harness import RsyslogHarness
 
 LOG = GOLDEN / "lab-events.log"
@@ -28,10 +36,10 @@ def expected_keys() -> list[tuple[object, ...]]:
 def test_replay_golden_log_reaches_collector_and_syslog(tmp_path: Path) -> None:
     with Nfcapd() as cap, RsyslogHarness(tmp_path / "syslog") as syslog:
         conf = write_config(
-            tmp_path / "nfflowd.conf",
+            tmp_path / "run",
             collector_port=cap.port,
             syslog_socket=syslog.socket_path,
-            rundir=tmp_path / "run",
+            screen=False,
         )
         res = nfflowd("-c", str(conf), "replay", str(LOG))
         expected = expected_keys()
@@ -50,26 +58,14 @@ def test_replay_golden_log_reaches_collector_and_syslog(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(120)
 def test_replay_without_collector_is_mirror_only(tmp_path: Path) -> None:
-    conf = write_config(
-        tmp_path / "c.conf",
-        collector_port=None,
-        syslog_socket=None,
-        rundir=tmp_path / "run",
-        screen=True,
-    )
-    res = nfflowd("-c", str(conf), "replay", "--rundir", str(tmp_path / "run"), str(LOG))
+    conf = write_config(tmp_path / "run")
+    res = replay(conf, tmp_path / "run", LOG)
     out = (tmp_path / "run" / "mirror.out").read_text().splitlines()
     assert Counter(csv_key(x)[:9] for x in out) == Counter(k[:9] for k in expected_keys())
     assert "lines=" in res.stdout
 
 
 def test_replay_reports_a_missing_log(tmp_path: Path) -> None:
-    conf = write_config(
-        tmp_path / "c.conf",
-        collector_port=None,
-        syslog_socket=None,
-        rundir=tmp_path / "run",
-        screen=True,
-    )
+    conf = write_config(tmp_path / "run")
     res = nfflowd("-c", str(conf), "replay", str(tmp_path / "nope.log"), check=False)
     assert res.returncode == 1 and "nope.log: no such event log" in res.stderr

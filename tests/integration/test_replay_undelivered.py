@@ -26,13 +26,7 @@ def test_replay_with_a_syslog_socket_that_does_not_exist_ends_naming_the_lines(
 ) -> None:
     missing = tmp_path / "no-syslog" / "log"
     run = tmp_path / "run"
-    conf = write_config(
-        tmp_path / "c.conf",
-        collector_port=None,
-        syslog_socket=str(missing),
-        rundir=run,
-        screen=True,
-    )
+    conf = write_config(run, syslog_socket=str(missing))
     start = time.monotonic()
     args = ["replay", "--delivery-wait", "5", "--rundir", str(run), str(LOG)]
     res = nfflowd("-c", str(conf), *args, check=False)

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from nfflowd.lab.events import generate
 from nfflowd.lab.nfcapd import Nfcapd
 from tests.pipeline_harness import (
     csv_key,
     end_replay,
+    event_log,
     is_ipv4,
     nfdump_key,
-    nfflowd,
+    replay,
     running_pid,
     start_replay,
     write_config,
@@ -34,8 +34,8 @@ from tests.pipeline_harness import (
 SHARDS = "    correlators 2\n    exporters 2\n</daemon>"
 
 
-def sharded_config(path: Path, rundir: Path, port: int | None) -> Path:
-    conf = write_config(path, collector_port=port, syslog_socket=None, rundir=rundir, screen=True)
+def sharded_config(rundir: Path, port: int | None) -> Path:
+    conf = write_config(rundir, collector_port=port)
     conf.write_text(conf.read_text().replace("</daemon>", SHARDS))
     return conf
 
@@ -48,22 +48,15 @@ def mirror_keys(rundir: Path) -> Counter[tuple[object, ...]]:
 
 @pytest.mark.timeout(300)
 def test_two_correlators_two_exporters_deliver_every_record_once(tmp_path: Path) -> None:
-    log = tmp_path / "events.log"
-    expected = generate(str(log), 40_000)
-    plain = write_config(
-        tmp_path / "plain.conf",
-        collector_port=None,
-        syslog_socket=None,
-        rundir=tmp_path / "plain",
-        screen=True,
-    )
-    nfflowd("-c", str(plain), "replay", "--rundir", str(tmp_path / "plain"), str(log))
+    log, expected = event_log(tmp_path, 40_000)
+    plain = write_config(tmp_path / "plain")
+    replay(plain, tmp_path / "plain", log)
     reference = mirror_keys(tmp_path / "plain")
     assert sum(reference.values()) == expected
 
     with Nfcapd(extra_args=["-B", "8388608"]) as cap:
-        conf = sharded_config(tmp_path / "c.conf", tmp_path / "run", cap.port)
-        res = nfflowd("-c", str(conf), "replay", "--rundir", str(tmp_path / "run"), str(log))
+        conf = sharded_config(tmp_path / "run", cap.port)
+        res = replay(conf, tmp_path / "run", log)
         got = mirror_keys(tmp_path / "run")
         assert got == reference
         report = {ln.split()[0]: ln for ln in res.stdout.splitlines() if ln.strip()}
@@ -92,10 +85,9 @@ def wait_for(check: object, timeout: float, what: str) -> int:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_killed_shard_is_restarted_and_nothing_is_lost(tmp_path: Path) -> None:
-    log = tmp_path / "events.log"
-    expected = generate(str(log), 200_000)
+    log, expected = event_log(tmp_path, 200_000)
     rundir = tmp_path / "run"
-    conf = sharded_config(tmp_path / "c.conf", rundir, None)
+    conf = sharded_config(rundir, None)
     proc = start_replay(conf, rundir, log)
     try:
         pids = [

@@ -17,14 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from nfflowd.lab.events import generate
 from nfflowd.lab.nfcapd import Nfcapd
 from nfflowd.messages import FlowRecord
 from nfflowd.ops import control
 from tests.needs import needs
 from tests.pipeline_harness import (
     Tally,
+    event_log,
     expected_records,
+    file_source,
     mirror_lines,
     nfflowd,
     stage_counters,
@@ -34,6 +35,8 @@ from tests.pipeline_harness import (
 )
 from tests.replay_harness import judge_delivery
 
+pytestmark = [needs("nfcapd", "nfdump"), pytest.mark.slow, pytest.mark.timeout(240)]
+
 EVENTS = 300_000
 #: Events ingest has read when the test stops the daemon: well inside the log.
 STOP_AFTER = 60_000
@@ -41,14 +44,7 @@ STOP_AFTER = 60_000
 
 def start(tmp_path: Path, log: Path, cap: Nfcapd) -> tuple[Path, Path]:
     rundir = tmp_path / "run"
-    conf = write_config(
-        tmp_path / "c.conf",
-        collector_port=cap.port,
-        syslog_socket=None,
-        rundir=rundir,
-        screen=True,
-        extra=f"<source>\n  type file\n  path {log}\n</source>\n",
-    )
+    conf = write_config(rundir, file_source(log), collector_port=cap.port)
     nfflowd("-c", str(conf), "start")
     wait_all_running(rundir)
     return conf, rundir
@@ -71,12 +67,8 @@ def judge(want: list[FlowRecord], cap: Nfcapd, rundir: Path) -> dict[str, Tally]
     return results
 
 
-@needs("nfcapd", "nfdump")
-@pytest.mark.slow
-@pytest.mark.timeout(240)
 def test_stop_mid_run_delivers_everything_read(tmp_path: Path) -> None:
-    log = tmp_path / "events.log"
-    generate(str(log), EVENTS)
+    log, _ = event_log(tmp_path, EVENTS)
     with Nfcapd(extra_args=["-B", "8388608"]) as cap:
         conf, rundir = start(tmp_path, log, cap)
         try:
@@ -101,12 +93,8 @@ def test_stop_mid_run_delivers_everything_read(tmp_path: Path) -> None:
         assert t.clean and t.duplicates == 0, (t.line(where), t.sample)
 
 
-@needs("nfcapd", "nfdump")
-@pytest.mark.slow
-@pytest.mark.timeout(240)
 def test_restart_mid_run_resumes_and_loses_nothing(tmp_path: Path) -> None:
-    log = tmp_path / "events.log"
-    generate(str(log), EVENTS)
+    log, _ = event_log(tmp_path, EVENTS)
     want = expected_records(log)
     with Nfcapd(extra_args=["-B", "8388608"]) as cap:
         conf, rundir = start(tmp_path, log, cap)

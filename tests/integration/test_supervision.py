@@ -16,11 +16,19 @@ from pathlib import Path
 
 import pytest
 
-from nfflowd.lab.events import generate
 from nfflowd.pipeline import endpoints, supervision
 from nfflowd.pipeline import rundir as rundirs
 from nfflowd.pipeline.sink import CHUNK
-from tests.pipeline_harness import end_replay, nfflowd, running_pid, start_replay, write_config
+from tests.pipeline_harness import (
+    daemon,
+    end_replay,
+    event_log,
+    idle_source,
+    nfflowd,
+    running_pid,
+    start_replay,
+    write_config,
+)
 
 
 def wait_for(check: object, timeout: float, what: str) -> object:
@@ -37,12 +45,9 @@ def wait_for(check: object, timeout: float, what: str) -> object:
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("victim", ["ingest", "correlate", "export", "mirror"])
 def test_killed_stage_is_restarted_and_replay_completes(tmp_path: Path, victim: str) -> None:
-    log = tmp_path / "events.log"
-    expected = generate(str(log), 300_000)
+    log, expected = event_log(tmp_path, 300_000)
     rundir = tmp_path / "run"
-    conf = write_config(
-        tmp_path / "c.conf", collector_port=None, syslog_socket=None, rundir=rundir, screen=True
-    )
+    conf = write_config(rundir)
     proc = start_replay(conf, rundir, log)
     try:
         pid = wait_for(lambda: running_pid(rundir, victim), 30, f"{victim} RUNNING")
@@ -79,27 +84,15 @@ def test_stage_failing_on_start_ends_fatal_with_its_cause_logged(tmp_path: Path)
     rundirs.ensure(str(rundir))
     blocker = rundir / endpoints.BY_NAME["flows.export"].filename
     (blocker / "not-a-socket").mkdir(parents=True)  # non-empty: cannot be unlinked
-    empty = tmp_path / "empty.log"
-    empty.write_text("")
-    conf = write_config(
-        tmp_path / "c.conf",
-        collector_port=None,
-        syslog_socket=None,
-        rundir=rundir,
-        screen=True,
-        extra=f"<source>\n  type file\n  path {empty}\n</source>\n",
-    )
-    nfflowd("-c", str(conf), "start")
-    try:
+    conf = write_config(rundir, idle_source(tmp_path))
 
-        def fatal() -> dict[str, dict[str, object]] | None:
-            states = {p["name"]: p for p in supervision.processes(str(rundir))}
-            return states if states["export"]["statename"] == "FATAL" else None
+    def fatal() -> dict[str, dict[str, object]] | None:
+        states = {p["name"]: p for p in supervision.processes(str(rundir))}
+        return states if states["export"]["statename"] == "FATAL" else None
 
+    with daemon(conf):
         states = wait_for(fatal, 90, "export FATAL")
         check = nfflowd("-c", str(conf), "check", check=False).stdout
-    finally:
-        nfflowd("-c", str(conf), "stop", check=False)
     assert isinstance(states, dict)
     assert states["export"]["starts"] == 1 + STARTRETRIES, states["export"]
     for stage in ("ingest", "correlate", "mirror"):

@@ -60,13 +60,7 @@ def test_wheel_in_fresh_venv_runs_a_replay(tmp_path: Path) -> None:
     )
     path, spec = probe.stdout.split()
     assert "site-packages/nfflowd/workers/ingest.py" in path and spec == "None"
-    conf = write_config(
-        tmp_path / "c.conf",
-        collector_port=None,
-        syslog_socket=None,
-        rundir=tmp_path / "run",
-        screen=True,
-    )
+    conf = write_config(tmp_path / "run")
     log = GOLDEN / "lab-events.log"
     # run from inside the source checkout: `python -m` would put its nfflowd/ (which has no
     # workers/) first on sys.path; the stages start in the run directory with -P instead

@@ -56,31 +56,18 @@ def parse(line: str, default_type: int = NEW) -> ConntrackEvent:
     return ev
 
 
+#: conntrack's usual values of the fields an expected event does not give.
+USUAL: dict[str, object] = dict(
+    type=NEW, time_ns=NOW, family=4, proto=6, orig_src=LO4, orig_dst=LO4,
+    reply_src=LO4, reply_dst=LO4, orig_packets=None, orig_bytes=None, reply_packets=None,
+    reply_bytes=None, ct_id=None, start_ns=None, stop_ns=None, delta_time=None, mark=0,
+    zone=0, status=SEEN,
+)  # fmt: skip
+
+
 def event(**fields: object) -> ConntrackEvent:
-    """An event with conntrack's usual defaults for the fields not given."""
-    base: dict[str, object] = dict(
-        type=NEW,
-        time_ns=NOW,
-        family=4,
-        proto=6,
-        orig_src=LO4,
-        orig_dst=LO4,
-        reply_src=LO4,
-        reply_dst=LO4,
-        orig_packets=None,
-        orig_bytes=None,
-        reply_packets=None,
-        reply_bytes=None,
-        ct_id=None,
-        start_ns=None,
-        stop_ns=None,
-        delta_time=None,
-        mark=0,
-        zone=0,
-        status=SEEN,
-    )
-    base.update(fields)
-    return ConntrackEvent(**base)  # type: ignore[arg-type]
+    """An event with conntrack's usual values (USUAL) for the fields not given."""
+    return ConntrackEvent(**{**USUAL, **fields})  # type: ignore[arg-type]
 
 
 # --- real events, field by field ---------------------------------------------------------

@@ -59,18 +59,16 @@ def encodable(r: dict[str, Any]) -> bool:
     )
 
 
+def expected_tuple(r: dict[str, Any], sport: int) -> tuple[Any, ...]:
+    """The first fields of a decoded Flow: times, protocol, source (port *sport*), destination."""
+    return (r["first_ms"], r["last_ms"], r["proto"], r["src"], sport, r["dst"], r["dport"])
+
+
 def expected_v9(r: dict[str, Any]) -> tuple[Any, ...]:
     """The decoded Flow (without ``fields``) of a v9/IPFIX record."""
     icmp = r["proto"] in ICMP
-    sport = 0 if icmp else r["sport"]
     return (
-        r["first_ms"],
-        r["last_ms"],
-        r["proto"],
-        r["src"],
-        sport,
-        r["dst"],
-        r["dport"],
+        *expected_tuple(r, 0 if icmp else r["sport"]),
         r["post_src"],
         r["post_sport"],
         r["post_dst"],
@@ -83,24 +81,11 @@ def expected_v9(r: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def expected_v5(r: dict[str, Any]) -> tuple[Any, ...]:
-    sport = 0 if r["proto"] == 1 else r["sport"]
-    return (
-        r["first_ms"],
-        r["last_ms"],
-        r["proto"],
-        r["src"],
-        sport,
-        r["dst"],
-        r["dport"],
-        None,
-        None,
-        None,
-        None,
-        r["packets"],
-        r["octets"],
-        None,
-        None,
-    )
+    """The decoded Flow of a v5 record: no post-NAT fields, end reason or direction."""
+    post_nat = (None, None, None, None)
+    counters = (r["packets"], r["octets"])
+    head = expected_tuple(r, 0 if r["proto"] == 1 else r["sport"])
+    return (*head, *post_nat, *counters, None, None)
 
 
 def flows(items: list[Decoded]) -> list[tuple[Any, ...]]:

@@ -15,6 +15,7 @@ from nfflowd.formats import ipfix
 from nfflowd.formats import ipfix_ies as ies
 from nfflowd.messages import FlowRecord
 from tests.addresses import a
+from tests.flow_hex import SNAT_RECORD_V4_HEX, TEMPLATE_V4_HEX, hex_digits
 from tests.flow_records import FLOWS, NOW_NS, SECS, load_records
 from tests.flow_records import snat_record as rec
 
@@ -55,81 +56,15 @@ def test_sizes_and_table() -> None:
 def test_pack_layout_by_hand() -> None:
     r = rec(first=1795713179211, last=1795713184317)
     d = ipfix.IpfixEncoder(observation_domain=0x01020304).encode([r], NOW_NS)
-    tmpl4 = (
-        "0100"
-        "0012"
-        "00080004"
-        "000c0004"
-        "00070002"
-        "00200002"
-        "000b0002"
-        "00040001"
-        "003d0001"
-        "00880001"
-        "00020008"
-        "00010008"
-        "00980008"
-        "00990008"
-        "000a0004"
-        "000e0004"
-        "00e10004"
-        "00e20004"
-        "00e30002"
-        "00e40002"
-    )
     tmpl6 = (
-        "0101"
-        "0012"
-        "001b0010"
-        "001c0010"
-        "00070002"
-        "008b0002"
-        "000b0002"
-        "00040001"
-        "003d0001"
-        "00880001"
-        "00020008"
-        "00010008"
-        "00980008"
-        "00990008"
-        "000a0004"
-        "000e0004"
-        "01190010"
-        "011a0010"
-        "00e30002"
-        "00e40002"
+        "0101 0012 001b0010 001c0010 00070002 008b0002 000b0002 00040001 003d0001 00880001"
+        " 00020008 00010008 00980008 00990008 000a0004 000e0004 01190010 011a0010"
+        " 00e30002 00e40002"
     )
-    expected_hex = (
-        "000a"
-        "00f5"
-        "6b0868a0"
-        "00000000"
-        "01020304"  # header: 245 bytes, seq 0, domain
-        "0002"
-        "009c"
-        + tmpl4
-        + tmpl6  # template set, 156 bytes
-        + "0100"
-        "0049"  # data set for template 256, 4 + 69 bytes
-        "0a000001"
-        "cb007105"
-        "04d2"
-        "0000"
-        "01bb"
-        "06"
-        "00"
-        "03"  # addrs, ports, proto...
-        "000000000000000a"
-        "00000000000003e8"
-        "000001a218d89e4b"
-        "000001a218d8b23d"
-        "00000000"
-        "00000000"
-        "c6336401"
-        "cb007105"
-        "9c40"
-        "01bb"  # ifaces, post-NAT
-    )
+    header = "000a 00f5 6b0868a0 00000000 01020304"  # 245 bytes, seq 0, domain
+    templates = f"0002 009c {TEMPLATE_V4_HEX} {tmpl6}"  # template set, 156 bytes
+    data = f"0100 0049 {SNAT_RECORD_V4_HEX}"  # data set for template 256, 4 + 69 bytes
+    expected_hex = hex_digits(f"{header} {templates} {data}")
     assert [x.hex() for x in d] == [expected_hex]
     h, rs = ipfix.unpack_datagram(d[0])
     assert h == ipfix.IpfixHeader(10, 245, SECS, 0, 0x01020304)

@@ -22,6 +22,7 @@ from nfflowd.ops import control
 from nfflowd.outputs import prometheus
 from nfflowd.outputs.mirror import make_dispatchers
 from nfflowd.pipeline.stage import STATS_DIR, Stage, read_stats, stats_path, write_stats
+from tests.stage_stats import stats_record
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = 1_800_000_000.0
@@ -33,16 +34,7 @@ TARGETS: prometheus.Targets = {
 
 
 def record(stage: str, counters: dict[str, int], **extra: Any) -> dict[str, Any]:
-    return {
-        "stage": stage,
-        "pid": 4242,
-        "incarnation": 7,
-        "starts": 1,
-        "time": NOW - 1,
-        "token": "stats",
-        "counters": counters,
-        **extra,
-    }
+    return stats_record(stage, counters, pid=4242, incarnation=7, time=NOW - 1) | extra
 
 
 class _Fixed:

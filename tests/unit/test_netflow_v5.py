@@ -339,25 +339,10 @@ def test_encoder_matches_pack_datagram() -> None:
     dgs = v5.V5Encoder(boot_ms=BOOT, engine_id=9).encode(recs, NOW_NS)
     pieces = [p for r in recs for p in v5.to_v5_records(r, BOOT)]
     secs, nsecs = divmod(NOW_NS, 10**9)
+    header = dict(sys_uptime=NOW - BOOT, unix_secs=secs, unix_nsecs=nsecs, engine_type=0)
     assert dgs == [
-        v5.pack_datagram(
-            pieces[:30],
-            sys_uptime=NOW - BOOT,
-            unix_secs=secs,
-            unix_nsecs=nsecs,
-            flow_sequence=0,
-            engine_type=0,
-            engine_id=9,
-        ),
-        v5.pack_datagram(
-            pieces[30:],
-            sys_uptime=NOW - BOOT,
-            unix_secs=secs,
-            unix_nsecs=nsecs,
-            flow_sequence=30,
-            engine_type=0,
-            engine_id=9,
-        ),
+        v5.pack_datagram(pieces[:30], flow_sequence=0, engine_id=9, **header),
+        v5.pack_datagram(pieces[30:], flow_sequence=30, engine_id=9, **header),
     ]
 
 
@@ -394,19 +379,24 @@ def load_case(path: Path) -> tuple[dict[str, Any], list[FlowRecord]]:
     return case, load_records(case["records"])
 
 
-@pytest.mark.parametrize("path", golden_cases(), ids=lambda p: p.stem)
-def test_encode_equals_golden(path: Path) -> None:
-    case, recs = load_case(path)
-    enc = v5.V5Encoder(
-        engine_type=case["engine_type"],
-        engine_id=case["engine_id"],
-        boot_ms=case["boot_ms"],
-        sequence=case["sequence"],
-    )
-    dgs = enc.encode(recs, case["now_ns"])
+def case_encoder(case: dict[str, Any]) -> v5.V5Encoder:
+    """An encoder in the state the golden case starts from."""
+    keys = ("engine_type", "engine_id", "boot_ms", "sequence")
+    return v5.V5Encoder(**{k: case[k] for k in keys})
+
+
+def assert_golden(case: dict[str, Any], enc: v5.V5Encoder, dgs: list[bytes]) -> None:
+    """The datagrams, counters and final sequence are the golden case's."""
     assert [d.hex() for d in dgs] == case["datagrams"]
     assert {k: getattr(enc, k) for k in case["counters"]} == case["counters"]
     assert enc.sequence == case["final_sequence"]
+
+
+@pytest.mark.parametrize("path", golden_cases(), ids=lambda p: p.stem)
+def test_encode_equals_golden(path: Path) -> None:
+    case, recs = load_case(path)
+    enc = case_encoder(case)
+    assert_golden(case, enc, enc.encode(recs, case["now_ns"]))
     # and the golden bytes decode to the inputs (sums for split counters)
     want: dict[tuple[bytes, bytes, int, int], list[int]] = {}
     for f in recs:
@@ -457,16 +447,8 @@ def both_paths(
 @pytest.mark.parametrize("path", golden_cases(), ids=lambda p: p.stem)
 def test_encode_block_equals_golden(path: Path) -> None:
     case, recs = load_case(path)
-    enc = v5.V5Encoder(
-        engine_type=case["engine_type"],
-        engine_id=case["engine_id"],
-        boot_ms=case["boot_ms"],
-        sequence=case["sequence"],
-    )
-    dgs = enc.encode_block(pack_flows(recs), case["now_ns"])
-    assert [d.hex() for d in dgs] == case["datagrams"]
-    assert {k: getattr(enc, k) for k in case["counters"]} == case["counters"]
-    assert enc.sequence == case["final_sequence"]
+    enc = case_encoder(case)
+    assert_golden(case, enc, enc.encode_block(pack_flows(recs), case["now_ns"]))
 
 
 #: Flows a live exporter sees: IPv4, recent, counters within 32 bits.

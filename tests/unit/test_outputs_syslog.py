@@ -205,13 +205,22 @@ def test_missing_socket_is_reported_buffered_and_delivered_later(
     assert d.counters["pending"] == 0
 
 
-def test_server_restart_reconnects_without_loss_or_duplicates(sock_path: Path) -> None:
-    srv = unix_server(sock_path)
-    d = SyslogDispatcher(str(sock_path), retry_interval=60)
-    d.emit(["a", "b"])
-    assert payloads(recv_all(srv, 2)) == ["a", "b"]
+def server_and_dispatcher(sock_path: Path) -> tuple[socket.socket, SyslogDispatcher]:
+    """A syslog server on *sock_path*, and a dispatcher to it retrying at most every 60 s."""
+    return unix_server(sock_path), SyslogDispatcher(str(sock_path), retry_interval=60)
+
+
+def server_gone(srv: socket.socket, sock_path: Path) -> None:
+    """The syslog daemon stops: its socket closed and removed."""
     srv.close()
     os.unlink(sock_path)
+
+
+def test_server_restart_reconnects_without_loss_or_duplicates(sock_path: Path) -> None:
+    srv, d = server_and_dispatcher(sock_path)
+    d.emit(["a", "b"])
+    assert payloads(recv_all(srv, 2)) == ["a", "b"]
+    server_gone(srv, sock_path)
     d.emit(["c", "d"])  # refused: held
     d.emit(["e"])  # within retry_interval: held without trying
     assert d.counters["pending"] == 3
@@ -228,11 +237,9 @@ def test_server_restart_reconnects_without_loss_or_duplicates(sock_path: Path) -
 
 def test_restart_between_emits_costs_no_delay(sock_path: Path) -> None:
     """A dead connection gets one immediate reconnect; no outage, no warning."""
-    srv = unix_server(sock_path)
-    d = SyslogDispatcher(str(sock_path), retry_interval=60)
+    srv, d = server_and_dispatcher(sock_path)
     d.emit(["before"])
-    srv.close()
-    os.unlink(sock_path)
+    server_gone(srv, sock_path)
     with unix_server(sock_path) as srv2:
         d.emit(["after"])
         assert payloads(recv_all(srv2, 1)) == ["after"]

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from nfflowd.ops import status
+from tests.stage_stats import stats_record
 
 NOW = 1_800_000_000.0
 
@@ -24,16 +25,7 @@ def proc(
 
 
 def report(stage: str, counters: dict[str, int], **extra: Any) -> dict[str, Any]:
-    return {
-        "stage": stage,
-        "pid": 100,
-        "incarnation": 9,
-        "starts": 1,
-        "time": NOW - 2,
-        "token": "stats",
-        "counters": counters,
-        **extra,
-    }
+    return stats_record(stage, counters, pid=100, incarnation=9, time=NOW - 2) | extra
 
 
 PROCS = [proc("ingest", pid=11), proc("correlate", pid=12),
