@@ -23,6 +23,7 @@ from nfflowd.config.mirror import KEYS as PTEE_KEYS
 from nfflowd.config.mirror import mirror_section
 from nfflowd.config.settings import (
     _V,
+    MAX_UNACKED,
     Collector,
     ConntrackSettings,
     Ct2ftSettings,
@@ -319,7 +320,7 @@ def _daemon(v: _V) -> DaemonSettings:
         raise v.expected(("daemon", "rundir"), "an absolute directory path", rundir)
     return DaemonSettings(
         os.path.normpath(rundir),
-        v.integer(("daemon", "max_unacked"), 64, 1, 1_000_000, "a number of batches"),
+        v.integer(("daemon", "max_unacked"), 64, 1, MAX_UNACKED, "a number of batches"),
         daemon_stages(v),
         _daemon_user(v),
         *_daemon_shards(v),

@@ -22,6 +22,10 @@ from nfflowd.config.general import Key, Origin
 _TRUE, _FALSE = ("1", "yes", "true", "on"), ("0", "no", "false", "off")
 
 
+#: The most batches ``<daemon> max_unacked`` may let a link keep in flight.
+MAX_UNACKED = 1_000_000
+
+
 class ConfigError(Exception):
     """A configuration problem: ``FILE:LINE: key 'a.b': expected X, got Y``."""
 

@@ -18,6 +18,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from nfflowd import topology
+from nfflowd.config.settings import MAX_UNACKED
 from nfflowd.messages import Ack, EventBatch, FlowBatch, Message
 from nfflowd.pipeline import codec, curve
 from nfflowd.pipeline.delivery import Inbox, Outbox
@@ -27,6 +28,13 @@ from nfflowd.pipeline.stage import Stage
 log = logging.getLogger("nfflowd")
 
 HEARTBEAT_S = 1.0
+#: A sender's incarnation is its start time (ns): one later than now by more than
+#: this (clock skew between hosts on a tcp link) is refused.  An accepted incarnation
+#: makes every earlier one stale, so this is also the longest a forged or broken
+#: message can keep the real sender's batches out.
+FUTURE_INCARNATION_NS = 60 * 10**9
+#: No real sender has more batches in flight than ``<daemon> max_unacked`` allows.
+MAX_IN_FLIGHT = MAX_UNACKED
 
 Batch = EventBatch | FlowBatch
 
@@ -71,6 +79,20 @@ def least_loaded(outlets: Sequence[Outlet]) -> int:
         if fewest < 0 or n < fewest:
             best, fewest = i, n
     return best
+
+
+def implausible(batch: Batch, now_ns: int) -> str:
+    """Why no real sender can have sent *batch* ("" if one can): its incarnation (start
+    time) is in the future, or its cumulative acknowledgement is not below its own seq
+    or is further behind than any link's window.  Such a batch would change whom the
+    receiver accepts from, or what it takes as already seen: refused and counted."""
+    if batch.incarnation > now_ns + FUTURE_INCARNATION_NS:
+        return f"sender incarnation {batch.incarnation} is in the future (now {now_ns})"
+    if batch.seq == 0 or batch.acked >= batch.seq:
+        return f"batch {batch.seq} says batches up to {batch.acked} are acknowledged"
+    if batch.seq - batch.acked > MAX_IN_FLIGHT:
+        return f"batch {batch.seq} is {batch.seq - batch.acked} past its acknowledgement"
+    return ""
 
 
 class _Empty(Exception):
@@ -176,6 +198,10 @@ class Outlet:
                 continue
             self.acks_seen += 1
             if msg.sender_incarnation == self.stage.incarnation:
+                if msg.upto >= self.outbox.next_seq:  # batches never sent: not a real ack
+                    detail = f"ack of batch {msg.upto}, last sent {self.outbox.next_seq - 1}"
+                    self.stage.count_malformed("implausible", detail, f"{self.name} acks")
+                    continue
                 self.outbox.ack(msg.upto)
                 newest = msg.upto if newest is None else max(newest, msg.upto)
             for data in self.outbox.hello(msg.incarnation):
@@ -222,6 +248,10 @@ class Inlet:
             return None
         if not isinstance(msg, (EventBatch, FlowBatch)):
             self.stage.count_malformed("unexpected_kind", type(msg).__name__, f"{self.name} link")
+            return None
+        problem = implausible(msg, time.time_ns())
+        if problem:
+            self.stage.count_malformed("implausible", problem, f"{self.name} link")
             return None
         before = self.inbox.incarnation
         if not self.inbox.accept(msg.incarnation, msg.seq, msg.acked):

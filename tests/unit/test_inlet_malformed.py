@@ -8,6 +8,7 @@ message must be counted with its reason (the ``malformed_<reason>`` counters of
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +19,7 @@ import zmq
 from nfflowd.conntrack.text import parse_line
 from nfflowd.messages import SCHEMA_VERSION, Ack, EventBatch, Kind, Payload
 from nfflowd.pipeline import codec
-from nfflowd.pipeline.links import Inlet
+from nfflowd.pipeline.links import Inlet, Outlet
 
 ADDRESS = "inproc://events"
 LINE = (
@@ -44,6 +45,29 @@ class InprocStage:
         sock.setsockopt(zmq.LINGER, 0)
         sock.bind(ADDRESS)
         return sock
+
+    def count_malformed(self, reason: str, detail: str, where: str) -> None:
+        self.malformed.append((reason, where))
+
+
+class OutletStage:
+    """What Outlet needs from a Stage: a sender socket, send, a malformed counter."""
+
+    name = "ingest"
+    incarnation = 111
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+        self.ctx = ctx
+        self.malformed: list[tuple[str, str]] = []
+
+    def socket(self, name: str, side: str) -> zmq.Socket[bytes]:
+        assert side == "sender"
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        return sock
+
+    def send(self, sock: zmq.Socket[bytes], data: bytes) -> None:
+        sock.send(data)
 
     def count_malformed(self, reason: str, detail: str, where: str) -> None:
         self.malformed.append((reason, where))
@@ -98,3 +122,61 @@ def test_bad_messages_are_counted_dropped_and_the_link_goes_on(
     assert (inlet.inbox.incarnation, inlet.inbox.contiguous) == (111, 1)
     assert inlet.counters() == {"events_duplicates": 0, "events_sender_restarts": 0}
     assert len(stage.malformed) == len(bad)  # the valid batch counted nothing
+
+
+def test_batches_no_real_sender_can_send_are_refused_and_change_nothing(
+    link: tuple[InprocStage, Inlet, zmq.Socket[bytes]],
+) -> None:
+    """A forged or broken batch that decodes: an incarnation from the future would make
+    the real sender's batches stale (the pipeline stops, silently); an acknowledgement
+    at or beyond its own seq would make the receiver take later batches as seen."""
+    stage, inlet, sender = link
+    data = LINE.encode() + b"\n"
+    real = EventBatch("ingest", 111, 1, 0, Payload.TEXT, data, 1, "t.log", 1)
+    forged = [
+        real._replace(incarnation=2**63 - 1),  # the year 2262
+        real._replace(incarnation=time.time_ns() + 3600 * 10**9),  # an hour ahead
+        real._replace(seq=5, acked=5),  # acknowledged before it was sent
+        real._replace(seq=5, acked=2**62),
+        real._replace(seq=2**62, acked=0),  # further ahead than any window
+    ]
+    for batch in forged:
+        assert deliver(inlet, sender, codec.encode(batch)) is None
+    assert [reason for reason, _ in stage.malformed] == ["implausible"] * len(forged)
+    # nothing changed: the real sender's first batch is new, and so is its second
+    assert deliver(inlet, sender, codec.encode(real)) == real
+    second = real._replace(seq=2, acked=0)
+    assert deliver(inlet, sender, codec.encode(second)) == second
+    assert (inlet.inbox.incarnation, inlet.inbox.contiguous) == (111, 2)
+    # a sender whose clock is a little ahead of ours (another host) is accepted
+    ahead = real._replace(incarnation=time.time_ns() + 10**9)
+    assert deliver(inlet, sender, codec.encode(ahead)) == ahead
+
+
+def test_an_ack_of_batches_never_sent_releases_nothing() -> None:
+    """An Ack beyond the last batch sent would drop unacknowledged batches: refused."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        stage = OutletStage(ctx)
+        outlet = Outlet(stage, "events", 64)  # type: ignore[arg-type]
+        receiver = ctx.socket(zmq.DEALER)
+        receiver.setsockopt(zmq.LINGER, 0)
+        receiver.bind(ADDRESS)
+        outlet.sock.connect(ADDRESS)
+        for _ in range(3):
+            outlet.outbox.add(b"batch")
+        forged = Ack("correlate", 333, stage.incarnation, 2**62)
+        real = Ack("correlate", 333, stage.incarnation, 2)
+        for ack in (forged, real):
+            receiver.send(codec.encode(ack))
+            deadline = time.monotonic() + 5
+            while outlet.acks_seen == 0 or (ack is real and outlet.outbox.acked_upto < 2):
+                assert time.monotonic() < deadline, "the ack never arrived"
+                outlet.poll_acks()
+                time.sleep(0.01)
+        assert [reason for reason, _ in stage.malformed] == ["implausible"]
+        assert list(outlet.outbox.unacked) == [3]
+        receiver.close(linger=0)
+        outlet.sock.close(linger=0)
+    finally:
+        ctx.destroy(linger=0)
