@@ -210,12 +210,19 @@ LINK_KEYS: dict[str, Spec] = {
     "resent": _c("link_resent_batches", "Batches resent to a restarted receiver"),
     "duplicates": _c("link_duplicate_batches", "Batches received twice, dropped"),
     "sender_restarts": _c("link_sender_restarts", "Restarts of the sending stage seen"),
+    "stale": _c("link_stale_batches", "Batches of an older sender incarnation, dropped"),
+    "reverted": _c(
+        "link_reverted_senders",
+        "Older sender incarnations taken back after the newer one fell silent",
+    ),
     "reconnects": _c(
         "link_reconnects", "Reconnections after which unacknowledged batches went again"
     ),
 }
 _INDEXED = re.compile(r"^([cd])(\d+)_(\w+)$")
-_LINK = re.compile(r"^(events|flows\.\w+)_(unacked|resent|duplicates|sender_restarts|reconnects)$")
+_LINK = re.compile(
+    r"^(events|flows\.\w+)_(unacked|resent|duplicates|sender_restarts|stale|reverted|reconnects)$"
+)
 _SANITIZE = re.compile(r"[^a-zA-Z0-9_]")
 
 #: Per kind of target, the label sets by index: {"c": [{"collector":…, "version":…}], "d": […]}.

@@ -16,6 +16,12 @@ Per link (ingest -> correlate, correlate -> export, correlate -> mirror)::
   record identity that makes duplicates detectable.
 * A receiver de-duplicates: a batch already accepted from the same incarnation is
   dropped and counted; a new incarnation (the sender restarted) starts afresh.
+  An older incarnation's batches are stale and dropped — unless the current one has
+  sent nothing for ``Inbox.STALE_GRACE_S`` while the older one still sends: a dead
+  sender sends nothing, so that older one is alive and the newer one was not a
+  restart (a forged or broken message): the receiver goes back to it, and never
+  takes the one it left again.  One message can change whom a receiver accepts
+  from for that long at most.
 * Acknowledgements are end to end: export and mirror acknowledge a flow batch
   once it is sent to the collectors / delivered to every dispatcher; correlate
   acknowledges an event batch once every flow batch derived from it (and from the
@@ -28,6 +34,7 @@ Per link (ingest -> correlate, correlate -> export, correlate -> mirror)::
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
@@ -88,18 +95,37 @@ class Inbox:
     duplicates: int = 0
     stale: int = 0  # batches from an older sender incarnation
     restarts: int = 0  # sender incarnations seen after the first
+    reverted: int = 0  # times an older incarnation was taken back (the newer one fell silent)
+    last_new: float = 0.0  # monotonic time of the last new batch of `incarnation`
+    # incarnations left for an older one (never taken again; the newest few)
+    abandoned: deque[int] = field(default_factory=lambda: deque(maxlen=16))
 
-    def accept(self, incarnation: int, seq: int, acked: int = 0) -> bool:
+    #: An older incarnation that still sends while the current one has been silent
+    #: this long is taken back (see the module docstring).
+    STALE_GRACE_S = 10.0
+
+    def accept(self, incarnation: int, seq: int, acked: int = 0, now: float = -1.0) -> bool:
         """True when the batch is new; False (counted) when it was seen before.
 
         *acked* is the sender's cumulative acknowledgement carried by the batch:
         nothing at or below it will ever come again, so a receiver that joins
-        mid-stream (restarted) starts counting from there.
+        mid-stream (restarted) starts counting from there.  *now*: the monotonic
+        clock (read if not given).
         """
+        if now < 0:
+            now = time.monotonic()
         if incarnation != self.incarnation:
-            if incarnation < self.incarnation:
+            if incarnation in self.abandoned:
                 self.stale += 1
                 return False
+            if incarnation < self.incarnation:
+                if not self.last_new:
+                    self.last_new = now  # (a resumed position) silent from now on, not before
+                if now - self.last_new < self.STALE_GRACE_S:
+                    self.stale += 1
+                    return False
+                self.reverted += 1
+                self.abandoned.append(self.incarnation)
             if self.incarnation:
                 self.restarts += 1
             self.incarnation, self.contiguous, self.ahead = incarnation, 0, set()
@@ -112,6 +138,7 @@ class Inbox:
         if seq <= self.contiguous or seq in self.ahead:
             self.duplicates += 1
             return False
+        self.last_new = now
         if seq == self.contiguous + 1:
             self.contiguous = seq
             while self.contiguous + 1 in self.ahead:

@@ -29,10 +29,13 @@ log = logging.getLogger("nfflowd")
 
 HEARTBEAT_S = 1.0
 #: A sender's incarnation is its start time (ns): one later than now by more than
-#: this (clock skew between hosts on a tcp link) is refused.  An accepted incarnation
-#: makes every earlier one stale, so this is also the longest a forged or broken
-#: message can keep the real sender's batches out.
+#: this (clock skew between hosts on a tcp link) is refused.  One within it that no
+#: real sender uses makes the real sender's batches stale until the receiver takes
+#: the real one back (``Inbox.STALE_GRACE_S`` after the forged one's last batch).
 FUTURE_INCARNATION_NS = 60 * 10**9
+#: A receiver whose acks are about another sender this long gets our unacknowledged
+#: batches again (:meth:`Outlet._follows_another`).
+FOREIGN_ACKS_S = 5.0
 #: No real sender has more batches in flight than ``<daemon> max_unacked`` allows.
 MAX_IN_FLIGHT = MAX_UNACKED
 
@@ -136,6 +139,25 @@ class Outlet:
             else self.sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         )
         self._disconnected = False
+        self._foreign_since = 0.0  # since when the receiver's acks are about another sender
+
+    def _follows_another(self, ack: Ack) -> None:
+        """The receiver acknowledges another sender than us: for a moment after either of
+        us restarted, or because it took another incarnation for ours (a forged or broken
+        batch, see :func:`implausible`).  If that lasts FOREIGN_ACKS_S while we hold
+        unacknowledged batches, they go again (every FOREIGN_ACKS_S): the receiver drops
+        them as stale until it takes us back (``Inbox.STALE_GRACE_S``)."""
+        now = time.monotonic()
+        if not self.outbox.unacked or self.outbox.peer != ack.incarnation:
+            self._foreign_since = 0.0
+            return
+        if not self._foreign_since:
+            self._foreign_since = now
+        elif now - self._foreign_since >= FOREIGN_ACKS_S:
+            self._foreign_since = now
+            self.outbox.resent += len(self.outbox.unacked)
+            for data in list(self.outbox.unacked.values()):
+                self.stage.send(self.sock, data)
 
     def full(self) -> bool:
         return self.outbox.full()
@@ -197,7 +219,10 @@ class Outlet:
                 self.stage.count_malformed("unexpected_kind", type(msg).__name__, self.name)
                 continue
             self.acks_seen += 1
-            if msg.sender_incarnation == self.stage.incarnation:
+            if msg.sender_incarnation != self.stage.incarnation:
+                self._follows_another(msg)
+            else:
+                self._foreign_since = 0.0
                 if msg.upto >= self.outbox.next_seq:  # batches never sent: not a real ack
                     detail = f"ack of batch {msg.upto}, last sent {self.outbox.next_seq - 1}"
                     self.stage.count_malformed("implausible", detail, f"{self.name} acks")
@@ -288,4 +313,6 @@ class Inlet:
         return {
             f"{topology.base_link(self.name)}_duplicates": self.inbox.duplicates,
             f"{topology.base_link(self.name)}_sender_restarts": self.inbox.restarts,
+            f"{topology.base_link(self.name)}_stale": self.inbox.stale,
+            f"{topology.base_link(self.name)}_reverted": self.inbox.reverted,
         }

@@ -33,6 +33,30 @@ def test_inbox_deduplicates_and_follows_sender_restarts() -> None:
     assert (inbox.duplicates, inbox.stale, inbox.restarts) == (3, 1, 1)
 
 
+def test_an_older_sender_that_still_sends_is_taken_back_after_the_grace() -> None:
+    """A newer incarnation that falls silent while the older one still sends was not a
+    restart (a dead sender sends nothing): after STALE_GRACE_S the receiver goes back."""
+    inbox, grace = Inbox(), Inbox.STALE_GRACE_S
+    assert inbox.accept(10, 1, now=100.0) and inbox.accept(10, 2, now=101.0)
+    assert inbox.accept(99, 1, now=102.0)  # a forged "restart"
+    assert not inbox.accept(10, 3, acked=2, now=102.0 + grace - 0.1)  # stale, within the grace
+    assert inbox.accept(10, 3, acked=2, now=102.0 + grace)  # the real sender is back
+    assert not inbox.accept(10, 3, now=102.0 + grace)  # and de-duplicated as before
+    assert not inbox.accept(99, 2, now=102.0 + grace)  # the forged one is now the stale one
+    assert (inbox.incarnation, inbox.contiguous) == (10, 3)
+    assert (inbox.stale, inbox.reverted, inbox.duplicates) == (2, 1, 1)
+
+
+def test_a_resumed_receiver_drops_an_old_sender_queued_batches() -> None:
+    """A terminal stage resumes its position (no batch seen yet): stragglers of an older
+    sender that were queued for it are stale from its start, not taken back at once."""
+    inbox = Inbox(incarnation=20, contiguous=7)
+    assert not inbox.accept(10, 9, now=50.0)
+    assert not inbox.accept(10, 10, now=50.0 + Inbox.STALE_GRACE_S / 2)
+    assert inbox.accept(20, 8, now=51.0)
+    assert inbox.stale == 2 and inbox.reverted == 0
+
+
 def test_acker_is_cumulative() -> None:
     ack = Acker()
     assert ack.durable(2) == 0 and ack.durable(1) == 2 and ack.durable(4) == 2

@@ -18,7 +18,8 @@ import zmq
 
 from nfflowd.conntrack.text import parse_line
 from nfflowd.messages import SCHEMA_VERSION, Ack, EventBatch, Kind, Payload
-from nfflowd.pipeline import codec
+from nfflowd.pipeline import codec, links
+from nfflowd.pipeline.delivery import Inbox
 from nfflowd.pipeline.links import Inlet, Outlet
 
 ADDRESS = "inproc://events"
@@ -120,7 +121,12 @@ def test_bad_messages_are_counted_dropped_and_the_link_goes_on(
 
     assert deliver(inlet, sender, valid) == batch
     assert (inlet.inbox.incarnation, inlet.inbox.contiguous) == (111, 1)
-    assert inlet.counters() == {"events_duplicates": 0, "events_sender_restarts": 0}
+    assert inlet.counters() == {
+        "events_duplicates": 0,
+        "events_sender_restarts": 0,
+        "events_stale": 0,
+        "events_reverted": 0,
+    }
     assert len(stage.malformed) == len(bad)  # the valid batch counted nothing
 
 
@@ -180,3 +186,68 @@ def test_an_ack_of_batches_never_sent_releases_nothing() -> None:
         outlet.sock.close(linger=0)
     finally:
         ctx.destroy(linger=0)
+
+
+def test_a_forged_incarnation_holds_the_real_sender_back_for_a_bounded_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A forged batch whose incarnation is just ahead of the clock (within what a real
+    sender on another host may have): the real sender's batches are stale for a while,
+    then its resends (its acks are about another sender) are taken back, and every
+    batch it sent is received; the forged sender is never taken again."""
+    monkeypatch.setattr(links, "FOREIGN_ACKS_S", 0.2)
+    monkeypatch.setattr(Inbox, "STALE_GRACE_S", 0.5)
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        receiver_stage, sender_stage = InprocStage(ctx), OutletStage(ctx)
+        sender_stage.incarnation = time.time_ns()
+        inlet = Inlet(receiver_stage, "events")  # type: ignore[arg-type]
+        outlet = Outlet(sender_stage, "events", 64)  # type: ignore[arg-type]
+        outlet.sock.connect(ADDRESS)
+        forger = ctx.socket(zmq.DEALER)
+        forger.setsockopt(zmq.LINGER, 0)
+        forger.connect(ADDRESS)
+        data = LINE.encode() + b"\n"
+
+        def real(seq: int, acked: int) -> EventBatch:
+            inc = sender_stage.incarnation
+            return EventBatch("ingest", inc, seq, acked, Payload.TEXT, data, 1, "t.log", seq)
+
+        outlet.send(real)
+        got = [b.seq for b in receive_all(inlet, outlet, 0.3)]
+        assert got == [1]
+        forged = real(1, 0)._replace(incarnation=time.time_ns() + 30 * 10**9)
+        forger.send(codec.encode(forged))
+        assert [b.incarnation for b in receive_all(inlet, outlet, 0.3)] == [forged.incarnation]
+        t0 = time.monotonic()
+        for _ in range(3):
+            outlet.send(real)
+        while len(got) < 4:
+            assert time.monotonic() - t0 < 10, f"the real sender was not taken back: {got}"
+            got += [b.seq for b in receive_all(inlet, outlet, 0.1)]
+        assert got == [1, 2, 3, 4]
+        assert inlet.inbox.incarnation == sender_stage.incarnation
+        assert inlet.counters()["events_reverted"] == 1
+        assert inlet.counters()["events_stale"] >= 3
+        forger.send(codec.encode(forged._replace(seq=2)))  # never taken again
+        assert receive_all(inlet, outlet, 0.3) == []
+        for sock in (forger, outlet.sock, inlet.sock):
+            sock.close(linger=0)
+    finally:
+        ctx.destroy(linger=0)
+
+
+def receive_all(inlet: Inlet, outlet: Outlet, seconds: float) -> list[EventBatch]:
+    """Run both ends of the link for *seconds*: what the inlet takes as new batches
+    (acknowledged at once, with heartbeats), and the outlet's handling of the acks."""
+    out: list[EventBatch] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        inlet.sock.poll(20, zmq.POLLIN)
+        while (batch := inlet.receive()) is not None:
+            assert isinstance(batch, EventBatch)
+            out.append(batch)
+            inlet.ack(batch.seq)
+        inlet.heartbeat()
+        outlet.poll_acks()
+    return out
