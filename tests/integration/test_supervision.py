@@ -94,7 +94,9 @@ def test_stage_failing_on_start_ends_fatal_with_its_cause_logged(tmp_path: Path)
         states = wait_for(fatal, 90, "export FATAL")
         check = nfflowd("-c", str(conf), "check", check=False).stdout
     assert isinstance(states, dict)
-    assert states["export"]["starts"] == 1 + STARTRETRIES, states["export"]
+    # 1 + startretries failed starts in a row; on a loaded machine an attempt may take
+    # longer than startsecs to fail, counts as started, and the count begins again
+    assert states["export"]["starts"] >= 1 + STARTRETRIES, states["export"]
     for stage in ("ingest", "correlate", "mirror"):
         assert states[stage]["statename"] == "RUNNING", states[stage]
     assert re.search(r"stage\s+export\s+FATAL", check), check
