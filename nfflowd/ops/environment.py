@@ -71,6 +71,37 @@ def kernel_findings(settings: Settings | None = None) -> list[Finding]:
     return out
 
 
+def subscription_finding(
+    settings: Settings, sysctls: dict[str, str | None] | None = None
+) -> Finding:
+    """Which conntrack events the netlink source will read, and what that costs
+    (:class:`nfflowd.conntrack.sources.NetlinkSource`); *sysctls*: the kernel switches
+    where it reads (read there if not given)."""
+    src = settings.source
+    if sysctls is None:
+        sysctls = read_sysctls(src.netns)
+    stamped = all(sysctls.get(k) == "1" for k in ("nf_conntrack_acct", "nf_conntrack_timestamp"))
+    both = (
+        "NEW and DESTROY events: twice the events of DESTROY-only, a table of open "
+        "connections (about 122 bytes each), the table dumped at start"
+    )
+    if src.subscribe == "all":
+        return ("note", f"source reads {both} (<source> subscribe all)")
+    if stamped or src.set_sysctls:
+        how = "they are on" if stamped else "<source> set_sysctls 1 turns them on at start"
+        return (
+            "ok",
+            "source reads DESTROY events only: with nf_conntrack_acct and "
+            f"nf_conntrack_timestamp ({how}) each carries the whole record",
+        )
+    return (
+        "warning",
+        f"source reads {both}, because nf_conntrack_acct or nf_conntrack_timestamp is off; "
+        "with both on (<source> set_sysctls 1) it reads DESTROY events only, half the "
+        "events and no table (README, Reading the kernel)",
+    )
+
+
 def source_findings(settings: Settings) -> list[Finding]:
     out: list[Finding] = []
     src = settings.source
@@ -105,6 +136,7 @@ def source_findings(settings: Settings) -> list[Finding]:
                 "runs the conntrack program as in 2009)",
             )
         )
+        out.append(subscription_finding(settings))
         if shlex.split(settings.conntrack.format) != shlex.split(ConntrackSettings().format):
             args = shlex.split(settings.conntrack.format)
             why = (
