@@ -74,8 +74,15 @@ class Direction(IntEnum):
 
 
 class EndReason(IntEnum):
-    """IPFIX flowEndReason (IANA IE 136)."""
+    """IPFIX flowEndReason (IANA IE 136), and OPENED: not a flow's end but a notice.
 
+    An OPENED record (real-time NAT events, ``<collector> nat_events realtime``) says
+    that a NATed connection has just opened: its ORIGINAL_IN record with no counters,
+    first = last = its start.  Only the NAT event encoders read it (the create
+    event); every other consumer gets blocks without them (:func:`without_opened`)
+    or skips them, so no flow record ever carries 0 as its end reason."""
+
+    OPENED = 0
     IDLE_TIMEOUT = 1
     ACTIVE_TIMEOUT = 2
     END_OF_FLOW = 3
@@ -248,6 +255,16 @@ FLOW_FIELDS = len(FlowRecord._fields)
 #: has them); a reader slices IPv4 addresses back to 4 bytes by ``family``.
 FLOW_RECORD: Final = struct.Struct("<QQBB16s16sHHQQ16s16sHHBBIHI")
 _ADDRESS_BYTES: Final = {4: 4, 6: 16}
+#: Where a FLOW_RECORD holds its end reason (after direction, before mark).
+END_REASON_OFFSET: Final = struct.calcsize("<QQBB16s16sHHQQ16s16sHHB")
+
+
+def without_opened(block: bytes) -> bytes:
+    """*block* without its :attr:`EndReason.OPENED` records (itself when it has none)."""
+    size, at = FLOW_RECORD.size, END_REASON_OFFSET
+    if all(block[i + at] for i in range(0, len(block), size)):
+        return block
+    return b"".join(block[i : i + size] for i in range(0, len(block), size) if block[i + at])
 
 
 def pack_flows(records: Iterable[FlowRecord]) -> bytes:

@@ -122,7 +122,7 @@ FLOWS = st.builds(
     proto=st.integers(0, 255),
     post_sport=st.integers(0, 0xFFFF),
     direction=st.sampled_from([1, 2, 3]),
-    end_reason=st.integers(0, 255),
+    end_reason=st.integers(1, 255),  # 0 is OPENED: a notice, no flow (messages.EndReason)
 )
 
 

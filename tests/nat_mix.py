@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from nfflowd.formats import ipfix, netflow_v9
+from nfflowd.formats.ipfix_ies import Templates
 from nfflowd.messages import FlowRecord
 from tests.flow_records import BOOT, NOW, flow
 
@@ -139,3 +140,13 @@ def mix() -> list[FlowRecord]:
             ct=17,
         ),  # no NAT, IPv6
     ]
+
+
+def decode_all_records(
+    fmt: str, datagrams: list[bytes], templates: Templates
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(flow records, NAT event records) of *datagrams*, decoded by our decoders with
+    *templates* carried over."""
+    unpack = netflow_v9.unpack_datagram if fmt == "v9" else ipfix.unpack_datagram
+    got = [r for d in datagrams for r in unpack(d, templates)[1]]
+    return [r for r in got if "natEvent" not in r], [r for r in got if "natEvent" in r]

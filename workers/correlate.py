@@ -18,7 +18,7 @@ import zmq
 
 from nfflowd import topology
 from nfflowd.correlate.batches import BatchCorrelator, journal_path
-from nfflowd.messages import EventBatch, FlowBatch
+from nfflowd.messages import EventBatch, FlowBatch, without_opened
 from nfflowd.pipeline import codec
 from nfflowd.pipeline.delivery import Ledger
 from nfflowd.pipeline.links import Inlet, Outlet
@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.export.active_timeout,
         journal_path=journal_path(stage.rundir, stage.shard),
         remembered=max(16384, 4 * limit),
+        nat_starts=settings.export.nat_realtime,
     )
     inlet = Inlet(stage, topology.link("events", shard))
     outs = {
@@ -94,11 +95,13 @@ def main(argv: list[str] | None = None) -> int:
             if block:
                 flow_seq = outs["export"].outbox.reserve()
                 floor = min(out.outbox.acked_upto for out in outs.values())
-                data = codec.encode(
-                    FlowBatch(stage.name, stage.incarnation, flow_seq, floor, *msg.origin(), block)
-                )
-                for out in outs.values():
-                    out.send_encoded(flow_seq, data)
+                head = (stage.name, stage.incarnation, flow_seq, floor, *msg.origin())
+                data = codec.encode(FlowBatch(*head, block))
+                # OPENED records (real-time NAT events) are for export alone
+                lines = without_opened(block) if work.corr.nat_starts else block
+                mirror_data = data if lines is block else codec.encode(FlowBatch(*head, lines))
+                for name, out in outs.items():
+                    out.send_encoded(flow_seq, mirror_data if name == "mirror" else data)
             ledger.record(msg.seq, flow_seq)
             inlet.ack(min(ledger.ackable(), inlet.inbox.contiguous))
         stage.notify("final", counters())

@@ -25,6 +25,7 @@ from nfflowd.config.settings import (
     _V,
     MAX_UNACKED,
     Collector,
+    ConfigError,
     ConntrackSettings,
     Ct2ftSettings,
     DaemonSettings,
@@ -267,20 +268,33 @@ def _version(v: _V, key: Key, default: int) -> int:
     return int(value)
 
 
+#: ``<collector> nat_events realtime``: the create event when the connection opens.
+REALTIME = "realtime"
+
+
 def _nat_events(v: _V, key: Key, c: Collector) -> Collector:
-    """``nat_events`` and ``nat_event_numbering`` of a <collector> (nfflowd.formats.nat_events)."""
+    """``nat_events`` (a boolean, or ``realtime``) and ``nat_event_numbering`` of a
+    <collector> (nfflowd.formats.nat_events)."""
     ek, nk = (*key, "nat_events"), (*key, "nat_event_numbering")
     numbering = v.one(nk)
     if numbering is not None and _int(numbering) not in NAT_EVENT_NUMBERINGS:
         raise v.expected(
             nk, "1 (natEvent 1/2, as ipt-netflow and Juniper) or 4 (RFC 8158: 4/5)", numbering
         )
-    on = v.boolean(ek, False)
+    value = v.one(ek)
+    realtime = isinstance(value, str) and value.strip().lower() == REALTIME
+    try:
+        on = realtime or v.boolean(ek, False)
+    except ConfigError:
+        what = "a boolean (1/0, yes/no, true/false, on/off) or realtime"
+        raise v.expected(ek, what, value) from None
     if on and c.version == 5:
-        raise v.expected(ek, "0 with version 5 (NAT event records need version 9 or 10)", v.one(ek))
+        raise v.expected(ek, "0 with version 5 (NAT event records need version 9 or 10)", value)
     if numbering is not None and not on:
         v.note(nk, "<collector> nat_event_numbering is only used with nat_events 1")
-    return dataclasses.replace(c, nat_events=on, nat_event_numbering=int(numbering or 1))
+    return dataclasses.replace(
+        c, nat_events=on, nat_event_numbering=int(numbering or 1), nat_realtime=realtime
+    )
 
 
 def _records(v: _V, key: Key, c: Collector) -> Collector:

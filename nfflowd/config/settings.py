@@ -78,6 +78,9 @@ class Collector:
     source: str | None = None
     nat_events: bool = False  # v9/IPFIX: NAT event records too (nfflowd.formats.nat_events)
     nat_event_numbering: int = 1  # natEvent create/delete: 1 -> 1/2, 4 -> RFC 8158's 4/5
+    # ``nat_events realtime``: the create event when the connection opens (its NEW),
+    # not with the delete at its end
+    nat_realtime: bool = False
     # v9/IPFIX: "per_direction" (one record per direction, the other side of the NAT in
     # postNAT* elements) or "triplet" (also the original direction as it left, as v5 sends);
     # None: the version's own, per_direction for 9/10 (v5 always sends the triplet)
@@ -94,6 +97,11 @@ class ExportSettings:
     template_refresh_packets: int = 20  # re-send templates every N datagrams (v9/IPFIX) ...
     template_refresh_seconds: int = 1800  # ... and every T seconds, whichever comes first
     active_timeout: int = 0  # s; connections open longer are reported periodically (0 = off)
+
+    @property
+    def nat_realtime(self) -> bool:
+        """Some collector wants NAT create events when connections open (NEW events)."""
+        return any(c.nat_realtime for c in self.collectors)
 
 
 @dataclass(frozen=True)

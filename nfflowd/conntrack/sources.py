@@ -335,7 +335,8 @@ class NetlinkSource:
     flow record needs (both tuples, counters, the kernel's start and stop), so the
     source subscribes to the DESTROY group alone: half the events, and every one
     self-contained (:attr:`stateless`: batches may go to any correlator).  Without
-    them (or with ``<source> subscribe all``) it also subscribes to NEW (the start
+    them (or with ``<source> subscribe all``, or for real-time NAT events:
+    ``<collector> nat_events realtime``) it also subscribes to NEW (the start
     time comes from there) and dumps the table at start, so connections opened
     before are known; ``nfflowd check`` says what that costs.  The active timeout
     dumps the table periodically: its entries carry the counters of long connections.
@@ -350,7 +351,11 @@ class NetlinkSource:
     payload: int = Payload.NETLINK
     where: str = "ctnetlink"
 
-    def __init__(self, settings: SourceSettings, *, dump_interval_s: float = 0.0) -> None:
+    def __init__(
+        self, settings: SourceSettings, *, dump_interval_s: float = 0.0, new_events: bool = False
+    ) -> None:
+        """*new_events*: NEW events are wanted whatever the kernel stamps (real-time NAT
+        events: the create event when a connection opens)."""
         from nfflowd.conntrack import kernel
 
         self._kernel = kernel
@@ -360,7 +365,7 @@ class NetlinkSource:
         for key, value in found.items():
             if value != "1" and not key.endswith("events"):
                 log.warning("%s = %s: see `nfflowd check`", key, value)
-        self.destroy_only = settings.subscribe == "auto" and destroy_only(found)
+        self.destroy_only = settings.subscribe == "auto" and destroy_only(found) and not new_events
         self.stateless = self.destroy_only and not dump_interval_s
         self.listener = kernel.CtnetlinkListener(
             netns=settings.netns,
@@ -466,5 +471,9 @@ def make_source(settings: Settings, checkpoint: persist.Slots) -> Source:
         ct = settings.conntrack
         return ProgramSource(ct.progname, ct.init_format, ct.format)
     if src.type == "netlink":
-        return NetlinkSource(src, dump_interval_s=dump_interval(settings.export.active_timeout))
+        return NetlinkSource(
+            src,
+            dump_interval_s=dump_interval(settings.export.active_timeout),
+            new_events=settings.export.nat_realtime,
+        )
     raise ValueError(f"unknown source type {src.type!r}")

@@ -40,8 +40,13 @@ class BatchCorrelator:
         *,
         journal_path: str | None = None,
         remembered: int = 16384,
+        nat_starts: bool = False,
     ) -> None:
-        self.corr = Correlator(ttl_s=ttl_s, active_timeout_s=active_timeout_s)
+        """*nat_starts*: real-time NAT events (an OPENED record per NATed NEW, see
+        :mod:`nfflowd.correlate.correlator`)."""
+        self.corr = Correlator(
+            ttl_s=ttl_s, active_timeout_s=active_timeout_s, nat_starts=nat_starts
+        )
         self.decoder = PayloadDecoder()
         # origins of the event batches fed to the table lately: a restarted ingest
         # re-reads at most max_unacked batches of a saved log
@@ -113,8 +118,9 @@ class BatchCorrelator:
         corr, decoder = self.corr, self.decoder
         feed, opened, event = corr.feed, corr.opened, decoder.line_event
         where, first, fast = batch.where, batch.first_line, 0
+        whole = corr.nat_starts  # a NEW's tuples tell whether NAT applies: parsed in full
         for i, line in enumerate(text_lines(batch.data)):
-            key = new_line_key(line)
+            key = None if whole else new_line_key(line)
             if key is not None:
                 opened(*key)
                 fast += 1
@@ -138,6 +144,7 @@ class BatchCorrelator:
             "destroy_without_new": c.destroy_without_new,
             "interim_reports": c.interim_reports,
             "new_duplicate": c.new_duplicate,
+            "opened": c.opened,
             "replayed": c.replayed,
             "invalid_events": c.invalid,
             "reread_events": self.reread_events,

@@ -27,6 +27,11 @@ timestamp (CTA_TIMESTAMP); the time of the NEW event (matched by conntrack id
 when the source gives one, else by original tuple and zone); ``delta-time``
 seconds before the DESTROY; the DESTROY time itself.  End time: the kernel's
 stop timestamp, else the DESTROY time.
+
+Real-time NAT events (*nat_starts*): a NEW that opens a NATed connection also
+yields an OPENED record (:attr:`~nfflowd.messages.EndReason.OPENED`), its
+ORIGINAL_IN record with no counters and first = last = its start, from which
+export sends the NAT create event while the connection is still open.
 """
 
 from __future__ import annotations
@@ -327,6 +332,7 @@ class CorrelatorCounters:
     interim_reports: int = 0
     replayed: int = 0  # events of connections already closed (a re-read after a restart)
     invalid: int = 0  # events with a value no flow record can carry (text logs only)
+    opened: int = 0  # OPENED records of NATed connections (real-time NAT events)
 
 
 @dataclass
@@ -355,6 +361,7 @@ class Correlator:
     clock_ns: int = 0  # the newest event time seen
     closed: Recent = field(default_factory=Recent)  # conntrack ids lately destroyed
     journal: Journal | None = None  # report states kept across a crash (active timeout)
+    nat_starts: bool = False  # an OPENED record for each NATed connection's NEW
 
     def feed(self, ev: ConntrackEvent, out: bytearray) -> None:
         """Apply one event; append the records it completes to *out* (FLOW_RECORD structs)."""
@@ -373,6 +380,8 @@ class Correlator:
                 self.counters.new += 1
                 if entry is None:
                     entry = table[key] = ev.start_ns if ev.start_ns is not None else t
+                    if self.nat_starts and is_natted(ev):
+                        self._opened(ev, entry, out)
                     if ev.orig_packets is None:
                         return
                     # first seen in a dump (started before us, or a restarted correlate
@@ -421,6 +430,17 @@ class Correlator:
             self.counters.records += pack_records(ev, start, end, out, counters, reason)
         except (struct.error, TypeError):  # a value no record can carry (never the kernel's)
             self.counters.invalid += 1
+
+    def _opened(self, ev: ConntrackEvent, start: int, out: bytearray) -> None:
+        """The OPENED record of *ev*'s connection: its ORIGINAL_IN record, no counters."""
+        one = bytearray()
+        try:
+            pack_records(ev, start, start, one, (None, None, 0, 0), EndReason.OPENED)
+        except (struct.error, TypeError):
+            self.counters.invalid += 1
+            return
+        out += one[:_RECORD_SIZE]
+        self.counters.opened += 1
 
     def _maybe_report(
         self, key: object, entry: int | list[int], ev: ConntrackEvent, out: bytearray

@@ -47,7 +47,9 @@ from nfflowd.messages import EndReason
 PROTOCOLS = {1: "icmp", 2: "igmp", 6: "tcp", 17: "udp", 33: "dccp", 47: "gre", 50: "esp",
              51: "ah", 58: "icmp6", 132: "sctp", 136: "udplite"}  # fmt: skip
 ICMP = frozenset({1, 58})
-END_REASONS = {int(r): r.name.lower().replace("_", "-") for r in EndReason}
+END_REASONS = {
+    int(r): r.name.lower().replace("_", "-") for r in EndReason if r is not EndReason.OPENED
+}
 #: flowDirection (IANA IE 61)
 DIRECTIONS = {0: "in", 1: "out"}
 #: set id (2) and length (2) open every v9 flowset and IPFIX set

@@ -119,7 +119,10 @@ _INT_FIELDS = tuple(
 )  # fmt: skip
 
 DIRECTIONS: dict[int, str] = {d.value: d.name.lower() for d in Direction}
-END_REASONS: dict[int, str] = {e.value: e.name.lower() for e in EndReason}
+#: (Not OPENED: a notice for the NAT event encoders, never a flow the mirror writes.)
+END_REASONS: dict[int, str] = {
+    e.value: e.name.lower() for e in EndReason if e is not EndReason.OPENED
+}
 
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 _ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")

@@ -48,6 +48,14 @@ forgotten first).  After an export restart, or for a connection forgotten that
 way, the final record yields a create event (stamped with the last report's
 time) as well as the delete event, so the collector may see a second create.
 
+**Real time** (``<collector> nat_events realtime``): the correlator also emits an
+OPENED record (:class:`~nfflowd.messages.EndReason`) when a NATed connection
+opens (its NEW event; the source then reads NEW events too), and the create
+event goes out at once, stamped with the connection's start; its end yields the
+delete event alone (remembered as above: a connection forgotten, or one whose
+NEW nfflowd did not see, gets both at its end).  A long-lived mapping is thus on
+record while it is open.
+
 **natEvent numbering** (IANA "natEvent" value registry, RFC 8158 §4):
 ``nat_event_numbering 1`` sends 1/2 ("NAT translation create/delete", now
 marked Historic), what ipt-netflow and Juniper send; ``4`` sends RFC 8158's
@@ -143,6 +151,7 @@ SET_HEADER = struct.Struct("!HH")
 Row = tuple[int, struct.Struct, tuple[object, ...]]
 _ORIGINAL_IN = Direction.ORIGINAL_IN
 _INTERIM = EndReason.ACTIVE_TIMEOUT
+_OPENED = EndReason.OPENED
 _BY_FAMILY = {4: (TEMPLATE_ID_V4, RECORD_V4, 4), 6: (TEMPLATE_ID_V6, RECORD_V6, 16)}
 
 
@@ -205,7 +214,7 @@ class NatEvents:
                 r.post_sport,
                 r.post_dport,
             )
-            if r.end_reason == _INTERIM:
+            if r.end_reason == _INTERIM or r.end_reason == _OPENED:
                 if key in self.open:
                     continue
                 self.open[key] = None

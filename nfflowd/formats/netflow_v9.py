@@ -362,6 +362,8 @@ class V9Encoder:
             if direction == omit:
                 self.left_out += 1
                 continue
+            if not end_reason:  # OPENED: a NAT create event below, no flow record
+                continue
             if fam == 4:
                 sid, pack, size, alen = TEMPLATE_ID_V4, pack4, size4, 4
             elif fam == 6:

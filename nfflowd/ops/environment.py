@@ -87,6 +87,12 @@ def subscription_finding(
     )
     if src.subscribe == "all":
         return ("note", f"source reads {both} (<source> subscribe all)")
+    if settings.export.nat_realtime:
+        return (
+            "note",
+            f"source reads {both}, for real-time NAT events "
+            "(<collector> nat_events realtime: the create event when a connection opens)",
+        )
     if stamped or src.set_sysctls:
         how = "they are on" if stamped else "<source> set_sysctls 1 turns them on at start"
         return (

@@ -17,7 +17,10 @@ configured.
 Which records: v5 collectors get the correlator's triplet as it is; v9/IPFIX
 encoders leave out the ORIGINAL_OUT records (``per_direction``, counted as
 ``left_out``: the ORIGINAL_IN record's postNAT* elements say the same) unless the
-collector says ``records triplet``.
+collector says ``records triplet``.  OPENED records (real-time NAT events, see
+:class:`~nfflowd.messages.EndReason`) go only to collectors with ``nat_events
+realtime``, whose encoders turn them into create events and send no flow record
+for them; the others get the block without them.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from nfflowd.config import Collector, ExportSettings
 from nfflowd.formats.ipfix import IpfixEncoder
 from nfflowd.formats.netflow_v5 import V5Encoder
 from nfflowd.formats.netflow_v9 import V9Encoder
-from nfflowd.messages import FLOW_RECORD, FlowRecord, unpack_flows
+from nfflowd.messages import FLOW_RECORD, FlowRecord, unpack_flows, without_opened
 from nfflowd.outputs.collector import UdpCollector
 from nfflowd.pipeline import persist
 
@@ -108,6 +111,10 @@ class Exporter:
             )
         self.records = 0
         self.sequences = sequences
+        # real-time NAT events: these collectors get the OPENED records too (the others a
+        # block without them, made once per block)
+        self.realtime = [c.nat_realtime for c in exp.collectors]
+        self.any_realtime = any(self.realtime)
         if sequences is not None:
             idents = [stream_identity(exp, c) for c in exp.collectors]
             streams = [(ident, enc) for ident, (enc, _) in zip(idents, self.targets, strict=True)]
@@ -125,13 +132,17 @@ class Exporter:
         self.records += count
         now = time.time_ns()
         slots = self.sequences
-        records: list[FlowRecord] | None = None  # decoded once, if a v9/IPFIX collector needs it
+        flows = without_opened(block) if self.any_realtime else block
+        # decoded once per kind of block, if a v9/IPFIX collector needs it
+        decoded: dict[bool, list[FlowRecord]] = {}
         for i, (enc, coll) in enumerate(self.targets):
             if isinstance(enc, V5Encoder):
-                datagrams = enc.encode_block(block, now)
+                datagrams = enc.encode_block(flows, now)
             else:
+                realtime = self.realtime[i]
+                records = decoded.get(realtime)
                 if records is None:
-                    records = unpack_flows(block)
+                    records = decoded[realtime] = unpack_flows(block if realtime else flows)
                 datagrams = enc.encode(records, now)
             if slots is not None and i < MAX_STREAMS:
                 # stored before sending: after a crash the stream skips ahead, never back
