@@ -428,8 +428,11 @@ def final_counters(log: Path) -> dict[str, int]:
 class NfflowdRun:
     """The four stages under supervisord, reading the fw namespace over ctnetlink."""
 
-    def __init__(self, lab: labmod.Lab, work: Path, reliable: bool, a: argparse.Namespace) -> None:
-        self.name = "nfflowd-" + ("reliable" if reliable else "default")
+    def __init__(self, lab: labmod.Lab, work: Path, mode: str, a: argparse.Namespace) -> None:
+        """*mode*: default, reliable (<source> reliable 1), or natrt (an IPFIX collector
+        with real-time NAT events: the NEW events are read too)."""
+        reliable, natrt = mode == "reliable", mode == "natrt"
+        self.name = "nfflowd-" + mode
         self.lab, self.rundir = lab, work / "run"
         self.cap = Nfcapd(extra_args=NFCAPD_ARGS)
         self.cap.start()
@@ -448,7 +451,15 @@ class NfflowdRun:
             export=dataclasses.replace(
                 base.export,
                 exaddr="127.0.0.1",
-                collectors=(Collector(address="127.0.0.1", port=self.cap.port, version=a.version),),
+                collectors=(
+                    Collector(
+                        address="127.0.0.1",
+                        port=self.cap.port,
+                        version=10 if natrt else a.version,
+                        nat_events=natrt,
+                        nat_realtime=natrt,
+                    ),
+                ),
             ),
             mirror=dataclasses.replace(base.mirror, dispatchers=mirror),
         )
@@ -908,7 +919,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--seconds", type=float, default=4.0, help="load time per step")
     p.add_argument("--max-total", type=int, default=200_000, help="connections per step, at most")
-    p.add_argument("--modes", default="default,reliable", help="nfflowd passes")
+    p.add_argument(
+        "--modes",
+        default="default,reliable",
+        help="nfflowd passes: default, reliable, natrt (real-time NAT events: NEW read too)",
+    )
     p.add_argument(
         "--ulogd",
         choices=("separate", "together", "off"),
@@ -945,11 +960,12 @@ def main(argv: list[str]) -> int:
     ulogd_reason = ulogd_missing() if a.ulogd != "off" else None
     if ulogd_reason:
         print(f"ulogd2 pass skipped: {ulogd_reason}")
-    passes: list[list[tuple[str, bool]]] = [[("nfflowd", m == "reliable")] for m in modes]
+    ulogd_mode = "reliable" if a.ulogd_reliable else "default"
+    passes: list[list[tuple[str, str]]] = [[("nfflowd", m)] for m in modes]
     if a.ulogd == "together" and not ulogd_reason:
-        passes = [[*p, ("ulogd", a.ulogd_reliable)] for p in passes]
+        passes = [[*p, ("ulogd", ulogd_mode)] for p in passes]
     elif a.ulogd == "separate" and not ulogd_reason:
-        passes.append([("ulogd", a.ulogd_reliable)])
+        passes.append([("ulogd", ulogd_mode)])
     for signum in (signal.SIGINT, signal.SIGTERM):  # also when started with SIGINT ignored
         signal.signal(signum, _interrupt)
     work = Path(tempfile.mkdtemp(prefix="nfk-live-"))
@@ -981,10 +997,13 @@ def main(argv: list[str]) -> int:
             for rate in rates:
                 d = work / f"p{n}-{rate or 'max'}"
                 consumers = []
-                for kind, rel in spec:
+                for kind, mode in spec:
                     (d / kind).mkdir(parents=True)
-                    make = NfflowdRun if kind == "nfflowd" else UlogdRun
-                    consumers.append(make(lab, d / kind, rel, a))
+                    consumers.append(
+                        NfflowdRun(lab, d / kind, mode, a)
+                        if kind == "nfflowd"
+                        else UlogdRun(lab, d / kind, mode == "reliable", a)
+                    )
                 step = run_step(lab, rate, consumers, a)
                 consumers = []
                 for name in (k for k, v in step.items() if isinstance(v, dict) and "cpu" in v):
