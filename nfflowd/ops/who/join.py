@@ -37,7 +37,11 @@ two records belong together when
   as it arrived and its reply as it arrived, without the record between them).
 
 A joined connection has three endpoints (two without NAT): the one present in every
-record is the remote end, the asked one is public, the third is private.  More than
+record is the remote end, the asked one is public, the third is private.  A whole
+triplet also tells public from private (after SNAT the reply comes back to the public
+side, after DNAT it leaves from the private one), so asking for the private side of
+a triplet finds nothing, as with post-NAT records; one or two records of a translated
+connection do not tell, and the asked endpoint is taken to be the public one.  More than
 three means two connections of the same milliseconds met; each candidate is then
 reported with a note, never silently chosen.
 
@@ -254,7 +258,8 @@ def _cluster_observations(q: Question, cluster: list[Flow]) -> list[Observation]
                 out.append(_untranslated(f0, cluster, public, remote, refs))
         return out
     # the remote end is in every record; the others are the public and private sides
-    everywhere = set.intersection(*({f.src, f.dst} for f in cluster)) - set(publics)
+    everywhere = set.intersection(*({f.src, f.dst} for f in cluster))
+    publics = [p for p in publics if p not in everywhere]  # not the remote end of a NAT
     if not everywhere:  # two connections met: the other ends of the asked endpoint's records
         named = [f for f in cluster if f.src in publics or f.dst in publics]
         everywhere = {f.dst if f.src in publics else f.src for f in named} - set(publics)
@@ -269,8 +274,22 @@ def _cluster_observations(q: Question, cluster: list[Flow]) -> list[Observation]
             privates = sorted(points - {public, remote})
             note = AMBIGUOUS if len(points) > ENDPOINTS_OF_A_NAT or len(remotes) > 1 else None
             for private in privates:
-                out.append(_translated(f0, cluster, private, public, remote, refs, note))
+                if not _swapped(cluster, private, public, remote):
+                    out.append(_translated(f0, cluster, private, public, remote, refs, note))
     return out
+
+
+def _swapped(cluster: list[Flow], private: Point, public: Point, remote: Point) -> bool:
+    """Whether a whole triplet says the asked endpoint is the private side: after SNAT
+    the reply comes back to the public side, after DNAT it leaves from the private one."""
+    pairs = {(f.src, f.dst) for f in cluster}
+    to_remote = {(private, remote), (public, remote)} <= pairs
+    from_remote = {(remote, private), (remote, public)} <= pairs
+    if to_remote and not from_remote:  # SNAT
+        return (remote, private) in pairs and (remote, public) not in pairs
+    if from_remote and not to_remote:  # DNAT
+        return (public, remote) in pairs and (private, remote) not in pairs
+    return False
 
 
 def _untranslated(
