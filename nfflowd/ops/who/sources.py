@@ -42,7 +42,8 @@ address's text is not decoded (only checked to be a whole ``{...}`` line), the o
 are checked in full by :func:`~nfflowd.formats.json_lines.parse_line`.  A malformed
 line is counted and named (``FILE:LINE: reason``, the first :data:`MALFORMED_SHOWN`),
 never fatal.  A source that cannot be read at all (missing, unreadable, nfdump
-failing or missing) is a source error: the others are still read, and the command
+failing, missing or saying it could not read a file nfcapd has closed) is a source
+error: the others are still read, and the command
 exits 2 naming it.
 """
 
@@ -71,6 +72,8 @@ NFCAPD_MAGIC = b"\x0c\xa5"
 GZIP_MAGIC = b"\x1f\x8b"
 #: Names of the files nfcapd writes (closed ones and the one it is writing).
 NFCAPD_PREFIX = "nfcapd."
+#: The file nfcapd is writing (``nfcapd.current.PID``): read as far as it goes.
+NFCAPD_WRITING = "nfcapd.current."
 #: A file last written this long before the window starts is not read (see above).
 MTIME_SLACK_S = 3600
 #: Malformed JSON lines named in the answer (all are counted).
@@ -385,11 +388,13 @@ def _nfdump_records(
             rc = proc.wait()
         err.seek(0)
         said = err.read().decode(errors="replace").strip()
+    lines = said.splitlines()
     if rc != 0:
-        last = said.splitlines()[-1] if said else ""
-        raise SourceError(f"{path}: nfdump exited with status {rc}: {last}")
-    if said:
-        report.warnings.append(f"{path}: nfdump: {said.splitlines()[-1]}")
+        raise SourceError(f"{path}: nfdump exited with status {rc}: {'; '.join(lines[:2])}")
+    if lines and os.path.basename(path).startswith(NFCAPD_WRITING):
+        report.warnings.append(f"{path} (being written): nfdump: {'; '.join(lines[:2])}")
+    elif lines:  # nfdump 1.7 exits 0 on a file it cannot read (short read, bad appendix)
+        raise SourceError(f"{path}: nfdump could not read it: {'; '.join(lines[:2])}")
 
 
 def _nfdump_ms(text: str) -> int:
