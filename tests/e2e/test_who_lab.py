@@ -45,6 +45,17 @@ def wait_lines(path: Path, n: int, timeout: float = 15) -> None:
         time.sleep(0.1)
 
 
+def wait_listening(rundir: Path, timeout: float = 20) -> None:
+    """Until ingest says it listens to the kernel (a stage RUNNING may still be starting)."""
+    log = rundir / "ingest.log"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and "listening to conntrack" in log.read_text():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"ingest is not listening after {timeout}s")
+
+
 def who(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
     rc = cli.main([*args, "--json"])
     out = capsys.readouterr().out
@@ -77,6 +88,7 @@ def test_who_finds_each_lab_connection_from_every_source(
         try:
             nfflowd("-c", str(conf), "start")
             wait_all_running(rundir)
+            wait_listening(rundir)
             with open(events, "wb") as fh, labmod.capture(lab, fh, "timestamp,id"):
                 flows = labmod.traffic(lab)
                 end_connections(lab)
