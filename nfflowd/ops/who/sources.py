@@ -38,13 +38,14 @@ end, and the remote end's records (``ip in [...]``) hold the private one
 (:mod:`nfflowd.ops.who.join`).
 
 **JSON-lines files** are streamed line by line; a line that does not hold the asked
-address's text is not decoded (only checked to be a whole ``{...}`` line), the others
-are checked in full by :func:`~nfflowd.formats.json_lines.parse_line`.  A malformed
-line is counted and named (``FILE:LINE: reason``, the first :data:`MALFORMED_SHOWN`),
-never fatal.  A source that cannot be read at all (missing, unreadable, nfdump
-failing, missing or saying it could not read a file nfcapd has closed) is a source
-error: the others are still read, and the command
-exits 2 naming it.
+address's text and port (as some key's value) is not decoded (only checked to be a
+whole ``{...}`` line): a NATed public address is in every line of its connections, so
+the address alone would decode them all.  The others are checked in full by
+:func:`~nfflowd.formats.json_lines.parse_line`.  A malformed line is counted and named
+(``FILE:LINE: reason``, the first :data:`MALFORMED_SHOWN`), never fatal.  A source
+that cannot be read at all (missing, unreadable, nfdump failing, missing or saying it
+could not read a file nfcapd has closed) is a source error: the others are still read,
+and the command exits 2 naming it.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ import glob
 import gzip
 import json
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -216,6 +218,10 @@ def _open_text(path: str) -> IO[str]:
 
 def _json_file(q: Question, path: str, report: SourceReport) -> Iterator[Flow]:
     needle = f'"{q.public.address}"'
+    port = "" if q.public.port is None else str(q.public.port)
+    # the port as the value of a key (a NATed public address is in every line of its
+    # connections: the address alone would decode them all)
+    port_value = re.compile(rf'":\s*{port}\s*[,}}]') if port else None
     report.files += 1
     with _open_text(path) as fh:
         for n, raw in enumerate(fh, 1):
@@ -226,6 +232,8 @@ def _json_file(q: Question, path: str, report: SourceReport) -> Iterator[Flow]:
                 _malformed(report, path, n, "not a whole JSON object")
                 continue
             if needle not in line:
+                continue
+            if port_value is not None and (port not in line or not port_value.search(line)):
                 continue
             try:
                 fields = json_lines.parse_line(line[start:])
