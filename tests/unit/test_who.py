@@ -322,6 +322,15 @@ def test_json_lines_rotated_gzip_syslog_prefixed_and_malformed(tmp_path: Path) -
     assert ask(Question(Endpoint(PUB[0], 50001), at_ms=T0 + 2000, window_ms=500), [src]).status == (
         NOT_FOUND
     )
+    # named with --from, the file is read with its rotations too
+    assert ask(q, [Source(str(mirror), "--from")]).matches == got.matches
+    # a rotated file last written long before the window is not read
+    first = Question(Endpoint(PUB[0], 50000), at_ms=T0 - 1500, window_ms=0)
+    assert [x.private for x in ask(first, [src]).matches] == [("10.0.1.2", 40000)]
+    old = (T0 - 7_200_000) / 1000
+    os.utime(tmp_path / "mirror.out-20261205.gz", (old, old))
+    skipped = ask(first, [src])
+    assert skipped.matches == [] and skipped.reports[0].skipped_files == 1
     text = report.text(got)
     assert "private 10.0.1.7:40001  public 203.0.113.1:50001  remote 203.0.113.2:5001" in text
     assert "coverage: not recorded yet" in text

@@ -19,8 +19,9 @@ What a path is:
   layout);
 * a file starting with nfdump's magic (``0xA50C``, :data:`NFCAPD_MAGIC`): one nfcapd file;
 * any other file: JSON lines (:mod:`nfflowd.formats.json_lines`), gzip'ed when it
-  starts with gzip's magic.  A line may carry a syslog prefix: the object starts at its
-  first ``{``.
+  starts with gzip's magic, read with its rotations as :func:`mirror_files` finds them
+  (``FILE.N``, ``FILE-DATE[.gz]``; a rotated file named itself has none).  A line may
+  carry a syslog prefix: the object starts at its first ``{``.
 
 **nfcapd files** are read by nfdump (``nfdump -r FILE -o json FILTER``, ``TZ=UTC``),
 one file at a time, its output parsed one record at a time as it streams: the filter
@@ -28,7 +29,8 @@ built from the question (:func:`nfdump_filter`: the asked endpoint as source or
 destination, before or after NAT, with ``--proto`` and ``--remote``) keeps nfdump's
 output to the few records that matter, so memory does not grow with the data.
 ``nfdump -t`` selects only flows wholly inside a window (nfdump 1.7), not those that
-overlap it, so times are compared here; files are skipped when they were last written
+overlap it, so times are compared here; files (nfcapd's, and JSON-lines files) are
+skipped when they were last written
 (their modification time) more than :data:`MTIME_SLACK_S` before the window starts:
 a flow is stored after it ends, so such a file holds no flow that reaches into the
 window (the slack covers clock differences between the firewall and the collector; a
@@ -182,27 +184,33 @@ def collect(q: Question, sources: Sequence[Source], nfdump: str = "nfdump") -> C
 
 def _read(q: Question, src: Source, report: SourceReport, nfdump: str) -> list[Flow]:
     path = src.path
-    inferred = src.origin.startswith("dispatcher ")
-    if inferred:
-        files = mirror_files(path)
-        if not files:
-            raise SourceError(
-                f"{path}: no such file (written by the {src.origin} once nfflowd runs)"
-            )
-        report.kind = "json lines"
-        return [f for p in files for f in _json_file(q, p, report)]
     if os.path.isdir(path):
         report.kind = "nfcapd"
         return _nfcapd(q, _nfcapd_files(path), report, nfdump)
-    if not os.path.exists(path):
-        raise SourceError(f"{path}: no such file or directory")
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    if magic == NFCAPD_MAGIC:
-        report.kind = "nfcapd"
-        return _nfcapd(q, [path], report, nfdump)
+    if os.path.exists(path):
+        with open(path, "rb") as fh:
+            magic = fh.read(2)
+        if magic == NFCAPD_MAGIC:
+            report.kind = "nfcapd"
+            return _nfcapd(q, [path], report, nfdump)
+    files = mirror_files(path)  # the file and its rotations
+    if not files:
+        inferred = src.origin.startswith("dispatcher ")
+        hint = f" (written by the {src.origin} once nfflowd runs)" if inferred else ""
+        raise SourceError(f"{path}: no such file or directory{hint}")
     report.kind = "json lines"
-    return list(_json_file(q, path, report))
+    return [f for p in _recent(q, files, report) for f in _json_file(q, p, report)]
+
+
+def _recent(q: Question, files: list[str], report: SourceReport) -> list[str]:
+    """*files* but those last written :data:`MTIME_SLACK_S` before the window starts."""
+    span = q.span
+    if span is None:
+        return files
+    oldest = span[0] / 1000 - MTIME_SLACK_S
+    kept = [p for p in files if os.stat(p).st_mtime >= oldest]
+    report.skipped_files += len(files) - len(kept)
+    return kept
 
 
 # --- JSON lines ------------------------------------------------------------------------
@@ -315,12 +323,7 @@ def _endpoint_filter(e: Endpoint) -> str:
 
 
 def _nfcapd(q: Question, files: list[str], report: SourceReport, nfdump: str) -> list[Flow]:
-    span = q.span
-    if span is not None:
-        oldest = span[0] / 1000 - MTIME_SLACK_S
-        kept = [p for p in files if os.stat(p).st_mtime >= oldest]
-        report.skipped_files += len(files) - len(kept)
-        files = kept
+    files = _recent(q, files, report)
     report.files += len(files)
     flows: list[Flow] = []
     remotes: dict[tuple[int, int, int], set[Point]] = {}
