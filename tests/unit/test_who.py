@@ -432,3 +432,105 @@ def test_command_exit_statuses(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "--window needs --at" in capsys.readouterr().err
     assert run(str(conf), False, ["203.0.113.1:2"]) == 2
     assert "no source" in capsys.readouterr().err
+
+
+# --- nfdump's JSON, read as it streams (a stand-in nfdump printing what 1.7.1 prints) -----
+
+#: Records as ``nfdump -r FILE -o json`` 1.7.1 prints them (fields cut to those read):
+#: a v5 record, an IPFIX record with its post-NAT side, a NAT event (skipped).
+NFDUMP_OUTPUT = """[
+{
+\t"type" : "FLOW",
+\t"first" : "2026-12-06T10:00:00.005",
+\t"last" : "2026-12-06T10:00:01.250",
+\t"in_packets" : 3,
+\t"in_bytes" : 300,
+\t"proto" : 6,
+\t"src_port" : 61000,
+\t"dst_port" : 5001,
+\t"src4_addr" : "203.0.113.1",
+\t"dst4_addr" : "203.0.113.2",
+\t"label" : "<none>"
+},
+{
+\t"type" : "FLOW",
+\t"first" : "2026-12-06T10:00:00.005",
+\t"last" : "2026-12-06T10:00:01.000",
+\t"in_packets" : 2,
+\t"in_bytes" : 120,
+\t"proto" : 1,
+\t"icmp_type" : 8,
+\t"icmp_code" : 0,
+\t"src4_addr" : "10.0.1.2",
+\t"dst4_addr" : "203.0.113.2",
+\t"direction" : 0,
+\t"src4_xlt_ip" : "203.0.113.1",
+\t"dst4_xlt_ip" : "203.0.113.2",
+\t"src_xlt_port" : "0",
+\t"dst_xlt_port" : "2048"
+},
+{
+\t"type" : "FLOW",
+\t"nat_event_id" : "1",
+\t"first" : "2026-12-06T10:00:00.000",
+\t"last" : "2026-12-06T10:00:00.000",
+\t"proto" : 6,
+\t"src4_addr" : "10.0.1.2",
+\t"dst4_addr" : "203.0.113.2"
+}]
+"""
+
+
+def fake_nfdump(tmp_path: Path, stdout: str, stderr: str = "", status: int = 0) -> str:
+    script = tmp_path / "nfdump"
+    (tmp_path / "out.json").write_text(stdout)
+    script.write_text(f"#!/bin/sh\ncat {tmp_path}/out.json\nprintf '{stderr}' >&2\nexit {status}\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def nfcapd_file(tmp_path: Path) -> Path:
+    path = tmp_path / "nfcapd.202612061000"
+    path.write_bytes(b"\x0c\xa5" + bytes(30))  # nfdump's magic: read through "nfdump"
+    return path
+
+
+def test_nfdump_json_is_read_record_by_record(tmp_path: Path) -> None:
+    data = nfcapd_file(tmp_path)
+    nfdump = fake_nfdump(tmp_path, NFDUMP_OUTPUT)
+    q = Question(Endpoint("203.0.113.1"), at_ms=T0 + 500, window_ms=0, proto=1)
+    got = ask(q, [Source(str(data), "--from")], nfdump)
+    (m,) = got.matches
+    assert (m.private, m.public, m.remote) == (
+        ("10.0.1.2", 0),
+        ("203.0.113.1", 0),
+        ("203.0.113.2", 8 << 8),  # ICMP echo: type*256+code as the destination port
+    )
+    assert (m.first_ms, m.last_ms, m.from_private) == (T0 + 5, T0 + 1000, (2, 120))
+    assert got.reports[0].kind == "nfcapd" and got.reports[0].records == 3
+    # a v5 record alone (its other records not there): no translation seen
+    tcp = ask(Question(Endpoint("203.0.113.1", 61000)), [Source(str(data), "--from")], nfdump)
+    (m,) = tcp.matches
+    assert (m.first_ms, m.last_ms, m.private, m.translated) == (
+        T0 + 5,
+        T0 + 1250,
+        ("203.0.113.1", 61000),
+        False,
+    )
+
+
+def test_nfdump_failing_or_complaining_is_a_source_error(tmp_path: Path) -> None:
+    data = nfcapd_file(tmp_path)
+    q = Question(Endpoint("203.0.113.1"))
+    bad = ask(q, [Source(str(data), "--from")], fake_nfdump(tmp_path, "", "boom\\n", 255))
+    assert bad.status == ERROR
+    assert bad.reports[0].error == f"{data}: nfdump exited with status 255: boom"
+    short = ask(q, [Source(str(data), "--from")], fake_nfdump(tmp_path, "[\n]\n", "Short read\\n"))
+    assert short.reports[0].error == f"{data}: nfdump could not read it: Short read"
+    writing = tmp_path / "nfcapd.current.4242"
+    writing.write_bytes(data.read_bytes())
+    cut = ask(q, [Source(str(writing), "--from")], fake_nfdump(tmp_path, "[\n]\n", "Short read\\n"))
+    assert cut.reports[0].error is None and cut.status == NOT_FOUND
+    assert cut.reports[0].warnings == [f"{writing} (being written): nfdump: Short read"]
+    missing = ask(q, [Source(str(data), "--from")], str(tmp_path / "no-nfdump"))
+    assert "cannot run" in (missing.reports[0].error or "")
