@@ -534,3 +534,15 @@ def test_nfdump_failing_or_complaining_is_a_source_error(tmp_path: Path) -> None
     assert cut.reports[0].warnings == [f"{writing} (being written): nfdump: Short read"]
     missing = ask(q, [Source(str(data), "--from")], str(tmp_path / "no-nfdump"))
     assert "cannot run" in (missing.reports[0].error or "")
+
+
+def test_a_corrupt_or_cut_gzip_file_is_a_source_error(tmp_path: Path) -> None:
+    lines = "\n".join(lines_of(snat_connection(T0, T0 + 10, "10.0.1.2", 1, 2))) * 500
+    data = gzip.compress(lines.encode())
+    corrupt, cut = tmp_path / "corrupt.json.gz", tmp_path / "cut.json.gz"
+    corrupt.write_bytes(data[:20] + bytes([data[20] ^ 0xFF]) + data[21:])  # zlib.error
+    cut.write_bytes(data[: len(data) // 2])  # EOFError
+    q = Question(Endpoint(PUB[0], 2))
+    for path in (corrupt, cut):
+        got = ask(q, [Source(str(path), "--from")])
+        assert got.status == ERROR and (got.reports[0].error or "").startswith(f"{path}: ")

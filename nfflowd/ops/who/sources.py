@@ -61,6 +61,7 @@ import re
 import subprocess
 import tempfile
 import time
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -175,7 +176,7 @@ def collect(q: Question, sources: Sequence[Source], nfdump: str = "nfdump") -> C
             report.error = str(exc)
         except OSError as exc:  # unreadable, or gone while reading
             report.error = f"{exc.filename or src.path}: {exc.strerror or exc}"
-        except EOFError as exc:  # a gzip file cut short
+        except (EOFError, zlib.error) as exc:  # a gzip file cut short or corrupt
             report.error = f"{src.path}: {exc}"
         except ValueError as exc:  # nfdump printed something that is not its JSON
             report.error = f"{src.path}: unexpected nfdump output: {exc}"
