@@ -183,6 +183,7 @@ def cmd_check(config: str | None, foreground: bool, args: list[str]) -> int:
         + environment.link_findings(settings)
         + environment.privilege_findings(settings)
         + environment.rundir_findings(settings)
+        + environment.who_findings(settings)
     )
     rundir = settings.daemon.rundir
     running = control.is_running(rundir)

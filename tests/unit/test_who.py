@@ -546,3 +546,26 @@ def test_a_corrupt_or_cut_gzip_file_is_a_source_error(tmp_path: Path) -> None:
     for path in (corrupt, cut):
         got = ask(q, [Source(str(path), "--from")])
         assert got.status == ERROR and (got.reports[0].error or "").startswith(f"{path}: ")
+
+
+def test_check_says_where_who_would_look(tmp_path: Path) -> None:
+    from nfflowd.ops.environment import who_findings
+
+    (tmp_path / "nfcapd").mkdir()
+    block = f"<who>\n  from {tmp_path}/nfcapd\n  from {tmp_path}/gone.json\n"
+    s = _settings(tmp_path, block + "  nfdump /nonexistent/nfdump\n</who>\n")
+    assert who_findings(s) == [
+        ("ok", f"nfflowd who reads {tmp_path}/nfcapd, from <who> from"),
+        ("warning", f"nfflowd who reads {tmp_path}/gone.json (missing), from <who> from"),
+        ("warning", "nfflowd who: /nonexistent/nfdump not found (nfcapd files)"),
+    ]
+    inferred = who_findings(_settings(tmp_path, SCREEN_JSON))
+    assert inferred == [
+        (
+            "ok",
+            f"nfflowd who reads {tmp_path}/run/mirror.err (not there yet), "
+            "from dispatcher screen (format json)",
+        )
+    ]
+    ((level, text),) = who_findings(config.load(None))
+    assert level == "note" and "no source" in text
