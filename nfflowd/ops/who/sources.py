@@ -29,12 +29,12 @@ built from the question (:func:`nfdump_filter`: the asked endpoint as source or
 destination, before or after NAT, with ``--proto`` and ``--remote``) keeps nfdump's
 output to the few records that matter, so memory does not grow with the data.
 ``nfdump -t`` selects only flows wholly inside a window (nfdump 1.7), not those that
-overlap it, so times are compared here; files (nfcapd's, and JSON-lines files) are
-skipped when they were last written
-(their modification time) more than :data:`MTIME_SLACK_S` before the window starts:
-a flow is stored after it ends, so such a file holds no flow that reaches into the
-window (the slack covers clock differences between the firewall and the collector; a
-copied file only gets a newer time, which costs reading it).  Records without their
+overlap it, so times are compared here.  Files (nfcapd's, and JSON-lines files) are
+skipped when they were last written (their modification time) more than
+:data:`MTIME_SLACK_S` before the window starts: a flow is stored after it ends, so
+such a file holds no flow that reaches into the window (the slack covers clock
+differences between the firewall and the collector; a copied file only gets a newer
+time, which costs reading it).  Records without their
 post-NAT side (v5) need a second pass: the asked endpoint's records name the remote
 end, and the remote end's records (``ip in [...]``) hold the private one
 (:mod:`nfflowd.ops.who.join`).
@@ -110,7 +110,7 @@ class SourceReport:
     origin: str
     kind: str = ""  # "nfcapd" | "json lines"
     files: int = 0  # files read
-    skipped_files: int = 0  # nfcapd files skipped by their modification time
+    skipped_files: int = 0  # files skipped by their modification time
     records: int = 0  # records nfdump gave / lines read
     malformed: int = 0
     examples: list[str] = field(default_factory=list)
