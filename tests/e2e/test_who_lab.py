@@ -10,8 +10,9 @@ with T its NEW as conntrack -E stamped it must find exactly that connection's pr
 host and port and its remote end, from each source: the v5 directory (triplets), the
 IPFIX directory (post-NAT fields; IPv6 through the records' join, nfdump 1.7 storing
 no IEs 281/282), and the JSON mirror, both named with ``--from`` and inferred from
-the configuration.  A minute before the lab existed nothing is found (exit 1); a
-source that does not exist is exit 2.
+the configuration.  A TCP connection no NAT changed is found by its own host (private =
+public).  A minute before the lab existed nothing is found (exit 1); a source that
+does not exist is exit 2.
 """
 
 from __future__ import annotations
@@ -135,6 +136,20 @@ def test_who_finds_each_lab_connection_from_every_source(
                 (m,) = doc["matches"]
                 assert m["first_ms"] <= new.time * 1000 + 5000 and m["records"], (f.name, name)
                 assert m["from_private"] is not None or m["to_private"] is not None
+
+        # a connection no NAT changed: its own host, on every source that carries it
+        for f in (f for f in flows if f.nat == "none" and f.proto == 6):
+            new = news[(f.proto, f.orig_src, f.orig_dst, f.orig_sport, f.orig_dport)]
+            host = (f.orig_src, f.orig_sport)
+            for name, args in sources.items():
+                if name == "v5" and f.family == 6:
+                    continue
+                at = f"{new.time:.3f}"
+                rc, doc = who(capsys, "-c", str(conf), "who", point(*host), "--at", at, *args)
+                (m,) = doc["matches"]
+                assert rc == 0 and m["translated"] is False, (f.name, name, doc)
+                assert (m["private"]["address"], m["private"]["port"]) == host, (f.name, name)
+                assert (m["remote"]["address"], m["remote"]["port"]) == (f.orig_dst, f.orig_dport)
 
         # a minute before the lab existed: nothing, exit 1
         f = next(f for f in asked if f.nat == "snat")
