@@ -259,6 +259,29 @@ def test_v5_connections_sharing_milliseconds_are_each_reported_with_a_note() -> 
     assert all(m.notes == [AMBIGUOUS] for m in got)
 
 
+def test_records_without_post_nat_addresses_of_two_connections_of_the_same_ms() -> None:
+    """Seen on the lab: NAT66 and a connection no NAT changed to the same server port,
+    started and ended in the same milliseconds, from IPFIX as nfdump 1.7 stores it (no
+    post-NAT addresses): each is its own connection."""
+    q = Question(Endpoint(*PUB))
+    other = ("10.0.1.3", 41001)
+    flows = [
+        _v5(PRIV, REMOTE, (6, 600), "snat-orig"),
+        _v5(REMOTE, PUB, (5, 500), "snat-reply"),
+        _v5(other, REMOTE, (4, 400), "plain-orig"),
+        _v5(REMOTE, other, (3, 300), "plain-reply"),
+    ]
+    want = [(PRIV, PUB, REMOTE, (6, 600), (5, 500), None, ["snat-orig", "snat-reply"])]
+    assert answer(q, flows) == want
+    got = answer(Question(Endpoint(*other)), flows)
+    assert got == [(other, other, REMOTE, (4, 400), (3, 300), None, ["plain-orig", "plain-reply"])]
+    # the same counters too: the plain connection's original could be the SNAT one's
+    # before the translation (a triplet); both candidates, with the note
+    same = [*flows[:2], _v5(other, REMOTE, (6, 600), "plain-orig"), flows[3]]
+    got_same = merge(join_untranslated(q, same))
+    assert [(m.private, m.notes) for m in got_same] == [(PRIV, [AMBIGUOUS]), (other, [AMBIGUOUS])]
+
+
 def test_a_v5_connection_without_nat_is_its_own_private_side() -> None:
     host = ("198.51.100.9", 22)
     flows = [_v5(host, REMOTE, (2, 200), "o"), _v5(REMOTE, host, (1, 100), "r")]

@@ -34,7 +34,9 @@ two records belong together when
   before and after SNAT), or their source, not their destination, and their counters
   (before and after DNAT);
 * one's destination is the other's source and not the other way round (an original
-  as it arrived and its reply as it arrived, without the record between them).
+  as it arrived and its reply as it arrived, without the record between them), when
+  neither has its mirror in the group (a connection no NAT changed, met in the same
+  milliseconds, is not chained to another).
 
 A joined connection has three endpoints (two without NAT): the one present in every
 record is the remote end, the asked one is public, the third is private.  A whole
@@ -215,16 +217,26 @@ def _unique(flows: list[Flow]) -> list[Flow]:
     return list(seen.values())
 
 
-def _linked(x: Flow, y: Flow) -> bool:
-    if x.src == y.dst and x.dst == y.src:
+def _mirrors(x: Flow, y: Flow) -> bool:
+    return x.src == y.dst and x.dst == y.src
+
+
+def _linked(x: Flow, y: Flow, x_mirrored: bool, y_mirrored: bool) -> bool:
+    """Whether *x* and *y* are records of one connection (see the module docstring); a
+    record with its mirror in the group is a direction complete with its other side, so
+    it is not also chained, and two of them (two connections) share no counters."""
+    if _mirrors(x, y):
         return True  # a direction and its mirror
     same = (x.packets, x.bytes) == (y.packets, y.bytes)
-    if same and (x.dst == y.dst) != (x.src == y.src):
+    if same and not (x_mirrored and y_mirrored) and (x.dst == y.dst) != (x.src == y.src):
         return True  # the original before and after SNAT (or DNAT)
+    if x_mirrored or y_mirrored:
+        return False
     return (x.dst == y.src) != (y.dst == x.src)  # original and reply, as each arrived
 
 
 def _clusters(flows: list[Flow]) -> list[list[Flow]]:
+    mirrored = [any(_mirrors(f, g) for g in flows) for f in flows]
     parent = list(range(len(flows)))
 
     def root(i: int) -> int:
@@ -235,7 +247,7 @@ def _clusters(flows: list[Flow]) -> list[list[Flow]]:
 
     for i in range(len(flows)):
         for j in range(i + 1, len(flows)):
-            if _linked(flows[i], flows[j]):
+            if _linked(flows[i], flows[j], mirrored[i], mirrored[j]):
                 parent[root(i)] = root(j)
     out: dict[int, list[Flow]] = defaultdict(list)
     for i, f in enumerate(flows):
