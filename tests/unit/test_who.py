@@ -360,6 +360,14 @@ def test_json_lines_rotated_gzip_syslog_prefixed_and_malformed(tmp_path: Path) -
     assert report.document(got)["coverage"]["recorded"] is False
 
 
+def test_a_directory_without_nfcapd_files_says_so(tmp_path: Path) -> None:
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "flows.json").write_text("")
+    got = ask(Question(Endpoint(*PUB)), [Source(str(tmp_path / "logs"), "--from")])
+    assert got.status == NOT_FOUND
+    assert got.reports[0].warnings == [f"{tmp_path}/logs: no nfcapd.* file below it"]
+
+
 def test_a_missing_source_is_an_error_and_the_others_still_answer(tmp_path: Path) -> None:
     good = tmp_path / "flows.json"
     good.write_text("\n".join(lines_of(snat_connection(T0, T0 + 10, "10.0.1.2", 1, 2))) + "\n")

@@ -187,7 +187,10 @@ def _read(q: Question, src: Source, report: SourceReport, nfdump: str) -> list[F
     path = src.path
     if os.path.isdir(path):
         report.kind = "nfcapd"
-        return _nfcapd(q, _nfcapd_files(path), report, nfdump)
+        files = _nfcapd_files(path)
+        if not files:
+            report.warnings.append(f"{path}: no {NFCAPD_PREFIX}* file below it")
+        return _nfcapd(q, files, report, nfdump)
     if os.path.exists(path):
         with open(path, "rb") as fh:
             magic = fh.read(2)
