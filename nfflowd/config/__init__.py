@@ -47,6 +47,7 @@ from nfflowd.config.settings import MetricsSettings as MetricsSettings
 from nfflowd.config.settings import MirrorSettings as MirrorSettings
 from nfflowd.config.settings import Settings as Settings
 from nfflowd.config.settings import SourceSettings as SourceSettings
+from nfflowd.config.settings import WhoSettings as WhoSettings
 
 #: Version of the resolved-settings JSON (settings.json in the run directory).
 SCHEMA = 1

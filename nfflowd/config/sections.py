@@ -2,8 +2,9 @@
 
 One function per block (``<source>``, ``<conntrack>``, ``<ct2ft>``, ``<export>`` with
 the 2009 tool's ``<flow_send>``, ``<ptee><conf>``, ``<daemon>``, ``<metrics>`` (in
-:mod:`nfflowd.config.metrics`)); :func:`validate` runs them in that order.  The policy
-on unknown keys and the error format are described in :mod:`nfflowd.config`.
+:mod:`nfflowd.config.metrics`), ``<who>`` (in :mod:`nfflowd.config.who`));
+:func:`validate` runs them in that order.  The policy on unknown keys and the error
+format are described in :mod:`nfflowd.config`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from nfflowd.config.settings import (
     _int,
     _show,
 )
+from nfflowd.config.who import KEYS as WHO_KEYS
+from nfflowd.config.who import who_section
 from nfflowd.formats.nat_events import NUMBERINGS as NAT_EVENT_NUMBERINGS
 
 #: The 2009 tool's message (bin/nfflowd gd_preconfig) when flow_send args is not three values.
@@ -74,6 +77,7 @@ SECTIONS = {
     "daemon": ("rundir", "max_unacked", "stages", "user", "correlators", "exporters"),
     "links": LINKS_KEYS,  # nfflowd.config.links
     "metrics": METRICS_KEYS,
+    "who": WHO_KEYS,  # nfflowd.config.who
 }
 #: <source> subscribe: which conntrack event groups the netlink source reads.
 SUBSCRIBE = ("auto", "all")
@@ -367,5 +371,8 @@ def validate(v: _V, path: str | None) -> Settings:
     source, conntrack, ct2ft = _source(v), _conntrack(v), _ct2ft(v)
     export, mirror, daemon = _export(v), mirror_section(v), _daemon(v)
     metrics, links = metrics_section(v), links_section(v, daemon.stages)
+    who = who_section(v)
     notes = tuple(v.notes)
-    return Settings(source, conntrack, ct2ft, export, mirror, daemon, path, notes, metrics, links)
+    return Settings(
+        source, conntrack, ct2ft, export, mirror, daemon, path, notes, metrics, links, who
+    )

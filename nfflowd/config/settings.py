@@ -168,6 +168,16 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class WhoSettings:
+    """``<who>``: where ``nfflowd who`` looks (nfflowd.config.who); empty: what the rest of
+    the configuration implies (nfflowd.ops.who.sources)."""
+
+    sources: tuple[str, ...] = ()  # `from`: nfcapd directories or files, JSON-lines files
+    window: float = 5.0  # seconds either side of --at (the reporting party's clock skew)
+    nfdump: str = "nfdump"  # the program that reads nfcapd files
+
+
+@dataclass(frozen=True)
 class Settings:
     source: SourceSettings
     conntrack: ConntrackSettings
@@ -179,6 +189,7 @@ class Settings:
     notes: tuple[str, ...] = ()  # informational messages, e.g. obsolete keys
     metrics: MetricsSettings = MetricsSettings()
     links: LinkSettings = LinkSettings()
+    who: WhoSettings = WhoSettings()
 
 
 # ---------------------------------------------------------------- validation helpers

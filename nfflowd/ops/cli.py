@@ -14,6 +14,8 @@ USAGE = """\
 Usage: nfflowd [ -c file ] [ -f ] { start | stop | restart | reload | install | check | help | version }
        nfflowd [ -c file ] status [--json] [--rundir DIR]
        nfflowd [ -c file ] replay LOG...
+       nfflowd [ -c file ] who ADDR[:PORT] [--at TIME] [--window S] [--remote ADDR[:PORT]]
+                               [--proto P] [--from PATH]... [--json]
        nfflowd lab { up | traffic | flush | down | capture DIR } [--prefix P]
        nfflowd demo
        nfflowd keygen DIR
@@ -28,6 +30,7 @@ Usage: nfflowd [ -c file ] [ -f ] { start | stop | restart | reload | install | 
   check       Check the configuration file and report the daemon and kernel state
   status      Each stage's state and counters; exit 3 when nfflowd is not running
   replay      Feed saved `conntrack -E` logs through the pipeline; exits when all is delivered
+  who         Which private host had public ADDR:PORT at TIME (nfcapd files, JSON mirror lines)
   lab         The built-in NAT lab (network namespaces) used by the demo and tests
   demo        Run nfflowd on the embedded default and show what a collector received
   keygen      Write CURVE keys for links between hosts (tcp://) and say where each goes
@@ -37,7 +40,7 @@ Usage: nfflowd [ -c file ] [ -f ] { start | stop | restart | reload | install | 
 """
 
 VERBS = ("start", "stop", "restart", "reload", "install", "check", "help", "version",
-         "replay", "lab", "demo", "decode", "status", "keygen")  # fmt: skip
+         "replay", "lab", "demo", "decode", "status", "keygen", "who")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

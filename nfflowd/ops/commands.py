@@ -183,6 +183,7 @@ def cmd_check(config: str | None, foreground: bool, args: list[str]) -> int:
         + environment.link_findings(settings)
         + environment.privilege_findings(settings)
         + environment.rundir_findings(settings)
+        + environment.who_findings(settings)
     )
     rundir = settings.daemon.rundir
     running = control.is_running(rundir)
@@ -361,3 +362,70 @@ Then in each configuration:
   </links>
 Keep the *_secret files secret (mode 0600); {d} holds both.""")
     return 0
+
+
+def cmd_who(config: str | None, foreground: bool, args: list[str]) -> int:
+    """Which private host had a public address and port at a time (nfflowd.ops.who)."""
+    from nfflowd.ops import who
+    from nfflowd.ops.who import question, report, sources
+
+    p = argparse.ArgumentParser(
+        prog="nfflowd who",
+        description="Find the connections whose public-side (post-NAT) endpoint was "
+        "ADDR[:PORT] at TIME, and their private host.  Exit 0 found, 1 not found, "
+        "2 usage or source error.",
+    )
+    p.add_argument("public", metavar="ADDR[:PORT]", help="the public endpoint (IPv6: [ADDR]:PORT)")
+    p.add_argument(
+        "--at", metavar="TIME", help="ISO 8601 with a zone, or epoch seconds (default: any time)"
+    )
+    p.add_argument(
+        "--window",
+        metavar="SECONDS",
+        help="seconds either side of --at (default: <who> window, else "
+        f"{question.DEFAULT_WINDOW_S:g})",
+    )
+    p.add_argument("--remote", metavar="ADDR[:PORT]", help="the other end of the connection")
+    p.add_argument("--proto", metavar="P", help="protocol name or number (tcp, udp, 6, ...)")
+    p.add_argument(
+        "--from",
+        dest="sources",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="an nfcapd directory or file, or a JSON-lines file (.gz too); repeatable "
+        "(default: <who> from, else the configuration's JSON mirror files)",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON document, for machines")
+    ns = p.parse_args(args)
+    settings = _load(config, quiet=True)
+    if settings is None and not ns.sources:
+        return who.ERROR
+    try:
+        if ns.window is not None and ns.at is None:
+            raise question.UsageError("--window needs --at")
+        window = (
+            question.parse_window(ns.window)
+            if ns.window is not None
+            else settings.who.window
+            if settings is not None
+            else question.DEFAULT_WINDOW_S
+        )
+        q = question.Question(
+            question.parse_endpoint(ns.public),
+            at_ms=None if ns.at is None else question.parse_time(ns.at),
+            window_ms=round(window * 1000),
+            remote=None if ns.remote is None else question.parse_endpoint(ns.remote, "--remote"),
+            proto=None if ns.proto is None else question.parse_proto(ns.proto),
+        )
+        chosen = sources.choose(settings, ns.sources)
+    except (question.UsageError, sources.SourceError) as exc:
+        sys.stderr.write(f"nfflowd who: {exc}\n")
+        return who.ERROR
+    nfdump = settings.who.nfdump if settings is not None else "nfdump"
+    answer = who.ask(q, chosen, nfdump)
+    sys.stdout.write(report.as_json(answer) if ns.json else report.text(answer))
+    for r in answer.reports:
+        if r.error:
+            sys.stderr.write(f"nfflowd who: source {r.path} ({r.origin}): {r.error}\n")
+    return answer.status

@@ -177,6 +177,25 @@ def mirror_findings(settings: Settings) -> list[Finding]:
     return out
 
 
+def who_findings(settings: Settings) -> list[Finding]:
+    """Where ``nfflowd who`` would look without --from (nfflowd.ops.who.sources)."""
+    from nfflowd.ops.who.sources import SourceError, choose
+
+    try:
+        sources = choose(settings, [])
+    except SourceError as exc:
+        return [("note", f"nfflowd who: {exc}")]
+    out: list[Finding] = []
+    for src in sources:
+        there = os.path.exists(src.path)
+        level = "ok" if there or src.origin.startswith("dispatcher ") else "warning"
+        state = "" if there else " (not there yet)" if level == "ok" else " (missing)"
+        out.append((level, f"nfflowd who reads {src.path}{state}, from {src.origin}"))
+    if any(os.path.isdir(s.path) for s in sources) and shutil.which(settings.who.nfdump) is None:
+        out.append(("warning", f"nfflowd who: {settings.who.nfdump} not found (nfcapd files)"))
+    return out
+
+
 def export_findings(settings: Settings) -> list[Finding]:
     out: list[Finding] = []
     for c in settings.export.collectors:
