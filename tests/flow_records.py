@@ -97,19 +97,23 @@ def snat_record(
     post_sport: int = 40000,
     direction: int = 1,
     end_reason: int = 3,
+    zone: int = 0,
+    ct_id: int = 77,
 ) -> FlowRecord:
-    """A source-NATed flow (mark 5, conntrack id 77); the destination and the post-NAT
-    source default to documentation addresses of ``src``'s family."""
+    """A source-NATed flow (mark 5, conntrack id 77 and zone 0 unless given); the
+    destination and the post-NAT source default to documentation addresses of ``src``'s
+    family."""
     v6 = ":" in src
     dst = dst or ("2001:db8::5" if v6 else "203.0.113.5")
     psrc = post_src or ("2001:db8:ff::1" if v6 else "198.51.100.1")
     pre = (src, dst, sport, dport)
     r = flow(first, last, proto, *pre, packets, octets, psrc, dst, post_sport, dport)
-    return r._replace(direction=direction, end_reason=end_reason, mark=5, ct_id=77)
+    return r._replace(direction=direction, end_reason=end_reason, mark=5, zone=zone, ct_id=ct_id)
 
 
 #: Any source-NATed record v9 and IPFIX can carry: every counter and time to 64 bits,
-#: IPv4 and IPv6 sources at the ends of their ranges.
+#: IPv4 and IPv6 sources at the ends of their ranges, any conntrack zone (16 bits in the
+#: kernel) and id (32 bits).
 FLOWS = st.builds(
     snat_record,
     first=st.integers(0, 2**64 - 1),
@@ -123,6 +127,8 @@ FLOWS = st.builds(
     post_sport=st.integers(0, 0xFFFF),
     direction=st.sampled_from([1, 2, 3]),
     end_reason=st.integers(1, 255),  # 0 is OPENED: a notice, no flow (messages.EndReason)
+    zone=st.integers(0, 0xFFFF),
+    ct_id=st.integers(0, 2**32 - 1),
 )
 
 

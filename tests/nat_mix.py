@@ -40,7 +40,8 @@ def snat(first: int, last: int, i: int, end: int = 3, ct: int = 0) -> list[FlowR
 
 
 def mix() -> list[FlowRecord]:
-    """SNAT, DNAT, both, NAT66, ICMP SNAT and two connections without NAT."""
+    """SNAT, DNAT, both, NAT66, ICMP SNAT and two connections without NAT (conntrack ids
+    11-17; the DNAT in zone 3, the NAT66 in zone 65535, the rest in zone 0)."""
     return [
         *snat(NOW - 5000, NOW - 10, 1, ct=11),
         flow(
@@ -58,7 +59,7 @@ def mix() -> list[FlowRecord]:
             5353,
             5300,
             ct=12,
-        ),  # DNAT
+        )._replace(zone=3),  # DNAT, in conntrack zone 3
         flow(
             NOW - 3500,
             NOW - 3400,
@@ -90,7 +91,7 @@ def mix() -> list[FlowRecord]:
             40000,
             53,
             ct=14,
-        ),  # NAT66
+        )._replace(zone=65535),  # NAT66, in the largest conntrack zone
         flow(
             NOW - 3000,
             NOW - 1000,

@@ -43,3 +43,13 @@ def tshark_packets(dgs: list[bytes], tmp_path: Path) -> list[dict[str, Any]]:
         env=dict(os.environ, TZ="UTC", LC_ALL="C"),
     )
     return [p["_source"]["layers"]["cflow"] for p in json.loads(res.stdout)]
+
+
+def data_records(layer: dict[str, Any], set_ids: range = range(256, 65536)) -> list[dict[str, Any]]:
+    """The data records of one cflow layer (v9 flowsets, IPFIX sets), those of the sets
+    ``set_ids`` (default: every data set), in order, as tshark names their fields."""
+    out = []
+    for key, fset in layer.items():
+        if key.startswith(("Set ", "FlowSet ")) and int(fset["cflow.flowset_id"]) in set_ids:
+            out += [v for k, v in fset.items() if k.startswith("Flow ")]
+    return out

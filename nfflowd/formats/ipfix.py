@@ -23,9 +23,10 @@ in every ``template_refresh_packets``-th message or once
 ``template_refresh_seconds`` have passed, whichever comes first.
 
 nfdump 1.7 (``src/netflow/ipfix.c``) decodes every element sent except
-postNATSourceIPv6Address/postNATDestinationIPv6Address (281/282), which its
-IPFIX table lacks (its v9 table has them); times are exact to the ms since
-flowStart/EndMilliseconds are absolute.
+postNATSourceIPv6Address/postNATDestinationIPv6Address (281/282) and flowId
+(148, the conntrack id), which its IPFIX table lacks (its v9 table has 281/282;
+tshark decodes all); times are exact to the ms since flowStart/EndMilliseconds
+are absolute.
 
 With ``nat_events`` the encoder also sends NAT event records (templates 258/259,
 :mod:`nfflowd.formats.nat_events`) after each batch's flow records; the sequence
@@ -326,8 +327,8 @@ class IpfixEncoder:
                 direction,
                 end_reason,
                 _mark,
-                _zone,
-                _ct,
+                zone,
+                ct_id,
             ) = rec
             if direction == omit:
                 self.left_out += 1
@@ -376,6 +377,9 @@ class IpfixEncoder:
                     pdst,
                     psport,
                     pdport,
+                    ct_id,
+                    zone,
+                    zone,
                 )
             except struct.error:
                 self.invalid += 1

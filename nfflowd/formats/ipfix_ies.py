@@ -37,6 +37,8 @@ postNATSourceIPv4Address 225 / ...IPv6 281 ``post_src``
 postNATDestinationIPv4Address 226 / 282    ``post_dst``
 postNAPTSourceTransportPort 227            ``post_sport``
 postNAPTDestinationTransportPort 228       ``post_dport``
+flowId 148 (IPFIX only)                    ``ct_id`` (the conntrack id; 0: unknown)
+ingressVRFID 234 / egressVRFID 235         ``zone`` (the conntrack zone), both
 =========================================  =================================
 
 The icmpTypeCode element precedes destinationTransportPort on purpose: nfdump
@@ -44,11 +46,25 @@ The icmpTypeCode element precedes destinationTransportPort on purpose: nfdump
 order, and restores the port from the later one only for TCP and UDP; with this
 order SCTP, DCCP, ... keep their destination port.
 
-``mark``, ``zone`` and ``ct_id`` are not exported.  No IANA element carries a
-firewall mark or a conntrack zone, and nfdump 1.7 decodes no enterprise-specific
-element (its v9/IPFIX translation tables list none), so an enterprise element
-would be invisible there.  ``ct_id`` could go into flowId (148), which nfdump
-decodes for v9 only (as the NSEL connection id); it is left out for now.
+**Context fields.**  Conntrack zones are how Linux keeps the connections of
+VRFs apart (a ruleset sets them, e.g. nftables ``ct zone set`` by input
+interface, before conntrack sees the packet); a connection has one zone, so it
+goes into both ingressVRFID and egressVRFID.  The conntrack id (what
+``conntrack -L -o id`` prints and the JSON lines call ``ct_id``) goes into
+flowId, which IPFIX's NAT event records carry too
+(:mod:`nfflowd.formats.nat_events`): a collector joins a connection's events and
+flow records by it.  NetFlow v9 leaves flowId out: nfdump 1.7's v9 table reads
+148 as Cisco NSEL's connection id (``NF_F_CONN_ID``) and then stores a flow
+record as an NSEL event (type EVENT, event "IGNORE", event time 0) and a NAT
+event record without its natEvent (0, "INVALID" in ``-o nel``).  Decoders
+(checked by tests/integration/test_v9_ipfix_decoders.py and
+test_nat_events_decoders.py): nfdump 1.7 decodes 234/235 from v9 and IPFIX
+(``%ivrf``/``%evrf``; ``ingress_vrf``/``egress_vrf`` in ``-o json``) but not 148
+from IPFIX (its IPFIX table lacks it: no ``connect_id``, ``%nfc`` 0); tshark
+decodes all three (``cflow.flow_id``, ``cflow.ingress_vrfid``,
+``cflow.egress_vrfid``).  The firewall ``mark`` has no IANA element and nfdump
+decodes no enterprise-specific one, so the templates leave it out: the JSON
+lines carry it (:mod:`nfflowd.formats.json_lines`).
 """
 
 from __future__ import annotations
@@ -84,6 +100,7 @@ DESTINATION_IPV6_ADDRESS = IE(28, "destinationIPv6Address", 16, "16s", "ipv6Addr
 ICMP_TYPE_CODE_IPV4 = IE(32, "icmpTypeCodeIPv4", 2, "H", "unsigned16")
 FLOW_DIRECTION = IE(61, "flowDirection", 1, "B", "unsigned8")
 FLOW_END_REASON = IE(136, "flowEndReason", 1, "B", "unsigned8")
+FLOW_ID = IE(148, "flowId", 8, "Q", "unsigned64")
 ICMP_TYPE_CODE_IPV6 = IE(139, "icmpTypeCodeIPv6", 2, "H", "unsigned16")
 FLOW_START_MILLISECONDS = IE(152, "flowStartMilliseconds", 8, "Q", "dateTimeMilliseconds")
 FLOW_END_MILLISECONDS = IE(153, "flowEndMilliseconds", 8, "Q", "dateTimeMilliseconds")
@@ -94,6 +111,8 @@ POST_NAPT_DESTINATION_TRANSPORT_PORT = IE(
     228, "postNAPTDestinationTransportPort", 2, "H", "unsigned16"
 )
 NAT_EVENT = IE(230, "natEvent", 1, "B", "unsigned8")
+INGRESS_VRFID = IE(234, "ingressVRFID", 4, "I", "unsigned32")
+EGRESS_VRFID = IE(235, "egressVRFID", 4, "I", "unsigned32")
 POST_NAT_SOURCE_IPV6_ADDRESS = IE(281, "postNATSourceIPv6Address", 16, "16s", "ipv6Address")
 POST_NAT_DESTINATION_IPV6_ADDRESS = IE(
     282, "postNATDestinationIPv6Address", 16, "16s", "ipv6Address"
@@ -120,6 +139,7 @@ BY_ID: dict[int, IE] = {
         ICMP_TYPE_CODE_IPV4,
         FLOW_DIRECTION,
         FLOW_END_REASON,
+        FLOW_ID,
         ICMP_TYPE_CODE_IPV6,
         FLOW_START_MILLISECONDS,
         FLOW_END_MILLISECONDS,
@@ -128,6 +148,8 @@ BY_ID: dict[int, IE] = {
         POST_NAPT_SOURCE_TRANSPORT_PORT,
         POST_NAPT_DESTINATION_TRANSPORT_PORT,
         NAT_EVENT,
+        INGRESS_VRFID,
+        EGRESS_VRFID,
         POST_NAT_SOURCE_IPV6_ADDRESS,
         POST_NAT_DESTINATION_IPV6_ADDRESS,
         OBSERVATION_TIME_MILLISECONDS,
@@ -160,6 +182,9 @@ def _flow_fields(src: IE, dst: IE, icmp: IE, post_src: IE, post_dst: IE) -> tupl
         post_dst,
         POST_NAPT_SOURCE_TRANSPORT_PORT,
         POST_NAPT_DESTINATION_TRANSPORT_PORT,
+        FLOW_ID,
+        INGRESS_VRFID,
+        EGRESS_VRFID,
     )
 
 
@@ -184,7 +209,8 @@ def record_format(fields: Sequence[IE]) -> str:
 
 
 def flow_values(rec: FlowRecord) -> tuple[object, ...]:
-    """The values of ``rec`` in :data:`FLOW_FIELDS_V4`/``_V6`` order.
+    """The values of ``rec`` in :data:`FLOW_FIELDS_V4`/``_V6`` order (IPFIX's templates;
+    v9's: :func:`nfflowd.formats.netflow_v9.flow_values`).
 
     Does not validate; packing into the family's record struct does (addresses
     must be checked for length by the caller: ``4s`` pads and truncates).
@@ -212,6 +238,9 @@ def flow_values(rec: FlowRecord) -> tuple[object, ...]:
         rec.post_dst,
         rec.post_sport,
         rec.post_dport,
+        rec.ct_id,
+        rec.zone,
+        rec.zone,
     )
 
 

@@ -23,13 +23,22 @@ postNATDestinationIPv4Address 226   ``post_dst`` (IPv6: 282)
 postNAPTSourceTransportPort 227     ``post_sport``
 postNAPTDestinationTransportPort    ``post_dport``
 228
+flowId 148 (IPFIX only)             ``ct_id``: the conntrack id (0: unknown)
+ingressVRFID 234                    ``zone``: the conntrack zone
 ==================================  ==========================================
 
 These are the elements RFC 8158 ("IPFIX Information Elements for Logging NAT
 Events") uses for NAT44 session create/delete events (its ``timeStamp`` is
-observationTimeMilliseconds), with the IANA ids of the IPFIX registry
-(https://www.iana.org/assignments/ipfix/); NetFlow v9 (RFC 3954 §8: field
-types are 16-bit numbers, the same registry) carries the same templates.
+observationTimeMilliseconds; ingressVRFID is its VRF element), with the IANA ids
+of the IPFIX registry (https://www.iana.org/assignments/ipfix/), plus flowId:
+the connection's flow records carry the same conntrack id, so a collector joins
+its events and its flows by it (:mod:`nfflowd.formats.ipfix_ies`, "Context
+fields").  NetFlow v9 (RFC 3954 §8: field types are 16-bit numbers, the same
+registry) carries the same templates without flowId (:data:`TEMPLATES_V9`):
+nfdump 1.7 reads a v9 148 as Cisco NSEL's connection id and then stores the
+record without its natEvent (0, "INVALID").  nfdump shows the zone as
+``ingress_vrf`` (and ``egress_vrf`` 0, not sent), but no flowId from IPFIX;
+tshark decodes both.
 
 A connection gets events when NAT changed it, source and/or destination: its
 ORIGINAL_IN record's ``post_*`` differ from its own addresses and ports (see
@@ -78,7 +87,9 @@ from nfflowd.formats.ipfix_ies import (
     DESTINATION_IPV4_ADDRESS,
     DESTINATION_IPV6_ADDRESS,
     DESTINATION_TRANSPORT_PORT,
+    FLOW_ID,
     IE,
+    INGRESS_VRFID,
     NAT_EVENT,
     OBSERVATION_TIME_MILLISECONDS,
     POST_NAPT_DESTINATION_TRANSPORT_PORT,
@@ -113,7 +124,7 @@ NUMBERINGS: dict[int, tuple[int, int]] = {
 MAX_OPEN = 1 << 18
 
 
-def _fields(src: IE, dst: IE, post_src: IE, post_dst: IE) -> tuple[IE, ...]:
+def _fields(src: IE, dst: IE, post_src: IE, post_dst: IE, flow_id: bool) -> tuple[IE, ...]:
     return (
         OBSERVATION_TIME_MILLISECONDS,
         NAT_EVENT,
@@ -126,23 +137,32 @@ def _fields(src: IE, dst: IE, post_src: IE, post_dst: IE) -> tuple[IE, ...]:
         post_dst,
         POST_NAPT_SOURCE_TRANSPORT_PORT,
         POST_NAPT_DESTINATION_TRANSPORT_PORT,
+        *((FLOW_ID,) if flow_id else ()),
+        INGRESS_VRFID,
     )
 
 
-#: The NAT event templates' fields, in wire order.
-FIELDS_V4 = _fields(
-    SOURCE_IPV4_ADDRESS, DESTINATION_IPV4_ADDRESS, POST_NAT_SOURCE_IPV4_ADDRESS,
-    POST_NAT_DESTINATION_IPV4_ADDRESS,
-)  # fmt: skip
-FIELDS_V6 = _fields(
-    SOURCE_IPV6_ADDRESS, DESTINATION_IPV6_ADDRESS, POST_NAT_SOURCE_IPV6_ADDRESS,
-    POST_NAT_DESTINATION_IPV6_ADDRESS,
-)  # fmt: skip
+_V4 = (SOURCE_IPV4_ADDRESS, DESTINATION_IPV4_ADDRESS, POST_NAT_SOURCE_IPV4_ADDRESS,
+       POST_NAT_DESTINATION_IPV4_ADDRESS)  # fmt: skip
+_V6 = (SOURCE_IPV6_ADDRESS, DESTINATION_IPV6_ADDRESS, POST_NAT_SOURCE_IPV6_ADDRESS,
+       POST_NAT_DESTINATION_IPV6_ADDRESS)  # fmt: skip
+#: The IPFIX NAT event templates' fields, in wire order.
+FIELDS_V4 = _fields(*_V4, flow_id=True)
+FIELDS_V6 = _fields(*_V6, flow_id=True)
+#: NetFlow v9's: the same without flowId (see the module docstring).
+FIELDS_V4_V9 = _fields(*_V4, flow_id=False)
+FIELDS_V6_V9 = _fields(*_V6, flow_id=False)
 RECORD_V4 = struct.Struct(record_format(FIELDS_V4))
 RECORD_V6 = struct.Struct(record_format(FIELDS_V6))
+RECORD_V4_V9 = struct.Struct(record_format(FIELDS_V4_V9))
+RECORD_V6_V9 = struct.Struct(record_format(FIELDS_V6_V9))
 TEMPLATES: tuple[tuple[int, tuple[IE, ...]], ...] = (
     (TEMPLATE_ID_V4, FIELDS_V4),
     (TEMPLATE_ID_V6, FIELDS_V6),
+)
+TEMPLATES_V9: tuple[tuple[int, tuple[IE, ...]], ...] = (
+    (TEMPLATE_ID_V4, FIELDS_V4_V9),
+    (TEMPLATE_ID_V6, FIELDS_V6_V9),
 )
 #: set/flowset header: id, length (RFC 7011 §3.3.2, RFC 3954 §5.3)
 SET_HEADER = struct.Struct("!HH")
@@ -153,6 +173,7 @@ _ORIGINAL_IN = Direction.ORIGINAL_IN
 _INTERIM = EndReason.ACTIVE_TIMEOUT
 _OPENED = EndReason.OPENED
 _BY_FAMILY = {4: (TEMPLATE_ID_V4, RECORD_V4, 4), 6: (TEMPLATE_ID_V6, RECORD_V6, 16)}
+_BY_FAMILY_V9 = {4: (TEMPLATE_ID_V4, RECORD_V4_V9, 4), 6: (TEMPLATE_ID_V6, RECORD_V6_V9, 16)}
 
 
 def is_translated(r: FlowRecord) -> bool:
@@ -180,10 +201,13 @@ class Fill:
 class NatEvents:
     """The NAT events of one collector's stream (see the module docstring)."""
 
-    def __init__(self, numbering: int = 1) -> None:
+    def __init__(self, numbering: int = 1, flow_id: bool = True) -> None:
+        """``flow_id``: IPFIX's templates (:data:`TEMPLATES`), else v9's (:data:`TEMPLATES_V9`)."""
         if numbering not in NUMBERINGS:
             raise ValueError(f"nat_event_numbering {numbering}: expected 1 or 4")
         self.numbering = numbering
+        self.flow_id = flow_id
+        self._by_family = _BY_FAMILY if flow_id else _BY_FAMILY_V9
         self.create, self.delete = NUMBERINGS[numbering]
         #: connections whose create event went out with an interim report (insertion order)
         self.open: dict[object, None] = {}
@@ -196,7 +220,7 @@ class NatEvents:
         for r in records:
             if not is_translated(r):
                 continue
-            spec = _BY_FAMILY.get(r.family)
+            spec = self._by_family.get(r.family)
             if spec is None:
                 continue
             tid, st, alen = spec
@@ -213,6 +237,7 @@ class NatEvents:
                 r.post_dst,
                 r.post_sport,
                 r.post_dport,
+                *((r.ct_id, r.zone) if self.flow_id else (r.zone,)),
             )
             if r.end_reason == _INTERIM or r.end_reason == _OPENED:
                 if key in self.open:

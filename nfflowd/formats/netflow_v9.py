@@ -17,9 +17,9 @@ Wire layout (RFC 3954 §5), all fields big-endian::
 Export Packets"), mod 2**32.
 
 Element choice (see :mod:`nfflowd.formats.ipfix_ies`): the same two templates
-as IPFIX (256 IPv4, 257 IPv6), with absolute times: flowStartMilliseconds 152 /
-flowEndMilliseconds 153 (u64 epoch ms) rather than FIRST_SWITCHED 22 /
-LAST_SWITCHED 21.  nfdump 1.7 (``src/netflow/netflow_v9.c``) reads 152/153 as
+as IPFIX (256 IPv4, 257 IPv6) but for flowId (below), with absolute times:
+flowStartMilliseconds 152 / flowEndMilliseconds 153 (u64 epoch ms) rather than
+FIRST_SWITCHED 22 / LAST_SWITCHED 21.  nfdump 1.7 (``src/netflow/netflow_v9.c``) reads 152/153 as
 the flow's times verbatim, so they decode exactly to the ms; with 21/22 it would
 compute ``1000 * unix_secs - sysUptime + FIRST``, which needs the header's
 sysUptime chosen to make up for the missing sub-second export time.  tshark
@@ -32,6 +32,11 @@ lacks it, so ICMPv6 would decode with port 0); RFC 3954's ICMP_TYPE (32) is
 family-neutral ("ICMP Type * 256 + ICMP code"), and nfdump's v9 code uses it
 for ICMP and ICMPv6 alike.  The v9 IPv6 template therefore carries 32, which
 decodes under the IPFIX name ``icmpTypeCodeIPv4``.
+
+No flowId (148): nfdump 1.7's v9 table reads it as Cisco NSEL's connection id
+and then takes the records for NSEL events (a NAT event record loses its
+natEvent), see :mod:`nfflowd.formats.ipfix_ies`; the conntrack zone is sent
+(ingressVRFID/egressVRFID 234/235), as in IPFIX.
 
 nfdump 1.7 decodes from v9 every element sent except flowEndReason 136 (not in
 its v9 table), including postNATSource/DestinationIPv6Address (281/282).
@@ -58,6 +63,7 @@ from typing import Any, NamedTuple
 from nfflowd.formats.ipfix_ies import (
     FLOW_FIELDS_V4,
     FLOW_FIELDS_V6,
+    FLOW_ID,
     ICMP_TYPE_CODE_IPV4,
     ICMP_TYPE_CODE_IPV6,
     IE,
@@ -67,7 +73,8 @@ from nfflowd.formats.ipfix_ies import (
     decode_records,
     record_format,
 )
-from nfflowd.formats.nat_events import TEMPLATES as NAT_TEMPLATES
+from nfflowd.formats.ipfix_ies import flow_values as ipfix_flow_values
+from nfflowd.formats.nat_events import TEMPLATES_V9 as NAT_TEMPLATES
 from nfflowd.formats.nat_events import Fill, NatEvents
 from nfflowd.formats.uptime import host_boot_ms
 from nfflowd.messages import Direction, FlowRecord
@@ -96,21 +103,33 @@ OPTIONS_TEMPLATE_FLOWSET_ID = 1
 MIN_DATA_FLOWSET_ID = 256
 TEMPLATE_ID_V4 = 256
 TEMPLATE_ID_V6 = 257
-#: v9's IPv6 flow template: the IPFIX one with ICMP_TYPE (32) for ICMPv6.
+#: v9's IPv4 flow template: the IPFIX one without flowId (see the module docstring).
+FLOW_FIELDS_V4_V9 = tuple(ie for ie in FLOW_FIELDS_V4 if ie != FLOW_ID)
+#: v9's IPv6 flow template: the IPFIX one without flowId, with ICMP_TYPE (32) for ICMPv6.
 FLOW_FIELDS_V6_V9 = tuple(
-    ICMP_TYPE_CODE_IPV4 if ie == ICMP_TYPE_CODE_IPV6 else ie for ie in FLOW_FIELDS_V6
+    ICMP_TYPE_CODE_IPV4 if ie == ICMP_TYPE_CODE_IPV6 else ie
+    for ie in FLOW_FIELDS_V6
+    if ie != FLOW_ID
 )
-RECORD_V4 = struct.Struct(record_format(FLOW_FIELDS_V4))
+RECORD_V4 = struct.Struct(record_format(FLOW_FIELDS_V4_V9))
 RECORD_V6 = struct.Struct(record_format(FLOW_FIELDS_V6_V9))
 FLOW_TEMPLATES: tuple[tuple[int, tuple[IE, ...]], ...] = (
-    (TEMPLATE_ID_V4, FLOW_FIELDS_V4),
+    (TEMPLATE_ID_V4, FLOW_FIELDS_V4_V9),
     (TEMPLATE_ID_V6, FLOW_FIELDS_V6_V9),
 )
+_FLOW_ID_AT = FLOW_FIELDS_V4.index(FLOW_ID)
 _U32 = 0xFFFFFFFF
 _ORIGINAL_OUT = int(Direction.ORIGINAL_OUT)
 #: Names of the options template scope types (§6.1).
 SCOPE_NAMES = {1: "scopeSystem", 2: "scopeInterface", 3: "scopeLineCard", 4: "scopeCache",
                5: "scopeTemplate"}  # fmt: skip
+
+
+def flow_values(rec: FlowRecord) -> tuple[object, ...]:
+    """The values of ``rec`` in :data:`FLOW_FIELDS_V4_V9`/``_V6_V9`` order (the IPFIX
+    ones without flowId; not validated, see :func:`nfflowd.formats.ipfix_ies.flow_values`)."""
+    values = ipfix_flow_values(rec)
+    return values[:_FLOW_ID_AT] + values[_FLOW_ID_AT + 1 :]
 
 
 class V9Header(NamedTuple):
@@ -289,7 +308,7 @@ class V9Encoder:
         self.template_refresh_seconds = template_refresh_seconds
         self._refresh_ms = int(template_refresh_seconds * 1000)
         self.boot_ms = host_boot_ms() if boot_ms is None else boot_ms
-        self.nat = NatEvents(nat_event_numbering) if nat_events else None
+        self.nat = NatEvents(nat_event_numbering, flow_id=False) if nat_events else None
         self.per_direction = per_direction
         templates = FLOW_TEMPLATES + (NAT_TEMPLATES if nat_events else ())
         self._template_count = len(templates)
@@ -356,8 +375,8 @@ class V9Encoder:
                 direction,
                 end_reason,
                 _mark,
-                _zone,
-                _ct,
+                zone,
+                _ct_id,
             ) = rec
             if direction == omit:
                 self.left_out += 1
@@ -406,6 +425,8 @@ class V9Encoder:
                     pdst,
                     psport,
                     pdport,
+                    zone,
+                    zone,
                 )
             except struct.error:
                 self.invalid += 1

@@ -5,7 +5,9 @@ firewall's conntrack over netlink (``<source> netns``), with four collectors:
 an nfcapd speaking v9 and one speaking IPFIX, both getting one record per
 direction (``records per_direction``, the default), a v5 collector on a closed
 loopback port (nothing listens: its datagrams are lost, then refused), and an
-nfcapd speaking v9 with ``records triplet`` (the v5 triplet, as before).  The
+nfcapd speaking v9 with ``records triplet`` (the v5 triplet, as before), and a
+plain UDP socket getting IPFIX (read by tshark).  The firewall puts every
+connection in conntrack zone :data:`ZONE` (nftables ``ct zone set``).  The
 mirror writes JSON lines to the screen (``mirror.out``).  Then the lab's mix runs
 twice (so that the dead collector is sent more than one v5 datagram and its
 refusals show), every connection ending by its timeout or, at the very end, by a
@@ -24,7 +26,11 @@ Judges, all independent of nfflowd's code:
   records each connection got (per direction: 2 when replied, 1 when not); and
   nfdump's own statistics (``-s``): per direction (a filter of the kernel's tuples)
   and in total, the kernel's counters exactly, where the triplet counts the
-  original direction of NATed connections twice.
+  original direction of NATed connections twice; the zone as ingress and egress
+  VRF id (``%ivrf %evrf``) in every record;
+* tshark, for the IPFIX datagrams the socket got: each record's flowId is the
+  conntrack id conntrack-tools reported for its connection (nfdump 1.7 does not
+  decode flowId from IPFIX; v9 does not send it), its VRF ids the zone.
 
 The expected records are derived here from the README's "Flow records" rules,
 not by nfflowd's correlator.
@@ -36,6 +42,8 @@ import ast
 import calendar
 import ipaddress
 import os
+import socket
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -57,9 +65,22 @@ from tests.pipeline_harness import (
     wait_all_running,
     write_config,
 )
+from tests.tshark_cflow import data_records, tshark_packets
 
-#: nfdump output: the base fields, the NAT fields, direction, end reason, time received.
-NFDUMP_FMT = "fmt:%ts|%te|%pr|%sa|%da|%sp|%dp|%pkt|%byt|%xsa|%xda|%xsp|%xdp|%dir|%end|%tr"
+#: nfdump output: the base fields, the NAT fields, direction, end reason, time received,
+#: ingress and egress VRF id.
+NFDUMP_FMT = (
+    "fmt:%ts|%te|%pr|%sa|%da|%sp|%dp|%pkt|%byt|%xsa|%xda|%xsp|%xdp|%dir|%end|%tr|%ivrf|%evrf"
+)
+#: The conntrack zone the firewall puts every connection in, before conntrack sees its
+#: first packet (priority raw), both ways and for its own packets.
+ZONE = 7
+ZONE_RULESET = f"""\
+table inet nfflowd_zone {{
+    chain pre {{ type filter hook prerouting priority raw; ct zone set {ZONE}; }}
+    chain out {{ type filter hook output priority raw; ct zone set {ZONE}; }}
+}}
+"""
 EXADDR = "192.0.2.1"
 #: From a connection's DESTROY (as conntrack -E stamped it) to nfcapd receiving its records
 #: (nfdump %tr): measured 2-6 ms here.  A collector blocking the others would add up to
@@ -139,6 +160,7 @@ def nfdump_rows(cap: Nfcapd) -> list[dict[str, Any]]:
         )
         rec["end"] = int(cols[14])
         rec["received_ms"] = utc_ms(cols[15])
+        rec["vrf"] = (int(cols[16]), int(cols[17]))
         out.append(rec)
     return out
 
@@ -234,7 +256,7 @@ def nfdump_totals(cap: Nfcapd, conns: list[tuple[Any, Any]]) -> dict[str, dict[s
 
 
 @pytest.mark.root
-@needs("nfcapd", "nfdump")
+@needs("nfcapd", "nfdump", "tshark")
 @pytest.mark.timeout(180)
 def test_live_lab_to_v9_ipfix_and_a_dead_collector(
     tmp_path: Path, lab_ready: None, ct_text: Any, monkeypatch: pytest.MonkeyPatch
@@ -250,7 +272,17 @@ def test_live_lab_to_v9_ipfix_and_a_dead_collector(
         Nfcapd() as v9cap,
         Nfcapd() as ipfixcap,
         Nfcapd() as tripletcap,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw,
     ):
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+        raw.bind(("127.0.0.1", 0))
+        subprocess.run(
+            ["ip", "netns", "exec", lab.fw, "nft", "-f", "-"],
+            input=ZONE_RULESET,
+            text=True,
+            check=True,
+            timeout=30,
+        )
         source = netlink_source(lab.fw, "set_sysctls 1")
         export = export_block(
             EXADDR,
@@ -258,6 +290,7 @@ def test_live_lab_to_v9_ipfix_and_a_dead_collector(
             (ipfixcap.port, 10),
             (dead, 5),
             (tripletcap.port, 9, "records triplet"),
+            (raw.getsockname()[1], 10),
         )
         conf = write_config(rundir, source + export, screen_format="json")
         try:
@@ -278,6 +311,13 @@ def test_live_lab_to_v9_ipfix_and_a_dead_collector(
         finally:
             nfflowd("-c", str(conf), "stop", check=False)
         assert not control.is_running(str(rundir))
+        raw.setblocking(False)
+        ipfix_datagrams = []
+        while True:
+            try:
+                ipfix_datagrams.append(raw.recv(65535))
+            except BlockingIOError:
+                break
         caps = {"v9": v9cap, "ipfix": ipfixcap, "v9 triplet": tripletcap}
         got = {name: nfdump_rows(cap) for name, cap in caps.items()}
         # each connection of both rounds with its DESTROY (conntrack -E): nfdump's statistics
@@ -418,7 +458,7 @@ def test_live_lab_to_v9_ipfix_and_a_dead_collector(
             EXADDR,
             "end_of_flow",
             0,
-            0,
+            ZONE,
         ), j
         egress = j["direction"] == "original_out"
         assert egress or j["direction"] in ("original_in", "reply_in"), j
@@ -426,3 +466,30 @@ def test_live_lab_to_v9_ipfix_and_a_dead_collector(
     # NAT66: the original leaves as 2001:db8:1::1, the reply goes back to fd00:1::2
     assert {j["direction"] for j in v6 if j["post_src"] != j["src"]} == {"original_in"}
     assert {j["direction"] for j in v6 if j["post_dst"] != j["dst"]} == {"reply_in"}
+
+    # 6. context: every record at every nfcapd has the zone as its ingress and egress VRF id;
+    #    tshark reads the IPFIX datagrams the socket got: each record's flowId is its
+    #    connection's conntrack id as conntrack-tools reported it (-o id), its VRF ids the zone
+    for name, recs in got.items():
+        assert {r["vrf"] for r in recs} == {(ZONE, ZONE)}, name
+    records = [
+        r for layer in tshark_packets(ipfix_datagrams, tmp_path) for r in data_records(layer)
+    ]
+
+    def with_id(r: dict[str, Any]) -> tuple[Any, ...]:
+        v6 = "v6" if "cflow.srcaddrv6" in r else ""
+        return (
+            r[f"cflow.srcaddr{v6}"],
+            r[f"cflow.dstaddr{v6}"],
+            int(r["cflow.srcport"]),
+            int(r["cflow.dstport"]),
+            int(r["cflow.protocol"]),
+            int(r["cflow.flow_id"]),
+        )
+
+    assert Counter(map(with_id, records)) == Counter(
+        (*w[:5], e.ct_id) for w, e in witness if w[11] != "E"
+    )
+    assert {(r["cflow.ingress_vrfid"], r["cflow.egress_vrfid"]) for r in records} == {
+        (str(ZONE), str(ZONE))
+    }

@@ -2,13 +2,17 @@
 
 1. nfdump: nfcapd collects over loopback UDP, ``nfdump -r FILE -o json`` gives each
    event's natEvent (``nat_event_id``), its time (``t_event``, to the ms), protocol,
-   pre-NAT addresses and ports and the translated ones (``*_xlt_*``); no sequence
-   failures (v9 counts packets, IPFIX data records, events included).  Known nfdump
-   1.7 gaps, asserted as such: its IPFIX table has no postNAT*IPv6Address (281/282),
-   and from v9 it shows an ICMP event's type/code as 0/0 (the event template has no
-   ICMP_TYPE element; the translated ports still say ``0`` / ``type*256+code``).
+   pre-NAT addresses and ports and the translated ones (``*_xlt_*``), the conntrack
+   zone (``ingress_vrf``); no sequence failures (v9 counts packets, IPFIX data
+   records, events included).  Known nfdump 1.7 gaps, asserted as such: its IPFIX
+   table has no postNAT*IPv6Address (281/282) and no flowId (148: no
+   ``connect_id``), and from v9 it shows an ICMP event's type/code as 0/0 (the event
+   template has no ICMP_TYPE element; the translated ports still say ``0`` /
+   ``type*256+code``).  v9 sends no flowId (nfdump would take it for an NSEL
+   connection id and lose the natEvent: see nfflowd.formats.nat_events).
 2. tshark's cflow dissector, from a pcap written here: every field of every event
-   record, the headers' sequence numbers.
+   record (flowId = the conntrack id in IPFIX; ingressVRFID = the zone), the
+   headers' sequence numbers.
 
 Both formats with both numberings (1/2 and RFC 8158's 4/5), and the golden
 datagrams of tests/data/nat_events.
@@ -47,12 +51,14 @@ from tests.tshark_cflow import abs_ms, tshark_packets
 GOLDEN = Path(__file__).parent.parent / "data" / "nat_events"
 CASES = [("v9", 1), ("v9", 4), ("ipfix", 1), ("ipfix", 4)]
 #: One event as compared here: time ms, natEvent, protocol, pre-NAT source, destination,
-#: ports, post-NAT source, destination, ports (addresses as text).
-Event = tuple[int, int, int, str, str, int, int, str | None, str | None, int, int]
+#: ports, post-NAT source, destination, ports (addresses as text), flowId (the conntrack
+#: id; None: not decoded), ingressVRFID (the conntrack zone).
+Event = tuple[int, int, int, str, str, int, int, str | None, str | None, int, int, int | None, int]
 
 
-def events_of(records: list[FlowRecord], numbering: int) -> list[Event]:
-    """What the NAT events of ``records`` must say (ORIGINAL_IN records NAT changed)."""
+def events_of(records: list[FlowRecord], numbering: int, fmt: str) -> list[Event]:
+    """What the NAT events of ``records`` must say (ORIGINAL_IN records NAT changed); v9
+    sends no flowId."""
     create, delete = PAIRS[numbering]
     out: list[Event] = []
     for r in records:
@@ -60,8 +66,9 @@ def events_of(records: list[FlowRecord], numbering: int) -> list[Event]:
         post = (txt(r.post_src), txt(r.post_dst), r.post_sport, r.post_dport)
         if r.direction != 1 or pre == post:
             continue
-        out.append((r.first_ms, create, r.proto, *pre, *post))
-        out.append((r.last_ms, delete, r.proto, *pre, *post))
+        ctx = (r.ct_id if fmt == "ipfix" else None, r.zone)
+        out.append((r.first_ms, create, r.proto, *pre, *post, *ctx))
+        out.append((r.last_ms, delete, r.proto, *pre, *post, *ctx))
     return out
 
 
@@ -88,6 +95,8 @@ def golden_cases() -> list[tuple[str, str, list[bytes], list[Event]]]:
                         e["post_dst"],
                         e["post_sport"],
                         e["post_dport"],
+                        e["ct_id"] if case["format"] == "ipfix" else None,
+                        e["zone"],
                     )
                 )
         out.append((case["format"], path.stem, dgs, want))
@@ -103,7 +112,7 @@ def live(fmt: str, numbering: int) -> tuple[list[bytes], list[Event], int]:
     )
     dgs = enc.encode(recs, NOW_NS)
     assert len(dgs) > 1 and enc.invalid == 0
-    return dgs, events_of(recs, numbering), len(recs)
+    return dgs, events_of(recs, numbering, fmt), len(recs)
 
 
 # -- 1. nfdump ---------------------------------------------------------------------------------
@@ -150,11 +159,14 @@ def nfdump_event(fmt: str, r: dict[str, Any]) -> Event:
         r.get(f"dst{v}_xlt_ip"),
         int(r["src_xlt_port"]),
         int(r["dst_xlt_port"]),
+        int(r["connect_id"]) if "connect_id" in r else None,
+        int(r["ingress_vrf"]),
     )
 
 
 def nfdump_view(fmt: str, e: Event) -> Event:
     """``e`` as nfdump 1.7 shows it (its known gaps, see the module docstring)."""
+    e = (*e[:11], None, e[12])  # no flowId: not in its IPFIX table, not sent in v9
     if fmt == "ipfix" and ":" in e[3]:
         e = (*e[:7], None, None, *e[9:])
     if fmt == "v9" and e[2] in (1, 58):
@@ -215,6 +227,8 @@ def tshark_event(f: dict[str, Any]) -> Event:
         f[post[1]],
         int(f["cflow.post_naptsource_transport_port"]),
         int(f["cflow.post_naptdestination_transport_port"]),
+        int(f["cflow.flow_id"]) if "cflow.flow_id" in f else None,
+        int(f["cflow.ingress_vrfid"]),
     )
 
 
@@ -275,10 +289,10 @@ def test_export_stage_sends_nat_events_only_where_configured() -> None:
                 coll.close()
         got = [[r for r in nfdump_json(cap) if "nat_event_id" in r] for cap in (v9, fx4, plain)]
     assert [nfdump_event("v9", r) for r in got[0]] == [
-        nfdump_view("v9", e) for e in events_of(recs, 1)
+        nfdump_view("v9", e) for e in events_of(recs, 1, "v9")
     ]
     assert [nfdump_event("ipfix", r) for r in got[1]] == [
-        nfdump_view("ipfix", e) for e in events_of(recs, 4)
+        nfdump_view("ipfix", e) for e in events_of(recs, 4, "ipfix")
     ]
     assert got[2] == []
     left_out = sum(r.direction == 2 for r in recs)  # the SNAT connection's ORIGINAL_OUT

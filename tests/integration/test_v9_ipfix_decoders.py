@@ -2,12 +2,15 @@
 
 1. nfdump: nfcapd collects over loopback UDP, ``nfdump -r`` reads back addresses,
    ports, protocol, packets, bytes, absolute first/last to the ms, direction,
-   interfaces and the post-NAT fields (``%xsa %xda %xsp %xdp``), IPv4 and IPv6;
-   no sequence failures.  Known nfdump 1.7 gaps, asserted as such: its v9 table
-   has no flowEndReason (136) and its IPFIX table no postNAT*IPv6Address
-   (281/282).
+   interfaces, the post-NAT fields (``%xsa %xda %xsp %xdp``) and the conntrack
+   zone as ingress/egress VRF id (``%ivrf %evrf``), IPv4 and IPv6; no sequence
+   failures.  Known nfdump 1.7 gaps, asserted as such: its v9 table has no
+   flowEndReason (136) and its IPFIX table no postNAT*IPv6Address (281/282) and
+   no flowId (148: ``%nfc``, its NSEL connection id, stays 0).  v9 does not send
+   flowId (see nfflowd.formats.ipfix_ies).
 2. tshark's cflow dissector, from a pcap written here: every field of every
-   data record, and the headers; for IPFIX also the PyPI ``netflow`` package.
+   data record (flowId = the conntrack id in IPFIX, ingress/egress VRF id = the
+   zone in both), and the headers; for IPFIX also the PyPI ``netflow`` package.
 3. Template refresh: an nfcapd restarted mid-run decodes data again from the
    next template refresh on (by packet count and by time).
 
@@ -41,13 +44,17 @@ from nfflowd.messages import FlowRecord
 from tests.addresses import a, txt
 from tests.flow_records import flow
 from tests.needs import needs
-from tests.tshark_cflow import abs_ms, tshark_packets
+from tests.tshark_cflow import abs_ms, data_records, tshark_packets
 
 DATA = Path(__file__).parent.parent / "data"
 DAY = 86_400_000
 FORMATS = ["v9", "ipfix"]
-#: nfdump output with the NAT, direction, end-reason and interface fields.
-NFDUMP_FMT = "fmt:%ts|%te|%pr|%sa|%da|%sp|%dp|%pkt|%byt|%xsa|%xda|%xsp|%xdp|%dir|%end|%in|%out"
+#: nfdump output with the NAT, direction, end-reason and interface fields, the VRF ids
+#: and the (NSEL) connection id.
+NFDUMP_FMT = (
+    "fmt:%ts|%te|%pr|%sa|%da|%sp|%dp|%pkt|%byt|%xsa|%xda|%xsp|%xdp|%dir|%end|%in|%out"
+    "|%ivrf|%evrf|%nfc"
+)
 Encoder = netflow_v9.V9Encoder | ipfix.IpfixEncoder
 
 
@@ -69,14 +76,19 @@ def triplet(
     r: tuple[str, str, int, int],
     counts: tuple[int, int, int, int],
     end: int = 3,
+    ct: int = 0,
+    zone: int = 0,
 ) -> list[FlowRecord]:
-    """The records correlate.py makes of orig tuple ``o`` and reply tuple ``r``."""
+    """The records correlate.py makes of orig tuple ``o`` and reply tuple ``r`` (conntrack
+    id ``ct``, zone ``zone``)."""
     (os_, od, osp, odp), (rs, rd, rsp, rdp), (opk, oby, rpk, rby) = o, r, counts
-    out = [flow(first, last, proto, os_, od, osp, odp, opk, oby, rd, rs, rdp, rsp, 1, end)]
+    out = [flow(first, last, proto, os_, od, osp, odp, opk, oby, rd, rs, rdp, rsp, 1, end, ct)]
     if (os_, od, osp, odp) != (rd, rs, rdp, rsp):
-        out.append(flow(first, last, proto, rd, rs, rdp, rsp, opk, oby, rd, rs, rdp, rsp, 2, end))
-    out.append(flow(first, last, proto, rs, rd, rsp, rdp, rpk, rby, od, os_, odp, osp, 3, end))
-    return out
+        out.append(
+            flow(first, last, proto, rd, rs, rdp, rsp, opk, oby, rd, rs, rdp, rsp, 2, end, ct)
+        )
+    out.append(flow(first, last, proto, rs, rd, rsp, rdp, rpk, rby, od, os_, odp, osp, 3, end, ct))
+    return [x._replace(zone=zone) for x in out]
 
 
 def live_records(now: int) -> list[FlowRecord]:
@@ -89,6 +101,8 @@ def live_records(now: int) -> list[FlowRecord]:
             ("10.1.0.5", "203.0.113.9", 51000, 443),
             ("203.0.113.9", pub, 443, 61000),
             (12, 4800, 9, 12000),
+            ct=2**32 - 1,  # the largest conntrack id and zone
+            zone=65535,
         ),
         *triplet(
             now - 2000,
@@ -98,6 +112,8 @@ def live_records(now: int) -> list[FlowRecord]:
             ("10.1.0.53", "203.0.113.20", 5300, 5353),
             (1, 61, 1, 120),
             end=1,
+            ct=1,
+            zone=3,
         ),
         *triplet(
             now - 3000,
@@ -107,6 +123,7 @@ def live_records(now: int) -> list[FlowRecord]:
             ("203.0.113.1", pub, 0, 0),
             (3, 252, 3, 252),
             end=2,
+            ct=123456789,
         ),
         flow(
             now - 900,
@@ -141,6 +158,8 @@ def live_records(now: int) -> list[FlowRecord]:
             ("2001:db8::53", "2001:db8:ff::10", 53, 40000),
             (1, 80, 1, 200),
             end=5,
+            ct=40000,
+            zone=1,
         ),
         *triplet(
             now - 70 * DAY,
@@ -160,7 +179,7 @@ def live_records(now: int) -> list[FlowRecord]:
             (2**32 + 5, 3 * 2**32, 2**63, 2**64 - 1),
         ),
     ]
-    for i in range(60):  # several datagrams, families interleaved
+    for i in range(60):  # several datagrams, families interleaved; ids 5000-5059, zones 0-2
         if i % 5 == 4:
             recs.append(
                 flow(
@@ -178,7 +197,8 @@ def live_records(now: int) -> list[FlowRecord]:
                     30000 + i,
                     443,
                     1,
-                )
+                    ct=5000 + i,
+                )._replace(zone=i % 3)
             )
         else:
             recs.append(
@@ -197,7 +217,8 @@ def live_records(now: int) -> list[FlowRecord]:
                     30000 + i,
                     443,
                     1,
-                )
+                    ct=5000 + i,
+                )._replace(zone=i % 3)
             )
     return recs
 
@@ -258,6 +279,9 @@ def nfdump_expected(fmt: str, r: FlowRecord) -> tuple[Any, ...]:
         end,
         0,
         0,
+        r.zone,  # ingressVRFID
+        r.zone,  # egressVRFID
+        0,  # flowId: IPFIX has it, nfdump 1.7's IPFIX table not; v9 leaves it out
     )
 
 
@@ -284,6 +308,9 @@ def nfdump_rows(cap: Nfcapd) -> list[tuple[Any, ...]]:
                 int(cols[14]),
                 int(cols[15]),
                 int(cols[16]),
+                int(cols[17]),
+                int(cols[18]),
+                int(cols[19]),
             )
         )
     return rows
@@ -318,14 +345,6 @@ def test_nfdump_decodes_golden_datagrams() -> None:
 # -- 2. tshark ---------------------------------------------------------------------------------
 
 
-def tshark_flows(layer: dict[str, Any]) -> list[dict[str, Any]]:
-    out = []
-    for key, fset in layer.items():
-        if key.startswith(("Set ", "FlowSet ")) and int(fset["cflow.flowset_id"]) >= 256:
-            out += [v for k, v in fset.items() if k.startswith("Flow ")]
-    return out
-
-
 def tshark_expected(fmt: str, r: FlowRecord) -> dict[str, Any]:
     v6 = "v6" if r.family == 6 else ""
     icmp = r.dport if r.proto in (1, 58) else 0
@@ -345,6 +364,9 @@ def tshark_expected(fmt: str, r: FlowRecord) -> dict[str, Any]:
         "cflow.outputint": "0",
         "cflow.post_naptsource_transport_port": str(r.post_sport),
         "cflow.post_naptdestination_transport_port": str(r.post_dport),
+        **({"cflow.flow_id": str(r.ct_id)} if fmt == "ipfix" else {}),  # v9: left out
+        "cflow.ingress_vrfid": str(r.zone),
+        "cflow.egress_vrfid": str(r.zone),
     }
     if r.family == 4:
         out["cflow.post_natsource_ipv4_address"] = txt(r.post_src)
@@ -380,7 +402,7 @@ def check_tshark(fmt: str, recs: list[FlowRecord], dgs: list[bytes], tmp_path: P
             assert layer["cflow.len"] == str(h.length)
             assert layer["cflow.od_id"] == str(h.observation_domain)
             assert layer["cflow.timestamp_tree"]["cflow.exporttime"] == str(h.export_time)
-        flows = tshark_flows(layer)
+        flows = data_records(layer)
         assert len(flows) == len(ours)
         for f in flows:
             times = f.pop("cflow.timedelta_tree")

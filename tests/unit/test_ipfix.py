@@ -43,32 +43,39 @@ def decode_all(dgs: list[bytes]) -> tuple[list[ipfix.IpfixHeader], list[dict[str
 
 def test_sizes_and_table() -> None:
     assert (ipfix.HEADER_SIZE, ipfix.SET_HEADER_SIZE) == (16, 4)
-    assert (ipfix.RECORD_V4.size, ipfix.RECORD_V6.size) == (69, 117)
-    assert len(ipfix.pack_template_set(ipfix.FLOW_TEMPLATES)) == 4 + 2 * (4 + 18 * 4)
+    assert (ipfix.RECORD_V4.size, ipfix.RECORD_V6.size) == (85, 133)
+    # 69 bytes up to the post-NAT ports, then flowId (8), ingressVRFID and egressVRFID (4 + 4)
+    assert (ipfix.RECORD_V4.size - 16, ipfix.RECORD_V6.size - 16) == (69, 117)
+    assert len(ipfix.pack_template_set(ipfix.FLOW_TEMPLATES)) == 4 + 2 * (4 + 21 * 4)
     assert all(struct.calcsize("!" + ie.code) == ie.length for ie in ies.BY_ID.values())
     assert all(ies.BY_NAME[ie.name] is ie for ie in ies.BY_ID.values())
     ids = [ie.id for ie in ies.FLOW_FIELDS_V6]
-    assert ids == [27, 28, 7, 139, 11, 4, 61, 136, 2, 1, 152, 153, 10, 14, 281, 282, 227, 228]
+    assert ids == [
+        *(27, 28, 7, 139, 11, 4, 61, 136, 2, 1, 152, 153, 10, 14, 281, 282, 227, 228),
+        *(148, 234, 235),  # flowId, ingressVRFID, egressVRFID
+    ]
+    assert [ie.name for ie in ies.FLOW_FIELDS_V4[-3:]] == ["flowId", "ingressVRFID", "egressVRFID"]
     # nfdump stores icmpTypeCode and destinationTransportPort in one slot: port last
     assert ids.index(139) < ids.index(11)
 
 
 def test_pack_layout_by_hand() -> None:
-    r = rec(first=1795713179211, last=1795713184317)
+    r = rec(first=1795713179211, last=1795713184317, zone=9)  # conntrack id 77
     d = ipfix.IpfixEncoder(observation_domain=0x01020304).encode([r], NOW_NS)
     tmpl6 = (
-        "0101 0012 001b0010 001c0010 00070002 008b0002 000b0002 00040001 003d0001 00880001"
+        "0101 0015 001b0010 001c0010 00070002 008b0002 000b0002 00040001 003d0001 00880001"
         " 00020008 00010008 00980008 00990008 000a0004 000e0004 01190010 011a0010"
-        " 00e30002 00e40002"
+        " 00e30002 00e40002 00940008 00ea0004 00eb0004"
     )
-    header = "000a 00f5 6b0868a0 00000000 01020304"  # 245 bytes, seq 0, domain
-    templates = f"0002 009c {TEMPLATE_V4_HEX} {tmpl6}"  # template set, 156 bytes
-    data = f"0100 0049 {SNAT_RECORD_V4_HEX}"  # data set for template 256, 4 + 69 bytes
+    header = "000a 011d 6b0868a0 00000000 01020304"  # 16 + 180 + 89 = 285 bytes, seq 0
+    templates = f"0002 00b4 {TEMPLATE_V4_HEX} {tmpl6}"  # template set: 4 + 2 * (4 + 21 * 4)
+    data = f"0100 0059 {SNAT_RECORD_V4_HEX}"  # data set for template 256, 4 + 85 bytes
     expected_hex = hex_digits(f"{header} {templates} {data}")
     assert [x.hex() for x in d] == [expected_hex]
     h, rs = ipfix.unpack_datagram(d[0])
-    assert h == ipfix.IpfixHeader(10, 245, SECS, 0, 0x01020304)
+    assert h == ipfix.IpfixHeader(10, 285, SECS, 0, 0x01020304)
     assert rs == [expected(r)]
+    assert (rs[0]["flowId"], rs[0]["ingressVRFID"], rs[0]["egressVRFID"]) == (77, 9, 9)
 
 
 def test_icmp_and_direction_mapping() -> None:
@@ -105,7 +112,7 @@ def test_pack_functions_match_encoder() -> None:
 
 
 @settings(max_examples=200)
-@given(st.lists(FLOWS, max_size=60), st.integers(293, 3000), st.integers(0, 2**32 - 1))
+@given(st.lists(FLOWS, max_size=60), st.integers(333, 3000), st.integers(0, 2**32 - 1))
 def test_roundtrip_mtu_and_sequence(recs: list[FlowRecord], mtu: int, seq: int) -> None:
     enc = ipfix.IpfixEncoder(mtu=mtu, sequence=seq)
     dgs = enc.encode(recs, NOW_NS)
@@ -201,9 +208,10 @@ def test_template_refresh_disabled_and_restart() -> None:
 
 
 def test_constructor_rejects() -> None:
-    with pytest.raises(ValueError, match="mtu 292"):
-        ipfix.IpfixEncoder(mtu=292)
-    ipfix.IpfixEncoder(mtu=293)
+    # header 16 + templates 180 + set header 4 + one IPv6 record 133 = 333
+    with pytest.raises(ValueError, match="mtu 332: must be within 333"):
+        ipfix.IpfixEncoder(mtu=332)
+    ipfix.IpfixEncoder(mtu=333)
     with pytest.raises(ValueError, match="mtu 65536"):
         ipfix.IpfixEncoder(mtu=65536)
     with pytest.raises(ValueError, match="observation_domain"):
@@ -279,8 +287,8 @@ def test_unpack_errors_name_the_offset() -> None:
     cases = [
         (d[:10], "offset 0: truncated header, 10 of 16"),
         (b"\0\x09" + d[2:], "offset 0: version 9"),
-        (d[:-1], r"offset 2: length 314, datagram has 313"),
-        (d[:2] + struct.pack("!H", len(d) + 2) + d[4:] + b"\0\0", "offset 314: truncated set"),
+        (d[:-1], r"offset 2: length 370, datagram has 369"),  # 16 + 180 + 4 + 2 * 85
+        (d[:2] + struct.pack("!H", len(d) + 2) + d[4:] + b"\0\0", "offset 370: truncated set"),
         (d[:18] + b"\0\x03" + d[20:], "offset 16: set 2: length 3 below 4"),
         (d[:18] + b"\xff\xff" + d[20:], "offset 16: set 2: length 65535 runs past"),
         (message(a_set(5, b"")), "offset 16: reserved set id 5"),

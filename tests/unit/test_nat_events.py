@@ -30,8 +30,9 @@ def unpack(fmt: str) -> Callable[..., tuple[Any, list[dict[str, Any]]]]:
     return netflow_v9.unpack_datagram if fmt == "v9" else ipfix.unpack_datagram
 
 
-def event_dict(r: FlowRecord, time_ms: int, event: int) -> dict[str, Any]:
-    """The record our decoders must return for an event of ``r`` (built without nat_events)."""
+def event_dict(fmt: str, r: FlowRecord, time_ms: int, event: int) -> dict[str, Any]:
+    """The record our decoders must return for an event of ``r`` (built without nat_events):
+    its conntrack id as flowId (IPFIX only) and its zone as ingressVRFID."""
     v6 = r.family == 6
     fam = "IPv6" if v6 else "IPv4"
     return {
@@ -46,6 +47,8 @@ def event_dict(r: FlowRecord, time_ms: int, event: int) -> dict[str, Any]:
         f"postNATDestination{fam}Address": r.post_dst,
         "postNAPTSourceTransportPort": r.post_sport,
         "postNAPTDestinationTransportPort": r.post_dport,
+        **({"flowId": r.ct_id} if fmt == "ipfix" else {}),
+        "ingressVRFID": r.zone,
     }
 
 
@@ -83,6 +86,8 @@ def test_template_layout() -> None:
         (226, 4),
         (227, 2),
         (228, 2),
+        (148, 8),  # flowId: the conntrack id
+        (234, 4),  # ingressVRFID: the conntrack zone
     ]
     assert [ie.id for ie in nat_events.FIELDS_V6] == [
         323,
@@ -96,8 +101,18 @@ def test_template_layout() -> None:
         282,
         227,
         228,
+        148,
+        234,
     ]
-    assert (nat_events.RECORD_V4.size, nat_events.RECORD_V6.size) == (34, 82)
+    assert (nat_events.RECORD_V4.size, nat_events.RECORD_V6.size) == (34 + 12, 82 + 12)
+    # v9's: no flowId (nfdump 1.7 reads it as Cisco NSEL's connection id and then loses
+    # the natEvent), the rest the same
+    for v9_fields, fields in (
+        (nat_events.FIELDS_V4_V9, nat_events.FIELDS_V4),
+        (nat_events.FIELDS_V6_V9, nat_events.FIELDS_V6),
+    ):
+        assert [ie.id for ie in v9_fields] == [ie.id for ie in fields if ie.id != 148]
+    assert (nat_events.RECORD_V4_V9.size, nat_events.RECORD_V6_V9.size) == (34 + 4, 82 + 4)
     assert nat_events.NUMBERINGS == PAIRS
     with pytest.raises(ValueError, match="expected 1 or 4"):
         nat_events.NatEvents(2)
@@ -118,14 +133,18 @@ def test_one_ipfix_event_pair_by_hand() -> None:
         "192.0.2.2",
         2000,
         80,
-    )
+        ct=0x0A0B0C0D,
+    )._replace(zone=0x0102)
     (d,) = ipfix.IpfixEncoder(nat_events=True, nat_event_numbering=4).encode([r], NOW_NS)
-    body = "000000010203040504060a000001c000020203e80050c6336401c000020207d00050"
+    body = (
+        "0000000102030405 04 06 0a000001 c0000202 03e8 0050 c6336401 c0000202 07d0 0050"
+        " 000000000a0b0c0d 00000102"  # flowId (conntrack id), ingressVRFID (zone)
+    ).replace(" ", "")
     delete = "000000010203040605" + body[18:]
-    tail = "0102" + f"{4 + 2 * 34:04x}" + body + delete
+    tail = "0102" + f"{4 + 2 * 46:04x}" + body + delete
     assert d.hex().endswith(tail)
     templates = (
-        "0102000b"
+        "0102000d"
         "01430008"
         "00e60001"
         "00040001"
@@ -137,10 +156,13 @@ def test_one_ipfix_event_pair_by_hand() -> None:
         "00e20004"
         "00e30002"
         "00e40002"
+        "00940008"
+        "00ea0004"
     )
     assert templates in d.hex()
     h, got = ipfix.unpack_datagram(d)
     assert h.sequence == 0 and len(got) == 3  # the flow, then its two events
+    assert [(g["flowId"], g["ingressVRFID"]) for g in got[1:]] == [(0x0A0B0C0D, 0x0102)] * 2
 
 
 # -- round trips ----------------------------------------------------------------------------------
@@ -162,7 +184,7 @@ def test_round_trip(fmt: str, numbering: int) -> None:
     want = [
         e
         for r in translated
-        for e in (event_dict(r, r.first_ms, create), event_dict(r, r.last_ms, delete))
+        for e in (event_dict(fmt, r, r.first_ms, create), event_dict(fmt, r, r.last_ms, delete))
     ]
     assert events == want
     assert enc.nat is not None and enc.nat.events == len(want) == 10
@@ -297,7 +319,7 @@ def test_remembered_interim_creates_are_bounded(monkeypatch: pytest.MonkeyPatch)
 # -- golden datagrams ------------------------------------------------------------------------------
 
 
-def golden_event(e: dict[str, Any], numbering: int) -> dict[str, Any]:
+def golden_event(fmt: str, e: dict[str, Any], numbering: int) -> dict[str, Any]:
     """A hand-written event of a golden case as our decoders return it."""
     fam = "IPv6" if ":" in e["src"] else "IPv4"
     create, delete = PAIRS[numbering]
@@ -313,6 +335,8 @@ def golden_event(e: dict[str, Any], numbering: int) -> dict[str, Any]:
         f"postNATDestination{fam}Address": a(e["post_dst"]),
         "postNAPTSourceTransportPort": e["post_sport"],
         "postNAPTDestinationTransportPort": e["post_dport"],
+        **({"flowId": e["ct_id"]} if fmt == "ipfix" else {}),
+        "ingressVRFID": e["zone"],
     }
 
 
@@ -331,7 +355,7 @@ def test_encode_equals_golden(path: Path) -> None:
         dgs = enc.encode(load_records(batch["records"]), batch["now_ns"])
         assert [d.hex() for d in dgs] == batch["datagrams"]
         got = [r for d in dgs for r in unpack(fmt)(d, templates)[1]]
-        assert split(got)[1] == [golden_event(e, numbering) for e in batch["events"]]
+        assert split(got)[1] == [golden_event(fmt, e, numbering) for e in batch["events"]]
     assert {k: getattr(enc, k) for k in case["counters"]} == case["counters"]
     assert enc.nat is not None and enc.nat.events == case["nat_events"]
     assert enc.sequence == case["final_sequence"]

@@ -16,7 +16,7 @@ from nfflowd.formats import netflow_v9 as v9
 from nfflowd.formats.uptime import host_boot_ms
 from nfflowd.messages import FlowRecord
 from tests.addresses import a
-from tests.flow_hex import SNAT_RECORD_V4_HEX, TEMPLATE_V4_HEX, hex_digits
+from tests.flow_hex import SNAT_RECORD_V4_HEX_V9, TEMPLATE_V4_HEX_V9, hex_digits
 from tests.flow_records import BOOT, FLOWS, NOW, NOW_NS, SECS, load_records
 from tests.flow_records import snat_record as rec
 
@@ -25,8 +25,8 @@ GOLDEN = Path(__file__).parent.parent / "data" / "v9"
 
 def expected(r: FlowRecord) -> dict[str, Any]:
     """The record dict unpack_datagram must return for ``r``."""
-    fields = ies.FLOW_FIELDS_V4 if r.family == 4 else v9.FLOW_FIELDS_V6_V9
-    return {ie.name: v for ie, v in zip(fields, ies.flow_values(r), strict=True)}
+    fields = v9.FLOW_FIELDS_V4_V9 if r.family == 4 else v9.FLOW_FIELDS_V6_V9
+    return {ie.name: v for ie, v in zip(fields, v9.flow_values(r), strict=True)}
 
 
 def encoder(**kw: Any) -> v9.V9Encoder:
@@ -43,27 +43,35 @@ def has_templates(d: bytes) -> bool:
 
 def test_sizes() -> None:
     assert (v9.HEADER_SIZE, v9.FLOWSET_HEADER_SIZE) == (20, 4)
-    assert (v9.RECORD_V4.size, v9.RECORD_V6.size) == (69, 117)
+    # 69 / 117 bytes up to the post-NAT ports, then ingressVRFID and egressVRFID (4 + 4);
+    # no flowId (148): nfdump 1.7 takes it for Cisco NSEL's connection id in v9
+    assert (v9.RECORD_V4.size, v9.RECORD_V6.size) == (69 + 8, 117 + 8)
     ids = [ie.id for ie in v9.FLOW_FIELDS_V6_V9]
-    assert ids == [27, 28, 7, 32, 11, 4, 61, 136, 2, 1, 152, 153, 10, 14, 281, 282, 227, 228]
+    assert ids == [
+        *(27, 28, 7, 32, 11, 4, 61, 136, 2, 1, 152, 153, 10, 14, 281, 282, 227, 228),
+        *(234, 235),  # ingressVRFID, egressVRFID
+    ]
+    assert [ie.id for ie in v9.FLOW_FIELDS_V4_V9][-4:] == [227, 228, 234, 235]
+    assert v9.flow_values(rec(zone=9))[-4:] == (40000, 443, 9, 9)  # post-NAT ports, zone
 
 
 def test_pack_layout_by_hand() -> None:
-    r = rec(first=1795713179211, last=1795713184317)
+    r = rec(first=1795713179211, last=1795713184317, zone=9)  # conntrack id 77: not sent
     d = encoder(source_id=0x01020304).encode([r], NOW_NS)
     tmpl6 = (
-        "0101 0012 001b0010 001c0010 00070002 00200002 000b0002 00040001 003d0001 00880001"
+        "0101 0014 001b0010 001c0010 00070002 00200002 000b0002 00040001 003d0001 00880001"
         " 00020008 00010008 00980008 00990008 000a0004 000e0004 01190010 011a0010"
-        " 00e30002 00e40002"
+        " 00e30002 00e40002 00ea0004 00eb0004"
     )
     header = "0009 0003 000f62ce 6b0868a0 00000000 01020304"  # 2 templates + 1 record
-    templates = f"0000 009c {TEMPLATE_V4_HEX} {tmpl6}"  # template flowset, 156 bytes
-    data = f"0100 004c {SNAT_RECORD_V4_HEX} 000000"  # template 256: 4 + 69 + 3 padding
+    templates = f"0000 00ac {TEMPLATE_V4_HEX_V9} {tmpl6}"  # flowset: 4 + 2 * (4 + 20 * 4)
+    data = f"0100 0054 {SNAT_RECORD_V4_HEX_V9} 000000"  # template 256: 4 + 77 + 3 padding
     expected_hex = hex_digits(f"{header} {templates} {data}")
     assert [x.hex() for x in d] == [expected_hex]
     h, rs = v9.unpack_datagram(d[0])
     assert h == v9.V9Header(9, 3, NOW - BOOT, SECS, 0, 0x01020304)
     assert rs == [expected(r)]
+    assert (rs[0]["ingressVRFID"], rs[0]["egressVRFID"]) == (9, 9) and "flowId" not in rs[0]
 
 
 def test_icmpv6_uses_field_32() -> None:
@@ -85,7 +93,7 @@ def test_pack_datagram_matches_encoder() -> None:
         while j < len(recs) and recs[j].family == recs[i].family:
             j += 1
         tid, fields = v9.FLOW_TEMPLATES[0 if recs[i].family == 4 else 1]
-        data.append((tid, fields, [ies.flow_values(r) for r in recs[i:j]]))
+        data.append((tid, fields, [v9.flow_values(r) for r in recs[i:j]]))
         i = j
     assert dgs == [
         v9.pack_datagram(
@@ -110,7 +118,7 @@ def flowsets(d: bytes) -> list[bytes]:
 
 
 @settings(max_examples=200)
-@given(st.lists(FLOWS, max_size=60), st.integers(300, 3000), st.integers(0, 2**32 - 1))
+@given(st.lists(FLOWS, max_size=60), st.integers(324, 3000), st.integers(0, 2**32 - 1))
 def test_roundtrip_mtu_count_sequence(recs: list[FlowRecord], mtu: int, seq: int) -> None:
     enc = encoder(mtu=mtu, sequence=seq)
     dgs = enc.encode(recs, NOW_NS)
@@ -160,9 +168,9 @@ def test_template_refresh() -> None:
 
 
 def test_constructor() -> None:
-    with pytest.raises(ValueError, match="mtu 299: must be within 300"):
-        encoder(mtu=299)  # one padded IPv6 record after the templates needs 300
-    assert encoder(mtu=303).mtu == 303
+    with pytest.raises(ValueError, match="mtu 323: must be within 324"):
+        encoder(mtu=323)  # header 20 + templates 172 + one IPv6 record 4 + 125 + 3 padding
+    assert encoder(mtu=327).mtu == 327
     with pytest.raises(ValueError, match="mtu 65536"):
         encoder(mtu=65536)
     with pytest.raises(ValueError, match="source_id"):
@@ -211,7 +219,7 @@ def test_unpack_errors_name_the_offset() -> None:
         (d[:2] + b"\0\x05" + d[4:], "offset 2: count 5, but the packet holds 4"),
         (d + b"\0\0", f"offset {len(d)}: 2 bytes after the last flowset"),
         (d[:22] + b"\0\x02" + d[24:], "offset 20: flowset 0: length 2 below 4"),
-        (d[:-1], "offset 176: flowset 256: length 144 runs past the end"),
+        (d[:-1], "offset 192: flowset 256: length 160 runs past the end"),  # 4 + 2 * 77 + 2
         (packet(flowset(7, b""), count=0), "offset 20: reserved flowset id 7"),
         (packet(flowset(0, struct.pack("!HHHH", 5, 1, 8, 4)), count=1), "template id 5"),
         (packet(flowset(0, struct.pack("!HHHH", 300, 2, 8, 4)), count=1), "2 fields do not fit"),
