@@ -135,6 +135,13 @@ def test_create_events_arrive_while_connections_are_open(tmp_path: Path, lab_rea
                     "delete events of every connection",
                     lambda: open_now <= set(receiver.got(DELETE)),
                 )
+                out = rundir / "mirror.out"
+
+                def mirrored() -> bool:  # its stats are published once a second
+                    lines = out.read_text().count("\n") if out.exists() else 0
+                    return 0 < lines == stage_counters(rundir, "mirror").get("lines", -1)
+
+                wait_for("the mirror's lines and its published count", mirrored)
                 mirror = stage_counters(rundir, "mirror")
             finally:
                 nfflowd("-c", str(conf), "stop", check=False)
