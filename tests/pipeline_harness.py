@@ -309,6 +309,14 @@ def running_pid(rundir: Path | str, stage: str) -> int:
     return 0
 
 
+def working_pid(rundir: Path | str, stage: str) -> int:
+    """The pid of *stage* once that process has published its stats (it has counted its
+    start and is at work: RUNNING alone may still be importing on a loaded machine), else 0."""
+    pid = running_pid(rundir, stage)
+    published = read_stats(str(rundir)).get(stage, {}).get("pid")
+    return pid if pid and published == pid else 0
+
+
 def mirror_lines(rundir: Path | str) -> list[str]:
     """Every line the screen dispatcher wrote (supervisord's mirror.out and its backups)."""
     rundir = Path(rundir)

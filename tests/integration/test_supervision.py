@@ -27,6 +27,7 @@ from tests.pipeline_harness import (
     nfflowd,
     running_pid,
     start_replay,
+    working_pid,
     write_config,
 )
 
@@ -50,7 +51,7 @@ def test_killed_stage_is_restarted_and_replay_completes(tmp_path: Path, victim: 
     conf = write_config(rundir)
     proc = start_replay(conf, rundir, log)
     try:
-        pid = wait_for(lambda: running_pid(rundir, victim), 30, f"{victim} RUNNING")
+        pid = wait_for(lambda: working_pid(rundir, victim), 30, f"{victim} at work")
         time.sleep(0.5)  # in the middle of the replay
         os.kill(int(pid), signal.SIGKILL)  # type: ignore[call-overload]
         new_pid = wait_for(
