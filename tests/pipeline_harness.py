@@ -492,3 +492,13 @@ def end_replay(proc: BackgroundReplay, rundir: Path) -> None:
         proc.wait()
     if (rundir / "supervisor.sock").exists() and control.is_running(str(rundir)):
         control.stop(str(rundir), timeout=30)
+
+
+def wait_lines(path: Path, n: int, timeout: float = 15) -> None:
+    """Until *path* (a mirror's file) has ``n`` lines, or *timeout* s (the caller's
+    assertions then say what is missing)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().count("\n") >= n:
+            return
+        time.sleep(0.1)

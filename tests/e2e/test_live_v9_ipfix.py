@@ -63,6 +63,7 @@ from tests.pipeline_harness import (
     netlink_source,
     nfflowd,
     wait_all_running,
+    wait_lines,
     write_config,
 )
 from tests.tshark_cflow import data_records, tshark_packets
@@ -92,15 +93,6 @@ Row = tuple[Any, ...]  # src, dst, sport, dport, proto, packets, bytes, psrc, pd
 
 def prefix() -> str:
     return f"nfv-{os.getpid() % 100_000}-"
-
-
-def wait_lines(path: Path, n: int, timeout: float = 15) -> None:
-    """Until the mirror has written ``n`` lines (the assertions say what is missing)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_text().count("\n") >= n:
-            return
-        time.sleep(0.1)
 
 
 # -- what the README's "Flow records" rules make of each connection -----------------------

@@ -34,16 +34,9 @@ from tests.pipeline_harness import (
     netlink_source,
     nfflowd,
     wait_all_running,
+    wait_lines,
     write_config,
 )
-
-
-def wait_lines(path: Path, n: int, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_text().count("\n") >= n:
-            return
-        time.sleep(0.1)
 
 
 def wait_listening(rundir: Path, timeout: float = 20) -> None:
