@@ -14,6 +14,7 @@ import xmlrpc.client
 from types import FrameType
 
 from nfflowd.config import ConfigError, MetricsSettings, Settings, load, load_resolved
+from nfflowd.config.settings import DaemonSettings
 from nfflowd.ops import control, environment, install, replay, screen, status
 from nfflowd.pipeline import supervision
 from nfflowd.pipeline.stage import SETTINGS_FILE, read_stats
@@ -396,6 +397,12 @@ def cmd_who(config: str | None, foreground: bool, args: list[str]) -> int:
         help="an nfcapd directory or file, or a JSON-lines file (.gz too); repeatable "
         "(default: <who> from, else the configuration's JSON mirror files)",
     )
+    p.add_argument(
+        "--coverage",
+        metavar="PATH",
+        help="the state directory holding the coverage journal (default: <daemon> statedir, "
+        "else /var/lib/nfflowd)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON document, for machines")
     ns = p.parse_args(args)
     settings = _load(config, quiet=True)
@@ -423,7 +430,14 @@ def cmd_who(config: str | None, foreground: bool, args: list[str]) -> int:
         sys.stderr.write(f"nfflowd who: {exc}\n")
         return who.ERROR
     nfdump = settings.who.nfdump if settings is not None else "nfdump"
-    answer = who.ask(q, chosen, nfdump)
+    statedir = (
+        os.path.abspath(ns.coverage)
+        if ns.coverage is not None
+        else settings.daemon.statedir
+        if settings is not None
+        else DaemonSettings.statedir
+    )
+    answer = who.ask(q, chosen, nfdump, statedir=statedir)
     sys.stdout.write(report.as_json(answer) if ns.json else report.text(answer))
     for r in answer.reports:
         if r.error:
