@@ -51,7 +51,9 @@ updated on every loop, :mod:`nfflowd.conntrack.checkpoint`).  A window is
   read before to the end of the resync that followed;
 * ``no_counters`` / ``no_timestamps``: ``nf_conntrack_acct`` / ``nf_conntrack_timestamp``
   off where the source reads: connections are seen, without byte counters / the
-  kernel's start and stop times (a condition of the run, in ``started``);
+  kernel's start and stop times (a condition of the run, in ``started``).  They are
+  reported with the window's coverage but do not make it incomplete: no connection
+  was missed, its record lacks fields;
 * ``undelivered``: a terminal stage could not deliver records (collector send
   errors, a syslog dispatcher's dropped lines); from the first failure to the last
   of a burst (:class:`Undelivered`).  The records were of connections that ended at
@@ -507,15 +509,20 @@ def read_alive(statedir: str) -> int | None:
 
 @dataclass(frozen=True)
 class Coverage:
-    """The coverage of one window: its gaps, and its parts nfflowd was not recording."""
+    """The coverage of one window: its gaps, its parts nfflowd was not recording, and the
+    conditions it was recording under."""
 
     span: tuple[int, int] | None
     gaps: tuple[Gap, ...]
     unrecorded: tuple[tuple[int, int], ...]
     runs: tuple[tuple[int, int], ...]  # the recording intervals overlapping the window
+    #: runs' conditions (no_counters, no_timestamps) over the window: connections were
+    #: seen, their records lack fields; they do not make the window incomplete
+    conditions: tuple[Gap, ...] = ()
 
     @property
     def complete(self) -> bool:
+        """Recorded throughout, and no gap: a connection not found was not made."""
         return self.span is not None and not self.gaps and not self.unrecorded
 
 
@@ -551,21 +558,20 @@ def _conditions(records: Sequence[Mapping[str, Any]], runs: Sequence[tuple[int, 
 
 
 def _minus(span: tuple[int, int], runs: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The parts of *span* (ends included) outside every run."""
+    """The parts of *span* outside every run (all ends included, in whole ms)."""
     holes: list[tuple[int, int]] = []
-    at = span[0]
+    at = span[0]  # the first ms not known to be covered
     for a, b in sorted(runs):
         if b < at:
             continue
         if a > span[1]:
             break
         if a > at:
-            holes.append((at, a))
-        at = max(at, b)
-        if at >= span[1]:
-            break
-    if at < span[1]:
-        holes.append((at, span[1]))
+            holes.append((at, a - 1))
+        at = b + 1
+        if at > span[1]:
+            return holes
+    holes.append((at, span[1]))
     return holes
 
 
@@ -577,13 +583,14 @@ def assess(found: Records, span: tuple[int, int] | None) -> Coverage:
         for r in found.records
         if r["kind"] == GAP
     ]
-    gaps += _conditions(found.records, runs)
     gaps.sort(key=lambda g: (g.from_ms, g.to_ms))
+    conditions = _conditions(found.records, runs)
     if span is None:
-        return Coverage(None, tuple(gaps), (), tuple(runs))
+        return Coverage(None, tuple(gaps), (), tuple(runs), tuple(conditions))
     return Coverage(
         span,
         tuple(g for g in gaps if g.overlaps(span)),
         tuple(_minus(span, runs)),
         tuple(r for r in runs if r[0] <= span[1] and r[1] >= span[0]),
+        tuple(c for c in conditions if c.overlaps(span)),
     )

@@ -9,7 +9,10 @@ statedir`` (or ``--coverage PATH``), for the asked window:
 * ``coverage: INCOMPLETE for FROM .. UNTIL``, then one line per gap overlapping the
   window (its interval, cause, stage and detail) and per part of the window no run was
   recording: a connection not found may have been missed there;
-* ``coverage: unknown``: no journal (or an unreadable one), or no window (no ``--at``).
+* ``coverage: unknown``: no journal (or an unreadable one), or no window (no ``--at``);
+
+then the conditions the window was recorded under (``no_counters``, ``no_timestamps``:
+records lacking fields, not connections missed).
 
 The exit status of ``who`` does not change: found or not is about the records; the
 coverage says what a "not found" is worth.
@@ -70,6 +73,19 @@ def _gap_line(g: coverage.Gap) -> str:
     )
 
 
+#: What a run's condition means for its records.
+CONDITION_TEXT = {
+    "no_counters": "connections recorded without packet and byte counters (nf_conntrack_acct off)",
+    "no_timestamps": "connections recorded without the kernel's start and stop times "
+    "(nf_conntrack_timestamp off)",
+}
+
+
+def _condition_line(c: coverage.Gap) -> str:
+    what = CONDITION_TEXT.get(c.cause, c.detail)
+    return f"  condition {c.cause} {_window((c.from_ms, c.to_ms))} ({c.stage}): {what}"
+
+
 def _hole_line(hole: tuple[int, int]) -> str:
     return (
         f"  not recorded {_window(hole)}: no nfflowd run was recording (before a start, "
@@ -96,11 +112,13 @@ def lines(r: Report) -> list[str]:
         )
         out += [_gap_line(g) for g in gaps[-MAX_LISTED:]]
         return out
+    conditions = [_condition_line(c) for c in r.found.conditions]
     if r.found.complete:
         return [
             *out,
             f"coverage: complete for {_window(r.span)}: nfflowd was recording over the whole "
             f"window and no gap overlaps it (journal {r.journal})",
+            *conditions,
         ]
     n = len(r.found.gaps)
     what = [f"{n} gap{'s' * (n != 1)}"] if n else []
@@ -112,7 +130,7 @@ def lines(r: Report) -> list[str]:
     )
     out += [_gap_line(g) for g in r.found.gaps]
     out += [_hole_line(h) for h in r.found.unrecorded]
-    return out
+    return out + conditions
 
 
 def document(r: Report) -> dict[str, Any]:
@@ -141,6 +159,12 @@ def document(r: Report) -> dict[str, Any]:
         "unrecorded": []
         if found is None
         else [{"from_ms": a, "until_ms": b} for a, b in found.unrecorded],
+        "conditions": []
+        if found is None
+        else [
+            {"from_ms": c.from_ms, "to_ms": c.to_ms, "cause": c.cause, "stage": c.stage}
+            for c in found.conditions
+        ],
         "malformed_lines": r.malformed,
         "text": "\n".join(lines(r)),
     }
