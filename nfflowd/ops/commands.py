@@ -259,12 +259,18 @@ def cmd_status(config: str | None, foreground: bool, args: list[str]) -> int:
     p.add_argument("--json", action="store_true", help="one JSON document, for machines")
     p.add_argument("--rundir", default=None, help="run directory (default: the configured one)")
     ns = p.parse_args(args)
+    statedir: str | None = None
     if ns.rundir is None:
         settings = _load(config, quiet=True)
         if settings is None:
             return status.UNKNOWN
         ns.rundir = settings.daemon.rundir
+        statedir = settings.daemon.statedir
     rundir = os.path.abspath(ns.rundir)
+    if statedir is None:  # --rundir: the running daemon's settings say where
+        with contextlib.suppress(ConfigError):
+            statedir = load_resolved(os.path.join(rundir, SETTINGS_FILE)).daemon.statedir
+    journal = None if statedir is None else status.read_journal(statedir)
     running = control.is_running(rundir)
     procs = supervision.processes(rundir) if running else None
     now = time.time()
@@ -277,9 +283,10 @@ def cmd_status(config: str | None, foreground: bool, args: list[str]) -> int:
             "statename": info["statename"] if info else None,
         }
     if ns.json:
-        print(json.dumps(status.document(rundir, running, rows, metrics), indent=2))
+        print(json.dumps(status.document(rundir, running, rows, metrics, journal), indent=2))
     else:
-        sys.stdout.write(status.table(rundir, running, rows, metrics))
+        now_ms = int(now * 1000)
+        sys.stdout.write(status.table(rundir, running, rows, metrics, journal, now_ms))
     return 0 if running else status.NOT_RUNNING
 
 

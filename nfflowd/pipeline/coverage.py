@@ -70,6 +70,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import stat
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -436,11 +437,18 @@ def journal_files(statedir: str) -> list[str]:
         names = os.listdir(statedir)
     except OSError:
         return []
-    return sorted(
-        os.path.join(statedir, n)
+
+    def order(name: str) -> tuple[str, int]:  # each stage's oldest rotation first
+        base, _, generation = name.partition(".jsonl")
+        return base, -int(generation[1:] or 0)
+
+    found = [
+        n
         for n in names
-        if n.startswith("coverage.") and (n.endswith(".jsonl") or ".jsonl." in n)
-    )
+        if n.startswith("coverage.")
+        and (n.endswith(".jsonl") or re.fullmatch(r".*\.jsonl\.\d+", n) is not None)
+    ]
+    return [os.path.join(statedir, n) for n in sorted(found, key=order)]
 
 
 def _lines(path: str) -> Iterator[bytes]:
@@ -478,7 +486,8 @@ def parse(line: bytes) -> dict[str, Any] | None:
 
 
 def read(statedir: str) -> Records:
-    """Every record of *statedir*'s journal, by time (OSError: a file cannot be read)."""
+    """Every record of *statedir*'s journal, by time (records of one time in the order
+    written), and the heartbeat; OSError: a file cannot be read."""
     out = Records(files=journal_files(statedir))
     for path in out.files:
         for line in _lines(path):

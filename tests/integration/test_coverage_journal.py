@@ -118,6 +118,14 @@ def test_a_killed_ingest_is_a_not_listening_gap_and_who_says_so(tmp_path: Path) 
         status, out = who(conf, first["at_ms"] - 60_000, empty)
         assert "coverage: INCOMPLETE" in out and "not recorded" in out, out
 
+        shown = nfflowd("-c", str(conf), "status").stdout
+        assert f"coverage journal {statedir}: 1 gap; ingest recording since " in shown, shown
+        assert (
+            f"{coverage.iso_ms(gap['from_ms'])} .. " in shown and "not_listening (ingest)" in shown
+        )
+        doc = json.loads(nfflowd("-c", str(conf), "status", "--json").stdout)
+        assert doc["coverage"]["last_gaps"][0]["from_ms"] == gap["from_ms"]
+
         nfflowd("-c", str(conf), "stop")
         stopped = records(statedir, "stopped")
         assert len(stopped) == 1 and stopped[0]["at_ms"] >= after

@@ -255,3 +255,17 @@ def test_metrics_program_is_rendered_only_when_listen_is_set(tmp_path: Path) -> 
     assert parsed["group:nfflowd"]["programs"] == plain["group:nfflowd"]["programs"]
     assert "metrics" not in parsed["group:nfflowd"]["programs"]
     assert not stale.exists()  # a new run does not start with the last run's reports
+
+
+def test_coverage_gaps_are_counted_per_stage_in_seconds() -> None:
+    stats = {
+        "ingest": record("ingest", {"coverage_gaps": 2, "coverage_gap_ms": 3500}),
+        "export": record("export", {"coverage_gaps": 1, "coverage_gap_ms": 250}),
+    }
+    got = exposition(prometheus.families(stats, None, TARGETS, NOW))
+    assert got["types"]["nfflowd_coverage_gaps"] == "counter"
+    assert got["nfflowd_coverage_gaps_total"][(("stage", "ingest"),)] == 2
+    assert got["nfflowd_coverage_gap_seconds_total"] == {
+        (("stage", "ingest"),): 3.5,
+        (("stage", "export"),): 0.25,
+    }
