@@ -239,7 +239,9 @@ def test_stage_notify_keeps_its_latest_counters_in_the_stats_file(tmp_path: Path
 
 def test_metrics_program_is_rendered_only_when_listen_is_set(tmp_path: Path) -> None:
     conf = tmp_path / "c.conf"
-    conf.write_text(f"<daemon>\n  rundir {tmp_path / 'run'}\n</daemon>\n")
+    conf.write_text(
+        f"<daemon>\n  rundir {tmp_path / 'run'}\n  statedir {tmp_path / 'state'}\n</daemon>\n"
+    )
     plain = configparser.RawConfigParser()
     plain.read(control.prepare(load(str(conf)), str(tmp_path / "run")))
     assert "program:metrics" not in plain.sections()
