@@ -31,10 +31,12 @@ def main(argv: list[str] | None = None) -> int:
         watch = None
         if coverage.journaling(stage.settings):
             journal = coverage.Journal(daemon.statedir, stage.name, log)
-            watched = {
-                f"c{i}_send_errors": f"datagrams to collector {c.address}:{c.port} v{c.version}"
-                for i, c in enumerate(exp.collectors)
-            }
+            watched: dict[str, str] = {}
+            for i, c in enumerate(exp.collectors):
+                target = f"collector {c.address}:{c.port} v{c.version}"
+                watched[f"c{i}_send_errors"] = f"datagrams to {target}"
+                # ICMP port unreachable: an earlier datagram was not received
+                watched[f"c{i}_refused"] = f"datagrams refused by {target} (port unreachable)"
             watch = coverage.DeliveryWatch(journal, watched)
         consume(stage, links, Exporter(exp, sequences), watch)
     finally:

@@ -432,10 +432,11 @@ class Records:
 
 
 def journal_files(statedir: str) -> list[str]:
-    """The journal files of *statedir* (every stage's, rotated ones included)."""
+    """The journal files of *statedir* (every stage's, rotated ones included; none when
+    it does not exist; OSError when it cannot be listed)."""
     try:
         names = os.listdir(statedir)
-    except OSError:
+    except FileNotFoundError:
         return []
 
     def order(name: str) -> tuple[str, int]:  # each stage's oldest rotation first
