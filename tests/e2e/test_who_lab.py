@@ -151,7 +151,8 @@ def test_who_finds_each_lab_connection_from_every_source(
                 # before ingest first listened and after the stop
                 cov = doc["coverage"]
                 assert cov["recorded"] is True, (f.name, name, cov)
-                assert all(g["from_ms"] >= traffic_done for g in cov["gaps"]), cov
+                # (from the idle ingest's last heartbeat: stored about once a second)
+                assert all(g["from_ms"] >= traffic_done - 1500 for g in cov["gaps"]), cov
                 assert all(
                     u["until_ms"] < first_start or u["from_ms"] > stopped_at
                     for u in cov["unrecorded"]
