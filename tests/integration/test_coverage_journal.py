@@ -8,8 +8,8 @@ again; the journal in ``<daemon> statedir`` must hold a ``not_listening`` gap fr
 before the kill to the new ingest's start, ``who`` for a time inside it must say
 INCOMPLETE with that cause (exit 1: nothing found), and for times before and after
 the gap "complete".  After a clean stop the journal says ``stopped``, and a time
-after that is "not recorded".  Records export cannot deliver (a collector port
-nobody listens on) are an ``undelivered`` gap of the export stage.
+after that is "not recorded".  (The ``undelivered`` gap of records export cannot
+deliver: tests/integration/test_privileges.py, with the stages as ``<daemon> user``.)
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ import pytest
 
 from nfflowd.pipeline import coverage
 from tests.pipeline_harness import (
-    event_log,
-    export_block,
     nfflowd,
     running_pid,
     wait_all_running,
@@ -156,42 +154,3 @@ def closed_udp_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
     return port
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(120)
-def test_datagrams_a_collector_refuses_are_an_undelivered_gap(tmp_path: Path) -> None:
-    log, expected = event_log(tmp_path, 1000)
-    program, pids = fake_conntrack(tmp_path, log)
-    rundir = tmp_path / "run"
-    statedir = tmp_path / "run.state"
-    port = closed_udp_port()  # nobody listens: every datagram is answered port-unreachable
-    conf = write_config(
-        rundir,
-        f"<source>\n  type conntrack\n</source>\n<conntrack>\n  progname {program}\n"
-        "</conntrack>\n" + export_block("192.0.2.1", (port, 9)),
-        screen=False,
-    )
-    empty = tmp_path / "flows.json"
-    empty.write_text("")
-    try:
-        nfflowd("-c", str(conf), "start")
-        wait_all_running(rundir, 30)
-        gaps = wait_for(
-            lambda: [g for g in records(statedir, "gap") if g["cause"] == "undelivered"],
-            40,
-            "an undelivered gap",
-        )
-        gap = gaps[0]
-        assert gap["stage"] == "export", gap
-        assert f"collector 127.0.0.1:{port} v9" in gap["detail"], gap
-        assert "export" in gap["stage"] and gap["to_ms"] >= gap["from_ms"]
-        assert "cause=undelivered stage=export" in (rundir / "export.log").read_text()
-        status, out = who(conf, gap["from_ms"], empty)
-        assert status == 1 and "cause undelivered (export)" in out, out
-    finally:
-        nfflowd("-c", str(conf), "stop", check=False)
-        for text in pids.read_text().split() if pids.exists() else []:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(text), signal.SIGKILL)
-    assert expected > 0
