@@ -515,7 +515,7 @@ def test_with_a_user_each_stage_journals_coverage_in_a_file_of_its_own(
 
     user, other = accounts
     log = workdir / "events.log"
-    generate(str(log), 1000)
+    generate(str(log), 300)
     program, pids = fake_conntrack(workdir, log)
     run, state = workdir / "run", workdir / "state"
     conf = workdir / "c.conf"
