@@ -295,3 +295,71 @@ def test_status_shows_the_last_gaps(tmp_path: Path) -> None:
     assert len(got) == 6 and got[-1].endswith("ENOBUFS #7")
     doc = status.document("/run/x", False, [], {}, summary)
     assert doc["coverage"]["gaps"] == 7 and len(doc["coverage"]["last_gaps"]) == 5
+
+
+class _OverrunListener:
+    """A ctnetlink listener whose kernel dropped events once (ENOBUFS)."""
+
+    def __init__(self) -> None:
+        self.enobufs = 0
+        self.truncated_reads = 0
+        self.rcvbuf = 1 << 20
+        self._r, self._w = os.pipe()
+        self.overrun = False
+
+    def fileno(self) -> int:
+        return self._r
+
+    def recv_frames(self, out: bytearray, max_reads: int) -> int:
+        return 0
+
+    def take_resync(self) -> bool:
+        if not self.overrun:
+            return False
+        self.overrun = False
+        self.enobufs += 1
+        return True
+
+    def close(self) -> None:
+        os.close(self._r)
+        os.close(self._w)
+
+
+@pytest.mark.parametrize("destroy_only", [True, False])
+def test_an_overrun_is_an_enobufs_gap_from_the_read_before(destroy_only: bool) -> None:
+    from nfflowd.conntrack import sources
+
+    src = object.__new__(sources.NetlinkSource)  # the kernel part replaced by the stub
+    listener = _OverrunListener()
+    src.listener = listener  # type: ignore[assignment]
+    src.destroy_only, src.gaps, src.dump_interval_s = destroy_only, [], 0.0
+    src.counters = {"resyncs": 0, "dumped": 0, "datagrams": 0}
+    src._pending, src._pending_n = bytearray(), 0
+    src._dump = lambda out: 0  # type: ignore[method-assign]
+    src._last_read_ms = coverage.now_ms()
+    try:
+        src.read(bytearray(), 0.0, 10)
+        assert src.gaps == []
+        before = src._last_read_ms
+        listener.overrun = True
+        src.read(bytearray(), 0.0, 10)
+        (gap,) = src.gaps
+        assert gap.cause == "enobufs" and gap.stage == "ingest"
+        assert gap.from_ms == before <= gap.to_ms <= coverage.now_ms()
+        assert gap.detail.startswith("ENOBUFS #1: the kernel dropped conntrack ")
+        assert ("no resync" in gap.detail) is destroy_only
+        assert src.counters["enobufs"] == 1
+    finally:
+        listener.close()
+
+
+def test_conditions_follow_the_sysctls() -> None:
+    from nfflowd.conntrack.sources import conditions
+
+    on = {"net.netfilter.nf_conntrack_acct": "1", "net.netfilter.nf_conntrack_timestamp": "1"}
+    assert conditions(on) == []
+    off = {**on, "net.netfilter.nf_conntrack_acct": "0"}
+    assert conditions(off) == ["no_counters"]
+    both = {k: "0" for k in on}
+    assert conditions(both) == ["no_counters", "no_timestamps"]
+    assert conditions({}) == []  # unreadable: not known to be off
