@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                 cause,
             )
         journal.started(listening_ms, settings.source.type, source.conditions)
+        alive[0] = listening_ms * 1_000_000  # listening: a crash from here is a new gap
     n, limit, paths = settings.daemon.correlators, settings.daemon.max_unacked, settings.source.path
     reader = Reader(source, n, settings.source.linger_ms / 1000, paths)
     outs = [Outlet(stage, topology.link("events", i), limit) for i in range(n)]
