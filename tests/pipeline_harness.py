@@ -72,7 +72,8 @@ def write_config(
             "    </syslog>\n"
         )
     parts.append("  </conf>\n</ptee>\n")
-    parts.append(f"<daemon>\n    rundir {rundir}\n</daemon>\n")
+    # the coverage journal next to the run directory, never the host's /var/lib/nfflowd
+    parts.append(f"<daemon>\n    rundir {rundir}\n    statedir {rundir}.state\n</daemon>\n")
     path = path or rundir.with_suffix(".conf")
     path.write_text("".join(parts) + extra)
     return path

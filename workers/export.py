@@ -6,13 +6,16 @@ The work is :class:`nfflowd.outputs.exporter.Exporter`; the loop is
 
 from __future__ import annotations
 
+import logging
 import os
 
 from nfflowd import topology
 from nfflowd.outputs.exporter import MAX_STREAMS, SEQUENCE_FILE, Exporter, shard_settings
-from nfflowd.pipeline import persist
+from nfflowd.pipeline import coverage, persist
 from nfflowd.pipeline.sink import consume
 from nfflowd.pipeline.stage import Stage
+
+log = logging.getLogger("nfflowd.export")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +28,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         exp = shard_settings(stage.settings.export, shard)
         links = [topology.link("flows.export", i) for i in feeds]
-        consume(stage, links, Exporter(exp, sequences))
+        watch = None
+        if coverage.journaling(stage.settings):
+            journal = coverage.Journal(daemon.statedir, stage.name, log)
+            watched: dict[str, str] = {}
+            for i, c in enumerate(exp.collectors):
+                target = f"collector {c.address}:{c.port} v{c.version}"
+                watched[f"c{i}_send_errors"] = f"datagrams to {target}"
+                # ICMP port unreachable: an earlier datagram was not received
+                watched[f"c{i}_refused"] = f"datagrams refused by {target} (port unreachable)"
+            watch = coverage.DeliveryWatch(journal, watched)
+        consume(stage, links, Exporter(exp, sequences), watch)
     finally:
         sequences.close()
         stage.close()

@@ -9,6 +9,13 @@ stops reading (backpressure: the kernel socket buffer, reliable mode and resync
 dumps take over).  A saved log's checkpoint follows the acknowledgements
 (:mod:`nfflowd.conntrack.checkpoint`); when the log is exhausted and everything is
 acknowledged, ingest publishes an ``eof`` notice (``nfflowd replay`` waits for it).
+
+A live source's coverage is journaled (:mod:`nfflowd.pipeline.coverage`): its
+heartbeat (``ingest.alive``) lives in ``<daemon> statedir``, so a restart — after a
+crash, a stop or a reboot — knows how long nobody listened and journals that
+``not_listening`` gap, then ``started`` (with the run's conditions); a clean stop
+journals ``stopped``; the source's own gaps (ENOBUFS, a conntrack program that
+exited) are journaled as they come.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from nfflowd.conntrack import checkpoint as ckpt
 from nfflowd.conntrack.reader import Reader
 from nfflowd.conntrack.sources import make_source
 from nfflowd.messages import EOF_TOKEN
-from nfflowd.pipeline import persist
+from nfflowd.pipeline import coverage, persist
 from nfflowd.pipeline.links import Outlet, event_batch
 from nfflowd.pipeline.stage import Stage
 
@@ -36,7 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     stage = Stage("ingest", argv)
     settings = stage.settings
     checkpoint = ckpt.open_checkpoint(stage.rundir)
-    alive = persist.Slots(os.path.join(stage.rundir, ckpt.ALIVE), 1)  # survives SIGKILL
+    journal = (
+        coverage.Journal(settings.daemon.statedir, stage.name, log)
+        if coverage.journaling(settings)
+        else None
+    )
+    alive = open_alive(stage.rundir if journal is None else settings.daemon.statedir, stage.rundir)
+    last_alive_ms = alive[0] // 1_000_000
     blind_ms = ckpt.blind_time(alive, settings.source.type != "file", time.time_ns())
     if blind_ms:
         log.warning(
@@ -45,6 +58,25 @@ def main(argv: list[str] | None = None) -> int:
             blind_ms / 1000,
         )
     source = make_source(settings, checkpoint)
+    if journal is not None:
+        listening_ms = coverage.now_ms()
+        if blind_ms:
+            detail = (
+                f"no ingest listened for {(listening_ms - last_alive_ms) / 1000:.1f} s (ingest "
+                "stopped, killed or crashed, or the host down) until this start"
+            )
+            gap = coverage.Gap(
+                min(last_alive_ms, listening_ms), listening_ms, "not_listening", stage.name, detail
+            )
+            journal.gap(gap)
+        for cause in source.conditions:
+            log.warning(
+                "coverage condition %s: connections are seen but recorded incompletely while "
+                "this ingest runs (see `nfflowd check`)",
+                cause,
+            )
+        journal.started(listening_ms, settings.source.type, source.conditions)
+        alive[0] = listening_ms * 1_000_000  # listening: a crash from here is a new gap
     n, limit, paths = settings.daemon.correlators, settings.daemon.max_unacked, settings.source.path
     reader = Reader(source, n, settings.source.linger_ms / 1000, paths)
     outs = [Outlet(stage, topology.link("events", i), limit) for i in range(n)]
@@ -55,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def counters() -> dict[str, int]:
         merged: dict[str, int] = {"events": reader.sent, "blind_ms": blind_ms, **source.counters}
+        if journal is not None:
+            merged.update(journal.counters)
         for out in outs:
             for k, v in out.counters().items():
                 merged[k] = merged.get(k, 0) + v
@@ -63,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         while True:
             alive[0] = time.time_ns()
+            while source.gaps and journal is not None:
+                journal.gap(source.gaps.pop(0))
             for out in outs:
                 out.poll_acks()
             if (done := reader.checkpoint([o.outbox.acked_upto for o in outs])) is not None:
@@ -95,17 +131,32 @@ def main(argv: list[str] | None = None) -> int:
                 poller.poll(100)  # wait for acknowledgements
                 continue
             reader.read()
+        alive[0] = time.time_ns()  # the last read was before this
+        if journal is not None:
+            journal.stopped(alive[0] // 1_000_000)
         stage.notify("final", counters())
         log.info("stopped after %d events; %s", reader.sent, counters())
     finally:
         source.close()
         alive[0] = time.time_ns()
         alive.close()
+        if journal is not None:
+            journal.close()
         checkpoint.close()
         for out in outs:
             out.sock.close(linger=1000)
         stage.close()
     return 0
+
+
+def open_alive(directory: str, fallback: str) -> persist.Slots:
+    """The heartbeat slot in *directory* (the state directory for a live source), or in
+    *fallback* (the run directory) when that cannot be opened."""
+    try:
+        return persist.Slots(coverage.own_file(directory, ckpt.ALIVE), 1)  # survives SIGKILL
+    except OSError as exc:
+        log.error("%s: cannot keep the heartbeat there: %s", directory, exc.strerror)
+        return persist.Slots(os.path.join(fallback, ckpt.ALIVE), 1)
 
 
 if __name__ == "__main__":

@@ -6,10 +6,15 @@ The work is :class:`nfflowd.outputs.mirror.Mirror`; the loop is
 
 from __future__ import annotations
 
+import logging
+
 from nfflowd import topology
-from nfflowd.outputs.mirror import Mirror, make_dispatchers
+from nfflowd.outputs.mirror import Mirror, gets_flow_lines, make_dispatchers
+from nfflowd.pipeline import coverage
 from nfflowd.pipeline.sink import consume
 from nfflowd.pipeline.stage import Stage
+
+log = logging.getLogger("nfflowd.mirror")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,7 +23,14 @@ def main(argv: list[str] | None = None) -> int:
         # a screen dispatcher writes <rundir>/mirror.out itself (no relay by supervisord)
         mirror = Mirror(stage.settings, make_dispatchers(stage.settings, stage.rundir))
         n = stage.settings.daemon.correlators
-        consume(stage, [topology.link("flows.mirror", i) for i in range(n)], mirror)
+        watch = None
+        if coverage.journaling(stage.settings):
+            journal = coverage.Journal(stage.settings.daemon.statedir, stage.name, log)
+            names = [d.name for d in stage.settings.mirror.dispatchers if gets_flow_lines(d)]
+            watch = coverage.DeliveryWatch(
+                journal, {f"d{i}_dropped": f"lines of dispatcher {d}" for i, d in enumerate(names)}
+            )
+        consume(stage, [topology.link("flows.mirror", i) for i in range(n)], mirror, watch)
         for d in mirror.dispatchers:
             d.close()
     finally:

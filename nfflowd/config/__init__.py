@@ -208,4 +208,6 @@ def stage_sections(s: Settings) -> dict[str, dict[str, Any]]:
     }
     for stage, part in out.items():
         part["links"] = stage_links(s.links, stage)
+        if stage != "correlate":  # the stages that journal coverage (nfflowd.pipeline.coverage)
+            part["statedir"] = s.daemon.statedir
     return out

@@ -74,7 +74,15 @@ SECTIONS = {
     "flow_send": ("args", "progname", "format"),
     "flow_import": None,  # obsolete: anything goes
     "ptee": PTEE_KEYS,  # nfflowd.config.mirror
-    "daemon": ("rundir", "max_unacked", "stages", "user", "correlators", "exporters"),
+    "daemon": (
+        "rundir",
+        "max_unacked",
+        "stages",
+        "user",
+        "correlators",
+        "exporters",
+        "statedir",
+    ),
     "links": LINKS_KEYS,  # nfflowd.config.links
     "metrics": METRICS_KEYS,
     "who": WHO_KEYS,  # nfflowd.config.who
@@ -336,12 +344,26 @@ def _daemon(v: _V) -> DaemonSettings:
     rundir = v.text(("daemon", "rundir"), "/run/nfflowd")
     if not os.path.isabs(rundir):
         raise v.expected(("daemon", "rundir"), "an absolute directory path", rundir)
+    rundir = os.path.normpath(rundir)
+    # a run directory at the default state directory moves the default aside, next to it
+    default = DaemonSettings.statedir
+    statedir = v.text(("daemon", "statedir"), default + ".state" if rundir == default else default)
+    if not os.path.isabs(statedir):
+        raise v.expected(("daemon", "statedir"), "an absolute directory path", statedir)
+    statedir = os.path.normpath(statedir)
+    if statedir == rundir:
+        raise v.expected(
+            ("daemon", "statedir"),
+            "a directory other than rundir (which a reboot empties)",
+            statedir,
+        )
     return DaemonSettings(
-        os.path.normpath(rundir),
+        rundir,
         v.integer(("daemon", "max_unacked"), 64, 1, MAX_UNACKED, "a number of batches"),
         daemon_stages(v),
         _daemon_user(v),
         *_daemon_shards(v),
+        statedir=statedir,
     )
 
 

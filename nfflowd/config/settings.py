@@ -131,6 +131,8 @@ class DaemonSettings:
     user: str | None = None
     correlators: int = 1  # correlate processes (shards by connection, nfflowd.pipeline.shards)
     exporters: int = 1  # export processes (each fed by correlators i with i % M == its number)
+    # the coverage journal (nfflowd.pipeline.coverage): survives reboots, unlike rundir
+    statedir: str = "/var/lib/nfflowd"
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,15 @@
 """What survives an ingest restart: where it got to in a saved log, and when it last listened.
 
-Both are shared file mappings in the run directory (:mod:`nfflowd.pipeline.persist`),
-updated with plain memory stores, so a SIGKILL loses nothing that was stored:
+Both are shared file mappings (:mod:`nfflowd.pipeline.persist`), updated with plain
+memory stores, so a SIGKILL loses nothing that was stored:
 
 * ``ingest.checkpoint``: (identity of the log paths, file index, byte offset) after
   the last batch every correlator acknowledged; a restarted ingest resumes there;
 * ``ingest.alive``: when ingest last listened to the kernel; a restarted ingest
-  knows how long nobody listened (``blind_ms``).
+  knows how long nobody listened (``blind_ms``, and the ``not_listening`` gap of the
+  coverage journal, :mod:`nfflowd.pipeline.coverage`).  For a live source it is in
+  ``<daemon> statedir``, so a reboot is counted too; else in the run directory, as
+  the checkpoint.
 
 The origin of a saved-log batch (:meth:`nfflowd.messages.EventBatch.origin`) is
 derived from the same position, so a batch re-read after a restart has the

@@ -7,6 +7,8 @@ Every source has the same shape, so the ingest worker is one loop::
     source.exhausted                  # a finite source (a saved log) has ended
     source.stateless                  # every event is self-contained (any correlator)
     source.counters                   # what it counted (lines, restarts, overruns…)
+    source.conditions                 # coverage causes that hold while it reads (no_counters…)
+    source.gaps                       # coverage gaps it noticed, for ingest to journal and clear
 
 A source moves bytes: it appends the events as it got them (text lines, or the
 kernel's datagrams framed with their receive time) to the batch being built,
@@ -32,6 +34,7 @@ from nfflowd.config import Settings, SourceSettings
 from nfflowd.conntrack import checkpoint as ckpt
 from nfflowd.messages import Payload
 from nfflowd.pipeline import persist
+from nfflowd.pipeline.coverage import Gap, now_ms
 
 log = logging.getLogger("nfflowd.source")
 
@@ -49,6 +52,8 @@ class Source(Protocol):
     exhausted: bool
     stateless: bool
     counters: dict[str, int]
+    conditions: list[str]
+    gaps: list[Gap]
 
     def read(self, out: bytearray, timeout_s: float, max_events: int) -> int: ...
 
@@ -85,6 +90,8 @@ class FileSource:
     def __init__(self, paths: Sequence[str], resume: tuple[int, int] | None = None) -> None:
         self.paths = list(paths)
         self.counters: dict[str, int] = {"files": 0, "lines": 0}
+        self.conditions: list[str] = []
+        self.gaps: list[Gap] = []
         self.exhausted = not self.paths
         self.where = ""
         self.line = 1  # number of the next line in the current file
@@ -201,6 +208,10 @@ class ProgramSource:
             "program_stderr_lines": 0,
             "lines": 0,
         }
+        # its lines carry counters only with accounting on; times are its own (not the kernel's)
+        self.conditions = [c for c in kernel_conditions(None) if c == "no_counters"]
+        self.gaps: list[Gap] = []
+        self._exited: tuple[int, str] | None = None  # when and how the program last exited
         self.exhausted = False
         self._proc: subprocess.Popen[bytes] | None = None
         self._buf = b""
@@ -234,10 +245,17 @@ class ProgramSource:
             )
         except OSError as exc:
             log.error("%s: cannot start: %s", shlex.join(self.argv), exc.strerror)
+            if self._exited is None:
+                self._exited = (now_ms(), f"could not start ({exc.strerror})")
             self._proc = None
             self._schedule_restart()
             return
         self.counters["program_starts"] += 1
+        if self._exited is not None:
+            since, how = self._exited
+            self._exited = None
+            detail = f"the conntrack program {how}; restarted"
+            self.gaps.append(Gap(since, max(since, now_ms()), "not_listening", "ingest", detail))
         os.set_blocking(self._proc.stdout.fileno(), False)  # type: ignore[union-attr]
         os.set_blocking(self._proc.stderr.fileno(), False)  # type: ignore[union-attr]
         self._err_tail = b""
@@ -313,6 +331,7 @@ class ProgramSource:
                 self._err_tail = (self._err_tail + (proc.stderr.read() or b""))[-STDERR_TAIL:]
         err = self._err_tail.decode("utf-8", "replace")[-500:]
         self.counters["program_exits"] += 1
+        self._exited = (now_ms(), f"exited with status {rc}")
         log.error("%s exited with status %d: %s", shlex.join(self.argv), rc, err.strip())
         self._proc = None
         self._buf = b""
@@ -362,6 +381,8 @@ class NetlinkSource:
         if settings.set_sysctls:
             kernel.set_sysctls(settings.netns, acct=True, timestamp=True)
         found = kernel.kernel_settings(settings.netns)
+        self.conditions = conditions(found)
+        self.gaps: list[Gap] = []
         for key, value in found.items():
             if value != "1" and not key.endswith("events"):
                 log.warning("%s = %s: see `nfflowd check`", key, value)
@@ -389,6 +410,7 @@ class NetlinkSource:
         self._next_dump = time.monotonic() + dump_interval_s
         self._pending = bytearray()
         self._pending_n = 0 if self.destroy_only else self._dump(self._pending)
+        self._last_read_ms = now_ms()
         log.info(
             "listening to conntrack %s%s (rcvbuf %d, %s mode)%s",
             "DESTROY events (the kernel stamps start and stop)"
@@ -434,12 +456,47 @@ class NetlinkSource:
             )
             if not self.destroy_only:
                 n += self._dump(out)
+            lost = (
+                "DESTROY events lost (DESTROY-only mode: no resync can bring them back)"
+                if self.destroy_only
+                else "events lost; connections that ended meanwhile are lost, open ones "
+                "re-learned by the resync dump"
+            )
+            detail = f"ENOBUFS #{self.listener.enobufs}: the kernel dropped conntrack {lost}"
+            end = now_ms()
+            self.gaps.append(Gap(min(self._last_read_ms, end), end, "enobufs", "ingest", detail))
+        self._last_read_ms = now_ms()
         self.counters["enobufs"] = self.listener.enobufs
         self.counters["truncated_reads"] = self.listener.truncated_reads
         return n
 
     def close(self) -> None:
         self.listener.close()
+
+
+#: Coverage conditions (nfflowd.pipeline.coverage.CAUSES) by the sysctl whose absence makes them.
+CONDITIONS = {"acct": "no_counters", "timestamp": "no_timestamps"}
+
+
+def conditions(sysctls: dict[str, str | None]) -> list[str]:
+    """The coverage conditions of these kernel settings: the accounting and timestamp
+    sysctls that are not on (an unreadable one: not known to be off, not listed)."""
+    out = []
+    for key, cause in CONDITIONS.items():
+        value = sysctls.get(f"net.netfilter.nf_conntrack_{key}")
+        if value is not None and value != "1":
+            out.append(cause)
+    return out
+
+
+def kernel_conditions(netns: str | None) -> list[str]:
+    """:func:`conditions` of the kernel's settings where the conntrack program reads."""
+    from nfflowd.conntrack import kernel
+
+    try:
+        return conditions(kernel.kernel_settings(netns))
+    except OSError:
+        return []
 
 
 def destroy_only(sysctls: dict[str, str | None]) -> bool:

@@ -14,6 +14,7 @@ import xmlrpc.client
 from types import FrameType
 
 from nfflowd.config import ConfigError, MetricsSettings, Settings, load, load_resolved
+from nfflowd.config.settings import DaemonSettings
 from nfflowd.ops import control, environment, install, replay, screen, status
 from nfflowd.pipeline import supervision
 from nfflowd.pipeline.stage import SETTINGS_FILE, read_stats
@@ -258,12 +259,18 @@ def cmd_status(config: str | None, foreground: bool, args: list[str]) -> int:
     p.add_argument("--json", action="store_true", help="one JSON document, for machines")
     p.add_argument("--rundir", default=None, help="run directory (default: the configured one)")
     ns = p.parse_args(args)
+    statedir: str | None = None
     if ns.rundir is None:
         settings = _load(config, quiet=True)
         if settings is None:
             return status.UNKNOWN
         ns.rundir = settings.daemon.rundir
+        statedir = settings.daemon.statedir
     rundir = os.path.abspath(ns.rundir)
+    if statedir is None:  # --rundir: the running daemon's settings say where
+        with contextlib.suppress(ConfigError):
+            statedir = load_resolved(os.path.join(rundir, SETTINGS_FILE)).daemon.statedir
+    journal = None if statedir is None else status.read_journal(statedir)
     running = control.is_running(rundir)
     procs = supervision.processes(rundir) if running else None
     now = time.time()
@@ -276,9 +283,10 @@ def cmd_status(config: str | None, foreground: bool, args: list[str]) -> int:
             "statename": info["statename"] if info else None,
         }
     if ns.json:
-        print(json.dumps(status.document(rundir, running, rows, metrics), indent=2))
+        print(json.dumps(status.document(rundir, running, rows, metrics, journal), indent=2))
     else:
-        sys.stdout.write(status.table(rundir, running, rows, metrics))
+        now_ms = int(now * 1000)
+        sys.stdout.write(status.table(rundir, running, rows, metrics, journal, now_ms))
     return 0 if running else status.NOT_RUNNING
 
 
@@ -396,6 +404,12 @@ def cmd_who(config: str | None, foreground: bool, args: list[str]) -> int:
         help="an nfcapd directory or file, or a JSON-lines file (.gz too); repeatable "
         "(default: <who> from, else the configuration's JSON mirror files)",
     )
+    p.add_argument(
+        "--coverage",
+        metavar="PATH",
+        help="the state directory holding the coverage journal (default: <daemon> statedir, "
+        "else /var/lib/nfflowd)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON document, for machines")
     ns = p.parse_args(args)
     settings = _load(config, quiet=True)
@@ -423,7 +437,14 @@ def cmd_who(config: str | None, foreground: bool, args: list[str]) -> int:
         sys.stderr.write(f"nfflowd who: {exc}\n")
         return who.ERROR
     nfdump = settings.who.nfdump if settings is not None else "nfdump"
-    answer = who.ask(q, chosen, nfdump)
+    statedir = (
+        os.path.abspath(ns.coverage)
+        if ns.coverage is not None
+        else settings.daemon.statedir
+        if settings is not None
+        else DaemonSettings.statedir
+    )
+    answer = who.ask(q, chosen, nfdump, statedir=statedir)
     sys.stdout.write(report.as_json(answer) if ns.json else report.text(answer))
     for r in answer.reports:
         if r.error:

@@ -19,8 +19,8 @@ from typing import Any
 from nfflowd import topology
 from nfflowd.config import Settings, dump_resolved, load_resolved, stage_sections
 from nfflowd.ops import privileges
+from nfflowd.pipeline import coverage, shards
 from nfflowd.pipeline import rundir as rundirs
-from nfflowd.pipeline import shards
 from nfflowd.pipeline.stage import SETTINGS_FILE, STATS_DIR
 from nfflowd.pipeline.supervision import GROUP, rpc
 
@@ -75,7 +75,9 @@ def prepare(settings: Settings, rundir: str) -> str:
         rundirs.clear(stats)  # a previous run's reports: not this run's counters
         if acct is not None:
             privileges.settle(path, acct, text, stats)
-    except rundirs.RundirError as exc:
+        if coverage.journaling(settings) and settings.daemon.stages != ("correlate",):
+            coverage.ensure(settings.daemon.statedir, group)
+    except (rundirs.RundirError, coverage.StatedirError) as exc:
         raise ControlError(str(exc)) from None
     except OSError as exc:
         raise ControlError(f"run directory {path}: {exc}") from None

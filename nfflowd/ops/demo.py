@@ -42,7 +42,13 @@ def demo_settings(port: int, rundir: str, source: dict[str, Any] | None = None) 
         base.mirror, dispatchers=(Dispatcher(name="screen", kind="screen"),)
     )
     settings = dataclasses.replace(
-        base, export=export, mirror=mirror, daemon=dataclasses.replace(base.daemon, rundir=rundir)
+        base,
+        export=export,
+        mirror=mirror,
+        # the demo's coverage journal is the demo's: never the host's /var/lib/nfflowd
+        daemon=dataclasses.replace(
+            base.daemon, rundir=rundir, statedir=os.path.join(rundir, "state")
+        ),
     )
     if source:
         settings = dataclasses.replace(

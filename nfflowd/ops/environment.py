@@ -15,7 +15,7 @@ import stat
 from nfflowd import topology
 from nfflowd.config import ConntrackSettings, Settings
 from nfflowd.ops import privileges
-from nfflowd.pipeline import curve
+from nfflowd.pipeline import coverage, curve
 from nfflowd.pipeline import rundir as rundirs
 
 SYSCTL_DIR = "/proc/sys/net/netfilter"
@@ -325,7 +325,20 @@ def rundir_findings(settings: Settings) -> list[Finding]:
     if found:
         return [("error", text) for text in found]
     state = "exists" if os.path.isdir(path) else "created at start"
-    return [("ok", f"run directory {path} ({state})")]
+    return [("ok", f"run directory {path} ({state})"), *statedir_findings(settings, group)]
+
+
+def statedir_findings(settings: Settings, group: int | None) -> list[Finding]:
+    """Whether ``<daemon> statedir`` (the coverage journal) is safe to use; only a live
+    source journals (nfflowd.pipeline.coverage)."""
+    path = settings.daemon.statedir
+    if not coverage.journaling(settings):
+        return [("ok", f"state directory {path}: not used (a saved log is replayed)")]
+    found = coverage.problems(path, group=group)
+    if found:
+        return [("error", text) for text in found]
+    state = "exists" if os.path.isdir(path) else "created at start"
+    return [("ok", f"state directory {path} ({state}): the coverage journal")]
 
 
 def config_file_findings(settings: Settings) -> list[Finding]:

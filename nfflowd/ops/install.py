@@ -89,6 +89,20 @@ def _directory_lines(rundir: str) -> list[str]:
     return [f"ReadWritePaths={rundir}"]
 
 
+def _state_lines(settings: Settings) -> list[str]:
+    """The coverage journal's ``<daemon> statedir`` (nfflowd.pipeline.coverage): under
+    /var/lib a ``StateDirectory`` (kept across reboots), else it must exist."""
+    statedir = settings.daemon.statedir
+    if statedir.startswith("/var/lib/") and len(statedir) > len("/var/lib/"):
+        mode = [] if settings.daemon.rundir.startswith("/var/lib/") else ["StateDirectoryMode=0700"]
+        return [
+            f"StateDirectory={statedir[len('/var/lib/') :]}",
+            *mode,
+            f"ReadWritePaths={statedir}",
+        ]
+    return [f"ReadWritePaths={statedir}"]
+
+
 def unit_text(settings: Settings, config: str | None) -> str:
     """The unit running ``nfflowd -f start`` with *config*, sandboxed for *settings*."""
     exe, files = _command()
@@ -100,6 +114,7 @@ def unit_text(settings: Settings, config: str | None) -> str:
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
         *_directory_lines(settings.daemon.rundir),
+        *_state_lines(settings),
         f"ProtectHome={'read-only' if _in_home(files) else 'yes'}",
         "PrivateTmp=yes",
         "UMask=0077",
@@ -232,6 +247,9 @@ def install(settings: Settings, config: str | None, root: str = "/") -> list[str
     rundir = settings.daemon.rundir
     if not rundir.startswith(("/run/", "/var/lib/")):  # ProtectSystem=strict: must exist
         os.makedirs(os.path.join(root, rundir.lstrip("/")), mode=0o700, exist_ok=True)
+    statedir = settings.daemon.statedir
+    if not statedir.startswith("/var/lib/"):  # the same for the coverage journal
+        os.makedirs(os.path.join(root, statedir.lstrip("/")), mode=0o700, exist_ok=True)
     if settings.daemon.user is not None:
         done.append(ensure_user(settings.daemon.user, root))
     else:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from nfflowd import topology
+from nfflowd.formats.json_lines import iso_ms
+from nfflowd.pipeline import coverage
 from nfflowd.topology import STAGES
 
 #: LSB init-script status code: "program is not running".
@@ -61,10 +64,87 @@ def rows(
 
 
 def document(
-    rundir: str, running: bool, rows_: Sequence[Mapping[str, Any]], metrics: Mapping[str, Any]
+    rundir: str,
+    running: bool,
+    rows_: Sequence[Mapping[str, Any]],
+    metrics: Mapping[str, Any],
+    journal: Journal | None = None,
 ) -> dict[str, Any]:
-    """The ``--json`` document."""
-    return {"rundir": rundir, "running": running, "stages": list(rows_), "metrics": metrics}
+    """The ``--json`` document (``coverage``: the journal's last gaps, when read)."""
+    out = {"rundir": rundir, "running": running, "stages": list(rows_), "metrics": metrics}
+    if journal is not None:
+        out["coverage"] = {
+            "statedir": journal.statedir,
+            "error": journal.error,
+            "gaps": journal.total,
+            "last_gaps": [
+                {
+                    "from_ms": g.from_ms,
+                    "to_ms": g.to_ms,
+                    "cause": g.cause,
+                    "stage": g.stage,
+                    "detail": g.detail,
+                }
+                for g in journal.last
+            ],
+            "recording_since_ms": journal.since_ms,
+            "heartbeat_ms": journal.heartbeat_ms,
+        }
+    return out
+
+
+@dataclass(frozen=True)
+class Journal:
+    """What ``status`` shows of the coverage journal (nfflowd.pipeline.coverage)."""
+
+    statedir: str
+    error: str | None = None  # it could not be read
+    total: int = 0  # gaps journaled (in the files kept)
+    last: tuple[coverage.Gap, ...] = ()  # the last LAST_GAPS, oldest first
+    since_ms: int | None = None  # the running (or last) ingest's start
+    heartbeat_ms: int | None = None
+
+
+#: Gaps ``status`` shows.
+LAST_GAPS = 5
+
+
+def read_journal(statedir: str) -> Journal:
+    """The coverage journal's summary for ``status`` (never raises)."""
+    try:
+        found = coverage.read(statedir)
+    except OSError as exc:
+        return Journal(statedir, f"cannot read it: {exc.strerror}")
+    if not found.files:
+        return Journal(statedir, "no journal yet (only a live source journals)")
+    cov = coverage.assess(found, None)
+    starts = [r["at_ms"] for r in found.records if r["kind"] == coverage.STARTED]
+    return Journal(
+        statedir,
+        None,
+        len(cov.gaps),
+        cov.gaps[-LAST_GAPS:],
+        starts[-1] if starts else None,
+        found.alive_ms,
+    )
+
+
+def journal_lines(j: Journal, now_ms: int) -> list[str]:
+    """The coverage part of the table: the last gaps, a line each."""
+    if j.error is not None:
+        return [f"coverage journal {j.statedir}: {j.error}"]
+    head = f"coverage journal {j.statedir}: {j.total} gap{'s' * (j.total != 1)}"
+    if j.since_ms is not None:
+        head += f"; ingest recording since {iso_ms(j.since_ms)}"
+    if j.heartbeat_ms is not None:
+        head += f", last heartbeat {max(0, now_ms - j.heartbeat_ms) / 1000:.1f}s ago"
+    out = [head + (f"; the last {len(j.last)}:" if j.last else "")]
+    out += [
+        f"  {iso_ms(g.from_ms)} .. {iso_ms(g.to_ms)} ({g.ms / 1000:g} s) {g.cause} "
+        f"({g.stage}): {g.detail}"
+        for g in j.last
+    ]
+    return out
 
 
 def _sum(counters: Mapping[str, int], *, suffix: str = "", prefix: str = "") -> int:
@@ -124,12 +204,19 @@ def uptime_text(seconds: int) -> str:
 
 
 def table(
-    rundir: str, running: bool, rows_: Sequence[Mapping[str, Any]], metrics: Mapping[str, Any]
+    rundir: str,
+    running: bool,
+    rows_: Sequence[Mapping[str, Any]],
+    metrics: Mapping[str, Any],
+    journal: Journal | None = None,
+    now_ms: int = 0,
 ) -> str:
-    """The human-readable status: a line per stage, then all the counters of each stage."""
+    """The human-readable status: a line per stage, the coverage journal's last gaps,
+    then all the counters of each stage."""
     lines = [f"nfflowd is {'running' if running else 'not running'} (run directory {rundir})"]
+    gaps = [] if journal is None else journal_lines(journal, now_ms)
     if not running and not any(r["report"] for r in rows_):
-        return lines[0] + "\n"
+        return "\n".join([lines[0], *gaps]) + "\n"
     if not running:
         lines.append("last reports of its stages:")
     head = ("STAGE", "STATE", "PID", "UPTIME", "RESTARTS", "UNACKED", "DROPPED", "REPORT")
@@ -158,6 +245,7 @@ def table(
     if metrics.get("listen"):
         state = metrics.get("statename") or "-"
         lines.append(f"metrics endpoint http://{metrics['listen']}/metrics ({state})")
+    lines += gaps
     for r in rows_:
         rest = " ".join(f"{k}={v}" for k, v in sorted(r["counters"].items()) if k != "starts")
         if rest:

@@ -77,7 +77,7 @@ def problems(path: str, *, group: int | None = None, correlators: int = 1) -> li
         st = None
     except OSError as exc:
         return [*out, f"run directory {path}: cannot inspect it: {exc.strerror}"]
-    out += _parent_problems(path)
+    out += parent_problems(path)
     if st is None:
         return out
     if stat.S_ISLNK(st.st_mode):
@@ -125,9 +125,9 @@ def _trusted_owners() -> set[int]:
     return {0, os.geteuid()}
 
 
-def _parent_problems(path: str) -> list[str]:
+def parent_problems(path: str, label: str = "run directory") -> list[str]:
     """Directories above *path* (as resolved) that let another user move it (or create
-    the missing part of it as they like)."""
+    the missing part of it as they like); *label* names *path* in the messages."""
     out: list[str] = []
     parent = os.path.dirname(path)
     for d in _ancestors(os.path.realpath(parent)):
@@ -136,30 +136,29 @@ def _parent_problems(path: str) -> list[str]:
         except FileNotFoundError:
             continue  # created by us (root, or the invoker) on the way
         except OSError as exc:
-            out.append(f"{d} (above the run directory): cannot inspect it: {exc.strerror}")
+            out.append(f"{d} (above the {label}): cannot inspect it: {exc.strerror}")
             break
         mode = stat.S_IMODE(st.st_mode)
         sticky = bool(mode & stat.S_ISVTX)
         if st.st_uid not in _trusted_owners():
             out.append(
-                f"{d} (above the run directory) belongs to {_who(st.st_uid)}, who could "
-                "replace the run directory: refused"
+                f"{d} (above the {label}) belongs to {_who(st.st_uid)}, who could "
+                f"replace the {label}: refused"
             )
         elif mode & stat.S_IWOTH and not sticky:
             out.append(
-                f"{d} (above the run directory) is writable by every user and not sticky "
-                f"(mode {mode:04o}): anyone could replace the run directory; refused"
+                f"{d} (above the {label}) is writable by every user and not sticky "
+                f"(mode {mode:04o}): anyone could replace the {label}; refused"
             )
         elif mode & stat.S_IWGRP and not sticky and st.st_gid != 0:
             out.append(
-                f"{d} (above the run directory) is writable by group {st.st_gid} and not "
-                f"sticky (mode {mode:04o}): its members could replace the run directory; refused"
+                f"{d} (above the {label}) is writable by group {st.st_gid} and not "
+                f"sticky (mode {mode:04o}): its members could replace the {label}; refused"
             )
     existing = next((d for d in _ancestors(path)[::-1][1:] if os.path.isdir(d)), "/")
     if not os.path.exists(path) and not os.access(existing, os.W_OK | os.X_OK):
         out.append(
-            f"run directory {path} cannot be created: {existing} is not writable by "
-            f"{_who(os.geteuid())}"
+            f"{label} {path} cannot be created: {existing} is not writable by {_who(os.geteuid())}"
         )
     return out
 

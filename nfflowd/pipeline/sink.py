@@ -33,6 +33,7 @@ from typing import NamedTuple, Protocol
 import zmq
 
 from nfflowd.messages import FLOW_RECORD, FlowBatch
+from nfflowd.pipeline.coverage import DeliveryWatch
 from nfflowd.pipeline.delivery import Recent
 from nfflowd.pipeline.links import Inlet
 from nfflowd.pipeline.persist import Ring, Slots
@@ -259,7 +260,9 @@ class _Input:
         self.ring.close()
 
 
-def consume(stage: Stage, links: Sequence[str], sink: Sink) -> None:
+def consume(
+    stage: Stage, links: Sequence[str], sink: Sink, watch: DeliveryWatch | None = None
+) -> None:
     """The loop of a terminal stage: flow batches in, *sink* does the work, acks go back.
 
     *links*: one per correlator feeding this stage (one unless sharded).  A
@@ -268,19 +271,22 @@ def consume(stage: Stage, links: Sequence[str], sink: Sink) -> None:
     On SIGTERM the loop keeps going until input has been quiet for QUIET_S (or
     the deadline), so whatever upstream sent before stopping is delivered.
     Counters are published as notices once a second and at exit (summed over
-    the links).
+    the links).  *watch*: the coverage journal of what the sink could not deliver
+    (:mod:`nfflowd.pipeline.coverage`), fed the counters at every notice.
     """
     inputs: list[_Input] = []
     try:
         for link in links:
             inputs.append(_Input(stage, link))
-        _consume(stage, inputs, Flow(sink))
+        _consume(stage, inputs, Flow(sink), watch)
     finally:
         for inp in inputs:
             inp.close()
+        if watch is not None:
+            watch.close()
 
 
-def _consume(stage: Stage, inputs: list[_Input], flow: Flow) -> None:
+def _consume(stage: Stage, inputs: list[_Input], flow: Flow, watch: DeliveryWatch | None) -> None:
     sink = flow.sink
     by_sock = {inp.inlet.sock: inp for inp in inputs}
     poller = zmq.Poller()
@@ -297,6 +303,9 @@ def _consume(stage: Stage, inputs: list[_Input], flow: Flow) -> None:
         out["duplicate_batches"] = sum(inp.delivered.hits for inp in inputs)
         out["duplicate_records"] = sum(inp.skipped_records for inp in inputs)
         out["resumed_records"] = sum(inp.resumed_records for inp in inputs)
+        if watch is not None:
+            watch.observe(out)
+            out.update(watch.journal.counters)
         return out
 
     while not stage.done_draining(last_input):
@@ -330,5 +339,8 @@ def _consume(stage: Stage, inputs: list[_Input], flow: Flow) -> None:
     sink.flush()
     for inp in inputs:
         inp.ack(flow)
+    if watch is not None:
+        watch.observe(sink.counters())
+        watch.close()  # a burst still open ends here, in the final counters
     stage.notify("final", counters())
     log.info("stopped; %s", counters())

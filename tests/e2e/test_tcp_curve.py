@@ -121,7 +121,8 @@ def two_hosts() -> Iterator[None]:
 
 def host_config(path: Path, rundir: Path, keys: Path, stages: str, extra: str = "") -> Path:
     path.write_text(
-        f"<daemon>\n    rundir {rundir}\n    stages {stages}\n</daemon>\n"
+        f"<daemon>\n    rundir {rundir}\n    statedir {rundir}.state\n    stages {stages}\n"
+        "</daemon>\n"
         f"<links>\n    curve_dir {keys}\n    <events>\n        address {LINK}\n"
         "    </events>\n</links>\n"
         "<ptee>\n  <conf>\n    dispatchers screen\n    <screen>\n"

@@ -12,12 +12,16 @@ IPFIX directory (post-NAT fields; IPv6 through the records' join, nfdump 1.7 sto
 no IEs 281/282), and the JSON mirror, both named with ``--from`` and inferred from
 the configuration.  A TCP connection no NAT changed is found by its own host (private =
 public).  A minute before the lab existed nothing is found (exit 1); a source that
-does not exist is exit 2.
+does not exist is exit 2.  Coverage: every connection is found in a window the
+journal proves complete; the minute before is "not recorded"; ingest, killed on
+purpose after the traffic, leaves a ``not_listening`` gap that ``who`` reports.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -27,12 +31,14 @@ import pytest
 from nfflowd import lab as labmod
 from nfflowd.lab.nfcapd import Nfcapd
 from nfflowd.ops import cli
+from nfflowd.pipeline import coverage
 from tests.lab_names import end_connections, lab_prefix
 from tests.needs import needs
 from tests.pipeline_harness import (
     export_block,
     netlink_source,
     nfflowd,
+    running_pid,
     wait_all_running,
     wait_lines,
     write_config,
@@ -54,6 +60,12 @@ def who(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, 
     rc = cli.main([*args, "--json"])
     out = capsys.readouterr().out
     return rc, json.loads(out) if out.startswith("{") else {}
+
+
+def journaled(rundir: Path, kind: str) -> list[dict[str, Any]]:
+    """The coverage journal's records of *kind* (write_config: statedir <rundir>.state)."""
+    found = coverage.read(str(rundir.with_suffix(".state")))
+    return [r for r in found.records if r["kind"] == kind]
 
 
 def point(address: str, port: int) -> str:
@@ -88,6 +100,13 @@ def test_who_finds_each_lab_connection_from_every_source(
                 end_connections(lab)
             n = sum(1 + (f.nat != "none") + f.replied for f in flows)
             wait_lines(rundir / "mirror.out", n)
+            # ingest killed on purpose: a not_listening gap until supervisord's restart listens
+            traffic_done = coverage.now_ms()
+            pid = running_pid(rundir, "ingest")
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while len(journaled(rundir, "started")) < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
         finally:
             nfflowd("-c", str(conf), "stop", check=False)
         v5cap.stop()
@@ -103,6 +122,8 @@ def test_who_finds_each_lab_connection_from_every_source(
             "json": ["--from", str(rundir / "mirror.out")],
             "configuration": [],  # <rundir>/mirror.out, from the format json dispatcher
         }
+        first_start = journaled(rundir, "started")[0]["at_ms"]
+        stopped_at = journaled(rundir, "stopped")[-1]["at_ms"]
         for f in asked:
             new = news[(f.proto, f.orig_src, f.orig_dst, f.orig_sport, f.orig_dport)]
             at = f"{new.time:.3f}"
@@ -118,6 +139,17 @@ def test_who_finds_each_lab_connection_from_every_source(
                     continue  # v5 carries no IPv6
                 rc, doc = who(capsys, "-c", str(conf), "who", point(*public), "--at", at, *args)
                 assert rc == 0, (f.name, name, doc)
+                # the lab ran inside one recorded ingest run: the only gap a 5 s window can
+                # overlap is the kill after the traffic, and the only unrecorded parts are
+                # before ingest first listened and after the stop
+                cov = doc["coverage"]
+                assert cov["recorded"] is True, (f.name, name, cov)
+                # (from the idle ingest's last heartbeat: stored about once a second)
+                assert all(g["from_ms"] >= traffic_done - 1500 for g in cov["gaps"]), cov
+                assert all(
+                    u["until_ms"] < first_start or u["from_ms"] > stopped_at
+                    for u in cov["unrecorded"]
+                ), cov
                 got = [
                     (
                         (m["private"]["address"], m["private"]["port"]),
@@ -152,7 +184,19 @@ def test_who_finds_each_lab_connection_from_every_source(
             public = point(f.reply_dst, f.reply_dport)
             rc, doc = who(capsys, "-c", str(conf), "who", public, "--at", before, *args)
             assert rc == 1 and doc["matches"] == [], (name, doc)
-            assert doc["coverage"]["recorded"] is False
+            # before the first start: not recorded, so not found is no proof
+            cov = doc["coverage"]
+            assert cov["recorded"] is True and cov["complete"] is False and cov["unrecorded"]
+        (gap,) = [g for g in journaled(rundir, "gap") if g["cause"] == "not_listening"]
+        starts = journaled(rundir, "started")
+        assert len(starts) == 2 and gap["to_ms"] == starts[1]["at_ms"]
+        assert gap["from_ms"] >= traffic_done - 1500  # the heartbeat of an idle ingest: ~1 s
+        inside = f"{(gap['from_ms'] + gap['to_ms']) // 2 / 1000:.3f}"
+        rc, doc = who(
+            capsys, "-c", str(conf), "who", "203.0.113.1:8080", "--at", inside, "--window", "0"
+        )
+        assert rc == 1 and doc["coverage"]["complete"] is False, doc
+        assert [g["cause"] for g in doc["coverage"]["gaps"]] == ["not_listening"], doc
         rc = cli.main(["-c", str(conf), "who", "203.0.113.1", "--from", str(tmp_path / "nope")])
         assert rc == 2
         assert f"{tmp_path}/nope: no such file or directory" in capsys.readouterr().err

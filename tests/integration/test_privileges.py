@@ -500,3 +500,62 @@ def _verify(unit: Path) -> None:
         check=False,
     )
     assert res.returncode == 0 and not (res.stdout + res.stderr).strip(), res.stdout + res.stderr
+
+
+@pytest.mark.timeout(300)
+def test_with_a_user_each_stage_journals_coverage_in_a_file_of_its_own(
+    accounts: tuple[pwd.struct_passwd, pwd.struct_passwd], workdir: Path
+) -> None:
+    """The state directory (nfflowd.pipeline.coverage) is root:G 1770; ingest's journal
+    is root's, export's the user's: its collector's port has no listener, so the
+    datagrams refused are an ``undelivered`` gap, which ``who`` reports."""
+    from nfflowd.pipeline import coverage
+    from tests.integration.test_coverage_journal import closed_udp_port, fake_conntrack
+    from tests.pipeline_harness import export_block
+
+    user, other = accounts
+    log = workdir / "events.log"
+    generate(str(log), 300)
+    program, pids = fake_conntrack(workdir, log)
+    run, state = workdir / "run", workdir / "state"
+    conf = workdir / "c.conf"
+    conf.write_text(
+        f"<source>\n  type conntrack\n</source>\n<conntrack>\n  progname {program}\n"
+        "</conntrack>\n" + export_block("192.0.2.1", (closed_udp_port(), 9))
+        + f"<daemon>\n  rundir {run}\n  statedir {state}\n  user {user.pw_name}\n</daemon>\n"
+    )  # fmt: skip
+    try:
+        with interpreter_reachable(user, other):
+            run_cli("-c", str(conf), "start")
+            try:
+                wait_all_running(run, timeout=60)
+                deadline = time.monotonic() + 60
+                while not (state / "coverage.export.jsonl").exists():
+                    assert time.monotonic() < deadline, "no undelivered gap journaled"
+                    time.sleep(0.1)
+            finally:
+                run_cli("-c", str(conf), "stop", check=False)
+        st = state.stat()
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, user.pw_gid, 0o1770)
+        assert (state / "coverage.ingest.jsonl").stat().st_uid == 0
+        assert (state / coverage.ALIVE).stat().st_uid == 0
+        assert (state / "coverage.export.jsonl").stat().st_uid == user.pw_uid
+        found = coverage.read(str(state)).records
+        kinds = [(r["stage"], r["kind"]) for r in found]
+        assert ("ingest", "started") in kinds and ("ingest", "stopped") in kinds, kinds
+        (gap,) = [r for r in found if r["kind"] == "gap"]
+        assert gap["stage"] == "export" and gap["cause"] == "undelivered", gap
+        assert "datagrams refused by collector 127.0.0.1:" in gap["detail"], gap
+        assert "cause=undelivered stage=export" in (run / "export.log").read_text()
+        empty = workdir / "flows.json"
+        empty.write_text("")
+        at = f"{gap['from_ms'] / 1000:.3f}"
+        res = run_cli(
+            "-c", str(conf), "who", "203.0.113.1:4242", "--at", at, "--window", "0",
+            "--from", str(empty), check=False,
+        )  # fmt: skip
+        assert res.returncode == 1 and "cause undelivered (export)" in res.stdout, res.stdout
+    finally:
+        for text in pids.read_text().split() if pids.exists() else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(text), signal.SIGKILL)

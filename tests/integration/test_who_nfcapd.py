@@ -102,7 +102,8 @@ def encode(fmt: str, records: list[FlowRecord], now_ns: int) -> list[bytes]:
 
 def who(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
     """The command line in this process (``nfflowd.ops.cli.main``): its status and answer."""
-    rc = cli.main(["-c", "/dev/null", "who", *args, "--json"])
+    # no coverage journal: the host's /var/lib/nfflowd is not this test's
+    rc = cli.main(["-c", "/dev/null", "who", *args, "--coverage", "/nonexistent", "--json"])
     out = capsys.readouterr().out
     return rc, json.loads(out) if out.startswith("{") else {}
 

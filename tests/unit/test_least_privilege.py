@@ -166,7 +166,8 @@ def test_unit_sandbox_follows_the_settings(tmp_path: Path) -> None:
         "CAP_CHOWN",
         "CAP_DAC_OVERRIDE",
     }
-    assert u["RuntimeDirectory"] == ["nfflowd"] and u["ReadWritePaths"] == ["/run/nfflowd"]
+    assert u["RuntimeDirectory"] == ["nfflowd"] and u["StateDirectory"] == ["nfflowd"]
+    assert u["ReadWritePaths"] == ["/run/nfflowd", "/var/lib/nfflowd"]
     assert u["ProtectKernelTunables"] == ["yes"] and u["RestrictNamespaces"] == ["yes"]
     assert u["NoNewPrivileges"] == ["yes"] and u["ProtectSystem"] == ["strict"]
     # this interpreter may live below /root (a pyenv): ProtectHome must not hide it
@@ -179,7 +180,9 @@ def test_unit_sandbox_follows_the_settings(tmp_path: Path) -> None:
     )
     assert "CAP_SYS_ADMIN" in u["CapabilityBoundingSet"][0].split()
     assert u["RestrictNamespaces"] == ["net"] and "ProtectKernelTunables" not in u
-    assert u["StateDirectory"] == ["nfflowd"] and "RuntimeDirectory" not in u
+    # the coverage journal moves aside from a run directory at its default place
+    assert u["StateDirectory"] == ["nfflowd", "nfflowd.state"] and "RuntimeDirectory" not in u
+    assert u["ReadWritePaths"] == ["/var/lib/nfflowd", "/var/lib/nfflowd.state"]
 
 
 def test_logrotate_rule_rotates_in_place(tmp_path: Path) -> None:

@@ -239,7 +239,9 @@ def test_stage_notify_keeps_its_latest_counters_in_the_stats_file(tmp_path: Path
 
 def test_metrics_program_is_rendered_only_when_listen_is_set(tmp_path: Path) -> None:
     conf = tmp_path / "c.conf"
-    conf.write_text(f"<daemon>\n  rundir {tmp_path / 'run'}\n</daemon>\n")
+    conf.write_text(
+        f"<daemon>\n  rundir {tmp_path / 'run'}\n  statedir {tmp_path / 'state'}\n</daemon>\n"
+    )
     plain = configparser.RawConfigParser()
     plain.read(control.prepare(load(str(conf)), str(tmp_path / "run")))
     assert "program:metrics" not in plain.sections()
@@ -255,3 +257,17 @@ def test_metrics_program_is_rendered_only_when_listen_is_set(tmp_path: Path) -> 
     assert parsed["group:nfflowd"]["programs"] == plain["group:nfflowd"]["programs"]
     assert "metrics" not in parsed["group:nfflowd"]["programs"]
     assert not stale.exists()  # a new run does not start with the last run's reports
+
+
+def test_coverage_gaps_are_counted_per_stage_in_seconds() -> None:
+    stats = {
+        "ingest": record("ingest", {"coverage_gaps": 2, "coverage_gap_ms": 3500}),
+        "export": record("export", {"coverage_gaps": 1, "coverage_gap_ms": 250}),
+    }
+    got = exposition(prometheus.families(stats, None, TARGETS, NOW))
+    assert got["types"]["nfflowd_coverage_gaps"] == "counter"
+    assert got["nfflowd_coverage_gaps_total"][(("stage", "ingest"),)] == 2
+    assert got["nfflowd_coverage_gap_seconds_total"] == {
+        (("stage", "ingest"),): 3.5,
+        (("stage", "export"),): 0.25,
+    }

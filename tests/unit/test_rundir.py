@@ -40,7 +40,7 @@ def config(tmp_path: Path, run: Path | str, name: str = "c.conf") -> Path:
     path.write_text(
         "<ptee>\n  <conf>\n    dispatchers screen\n    <screen>\n      class screen\n"
         "      stderr 0\n    </screen>\n  </conf>\n</ptee>\n"
-        f"<daemon>\n  rundir {run}\n</daemon>\n"
+        f"<daemon>\n  rundir {run}\n  statedir {tmp_path / 'state'}\n</daemon>\n"
     )
     path.chmod(0o644)
     return path

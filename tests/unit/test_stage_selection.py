@@ -62,7 +62,10 @@ def test_other_programs_are_kept(tmp_path: Path) -> None:
 
 def test_prepare_writes_the_selection(tmp_path: Path) -> None:
     s = config.load(None)
-    s = dataclasses.replace(s, daemon=dataclasses.replace(s.daemon, stages=("ingest",)))
+    state = str(tmp_path / "state")  # not the host's /var/lib/nfflowd
+    s = dataclasses.replace(
+        s, daemon=dataclasses.replace(s.daemon, stages=("ingest",), statedir=state)
+    )
     conf = control.prepare(s, str(tmp_path / "run"))
     cp = parsed(Path(conf).read_text())
     assert programs(cp) == ["ingest"] and cp.get("group:nfflowd", "programs") == "ingest"

@@ -18,8 +18,8 @@ import pytest
 from nfflowd import config
 from nfflowd.formats import json_lines
 from nfflowd.messages import FlowRecord
-from nfflowd.ops import commands
-from nfflowd.ops.who import ERROR, FOUND, NOT_FOUND, ask, report
+from nfflowd.ops import commands, who
+from nfflowd.ops.who import ERROR, FOUND, NOT_FOUND, Answer, report
 from nfflowd.ops.who.join import AMBIGUOUS, Flow, Point, join_untranslated, merge, observe
 from nfflowd.ops.who.question import (
     Endpoint,
@@ -31,6 +31,14 @@ from nfflowd.ops.who.question import (
 )
 from nfflowd.ops.who.sources import Source, SourceError, choose, mirror_files, nfdump_filter
 from tests.flow_records import flow
+
+#: No coverage journal here (tests/unit/test_coverage.py has the journal's own tests).
+NO_JOURNAL = "/nonexistent/nfflowd-state"
+
+
+def ask(q: Question, sources: list[Source], nfdump: str = "nfdump") -> Answer:
+    return who.ask(q, sources, nfdump, statedir=NO_JOURNAL)
+
 
 T0 = 1_796_551_200_000  # 2026-12-06T10:00:00Z
 PRIV, PUB, REMOTE = ("10.0.1.2", 41000), ("203.0.113.1", 61000), ("203.0.113.2", 5001)
@@ -356,7 +364,7 @@ def test_json_lines_rotated_gzip_syslog_prefixed_and_malformed(tmp_path: Path) -
     assert skipped.matches == [] and skipped.reports[0].skipped_files == 1
     text = report.text(got)
     assert "private 10.0.1.7:40001  public 203.0.113.1:50001  remote 203.0.113.2:5001" in text
-    assert "coverage: not recorded yet" in text
+    assert f"coverage: unknown: no coverage journal in {NO_JOURNAL} (no such directory" in text
     assert report.document(got)["coverage"]["recorded"] is False
 
 

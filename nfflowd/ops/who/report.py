@@ -10,8 +10,9 @@ private host saw them: what it sent, what it got)::
          from /srv/nfcapd/nfcapd.202612061000 (without post-NAT fields: ...)
 
 then what each source gave (files, records, malformed lines named), and the coverage
-line.  ``--json``: ``{"question", "matches", "sources", "coverage"}``, every time as
-ISO text and epoch ms, endpoints as ``{"address", "port"}``.
+of the window (:mod:`nfflowd.ops.who.coverage`).  ``--json``: ``{"question",
+"matches", "sources", "coverage"}``, every time as ISO text and epoch ms, endpoints
+as ``{"address", "port"}``.
 """
 
 from __future__ import annotations
@@ -20,17 +21,10 @@ import json
 from typing import Any
 
 from nfflowd.formats.json_lines import iso_ms
-from nfflowd.ops.who import Answer
+from nfflowd.ops.who import Answer, coverage
 from nfflowd.ops.who.join import Counters, Match, Point
 from nfflowd.ops.who.question import join_endpoint, protocol_name
 from nfflowd.ops.who.sources import SourceReport
-
-#: Part 2 of issue 14 (the coverage journal) does not exist yet: said, not implied.
-COVERAGE = (
-    "coverage: not recorded yet: nfflowd does not yet journal the intervals in which it "
-    "may have missed connections, so this answer cannot say whether it was listening "
-    "during the window; a connection not found is not a proof that none was made"
-)
 
 
 def _counters(c: Counters | None) -> str:
@@ -94,7 +88,7 @@ def text(a: Answer) -> str:
     out.append("")
     for r in a.reports:
         out += _source_lines(r)
-    out.append(COVERAGE)
+    out += coverage.lines(a.coverage)
     return "\n".join(out) + "\n"
 
 
@@ -156,7 +150,7 @@ def document(a: Answer) -> dict[str, Any]:
             }
             for r in a.reports
         ],
-        "coverage": {"recorded": False, "text": COVERAGE},
+        "coverage": coverage.document(a.coverage),
     }
 
 
