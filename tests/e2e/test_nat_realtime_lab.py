@@ -23,6 +23,7 @@ from nfflowd.conntrack.text import parse_line
 from nfflowd.correlate.correlator import is_natted
 from nfflowd.formats import ipfix
 from nfflowd.formats import ipfix_ies as ies
+from nfflowd.lab.nfcapd import Nfcapd
 from nfflowd.lab.plan import Lab
 from nfflowd.ops import control
 from tests.addresses import txt
@@ -102,17 +103,27 @@ def wait_for(what: str, done: object, timeout: float = 10.0) -> None:
         time.sleep(0.1)
 
 
+#: nfdump's view of a NAT event: natEvent (ADD/DELETE), its time, the pre-NAT tuple
+NFDUMP_NEL = "fmt:%nevt|%tevt|%pr|%sa|%sp|%da|%dp"
+
+
+def collector(port: int) -> str:
+    return (
+        f"  <collector>\n    address 127.0.0.1\n    port {port}\n    version 10\n"
+        "    nat_events realtime\n  </collector>\n"
+    )
+
+
 def test_create_events_arrive_while_connections_are_open(tmp_path: Path, lab_ready: None) -> None:
     rundir = tmp_path / "run"
     receiver = Receiver()
+    cap = Nfcapd()
+    cap.start()
+    nel: list[list[str]] = []
     try:
         with labmod.running(lab_prefix("rt")) as lab:
             source = netlink_source(lab.fw, "set_sysctls 1")
-            export = (
-                "<export>\n  <collector>\n    address 127.0.0.1\n"
-                f"    port {receiver.port}\n    version 10\n    nat_events realtime\n"
-                "  </collector>\n</export>\n"
-            )
+            export = f"<export>\n{collector(receiver.port)}{collector(cap.port)}</export>\n"
             conf = write_config(rundir, source + export, screen_format="json")
             nfflowd("-c", str(conf), "start")
             try:
@@ -128,6 +139,9 @@ def test_create_events_arrive_while_connections_are_open(tmp_path: Path, lab_rea
                         lambda: open_now <= set(receiver.got(CREATE)),
                     )
                     assert not open_now & set(receiver.got(DELETE))
+                    # nfcapd has them too: stopped now (it stores what it got), read by nfdump
+                    cap.stop()
+                    nel.extend(r for r in cap.rows(NFDUMP_NEL) if r[0] in ("ADD", "DELETE"))
 
                 labmod.traffic(lab, before_close=while_open)
                 end_connections(lab)
@@ -148,11 +162,19 @@ def test_create_events_arrive_while_connections_are_open(tmp_path: Path, lab_rea
             assert not control.is_running(str(rundir))
     finally:
         receiver.close()
+        cap.close()
     assert len(open_now) >= 4, open_now  # the mix's SNAT, DNAT and NAT66 connections
     creates, deletes = receiver.got(CREATE), receiver.got(DELETE)
     for key in open_now:
         assert (creates.count(key), deletes.count(key)) == (1, 1), key
     assert receiver.flows > 0
+    # nfdump, while the connections were open: an ADD for each, stamped before the close
+    added = {
+        (int(r[2]), r[3], int(r[4]), r[5], int(r[6]))
+        for r in nel
+        if r[0] == "ADD" and r[2] in ("6", "17")  # (ICMP: type.code for a port)
+    }
+    assert open_now <= added and not [r for r in nel if r[0] == "DELETE"], nel
     assert mirror.get("invalid") == 0 and mirror.get("lines", 0) > 0, mirror
     lines = (rundir / "mirror.out").read_text().splitlines()
     assert lines and not [ln for ln in lines if '"opened"' in ln]
