@@ -20,6 +20,8 @@ from nfflowd.config import general as cg
 from nfflowd.config.general import Key, Origin
 
 _TRUE, _FALSE = ("1", "yes", "true", "on"), ("0", "no", "false", "off")
+#: A size in bytes: digits, then K, M or G (powers of 1024), optionally "iB"/"B".
+_SIZE = re.compile(r"^\s*(\d{1,30})\s*([kmg]?)i?b?\s*$", re.IGNORECASE)
 
 
 class ConfigError(Exception):
@@ -40,6 +42,12 @@ class ConfigError(Exception):
         where = ":".join(str(p) for p in (self.path, self.line) if p is not None)
         text = f"key {self.key!r}: {self.message}" if self.key else self.message
         return f"{where}: {text}" if where else text
+
+
+#: Datagrams/s per collector unless configured (``<export> max_rate``): measured to be
+#: what an nfcapd with its default socket buffer absorbs, with a margin, and several
+#: times what the pipeline produces (README "Pacing", bench/bench_pacing.py).
+DEFAULT_MAX_RATE = 8000
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,9 @@ class Collector:
     # postNAT* elements) or "triplet" (also the original direction as it left, as v5 sends);
     # None: the version's own, per_direction for 9/10 (v5 always sends the triplet)
     records: str | None = None
+    # pacing (nfflowd.outputs.pacing): datagrams/s and bytes/s at most (0: no limit)
+    max_rate: int = DEFAULT_MAX_RATE
+    max_byte_rate: int = 0
 
 
 @dataclass(frozen=True)
@@ -90,6 +101,9 @@ class ExportSettings:
     template_refresh_packets: int = 20  # re-send templates every N datagrams (v9/IPFIX) ...
     template_refresh_seconds: int = 1800  # ... and every T seconds, whichever comes first
     active_timeout: int = 0  # s; connections open longer are reported periodically (0 = off)
+    # the pace of collectors that do not set their own (nfflowd.outputs.pacing; 0: no limit)
+    max_rate: int = DEFAULT_MAX_RATE
+    max_byte_rate: int = 0
 
 
 @dataclass(frozen=True)
@@ -102,6 +116,9 @@ class Dispatcher:
     min_level: str = "debug"
     address: str = "/dev/log"  # unix socket path, or udp://HOST:PORT / tcp://HOST:PORT
     format: str = "csv"  # "csv" (flow-tools CSV) | "json"
+    # udp:// only: datagrams (lines)/s and bytes/s at most (nfflowd.outputs.pacing; 0: no limit)
+    max_rate: int = 0
+    max_byte_rate: int = 0
 
 
 @dataclass(frozen=True)
@@ -315,6 +332,30 @@ class _V:
             return str(ipaddress.ip_address(str(value).strip().strip("[]")))
         except ValueError:
             raise self.expected(key, "an IPv4 or IPv6 address", value) from None
+
+
+#: The highest pace that can be set (datagrams/s; bytes/s: MAX_BYTE_RATE).
+MAX_RATE = 10_000_000
+MAX_BYTE_RATE = 1 << 40
+
+
+def pace_rate(v: _V, key: Key, default: int) -> int:
+    """``max_rate``: datagrams per second at most, 0 for no limit (nfflowd.outputs.pacing)."""
+    return v.integer(key, default, 0, MAX_RATE, "datagrams per second (0: no limit)")
+
+
+def pace_byte_rate(v: _V, key: Key, default: int) -> int:
+    """``max_byte_rate``: bytes per second at most (suffix K, M, G: 2**10, 2**20, 2**30),
+    0 for no limit."""
+    value = v.one(key)
+    if value is None:
+        return default
+    m = _SIZE.match(str(value)) if not isinstance(value, bool) else None
+    n = int(m[1]) << {"": 0, "k": 10, "m": 20, "g": 30}[m[2].lower()] if m else -1
+    if not 0 <= n <= MAX_BYTE_RATE:
+        what = f"bytes per second, 0..{MAX_BYTE_RATE} (suffix K/M/G allowed; 0: no limit)"
+        raise v.expected(key, what, value)
+    return n
 
 
 def _int(value: Any) -> int | None:

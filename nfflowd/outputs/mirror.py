@@ -97,7 +97,12 @@ def make_dispatchers(
             out.append((d.format, ScreenDispatcher(stream, stderr=d.stderr)))
         elif d.kind == "syslog":
             syslog = SyslogDispatcher(
-                d.address, ident=d.ident, facility=d.facility, severity=FLOW_LINE_SEVERITY
+                d.address,
+                ident=d.ident,
+                facility=d.facility,
+                severity=FLOW_LINE_SEVERITY,
+                max_rate=d.max_rate,
+                max_byte_rate=d.max_byte_rate,
             )
             out.append((d.format, syslog))
         else:
@@ -178,6 +183,15 @@ class Mirror:
         return max(
             (d.pending for d in self.dispatchers if isinstance(d, SyslogDispatcher)), default=0
         )
+
+    def wait(self) -> float | None:
+        """Seconds until a paced dispatcher may send its next held line (None: none waits)."""
+        waits = [
+            w
+            for d in self.dispatchers
+            if isinstance(d, SyslogDispatcher) and (w := d.wait()) is not None
+        ]
+        return min(waits) if waits else None
 
     def counters(self) -> dict[str, int]:
         out = {"lines": self.lines, "invalid": self.invalid}

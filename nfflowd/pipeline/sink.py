@@ -18,11 +18,18 @@ still holds (:meth:`Sink.pending`, e.g. syslog lines while syslog is slow or
 down).  So the number of records that have left is *handed - pending*, and
 each batch is acknowledged as soon as its last record has left, even while
 later ones are still held.
+
+A paced sink (:mod:`nfflowd.outputs.pacing`) holds records until its pace lets
+them go and says when that is (:meth:`Sink.wait`): the loop then waits for input
+at most that long and sends, so held datagrams leave steadily, a few at a time,
+instead of at the next 100 ms poll in one burst.  A stage told to stop goes on
+while paced records wait (until its drain deadline).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import struct
 import time
@@ -73,6 +80,11 @@ class Sink(Protocol):
 
     def pending(self) -> int:
         """Records handed over but not yet delivered (oldest first), e.g. while syslog is down."""
+        ...
+
+    def wait(self) -> float | None:
+        """Seconds until held records may go (a pace), 0 for now; None when nothing waits
+        for a time (nothing held, or held by an outage: retried at each poll)."""
         ...
 
 
@@ -299,18 +311,26 @@ def _consume(stage: Stage, inputs: list[_Input], flow: Flow) -> None:
         out["resumed_records"] = sum(inp.resumed_records for inp in inputs)
         return out
 
-    while not stage.done_draining(last_input):
+    while True:
+        wait = sink.wait()  # paced records: when the next may go
+        if stage.done_draining(last_input) and (
+            wait is None or time.monotonic() > stage.stop_deadline
+        ):
+            break
         for inp in inputs:
             inp.inlet.heartbeat()
         if time.monotonic() >= next_notice:
             stage.notify("stats", counters())
             next_notice = time.monotonic() + NOTICE_INTERVAL_S
-        # records held (an outage, a slow reader): retry every 100 ms
+        # records held (an outage, a slow reader): retry every 100 ms; paced: when due
         busy = bool(sink.pending() or any(inp.waiting for inp in inputs))
-        ready = dict(poller.poll(stage.poll_ms(last_input, busy=busy)))
+        timeout = stage.poll_ms(last_input, busy=busy)
+        if wait is not None:
+            timeout = min(timeout, math.ceil(wait * 1000))
+        ready = dict(poller.poll(timeout))
         if not ready:
             if sink.pending():
-                sink.flush()  # an outage or a slow reader: retry now and then
+                sink.flush()  # what the pace allows; an outage or a slow reader: retry
             for inp in inputs:
                 inp.ack(flow)
             continue

@@ -435,7 +435,7 @@ def test_unknown_key_in_known_block_and_top_level_key(tmp_path: Path) -> None:
         f"{tmp_path / 'nfflowd.conf'}:2: key 'export.engine-id': unknown key in <export>; did "
         "you mean 'engine_id'? (valid: exaddr, engine_type, engine_id, version, collector, "
         "observation_domain, template_refresh_packets, template_refresh_seconds, "
-        "active_timeout)"
+        "active_timeout, max_rate, max_byte_rate)"
     )
     s = load_text(tmp_path, "rundir /tmp\n")
     assert s.notes[0].endswith("unknown key 'rundir' ignored")
