@@ -1,7 +1,7 @@
 """What an nfcapd with its default socket buffer absorbs: paced resends, RcvbufErrors per rate.
 
     python bench/bench_pacing.py [--rates 2000,4000,...,40000,0] [--repeats 3]
-                                 [--batches 64] [--batch-records 1400] [--margin 0.5]
+                                 [--batches 64] [--batch-records 1400] [--busy N]
 
 Why.  After an export restart correlate resends every unacknowledged batch (up
 to ``max_unacked`` of them, :class:`nfflowd.config.DaemonSettings`), and export
@@ -29,10 +29,11 @@ nfflowd's stages on one host (the chaos test's case), and is scheduled late.
 
 Prints, per rate: datagrams sent, the rate reached, RcvbufErrors of each repeat;
 then the highest rate with 0 errors in every repeat at it and every rate below
-("safe collector rate"), the default that ``--margin`` of it gives, the
-exporter's unpaced rate, and the pipeline's peak output (the live lab maximum,
-bench/README.md: ~114,000 connections/s x 3 v5 records / 30 per datagram) for
-comparison.  Asserts nothing.  Needs root, iproute2, nfcapd.  ~1-2 min.
+("safe collector rate"), the current default, the exporter's unpaced rate, and
+the pipeline's peak output (the live lab maximum, bench/README.md: ~114,000
+connections/s x 3 v5 records / 30 per datagram) for comparison.  The default
+(README "Pacing") was chosen from a quiet run and a ``--busy 2`` run.  Asserts
+nothing.  Needs root, iproute2, nfcapd.  ~1-2 min.
 """
 
 from __future__ import annotations
@@ -107,7 +108,6 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batches", type=int, default=DaemonSettings.max_unacked)
     ap.add_argument("--batch-records", type=int, default=1400)
-    ap.add_argument("--margin", type=float, default=0.5, help="default = margin x safe rate")
     ap.add_argument("--busy", type=int, default=0, help="CPU-bound processes meanwhile")
     args = ap.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
@@ -147,7 +147,6 @@ def main() -> None:
         safe = rate
     unpaced = min(reached[0]) if 0 in reached else float("nan")
     print(f"safe collector rate (0 RcvbufErrors at it and below): {safe} datagrams/s")
-    print(f"default with margin {args.margin}: {int(safe * args.margin)} datagrams/s")
     print(f"current DEFAULT_MAX_RATE: {DEFAULT_MAX_RATE} datagrams/s")
     print(f"exporter unpaced (as fast as Python sends): {unpaced:.0f} datagrams/s")
     print(f"pipeline peak towards one v5 collector (live lab maximum): {PIPELINE_PEAK}/s")

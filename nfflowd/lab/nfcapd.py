@@ -1,4 +1,4 @@
-"""A private nfdump collector (``nfcapd``) on loopback, and what it stored.
+"""A private nfdump collector (``nfcapd``), on loopback or in a namespace, and what it stored.
 
 Used by ``nfflowd demo``, the benchmarks and the tests: nfdump is the
 independent judge of the NetFlow nfflowd sends.
@@ -28,6 +28,13 @@ How the data is made safe to read (nfcapd 1.7):
   ``nfcapd.YYYYmmddHHMM``; all such files in the directory are read with
   ``nfdump -q -N -6 -o fmt:...`` under ``TZ=UTC`` (``%ts``/``%te`` have ms;
   ``-o csv`` has only seconds and 1.7.1's ``%ter`` prints ``ms % 100``).
+
+Where loss happens: :class:`CollectorNetns` is a network namespace for a
+collector alone (``Nfcapd(host=ns.address, netns=ns.name)``), so its kernel's
+``Udp: RcvbufErrors`` counts exactly what the collector's socket dropped
+(:meth:`CollectorNetns.rcvbuf_errors`: the tests assert it stays 0), and
+:meth:`CollectorNetns.reject` takes the collector "down" (port unreachable) for
+a while.  Its addresses are /30s of 10.254.0.0/16, a range no other lab uses.
 """
 
 from __future__ import annotations
@@ -318,6 +325,11 @@ class Nfcapd:
             [c.strip() for c in ln.split("|")] for ln in self._nfdump("-q", "-N", "-6", "-o", fmt)
         ]
 
+    def lines(self, fmt: str) -> Iterator[str]:
+        """Every stored flow as the line ``nfdump -q -N -6 -o fmt`` prints (for readers of
+        millions of records); stops nfcapd first if running."""
+        return self._nfdump("-q", "-N", "-6", "-o", fmt)
+
     def records(self) -> list[dict[str, Any]]:
         """Every flow stored, in arrival order (stops nfcapd first if running)."""
         return [parse_nfdump_line(ln) for ln in self._nfdump("-q", "-N", "-6", "-o", NFDUMP_FMT)]
@@ -474,7 +486,7 @@ class CollectorNetns:
         rules = (
             "add table inet nfc_down\n"
             "add chain inet nfc_down in { type filter hook input priority 0; }\n"
-            f"add rule inet nfc_down in udp dport {port} reject\n"
+            f"add rule inet nfc_down in udp dport {port} counter reject\n"
         )
         subprocess.run(
             ["ip", "netns", "exec", self.name, "nft", "-f", "-"],
@@ -484,10 +496,21 @@ class CollectorNetns:
             timeout=15,
         )
 
-    def accept(self) -> None:
-        """End :meth:`reject`."""
+    def accept(self) -> int:
+        """End :meth:`reject`; the number of datagrams it refused."""
+        listing = subprocess.run(
+            ["ip", "netns", "exec", self.name, "nft", "list", "table", "inet", "nfc_down"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=15,
+        ).stdout
         subprocess.run(
             ["ip", "netns", "exec", self.name, "nft", "delete", "table", "inet", "nfc_down"],
             check=True,
             timeout=15,
         )
+        found = re.search(r"counter packets (\d+)", listing)
+        if found is None:
+            raise NfcapdError(f"no counter in the reject rule: {listing}")
+        return int(found[1])

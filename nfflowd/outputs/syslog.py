@@ -19,7 +19,10 @@ receiver (rsyslog imtcp/imptcp, syslog-ng) accepts without configuration,
 and our lines never contain an LF (an embedded LF or NUL becomes a space).
 
 Delivery: every line goes through a bounded FIFO (``max_buffer`` lines; beyond
-that the oldest are dropped and counted).  A send that fails (no socket,
+that the oldest are dropped and counted; the mirror sizes it,
+:func:`nfflowd.outputs.mirror.held_bound`, to every line of the batches its
+inputs may leave unacknowledged, so that during an outage backpressure stops
+the pipeline before the FIFO drops anything).  A send that fails (no socket,
 refused, peer gone, socket full for ``send_timeout`` seconds) leaves the rest in
 the FIFO; the next ``emit`` (at most every ``retry_interval`` seconds) or any
 ``flush`` reconnects and delivers them in order, each exactly once as far as
