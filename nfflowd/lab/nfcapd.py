@@ -151,8 +151,10 @@ class Nfcapd:
         nfdump: str = "nfdump",
         extra_args: list[str] | None = None,
         netns: str | None = None,
+        nice: int = 0,
     ) -> None:
         self.host = host
+        self.nice = nice  # its scheduling priority: a collector host's nfcapd has a CPU
         self.netns = netns  # run in this namespace (ip netns exec); host is one of its addresses
         self.port = port or 0
         self.timeout = timeout
@@ -192,6 +194,7 @@ class Nfcapd:
                 self.port = 2055 + attempt if self.netns else free_udp_port(self.host)
             cmd = [
                 *(["ip", "netns", "exec", self.netns] if self.netns else []),
+                *(["nice", "-n", str(self.nice)] if self.nice else []),
                 self.nfcapd,
                 "-b",
                 self.host,

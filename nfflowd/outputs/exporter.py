@@ -19,7 +19,12 @@ datagrams encoded and not yet sent, a :class:`~nfflowd.outputs.pacing.Pace`
 (``max_rate`` datagrams/s, ``max_byte_rate`` bytes/s) that lets them leave a few
 at a time, and a refusal state: a datagram the collector refused (ICMP port
 unreachable, known at once for a collector on this host) stays first in its
-queue and is tried again every REFUSED_RETRY_S.  What a queue holds is not
+queue and is tried again every REFUSED_RETRY_S, for REFUSED_HOLD_S at most: a
+collector that still refuses then is given up on (its held datagrams are
+dropped, counted as ``dropped``, and later ones are sent once each, as to a
+remote collector, until one is accepted again), so a collector that is down for
+good stalls the pipeline (and so the other collectors and the mirror) for that
+long, not for ever.  What a queue holds is not
 delivered: :meth:`Exporter.pending` counts the records of the oldest block a
 collector still holds a datagram of, so their batch is acknowledged only once
 every collector has sent them (backpressure, never a drop), and a killed export
@@ -67,6 +72,8 @@ class Encoder(Protocol):
 MAX_STREAMS = 64
 #: A collector that refused a datagram is tried again (that datagram first) this often.
 REFUSED_RETRY_S = 0.5
+#: A collector that refuses this long is given up on: what it holds is dropped (counted).
+REFUSED_HOLD_S = 30.0
 #: A datagram waiting to be sent: its bytes, the exporter's record count before the
 #: block it came from (what has left while it waits), and the encoder's sequence after
 #: that block (stored when its first datagram goes; -1 on the others).
@@ -113,10 +120,10 @@ def make_encoder(exp: ExportSettings, c: Collector) -> Encoder:
 class Exporter:
     """Encodes flow records for every collector and sends them, paced per collector.
 
-    A collector that is paced, or refuses, holds back the records it has not sent,
-    and so the acknowledgement of their batch (the slowest collector paces the
-    pipeline); one that fails otherwise (no route, buffer full) costs the others
-    nothing: the datagram is counted and dropped."""
+    A collector that is paced, or refuses (for REFUSED_HOLD_S at most), holds back
+    the records it has not sent, and so the acknowledgement of their batch (the
+    slowest collector paces the pipeline); one that fails otherwise (no route,
+    buffer full) costs the others nothing: the datagram is counted and dropped."""
 
     def __init__(self, exp: ExportSettings, sequences: persist.Slots | None = None) -> None:
         """*sequences*: where each collector's sequence number survives a restart, so a
@@ -128,6 +135,9 @@ class Exporter:
         self.paces = [Pace(c.max_rate, c.max_byte_rate) for c in exp.collectors]
         self.queues: list[deque[Held]] = [deque() for _ in exp.collectors]
         self.retry_at = [0.0 for _ in exp.collectors]  # while refused: when to try again
+        self.refused_since: list[float | None] = [None for _ in exp.collectors]
+        self.gave_up = [False for _ in exp.collectors]  # refused for REFUSED_HOLD_S
+        self.dropped = [0 for _ in exp.collectors]  # given up on after REFUSED_HOLD_S
         self.paced = [0 for _ in exp.collectors]  # datagrams that waited for the pace
         if not self.targets:
             log.warning("no collector configured: flow records are only mirrored")
@@ -186,10 +196,37 @@ class Exporter:
             if sequence >= 0 and slots is not None and i < MAX_STREAMS:
                 # stored before sending: after a crash the stream skips ahead, never back
                 slots[2 * i + 1] = sequence
-            if coll.send(datagram) == REFUSED:  # kept, first in the queue
+            if coll.send(datagram) != REFUSED:
+                self.refused_since[i], self.gave_up[i] = None, False
+            elif self._hold(i, now):  # kept, first in the queue
                 self.retry_at[i] = now + REFUSED_RETRY_S
                 return
             queue.popleft()
+
+    def _hold(self, i: int, now: float) -> bool:
+        """Whether collector *i*, which just refused, is still waited for.  Once it has
+        refused for REFUSED_HOLD_S, each refusal drops what it holds (the refused
+        datagram too: the caller pops it), until it accepts again."""
+        since = self.refused_since[i]
+        if since is None:
+            self.refused_since[i] = since = now
+        if now - since < REFUSED_HOLD_S:
+            return True
+        dropped = len(self.queues[i]) - 1  # the refused datagram: popped by the caller
+        if not self.gave_up[i]:
+            self.gave_up[i] = True
+            log.warning(
+                "collector %s refused everything for %.0f s: dropping %d datagrams held, "
+                "and sending on without holding until it accepts again",
+                self.targets[i][1].target,
+                now - since,
+                dropped + 1,
+            )
+        first = self.queues[i].popleft()
+        self.queues[i].clear()
+        self.queues[i].append(first)
+        self.dropped[i] += dropped + 1
+        return False
 
     def flush(self) -> None:
         """Send what each collector's pace allows now (and try a refusing one again)."""
@@ -232,6 +269,7 @@ class Exporter:
                 out[f"c{i}_{k}"] = v
             out[f"c{i}_paced"] = self.paced[i]
             out[f"c{i}_held"] = len(self.queues[i])
+            out[f"c{i}_dropped"] = self.dropped[i]
         return out
 
 

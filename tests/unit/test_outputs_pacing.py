@@ -255,6 +255,30 @@ def test_a_refused_datagram_is_kept_and_retried(
     assert exp.counters()["c0_datagrams_sent"] == 3
 
 
+def test_a_collector_refusing_too_long_is_given_up_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(exporter_mod, "REFUSED_RETRY_S", 0.01)
+    monkeypatch.setattr(exporter_mod, "REFUSED_HOLD_S", 0.2)
+    port = closed_port()
+    exp = exporter_to((port, 0))
+    started = time.monotonic()
+    exp.handle(flow_block(90))  # 3 datagrams, held while the collector refuses
+    assert exp.pending() == 90
+    run_loop(exp, lambda: exp.pending() == 0)  # given up on: the pipeline goes on
+    assert time.monotonic() - started >= 0.2
+    c = exp.counters()
+    assert (c["c0_dropped"], c["c0_held"], c["c0_datagrams_sent"]) == (3, 0, 0)
+    exp.handle(flow_block(30, 90))  # still refused: dropped at once, not held
+    assert exp.pending() == 0 and exp.counters()["c0_dropped"] == 4
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.1", port))  # back: sent, and held again at the next refusal
+        rx.settimeout(5)
+        exp.handle(flow_block(30, 120))
+        assert int.from_bytes(rx.recv(65536)[16:20], "big") == 120
+    assert exp.counters()["c0_dropped"] == 4
+    exp.handle(flow_block(30, 150))
+    assert exp.pending() == 30  # refused again: held, for REFUSED_HOLD_S
+
+
 def test_default_pace_of_a_collector() -> None:
     exp = exporter_to((closed_port(), DEFAULT_MAX_RATE))
     assert exp.paces[0].rate == DEFAULT_MAX_RATE
