@@ -20,17 +20,16 @@ datagrams encoded and not yet sent, a :class:`~nfflowd.outputs.pacing.Pace`
 at a time, and a refusal state: a datagram the collector refused (ICMP port
 unreachable, known at once for a collector on this host) stays first in its
 queue and is tried again every REFUSED_RETRY_S, for REFUSED_HOLD_S at most: a
-collector that still refuses then is given up on (its held datagrams are
-dropped, counted as ``dropped``, and later ones are sent once each, as to a
-remote collector, until one is accepted again), so a collector that is down for
-good stalls the pipeline (and so the other collectors and the mirror) for that
-long, not for ever.  What a queue holds is not
-delivered: :meth:`Exporter.pending` counts the records of the oldest block a
-collector still holds a datagram of, so their batch is acknowledged only once
-every collector has sent them (backpressure, never a drop), and a killed export
-repeats them (its successor encodes them again, with the sequence number of the
-last block that began to leave).  :meth:`Exporter.wait` tells the loop when the
-next datagram may go.
+collector that still refuses then is given up on (what it holds is dropped,
+counted as ``dropped``, and so is what it refuses from then on, until it
+accepts a datagram again), so a collector that is down for good stalls the
+pipeline (and so the other collectors and the mirror) that long, not for ever.
+What a queue holds is not delivered: :meth:`Exporter.pending` counts the records
+of the oldest block a collector still holds a datagram of, so their batch is
+acknowledged only once every collector has sent them (backpressure, never a
+drop), and a killed export repeats them (its successor encodes them again, with
+the sequence number of the last block that began to leave).  :meth:`Exporter.wait`
+tells the loop when the next datagram may go.
 
 Which records: v5 collectors get the correlator's triplet as it is; v9/IPFIX
 encoders leave out the ORIGINAL_OUT records (``per_direction``, counted as
