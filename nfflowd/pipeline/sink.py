@@ -237,8 +237,18 @@ class _Input:
         self.ack(flow)
 
     def progress(self, flow: Flow) -> None:
-        """Record in the slots how far the oldest batch not fully delivered has got."""
+        """Record in the slots how far the oldest batch not fully delivered has got,
+        once the origins of the batches that have all left are remembered: a paced or
+        held sink finishes a batch while the next is being handed, and a kill before
+        that batch's acknowledgement must not make the successor send it again (the
+        slots describe one batch only)."""
         left = flow.left()
+        finished = [i for i, f in enumerate(self.waiting) if f.end <= left and f.origin]
+        for i in finished:
+            f = self.waiting[i]
+            assert f.origin is not None
+            self.ring.add(*f.origin)
+            self.waiting[i] = f._replace(origin=None)  # remembered: _release adds nothing
         # (the batches before it have left: about to be acknowledged)
         w = next((w for w in self.waiting if w.end > left and w.origin is not None), None)
         if w is None or w.origin is None:
