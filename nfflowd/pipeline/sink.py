@@ -9,9 +9,12 @@ way out at the instant of the kill:
   being delivered: its (incarnation, seq), origin, length and how many of its
   records have left.  A resent batch resumes there; so does a batch recomputed
   by a restarted correlate from the same events (same origin and length).
-* ``<link>.delivered``: a ring of the origins of the batches that have left: a
-  batch recomputed from the same events (restarted correlate, or a saved log
-  re-read by a restarted ingest) is dropped, counted as ``duplicate_batches``.
+* ``<link>.delivered``: a ring of the origins of the batches that have left
+  (stored as soon as a batch's last record has left, before the position moves
+  on to the next batch: a paced sink finishes one batch while the next is being
+  handed): a batch recomputed from the same events (restarted correlate, or a
+  saved log re-read by a restarted ingest) is dropped, counted as
+  ``duplicate_batches``.
 
 A sink delivers records in order (first in, first out) and says how many it
 still holds (:meth:`Sink.pending`, e.g. syslog lines while syslog is slow or

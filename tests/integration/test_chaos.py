@@ -91,13 +91,11 @@ COLLECTOR_NICE = -10
 #: the run with DropWatch lost them with no kill in the 3 s before: not a resend
 #: burst, but nfcapd (or the softirq that fills its 92-datagram buffer) kept off the
 #: CPU for more than the 19 ms that pace allows.  At 2000 (46 ms), none.
-#: Known weakness (open): at 2000/s the collector got 1,658, 2,805 and 2,767
-#: duplicates in three runs (max_unacked 64, 64, 32), the last two just over the
-#: 0.1 % bound (2,692); the syslog mirror 8-50.  About one batch (~2,900 records)
-#: repeated by export alone; the likely cause (not verified): a paced export is
-#: nearly always in the middle of a batch, and a batch that comes again with a
-#: length of its own (recomputed by a restarted correlate) goes again whole
-#: (nfflowd/pipeline/sink.py).  At 4000/s: 0-1,156.
+#: Duplicates at the collector grow as the pace slows: a paced export is nearly
+#: always in the middle of a batch when it is killed.  At 2000/s runs had 1,658,
+#: 2,805 and 2,767 (the bound is 2,692) until the origin of a batch whose records
+#: have all left was remembered at once rather than at its acknowledgement
+#: (nfflowd/pipeline/sink.py); since then 1,185 and 0, and the syslog mirror 25-47.
 MAX_RATE = DEFAULT_MAX_RATE // 2
 #: Where nfcapd writes: memory, as its own disk would be idle on a collector host
 #: (here the suite writes logs of hundreds of MB meanwhile: a write stalled by the
