@@ -38,7 +38,6 @@ from nfflowd.outputs.syslog import (
     ScreenDispatcher,
     SyslogDispatcher,
 )
-from nfflowd.pipeline.batcher import Batcher
 
 log = logging.getLogger("nfflowd.mirror")
 
@@ -98,31 +97,12 @@ def make_dispatchers(
             out.append((d.format, ScreenDispatcher(stream, stderr=d.stderr)))
         elif d.kind == "syslog":
             syslog = SyslogDispatcher(
-                d.address,
-                ident=d.ident,
-                facility=d.facility,
-                severity=FLOW_LINE_SEVERITY,
-                max_buffer=held_bound(settings),
-                max_rate=d.max_rate,
-                max_byte_rate=d.max_byte_rate,
+                d.address, ident=d.ident, facility=d.facility, severity=FLOW_LINE_SEVERITY
             )
             out.append((d.format, syslog))
         else:
             raise SystemExit(f"dispatcher {d.name}: unknown kind {d.kind!r}")
     return out
-
-
-#: Flow records one event can make at most: a NAT triplet (nfflowd.correlate).
-RECORDS_PER_EVENT = 3
-
-
-def held_bound(settings: Settings) -> int:
-    """Lines a syslog dispatcher may have to hold: every line of the batches its inputs
-    may leave unacknowledged (``max_unacked`` per correlator, each of at most
-    ``Batcher.max_events`` events), so that the FIFO's bound never drops a line that
-    backpressure already holds upstream (at least the dispatcher's own 100,000)."""
-    per_batch = Batcher.max_events * RECORDS_PER_EVENT
-    return max(100_000, settings.daemon.correlators * settings.daemon.max_unacked * per_batch)
 
 
 def make_formatters(exaddr: str, boot_ms: int) -> dict[str, Formatter]:
@@ -198,15 +178,6 @@ class Mirror:
         return max(
             (d.pending for d in self.dispatchers if isinstance(d, SyslogDispatcher)), default=0
         )
-
-    def wait(self) -> float | None:
-        """Seconds until a paced dispatcher may send its next held line (None: none waits)."""
-        waits = [
-            w
-            for d in self.dispatchers
-            if isinstance(d, SyslogDispatcher) and (w := d.wait()) is not None
-        ]
-        return min(waits) if waits else None
 
     def counters(self) -> dict[str, int]:
         out = {"lines": self.lines, "invalid": self.invalid}
