@@ -38,6 +38,7 @@ from nfflowd.outputs.syslog import (
     ScreenDispatcher,
     SyslogDispatcher,
 )
+from nfflowd.pipeline.batcher import Batcher
 
 log = logging.getLogger("nfflowd.mirror")
 
@@ -72,6 +73,19 @@ def gets_flow_lines(d: DispatcherSettings) -> bool:
     return LEVELS[d.min_level] >= LEVELS[FLOW_LINE_LEVEL]
 
 
+#: Flow records one event can make at most: a NAT triplet (nfflowd.correlate).
+RECORDS_PER_EVENT = 3
+
+
+def held_bound(settings: Settings) -> int:
+    """Lines a syslog dispatcher may have to hold: every line of the batches its inputs
+    may leave unacknowledged (``max_unacked`` per correlator, each of at most
+    ``Batcher.max_events`` events), so that the FIFO's bound never drops a line that
+    backpressure already holds upstream (at least the dispatcher's own 100,000)."""
+    per_batch = Batcher.max_events * RECORDS_PER_EVENT
+    return max(100_000, settings.daemon.correlators * settings.daemon.max_unacked * per_batch)
+
+
 def make_dispatchers(
     settings: Settings, screen_dir: str | None = None
 ) -> list[tuple[str, Dispatcher]]:
@@ -97,7 +111,11 @@ def make_dispatchers(
             out.append((d.format, ScreenDispatcher(stream, stderr=d.stderr)))
         elif d.kind == "syslog":
             syslog = SyslogDispatcher(
-                d.address, ident=d.ident, facility=d.facility, severity=FLOW_LINE_SEVERITY
+                d.address,
+                ident=d.ident,
+                facility=d.facility,
+                severity=FLOW_LINE_SEVERITY,
+                max_buffer=held_bound(settings),
             )
             out.append((d.format, syslog))
         else:
