@@ -38,6 +38,8 @@ def write_config(
     extra: str = "",
     *,
     collector_port: int | None = None,
+    collector_address: str = "127.0.0.1",
+    exaddr: str = "127.0.0.1",
     syslog_socket: str | None = None,
     screen: bool = True,
     screen_stderr: bool = False,
@@ -46,13 +48,14 @@ def write_config(
 ) -> Path:
     """A seed-style Config::General file for a daemon running in *rundir*: the screen
     dispatcher (mirror.out; ``format screen_format`` if given) unless ``screen=False``,
-    a NetFlow v5 flow_send to our private collector and a syslog dispatcher only when
-    given, then *extra* (blocks).  Written to *path*, by default next to the run
-    directory (``<rundir>.conf``)."""
+    a NetFlow v5 flow_send to our private collector (at *collector_address*, sent from
+    *exaddr*: an address of this host) and a syslog dispatcher only when given, then
+    *extra* (blocks).  Written to *path*, by default next to the run directory
+    (``<rundir>.conf``)."""
     parts = []
     if collector_port is not None:
         parts.append(
-            "<flow_send>\n    args 127.0.0.1\n    args 127.0.0.1\n"
+            f"<flow_send>\n    args {exaddr}\n    args {collector_address}\n"
             f"    args {collector_port}\n</flow_send>\n"
         )
     dispatchers = (["screen"] if screen else []) + (["syslog"] if syslog_socket else [])
@@ -99,11 +102,13 @@ def netlink_source(netns: str, *settings: str) -> str:
     return f"<source>\n  type netlink\n  netns {netns}\n{lines}</source>\n"
 
 
-def export_block(exaddr: str, *collectors: tuple[int, int, *tuple[str, ...]]) -> str:
-    """An ``<export>`` block: *exaddr*, and a collector on 127.0.0.1 for each
+def export_block(
+    exaddr: str, *collectors: tuple[int, int, *tuple[str, ...]], address: str = "127.0.0.1"
+) -> str:
+    """An ``<export>`` block: *exaddr*, and a collector on *address* for each
     ``(port, NetFlow version, setting lines...)``, e.g. ``(port, 9, "records triplet")``."""
     blocks = "".join(
-        f"  <collector>\n    address 127.0.0.1\n    port {port}\n    version {version}\n"
+        f"  <collector>\n    address {address}\n    port {port}\n    version {version}\n"
         + "".join(f"    {s}\n" for s in settings)
         + "  </collector>\n"
         for port, version, *settings in collectors
@@ -412,17 +417,26 @@ class PacedSyslog:
     delivered it, so a slow syslog paces the whole pipeline (backpressure): a
     replay then lasts about records / rate seconds whatever the machine's speed.
     The lines are kept as received (``<PRI>Mmm dd hh:mm:ss ident: line``).
+
+    :meth:`down` makes it refuse messages (``shutdown(SHUT_RD)``: a send fails with
+    EPIPE, as to a syslog daemon that is gone) while what it had accepted is still
+    read; :meth:`up` binds a fresh socket at the same path (a restarted daemon).
     """
 
     def __init__(self, path: Path, rate: int) -> None:
         self.path = str(path)
         self.rate = rate
         self.lines: list[str] = []
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind(self.path)
-        self._sock.settimeout(0.2)
+        self._sock = self._bind()
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read, daemon=True)
+
+    def _bind(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(self.path)
+        sock.settimeout(0.2)
+        return sock
 
     def _read(self) -> None:
         started = time.monotonic()
@@ -431,11 +445,33 @@ class PacedSyslog:
             if ahead > 0:
                 time.sleep(min(ahead, 0.05))
                 continue
-            try:
-                data = self._sock.recv(65536)
-            except TimeoutError:
+            with self._lock:
+                try:
+                    data = self._sock.recv(65536)
+                except TimeoutError:
+                    continue
+            if not data:  # shut down (down()) and read to the end: until up()
+                time.sleep(0.01)
                 continue
             self.lines.append(data.decode(errors="replace"))
+
+    def down(self) -> None:
+        """Refuse new messages from now on; those already queued are still read."""
+        self._sock.shutdown(socket.SHUT_RD)
+
+    def up(self) -> None:
+        """Accept messages again, on a new socket at the same path (after :meth:`down`)."""
+        fresh = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        os.unlink(self.path)
+        fresh.bind(self.path)
+        fresh.settimeout(0.2)
+        with self._lock:
+            old, self._sock = self._sock, fresh
+            old.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                while data := old.recv(65536):  # what it accepted before down()
+                    self.lines.append(data.decode(errors="replace"))
+            old.close()
 
     def drain(self, quiet: float = 1.0) -> None:
         """Read at full speed until nothing has arrived for *quiet* seconds."""

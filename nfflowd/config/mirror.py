@@ -11,7 +11,15 @@ import os
 from typing import Any
 
 from nfflowd.config.general import Key
-from nfflowd.config.settings import _V, Dispatcher, MirrorSettings, _int, _suggest
+from nfflowd.config.settings import (
+    _V,
+    Dispatcher,
+    MirrorSettings,
+    _int,
+    _suggest,
+    pace_byte_rate,
+    pace_rate,
+)
 from nfflowd.formats.syslog import FACILITIES, FLOW_LINE_LEVEL, LEVELS, parse_address
 
 KEYS = ("conf",)
@@ -25,7 +33,10 @@ DISPATCHER_CLASSES = {
 }
 #: Keys of a dispatcher block: ours, and Log::Dispatch's we accept but do not use.
 COMMON_KEYS = ("class", "min_level", "format")
-KIND_KEYS = {"screen": ("stderr",), "syslog": ("ident", "facility", "address", "socket")}
+KIND_KEYS = {
+    "screen": ("stderr",),
+    "syslog": ("ident", "facility", "address", "socket", "max_rate", "max_byte_rate"),
+}
 IGNORED_KEYS = {
     "screen": ("max_level", "callbacks", "newline", "utf8"),
     "syslog": ("max_level", "callbacks", "newline", "logopt", "lock"),
@@ -120,14 +131,20 @@ def _dispatcher(v: _V, k: Key, name: str) -> Dispatcher:
         )
     if v.get((*k, "facility")) is None:
         v.note(k, f"dispatcher {name}: no facility: using user (Log::Dispatch::Syslog)")
+    address = _syslog_address(v, k)
+    for key in ("max_rate", "max_byte_rate"):
+        if v.user_set((*k, key)) and not address.startswith("udp://"):
+            v.note((*k, key), f"dispatcher {name}: {key} paces udp:// addresses only")
     return Dispatcher(
         name,
         kind,
         ident=v.text((*k, "ident"), "nfflowd"),
         facility=facility,
         min_level=level,
-        address=_syslog_address(v, k),
+        address=address,
         format=fmt,
+        max_rate=pace_rate(v, (*k, "max_rate"), Dispatcher.max_rate),
+        max_byte_rate=pace_byte_rate(v, (*k, "max_byte_rate"), Dispatcher.max_byte_rate),
     )
 
 

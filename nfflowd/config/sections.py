@@ -23,7 +23,9 @@ from nfflowd.config.metrics import metrics_section
 from nfflowd.config.mirror import KEYS as PTEE_KEYS
 from nfflowd.config.mirror import mirror_section
 from nfflowd.config.settings import (
+    _SIZE,
     _V,
+    DEFAULT_MAX_RATE,
     MAX_UNACKED,
     Collector,
     ConfigError,
@@ -35,6 +37,8 @@ from nfflowd.config.settings import (
     SourceSettings,
     _int,
     _show,
+    pace_byte_rate,
+    pace_rate,
 )
 from nfflowd.config.who import KEYS as WHO_KEYS
 from nfflowd.config.who import who_section
@@ -70,6 +74,8 @@ SECTIONS = {
         "template_refresh_packets",
         "template_refresh_seconds",
         "active_timeout",
+        "max_rate",
+        "max_byte_rate",
     ),
     "flow_send": ("args", "progname", "format"),
     "flow_import": None,  # obsolete: anything goes
@@ -97,11 +103,12 @@ COLLECTOR_KEYS = (
     "nat_events",
     "nat_event_numbering",
     "records",
+    "max_rate",
+    "max_byte_rate",
 )
 #: ``<collector> records``: which flow records a v9/IPFIX collector gets
 #: (nfflowd.formats.netflow_v9's ``per_direction``); v5 always gets the triplet.
 RECORDS = ("per_direction", "triplet")
-_SIZE = re.compile(r"^\s*(\d{1,30})\s*([kmg]?)i?b?\s*$", re.IGNORECASE)
 #: The longest ``<conntrack>`` argument line (shlex.split is slow on megabytes).
 MAX_ARGS_LENGTH = 4096
 
@@ -208,6 +215,8 @@ def _export(v: _V) -> ExportSettings:
         v.block(("flow_import",), None)
         v.note(("flow_import",), f"<flow_import> {OBSOLETE}")
     version = _version(v, (*k, "version"), 5)
+    rate = pace_rate(v, (*k, "max_rate"), DEFAULT_MAX_RATE)
+    byte_rate = pace_byte_rate(v, (*k, "max_byte_rate"), 0)
     collectors: list[Collector] = []
     exaddr = "0.0.0.0"
     if "args" in fs:
@@ -220,7 +229,8 @@ def _export(v: _V) -> ExportSettings:
         port = _int(args[2])
         if port is None or not 1 <= port <= 65535:
             raise v.expected(sub[2], "a collector port number (1..65535)", args[2])
-        collectors.append(_collector(v, sub[1], v.address(sub[1], args[1]), port, 5, exaddr))
+        c = _collector(v, sub[1], v.address(sub[1], args[1]), port, 5, exaddr)
+        collectors.append(dataclasses.replace(c, max_rate=rate, max_byte_rate=byte_rate))
     ck = (*k, "collector")
     blocks = v.many(ck)
     for i, block in enumerate(blocks):
@@ -241,7 +251,11 @@ def _export(v: _V) -> ExportSettings:
                 None if src is None else v.address((*bk, "source"), src),
             )
         )
-        collectors[-1] = _records(v, bk, _nat_events(v, bk, collectors[-1]))
+        collectors[-1] = dataclasses.replace(
+            _records(v, bk, _nat_events(v, bk, collectors[-1])),
+            max_rate=pace_rate(v, (*bk, "max_rate"), rate),
+            max_byte_rate=pace_byte_rate(v, (*bk, "max_byte_rate"), byte_rate),
+        )
     if v.one((*k, "exaddr")) is not None:
         exaddr = v.address((*k, "exaddr"), v.one((*k, "exaddr")))
     if not collectors:
@@ -268,6 +282,8 @@ def _export(v: _V) -> ExportSettings:
         v.integer((*k, "template_refresh_packets"), 20, 0, 2**31, "a number of datagrams"),
         v.integer((*k, "template_refresh_seconds"), 1800, 0, 2**31, "a number of seconds"),
         v.integer((*k, "active_timeout"), 0, 0, 2**31, "a number of seconds (0 = off)"),
+        rate,
+        byte_rate,
     )
 
 

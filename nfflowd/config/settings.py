@@ -20,6 +20,8 @@ from nfflowd.config import general as cg
 from nfflowd.config.general import Key, Origin
 
 _TRUE, _FALSE = ("1", "yes", "true", "on"), ("0", "no", "false", "off")
+#: A size in bytes: digits, then K, M or G (powers of 1024), optionally "iB"/"B".
+_SIZE = re.compile(r"^\s*(\d{1,30})\s*([kmg]?)i?b?\s*$", re.IGNORECASE)
 
 
 #: The most batches ``<daemon> max_unacked`` may let a link keep in flight.
@@ -44,6 +46,15 @@ class ConfigError(Exception):
         where = ":".join(str(p) for p in (self.path, self.line) if p is not None)
         text = f"key {self.key!r}: {self.message}" if self.key else self.message
         return f"{where}: {text}" if where else text
+
+
+#: Datagrams/s per collector unless configured (``<export> max_rate``): what an nfcapd
+#: with its default socket buffer absorbed, on a 2-core machine shared with the
+#: pipeline, in every measured resend of ``max_unacked`` batches (bench/bench_pacing.py
+#: --busy 2; 8000 lost datagrams there), 4 times below the rate it absorbs on a quiet
+#: machine; above what the pipeline produces on such a machine, below the live lab's
+#: peak (README "Pacing": the figures, and what the pace costs then).
+DEFAULT_MAX_RATE = 4000
 
 
 @dataclass(frozen=True)
@@ -85,6 +96,9 @@ class Collector:
     # postNAT* elements) or "triplet" (also the original direction as it left, as v5 sends);
     # None: the version's own, per_direction for 9/10 (v5 always sends the triplet)
     records: str | None = None
+    # pacing (nfflowd.outputs.pacing): datagrams/s and bytes/s at most (0: no limit)
+    max_rate: int = DEFAULT_MAX_RATE
+    max_byte_rate: int = 0
 
 
 @dataclass(frozen=True)
@@ -97,6 +111,9 @@ class ExportSettings:
     template_refresh_packets: int = 20  # re-send templates every N datagrams (v9/IPFIX) ...
     template_refresh_seconds: int = 1800  # ... and every T seconds, whichever comes first
     active_timeout: int = 0  # s; connections open longer are reported periodically (0 = off)
+    # the pace of collectors that do not set their own (nfflowd.outputs.pacing; 0: no limit)
+    max_rate: int = DEFAULT_MAX_RATE
+    max_byte_rate: int = 0
 
     @property
     def nat_realtime(self) -> bool:
@@ -114,6 +131,9 @@ class Dispatcher:
     min_level: str = "debug"
     address: str = "/dev/log"  # unix socket path, or udp://HOST:PORT / tcp://HOST:PORT
     format: str = "csv"  # "csv" (flow-tools CSV) | "json"
+    # udp:// only: datagrams (lines)/s and bytes/s at most (nfflowd.outputs.pacing; 0: no limit)
+    max_rate: int = 0
+    max_byte_rate: int = 0
 
 
 @dataclass(frozen=True)
@@ -340,6 +360,30 @@ class _V:
             return str(ipaddress.ip_address(str(value).strip().strip("[]")))
         except ValueError:
             raise self.expected(key, "an IPv4 or IPv6 address", value) from None
+
+
+#: The highest pace that can be set (datagrams/s; bytes/s: MAX_BYTE_RATE).
+MAX_RATE = 10_000_000
+MAX_BYTE_RATE = 1 << 40
+
+
+def pace_rate(v: _V, key: Key, default: int) -> int:
+    """``max_rate``: datagrams per second at most, 0 for no limit (nfflowd.outputs.pacing)."""
+    return v.integer(key, default, 0, MAX_RATE, "datagrams per second (0: no limit)")
+
+
+def pace_byte_rate(v: _V, key: Key, default: int) -> int:
+    """``max_byte_rate``: bytes per second at most (suffix K, M, G: 2**10, 2**20, 2**30),
+    0 for no limit."""
+    value = v.one(key)
+    if value is None:
+        return default
+    m = _SIZE.match(str(value)) if not isinstance(value, bool) else None
+    n = int(m[1]) << {"": 0, "k": 10, "m": 20, "g": 30}[m[2].lower()] if m else -1
+    if not 0 <= n <= MAX_BYTE_RATE:
+        what = f"bytes per second, 0..{MAX_BYTE_RATE} (suffix K/M/G allowed; 0: no limit)"
+        raise v.expected(key, what, value)
+    return n
 
 
 def _int(value: Any) -> int | None:

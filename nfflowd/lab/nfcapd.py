@@ -1,4 +1,4 @@
-"""A private nfdump collector (``nfcapd``) on loopback, and what it stored.
+"""A private nfdump collector (``nfcapd``), on loopback or in a namespace, and what it stored.
 
 Used by ``nfflowd demo``, the benchmarks and the tests: nfdump is the
 independent judge of the NetFlow nfflowd sends.
@@ -28,6 +28,13 @@ How the data is made safe to read (nfcapd 1.7):
   ``nfcapd.YYYYmmddHHMM``; all such files in the directory are read with
   ``nfdump -q -N -6 -o fmt:...`` under ``TZ=UTC`` (``%ts``/``%te`` have ms;
   ``-o csv`` has only seconds and 1.7.1's ``%ter`` prints ``ms % 100``).
+
+Where loss happens: :class:`CollectorNetns` is a network namespace for a
+collector alone (``Nfcapd(host=ns.address, netns=ns.name)``), so its kernel's
+``Udp: RcvbufErrors`` counts exactly what the collector's socket dropped
+(:meth:`CollectorNetns.rcvbuf_errors`: the tests assert it stays 0), and
+:meth:`CollectorNetns.reject` takes the collector "down" (port unreachable) for
+a while.  Its addresses are /30s of 10.254.0.0/16, a range no other lab uses.
 """
 
 from __future__ import annotations
@@ -81,9 +88,11 @@ def _socket_inodes(pid: int) -> set[str]:
 
 
 def udp_socket_state(pid: int, port: int) -> tuple[int, int] | None:
-    """(rx_queue bytes, drops) of ``pid``'s UDP socket bound to ``port``, or None."""
+    """(rx_queue bytes, drops) of ``pid``'s UDP socket bound to ``port``, or None.
+
+    Read from ``/proc/<pid>/net``: the tables of the process's own network namespace."""
     inodes = _socket_inodes(pid)
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
+    for table in (f"/proc/{pid}/net/udp", f"/proc/{pid}/net/udp6"):
         with contextlib.suppress(OSError), open(table, encoding="ascii") as f:
             next(f)
             for line in f:
@@ -141,8 +150,12 @@ class Nfcapd:
         nfcapd: str = "nfcapd",
         nfdump: str = "nfdump",
         extra_args: list[str] | None = None,
+        netns: str | None = None,
+        nice: int = 0,
     ) -> None:
         self.host = host
+        self.nice = nice  # its scheduling priority: a collector host's nfcapd has a CPU
+        self.netns = netns  # run in this namespace (ip netns exec); host is one of its addresses
         self.port = port or 0
         self.timeout = timeout
         self.nfcapd = nfcapd
@@ -177,9 +190,11 @@ class Nfcapd:
             raise NfcapdError(f"{self.nfcapd} not found")
         self.directory.mkdir(parents=True, exist_ok=True)
         for attempt in range(5):
-            if not self._fixed_port:
-                self.port = free_udp_port(self.host)
+            if not self._fixed_port:  # a namespace of its own: NetFlow's usual port is free
+                self.port = 2055 + attempt if self.netns else free_udp_port(self.host)
             cmd = [
+                *(["ip", "netns", "exec", self.netns] if self.netns else []),
+                *(["nice", "-n", str(self.nice)] if self.nice else []),
                 self.nfcapd,
                 "-b",
                 self.host,
@@ -313,6 +328,11 @@ class Nfcapd:
             [c.strip() for c in ln.split("|")] for ln in self._nfdump("-q", "-N", "-6", "-o", fmt)
         ]
 
+    def lines(self, fmt: str) -> Iterator[str]:
+        """Every stored flow as the line ``nfdump -q -N -6 -o fmt`` prints (for readers of
+        millions of records); stops nfcapd first if running."""
+        return self._nfdump("-q", "-N", "-6", "-o", fmt)
+
     def records(self) -> list[dict[str, Any]]:
         """Every flow stored, in arrival order (stops nfcapd first if running)."""
         return [parse_nfdump_line(ln) for ln in self._nfdump("-q", "-N", "-6", "-o", NFDUMP_FMT)]
@@ -337,3 +357,163 @@ class Nfcapd:
             with contextlib.suppress(ValueError):
                 out[key.strip()] = out.get(key.strip(), 0) + int(value.strip())
         return out
+
+
+#: Collector namespaces are numbered into /30 networks of 10.254.0.0/16 (private, and
+#: used by no other lab): this host's end is .1, the namespace's .2.
+COLLECTOR_NET = ipaddress.IPv4Network("10.254.0.0/16")
+_COLLECTOR_SLOTS = COLLECTOR_NET.num_addresses // 4
+_collector_count = 0
+#: In a collector namespace: no ICMP rate limit (every datagram to a port nobody
+#: listens on is refused, as on loopback, where the kernel never limits ICMP).
+COLLECTOR_SYSCTLS = ("net.ipv4.icmp_ratemask=0",)
+
+
+def _ip(*args: str, stdin: str | None = None) -> str:
+    res = subprocess.run(
+        ["ip", *args], input=stdin, capture_output=True, text=True, timeout=15, check=False
+    )
+    if res.returncode != 0:
+        raise NfcapdError(f"ip {' '.join(args)}: {res.stderr.strip()}")
+    return res.stdout
+
+
+def udp_counters(text: str) -> dict[str, int]:
+    """The ``Udp:`` line of a ``/proc/net/snmp`` as {name: value} (``RcvbufErrors``, ...)."""
+    rows = [ln.split()[1:] for ln in text.splitlines() if ln.startswith("Udp:")]
+    if len(rows) != 2:
+        raise NfcapdError(f"no Udp: lines in /proc/net/snmp: {text[:200]!r}")
+    return {name: int(value) for name, value in zip(rows[0], rows[1], strict=True)}
+
+
+class CollectorNetns:
+    """A network namespace of its own for collectors, reached from here over a veth pair.
+
+    Its kernel counts what its sockets drop: nothing else receives UDP in it, so
+    :meth:`rcvbuf_errors` (``Udp: RcvbufErrors`` of its ``/proc/net/snmp``) is exactly
+    the number of datagrams a collector's full receive buffer dropped.  Run a collector
+    in it with ``Nfcapd(host=ns.address, netns=ns.name)`` and send to ``ns.address``
+    from ``ns.source``.  The namespace starts with the host's defaults
+    (``net.core.rmem_default``: a collector without ``-B`` has that buffer), ARP is
+    replaced by permanent neighbour entries (an expiring entry queues, and may drop,
+    datagrams where no counter of the collector's sees them) and ICMP is not rate
+    limited (``icmp_ratemask 0``), so a datagram to a port nobody listens on is
+    refused, reported to a connected sender by its next send or by ``SO_ERROR``, as on
+    loopback.  :meth:`reject` makes a port answer "port unreachable" while the
+    collector keeps its socket (a collector down, without losing what it had
+    queued); :meth:`accept` ends that.  Deleted (with its veth pair) on exit.
+    """
+
+    def __init__(self, prefix: str = "nfc") -> None:
+        global _collector_count
+        _collector_count += 1
+        self.name = f"{prefix}-{os.getpid()}-{_collector_count}"
+        self.slot = (os.getpid() * 16 + _collector_count) % _COLLECTOR_SLOTS
+        self.host_link = ""
+        self.source = self.address = ""
+        self._created = False
+
+    def __enter__(self) -> CollectorNetns:
+        try:
+            self.create()
+        except BaseException:
+            self.delete()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.delete()
+
+    def _free_slot(self) -> int:
+        """A /30 no interface of this namespace uses (another test run may have one)."""
+        used = set()
+        for line in _ip("-4", "-o", "addr", "show").splitlines():
+            addr = ipaddress.IPv4Interface(line.split()[3]).ip
+            if addr in COLLECTOR_NET:
+                used.add((int(addr) - int(COLLECTOR_NET.network_address)) // 4)
+        for k in range(_COLLECTOR_SLOTS):
+            slot = (self.slot + k) % _COLLECTOR_SLOTS
+            if slot not in used and not os.path.exists(f"/sys/class/net/nfc{slot}"):
+                return slot
+        raise NfcapdError(f"every /30 of {COLLECTOR_NET} is in use")
+
+    def create(self) -> None:
+        self.slot = self._free_slot()
+        base = int(COLLECTOR_NET.network_address) + 4 * self.slot
+        self.source = str(ipaddress.IPv4Address(base + 1))
+        self.address = str(ipaddress.IPv4Address(base + 2))
+        self.host_link = f"nfc{self.slot}"
+        _ip("netns", "add", self.name)
+        self._created = True
+        _ip("-n", self.name, "link", "set", "lo", "up")
+        _ip("link", "add", self.host_link, "type", "veth", "peer", "name", "c0", "netns", self.name)
+        _ip("addr", "add", f"{self.source}/30", "dev", self.host_link)
+        _ip("-n", self.name, "addr", "add", f"{self.address}/30", "dev", "c0")
+        _ip("link", "set", self.host_link, "up")
+        _ip("-n", self.name, "link", "set", "c0", "up")
+        _ip("netns", "exec", self.name, "sysctl", "-q", "-w", *COLLECTOR_SYSCTLS)
+        here = self._mac(["link", "show", self.host_link])
+        there = self._mac(["-n", self.name, "link", "show", "c0"])
+        perm = ("nud", "permanent")
+        _ip("neigh", "replace", self.address, "lladdr", there, "dev", self.host_link, *perm)
+        _ip("-n", self.name, "neigh", "replace", self.source, "lladdr", here, "dev", "c0", *perm)
+        deadline = time.monotonic() + 5
+        while "state UP" not in _ip("-n", self.name, "-o", "link", "show", "c0") or (
+            "state UP" not in _ip("-o", "link", "show", self.host_link)
+        ):
+            if time.monotonic() > deadline:
+                raise NfcapdError(f"veth {self.host_link} to {self.name} not up after 5 s")
+            time.sleep(0.02)
+
+    @staticmethod
+    def _mac(args: list[str]) -> str:
+        words = _ip("-o", *args).split()
+        return words[words.index("link/ether") + 1]
+
+    def delete(self) -> None:
+        """Delete the namespace (its end of the veth pair takes ours with it)."""
+        if self._created:
+            subprocess.run(["ip", "netns", "del", self.name], check=False, timeout=15)
+            self._created = False
+
+    def snmp(self) -> dict[str, int]:
+        """The namespace's UDP counters (``Udp:`` of its ``/proc/net/snmp``)."""
+        return udp_counters(_ip("netns", "exec", self.name, "cat", "/proc/net/snmp"))
+
+    def rcvbuf_errors(self) -> int:
+        """Datagrams dropped in this namespace because a socket's receive buffer was full."""
+        return self.snmp()["RcvbufErrors"]
+
+    def reject(self, port: int) -> None:
+        """Datagrams to *port* are answered "port unreachable" (the collector is down)."""
+        rules = (
+            "add table inet nfc_down\n"
+            "add chain inet nfc_down in { type filter hook input priority 0; }\n"
+            f"add rule inet nfc_down in udp dport {port} counter reject\n"
+        )
+        subprocess.run(
+            ["ip", "netns", "exec", self.name, "nft", "-f", "-"],
+            input=rules,
+            text=True,
+            check=True,
+            timeout=15,
+        )
+
+    def accept(self) -> int:
+        """End :meth:`reject`; the number of datagrams it refused."""
+        listing = subprocess.run(
+            ["ip", "netns", "exec", self.name, "nft", "list", "table", "inet", "nfc_down"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=15,
+        ).stdout
+        subprocess.run(
+            ["ip", "netns", "exec", self.name, "nft", "delete", "table", "inet", "nfc_down"],
+            check=True,
+            timeout=15,
+        )
+        found = re.search(r"counter packets (\d+)", listing)
+        if found is None:
+            raise NfcapdError(f"no counter in the reject rule: {listing}")
+        return int(found[1])

@@ -3,13 +3,17 @@
 Socket choice: a *connected* UDP socket.  On Linux an unconnected socket that
 uses ``sendto`` never learns about ICMP errors (unless ``IP_RECVERR`` is read
 from the error queue), so a collector that is down would be invisible.  A
-connected socket gets the ICMP port unreachable for datagram *n* reported as
-``ECONNREFUSED`` by the send of datagram *n+1*; that send transmits nothing
-(the kernel returns the pending error before building the packet, and clears
-it).  We therefore count the refusal and retry the same datagram once at once:
-while the collector is down that retry goes out and is refused in turn, and as
-soon as it is back no datagram is lost to a stale error.  Nothing here raises
-for a network error: every failure is counted and kept in ``last_error``.
+connected socket records the ICMP port unreachable a datagram brings back as a
+pending error: ``SO_ERROR`` reads (and clears) it, and otherwise the next send
+fails with ``ECONNREFUSED`` (transmitting nothing).  We read ``SO_ERROR`` after
+every send: to a collector on this host (loopback, a local namespace) the ICMP
+error has come back before ``send`` returns, so a refusal is known for the very
+datagram that was refused, and :meth:`UdpCollector.send` says so (``REFUSED``):
+the exporter keeps that datagram and tries it again later (the collector is
+down; its batch is not acknowledged meanwhile).  To a remote collector the
+error comes back a round trip later, so the datagrams in flight meanwhile are
+lost (counted as ``refused``, once each refusal).  Nothing here raises for a
+network error: every failure is counted and kept in ``last_error``.
 
 ``connect`` on UDP sends nothing; it only fixes the peer (and the source
 address, from the route or from the ``source`` we bound to).  The socket has a
@@ -34,6 +38,11 @@ SEND_TIMEOUT_S = 1.0
 WARN_INTERVAL_S = 60.0
 #: A collector whose name did not resolve is looked up again at most this often.
 REOPEN_INTERVAL_S = 5.0
+
+#: What :meth:`UdpCollector.send` returns: the kernel took the datagram (SENT), the
+#: collector refused it (REFUSED: keep it, try again later), or it is dropped and
+#: counted (DROPPED: a send error no retry is expected to cure).
+SENT, REFUSED, DROPPED = "sent", "refused", "dropped"
 
 COUNTER_NAMES = (
     "datagrams_sent",
@@ -131,38 +140,48 @@ class UdpCollector:
                 src,
             )
 
-    def send(self, datagram: bytes) -> bool:
-        """Send one datagram; True if the kernel took it.  Failures are counted, never raised."""
+    def send(self, datagram: bytes) -> str:
+        """Send one datagram: SENT, REFUSED (the collector's host said port unreachable:
+        not delivered, send it again later) or DROPPED.  Counted, never raised."""
         if self._sock is None and (self._closed or not self._open()):
             self.counters["send_errors"] += 1
             if self._closed:
                 self.last_error = f"collector {self.target}: send after close"
-            return False
+            return DROPPED
         sock = self._sock
         assert sock is not None
         for attempt in (1, 2):
             try:
                 sent = sock.send(datagram)
+                refused = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNREFUSED
             except ConnectionRefusedError:
-                # ICMP port unreachable for an earlier datagram; this one was not sent.
-                self.counters["refused"] += 1
-                self._error(
-                    f"collector {self.target} refused datagrams (ICMP port unreachable): "
-                    "is the collector running?"
-                )
+                # a refusal of an earlier datagram (a remote collector: the ICMP error came
+                # back late); this one was not sent: once more at once
+                self._refused()
                 if attempt == 1:
                     continue
+                return REFUSED
             except TimeoutError:
                 self._error(f"collector {self.target}: send buffer full for {SEND_TIMEOUT_S}s")
             except OSError as exc:
                 self._error(f"collector {self.target}: send of {len(datagram)} bytes: {exc}")
             else:
+                if refused:
+                    self._refused()
+                    return REFUSED
                 self.counters["datagrams_sent"] += 1
                 self.counters["bytes_sent"] += sent
-                return True
+                return SENT
             break
         self.counters["send_errors"] += 1
-        return False
+        return DROPPED
+
+    def _refused(self) -> None:
+        self.counters["refused"] += 1
+        self._error(
+            f"collector {self.target} refused datagrams (ICMP port unreachable): "
+            "is the collector running?  Holding them and trying again"
+        )
 
     def _error(self, text: str) -> None:
         self.last_error = text

@@ -14,6 +14,23 @@ record); v9 and IPFIX, whose encoders take FlowRecord objects, share one
 :func:`~nfflowd.messages.unpack_flows` of the block, made only when one of them is
 configured.
 
+Pacing and holding (:mod:`nfflowd.outputs.pacing`): each collector has a queue of
+datagrams encoded and not yet sent, a :class:`~nfflowd.outputs.pacing.Pace`
+(``max_rate`` datagrams/s, ``max_byte_rate`` bytes/s) that lets them leave a few
+at a time, and a refusal state: a datagram the collector refused (ICMP port
+unreachable, known at once for a collector on this host) stays first in its
+queue and is tried again every REFUSED_RETRY_S, for REFUSED_HOLD_S at most: a
+collector that still refuses then is given up on (what it holds is dropped,
+counted as ``dropped``, and so is what it refuses from then on, until it
+accepts a datagram again), so a collector that is down for good stalls the
+pipeline (and so the other collectors and the mirror) that long, not for ever.
+What a queue holds is not delivered: :meth:`Exporter.pending` counts the records
+of the oldest block a collector still holds a datagram of, so their batch is
+acknowledged only once every collector has sent them (backpressure, never a
+drop), and a killed export repeats them (its successor encodes them again, with
+the sequence number of the last block that began to leave).  :meth:`Exporter.wait`
+tells the loop when the next datagram may go.
+
 Which records: v5 collectors get the correlator's triplet as it is; v9/IPFIX
 encoders leave out the ORIGINAL_OUT records (``per_direction``, counted as
 ``left_out``: the ORIGINAL_IN record's postNAT* elements say the same) unless the
@@ -28,6 +45,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -36,7 +54,8 @@ from nfflowd.formats.ipfix import IpfixEncoder
 from nfflowd.formats.netflow_v5 import V5Encoder
 from nfflowd.formats.netflow_v9 import V9Encoder
 from nfflowd.messages import FLOW_RECORD, FlowRecord, unpack_flows, without_opened
-from nfflowd.outputs.collector import UdpCollector
+from nfflowd.outputs.collector import REFUSED, UdpCollector
+from nfflowd.outputs.pacing import Pace
 from nfflowd.pipeline import persist
 
 log = logging.getLogger("nfflowd.export")
@@ -53,6 +72,14 @@ class Encoder(Protocol):
 
 #: Collectors whose sequence numbers ``<rundir>/export.sequence`` can keep.
 MAX_STREAMS = 64
+#: A collector that refused a datagram is tried again (that datagram first) this often.
+REFUSED_RETRY_S = 0.5
+#: A collector that refuses this long is given up on: what it holds is dropped (counted).
+REFUSED_HOLD_S = 30.0
+#: A datagram waiting to be sent: its bytes, the exporter's record count before the
+#: block it came from (what has left while it waits), and the encoder's sequence after
+#: that block (stored when its first datagram goes; -1 on the others).
+Held = tuple[bytes, int, int]
 
 
 def stream_identity(exp: ExportSettings, c: Collector) -> int:
@@ -93,8 +120,12 @@ def make_encoder(exp: ExportSettings, c: Collector) -> Encoder:
 
 
 class Exporter:
-    """Encodes flow records for every collector and sends them; one slow or dead collector
-    costs the others nothing but a failed non-blocking send."""
+    """Encodes flow records for every collector and sends them, paced per collector.
+
+    A collector that is paced, or refuses (for REFUSED_HOLD_S at most), holds back
+    the records it has not sent, and so the acknowledgement of their batch (the
+    slowest collector paces the pipeline); one that fails otherwise (no route,
+    buffer full) costs the others nothing: the datagram is counted and dropped."""
 
     def __init__(self, exp: ExportSettings, sequences: persist.Slots | None = None) -> None:
         """*sequences*: where each collector's sequence number survives a restart, so a
@@ -103,6 +134,13 @@ class Exporter:
             (make_encoder(exp, c), UdpCollector(c.address, c.port, source=c.source))
             for c in exp.collectors
         ]
+        self.paces = [Pace(c.max_rate, c.max_byte_rate) for c in exp.collectors]
+        self.queues: list[deque[Held]] = [deque() for _ in exp.collectors]
+        self.retry_at = [0.0 for _ in exp.collectors]  # while refused: when to try again
+        self.refused_since: list[float | None] = [None for _ in exp.collectors]
+        self.gave_up = [False for _ in exp.collectors]  # refused for REFUSED_HOLD_S
+        self.dropped = [0 for _ in exp.collectors]  # given up on after REFUSED_HOLD_S
+        self.paced = [0 for _ in exp.collectors]  # datagrams that waited for the pace
         if not self.targets:
             log.warning("no collector configured: flow records are only mirrored")
         if len(self.targets) > MAX_STREAMS:
@@ -124,18 +162,20 @@ class Exporter:
                 )
 
     def handle(self, block: bytes) -> None:
-        """Encode and send the records of *block* (FLOW_RECORD structs) to every collector;
-        ValueError, nothing sent, when its length is not a multiple of a record's."""
+        """Encode the records of *block* (FLOW_RECORD structs) for every collector and send
+        what each one's pace allows now (the rest waits: :meth:`flush`); ValueError,
+        nothing sent, when its length is not a multiple of a record's."""
         count, rest = divmod(len(block), FLOW_RECORD.size)
         if rest:
             raise ValueError(f"flow block of {len(block)} bytes: not whole records")
+        mark = self.records
         self.records += count
         now = time.time_ns()
-        slots = self.sequences
         flows = without_opened(block) if self.any_realtime else block
         # decoded once per kind of block, if a v9/IPFIX collector needs it
         decoded: dict[bool, list[FlowRecord]] = {}
-        for i, (enc, coll) in enumerate(self.targets):
+        clock = time.monotonic()
+        for i, (enc, _) in enumerate(self.targets):
             if isinstance(enc, V5Encoder):
                 datagrams = enc.encode_block(flows, now)
             else:
@@ -144,17 +184,80 @@ class Exporter:
                 if records is None:
                     records = decoded[realtime] = unpack_flows(block if realtime else flows)
                 datagrams = enc.encode(records, now)
-            if slots is not None and i < MAX_STREAMS:
+            if not datagrams:
+                continue
+            queue = self.queues[i]
+            queue.append((datagrams[0], mark, enc.sequence))
+            queue.extend((d, mark, -1) for d in datagrams[1:])
+            self._send(i, clock)
+            if queue and clock >= self.retry_at[i]:  # held by the pace, not by a refusal
+                self.paced[i] += min(len(queue), len(datagrams))
+
+    def _send(self, i: int, now: float) -> None:
+        """Send collector *i*'s held datagrams, oldest first, while its pace allows."""
+        queue = self.queues[i]
+        if not queue or now < self.retry_at[i]:
+            return
+        coll, pace, slots = self.targets[i][1], self.paces[i], self.sequences
+        while queue:
+            datagram, _, sequence = queue[0]
+            if not pace.take(len(datagram), now):
+                return
+            if sequence >= 0 and slots is not None and i < MAX_STREAMS:
                 # stored before sending: after a crash the stream skips ahead, never back
-                slots[2 * i + 1] = enc.sequence
-            for datagram in datagrams:
-                coll.send(datagram)
+                slots[2 * i + 1] = sequence
+            if coll.send(datagram) != REFUSED:
+                self.refused_since[i], self.gave_up[i] = None, False
+            elif self._hold(i, now):  # kept, first in the queue
+                self.retry_at[i] = now + REFUSED_RETRY_S
+                return
+            queue.popleft()
+
+    def _hold(self, i: int, now: float) -> bool:
+        """Whether collector *i*, which just refused, is still waited for.  Once it has
+        refused for REFUSED_HOLD_S, each refusal drops what it holds (the refused
+        datagram too: the caller pops it), until it accepts again."""
+        since = self.refused_since[i]
+        if since is None:
+            self.refused_since[i] = since = now
+        if now - since < REFUSED_HOLD_S:
+            return True
+        dropped = len(self.queues[i]) - 1  # the refused datagram: popped by the caller
+        if not self.gave_up[i]:
+            self.gave_up[i] = True
+            log.warning(
+                "collector %s refused everything for %.0f s: dropping %d datagrams held, "
+                "and sending on without holding until it accepts again",
+                self.targets[i][1].target,
+                now - since,
+                dropped + 1,
+            )
+        first = self.queues[i].popleft()
+        self.queues[i].clear()
+        self.queues[i].append(first)
+        self.dropped[i] += dropped + 1
+        return False
 
     def flush(self) -> None:
-        """Every datagram is sent as soon as it is encoded; nothing is held back."""
+        """Send what each collector's pace allows now (and try a refusing one again)."""
+        now = time.monotonic()
+        for i in range(len(self.targets)):
+            self._send(i, now)
 
     def pending(self) -> int:
-        return 0
+        """Records not sent to every collector yet (those of the oldest block held)."""
+        held = [queue[0][1] for queue in self.queues if queue]
+        return self.records - min(held) if held else 0
+
+    def wait(self) -> float | None:
+        """Seconds until a held datagram may go (None: nothing is held)."""
+        now = time.monotonic()
+        waits = [
+            max(self.retry_at[i] - now, self.paces[i].wait(now))
+            for i, queue in enumerate(self.queues)
+            if queue
+        ]
+        return max(0.0, min(waits)) if waits else None
 
     def counters(self) -> dict[str, int]:
         out = {"records": self.records}
@@ -174,6 +277,9 @@ class Exporter:
                     out[f"c{i}_{name}"] = value
             for k, v in coll.counters.items():
                 out[f"c{i}_{k}"] = v
+            out[f"c{i}_paced"] = self.paced[i]
+            out[f"c{i}_held"] = len(self.queues[i])
+            out[f"c{i}_dropped"] = self.dropped[i]
         return out
 
 

@@ -116,6 +116,8 @@ def make_dispatchers(
                 facility=d.facility,
                 severity=FLOW_LINE_SEVERITY,
                 max_buffer=held_bound(settings),
+                max_rate=d.max_rate,
+                max_byte_rate=d.max_byte_rate,
             )
             out.append((d.format, syslog))
         else:
@@ -196,6 +198,15 @@ class Mirror:
         return max(
             (d.pending for d in self.dispatchers if isinstance(d, SyslogDispatcher)), default=0
         )
+
+    def wait(self) -> float | None:
+        """Seconds until a paced dispatcher may send its next held line (None: none waits)."""
+        waits = [
+            w
+            for d in self.dispatchers
+            if isinstance(d, SyslogDispatcher) and (w := d.wait()) is not None
+        ]
+        return min(waits) if waits else None
 
     def counters(self) -> dict[str, int]:
         out = {"lines": self.lines, "invalid": self.invalid}

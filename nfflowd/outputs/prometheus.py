@@ -191,6 +191,9 @@ COLLECTOR_KEYS: dict[str, Spec] = {
     "bytes_sent": _c("export_bytes_sent", "Bytes of datagrams sent"),
     "send_errors": _c("export_send_errors", "Datagrams not sent (refused, buffer full, error)"),
     "refused": _c("export_refused", "ICMP port unreachable from the collector (is it down?)"),
+    "paced": _c("export_paced_datagrams", "Datagrams held back by the collector's pace (max_rate)"),
+    "held": _g("export_held_datagrams", "Datagrams waiting for the pace or a refusing collector"),
+    "dropped": _c("export_dropped_datagrams", "Datagrams dropped: the collector refused for 30 s"),
     "unbound_source": _c("export_unbound_source", "Sends from a source address not on the host"),
     "resolve_errors": _c("export_resolve_errors", "Failed look-ups of the collector's name"),
     "skipped_ipv6": _c("export_skipped_ipv6_records", "IPv6 records NetFlow v5 cannot carry"),
@@ -210,6 +213,7 @@ DISPATCHER_KEYS: dict[str, Spec] = {
         "mirror_send_errors", "Failed delivery attempts (syslog keeps the lines, retries)"
     ),
     "buffered": _c("mirror_buffered_lines", "Lines held while the destination was unavailable"),
+    "paced": _c("mirror_paced_lines", "Lines held back by a udp:// syslog's pace (max_rate)"),
     "dropped": _c("mirror_dropped_lines", "Lines dropped (buffer full or unsendable)"),
     "reconnects": _c("mirror_reconnects", "Reconnections to the destination"),
     "pending": _g("mirror_pending_lines", "Lines waiting for the destination (queue depth)"),

@@ -19,7 +19,10 @@ receiver (rsyslog imtcp/imptcp, syslog-ng) accepts without configuration,
 and our lines never contain an LF (an embedded LF or NUL becomes a space).
 
 Delivery: every line goes through a bounded FIFO (``max_buffer`` lines; beyond
-that the oldest are dropped and counted).  A send that fails (no socket,
+that the oldest are dropped and counted; the mirror sizes it,
+:func:`nfflowd.outputs.mirror.held_bound`, to every line of the batches its
+inputs may leave unacknowledged, so that during an outage backpressure stops
+the pipeline before the FIFO drops anything).  A send that fails (no socket,
 refused, peer gone, socket full for ``send_timeout`` seconds) leaves the rest in
 the FIFO; the next ``emit`` (at most every ``retry_interval`` seconds) or any
 ``flush`` reconnects and delivers them in order, each exactly once as far as
@@ -29,6 +32,11 @@ which is exact on loopback but can lose the datagrams already in flight to a
 remote server; over TCP a line the kernel accepted after the server died
 without closing is lost, and a line cut by a broken connection is sent again
 whole (the receiver may log the fragment).
+
+Pacing (``udp://`` only, :mod:`nfflowd.outputs.pacing`): ``max_rate`` messages/s
+and ``max_byte_rate`` bytes/s.  A line the pace holds back stays in the FIFO like
+a line held during an outage (``pending``: its batch is not acknowledged yet),
+and :meth:`SyslogDispatcher.wait` tells the mirror's loop when the next may go.
 """
 
 from __future__ import annotations
@@ -51,13 +59,22 @@ from nfflowd.formats.syslog import clean_line as clean_line
 from nfflowd.formats.syslog import message_prefix as message_prefix
 from nfflowd.formats.syslog import parse_address as parse_address
 from nfflowd.formats.syslog import rfc3164_timestamp as rfc3164_timestamp
+from nfflowd.outputs.pacing import Pace
 
 log = logging.getLogger("nfflowd.mirror")
 
 #: At most one outage warning per dispatcher in this many seconds.
 WARN_INTERVAL_S = 60.0
 
-COUNTER_NAMES = ("lines_sent", "send_errors", "buffered", "dropped", "reconnects", "pending")
+COUNTER_NAMES = (
+    "lines_sent",
+    "send_errors",
+    "buffered",
+    "dropped",
+    "reconnects",
+    "pending",
+    "paced",
+)
 
 
 class Dispatcher(Protocol):
@@ -139,7 +156,10 @@ class SyslogDispatcher:
         max_buffer: int = 100_000,
         send_timeout: float = 0.5,
         retry_interval: float = 1.0,
+        max_rate: int = 0,
+        max_byte_rate: int = 0,
     ) -> None:
+        """*max_rate*, *max_byte_rate*: the pace of a ``udp://`` address (0: no limit)."""
         fac, sev = facility.lower(), severity.lower()
         if fac not in FACILITIES:
             raise ValueError(f"syslog facility {facility!r} unknown; one of {sorted(FACILITIES)}")
@@ -149,6 +169,7 @@ class SyslogDispatcher:
             raise ValueError(f"syslog max_buffer must be at least 1, not {max_buffer}")
         self.address = address
         self.kind, self._host, self._port = parse_address(address)
+        self.pace = Pace(max_rate, max_byte_rate) if self.kind == "udp" else Pace(0)
         self.ident = ident
         self.pri = FACILITIES[fac] * 8 + LEVELS[sev]
         self.max_buffer = max_buffer
@@ -182,8 +203,19 @@ class SyslogDispatcher:
                 self._queue.popleft()
             self.counters["dropped"] += max(0, excess)
         self._drain(force=False)
-        self.counters["buffered"] += min(len(lines), self.pending)
+        held = min(len(lines), self.pending)
+        if self._outage_since is None:  # held by the pace
+            self.counters["paced"] += held
+        else:
+            self.counters["buffered"] += held
         self.counters["pending"] = self.pending
+
+    def wait(self) -> float | None:
+        """Seconds until the pace lets the next held line go (None: nothing held, or held
+        by an outage: retried when the loop polls)."""
+        if not self.pending or self._outage_since is not None:
+            return None
+        return self.pace.wait(time.monotonic())
 
     def flush(self) -> None:
         """Try to deliver everything held now (reconnecting if need be)."""
@@ -286,9 +318,12 @@ class SyslogDispatcher:
         """Send held messages oldest first until none is left or one fails (returned)."""
         terminator = b"\0" if self.kind == "unix" else b"\n"
         check_icmp = self.kind == "udp"
+        now = time.monotonic()
         while self.pending:
             if self._partial is None:
                 msg = self._queue[0]
+                if not self.pace.take(len(msg), now):
+                    return None  # the rest waits for the pace
                 framed, done = (msg + terminator, 0) if self._stream else (msg, 0)
             else:
                 framed, done = self._partial

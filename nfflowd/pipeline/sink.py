@@ -9,20 +9,30 @@ way out at the instant of the kill:
   being delivered: its (incarnation, seq), origin, length and how many of its
   records have left.  A resent batch resumes there; so does a batch recomputed
   by a restarted correlate from the same events (same origin and length).
-* ``<link>.delivered``: a ring of the origins of the batches that have left: a
-  batch recomputed from the same events (restarted correlate, or a saved log
-  re-read by a restarted ingest) is dropped, counted as ``duplicate_batches``.
+* ``<link>.delivered``: a ring of the origins of the batches that have left
+  (stored as soon as a batch's last record has left, before the position moves
+  on to the next batch: a paced sink finishes one batch while the next is being
+  handed): a batch recomputed from the same events (restarted correlate, or a
+  saved log re-read by a restarted ingest) is dropped, counted as
+  ``duplicate_batches``.
 
 A sink delivers records in order (first in, first out) and says how many it
 still holds (:meth:`Sink.pending`, e.g. syslog lines while syslog is slow or
 down).  So the number of records that have left is *handed - pending*, and
 each batch is acknowledged as soon as its last record has left, even while
 later ones are still held.
+
+A paced sink (:mod:`nfflowd.outputs.pacing`) holds records until its pace lets
+them go and says when that is (:meth:`Sink.wait`): the loop then waits for input
+at most that long and sends, so held datagrams leave steadily, a few at a time,
+instead of at the next 100 ms poll in one burst.  A stage told to stop goes on
+while paced records wait (until its drain deadline).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import struct
 import time
@@ -74,6 +84,11 @@ class Sink(Protocol):
 
     def pending(self) -> int:
         """Records handed over but not yet delivered (oldest first), e.g. while syslog is down."""
+        ...
+
+    def wait(self) -> float | None:
+        """Seconds until held records may go (a pace), 0 for now; None when nothing waits
+        for a time (nothing held, or held by an outage: retried at each poll)."""
         ...
 
 
@@ -226,8 +241,18 @@ class _Input:
         self.ack(flow)
 
     def progress(self, flow: Flow) -> None:
-        """Record in the slots how far the oldest batch not fully delivered has got."""
+        """Record in the slots how far the oldest batch not fully delivered has got,
+        once the origins of the batches that have all left are remembered: a paced or
+        held sink finishes a batch while the next is being handed, and a kill before
+        that batch's acknowledgement must not make the successor send it again (the
+        slots describe one batch only)."""
         left = flow.left()
+        finished = [i for i, f in enumerate(self.waiting) if f.end <= left and f.origin]
+        for i in finished:
+            f = self.waiting[i]
+            assert f.origin is not None
+            self.ring.add(*f.origin)
+            self.waiting[i] = f._replace(origin=None)  # remembered: _release adds nothing
         # (the batches before it have left: about to be acknowledged)
         w = next((w for w in self.waiting if w.end > left and w.origin is not None), None)
         if w is None or w.origin is None:
@@ -308,18 +333,26 @@ def _consume(stage: Stage, inputs: list[_Input], flow: Flow, watch: DeliveryWatc
             out.update(watch.journal.counters)
         return out
 
-    while not stage.done_draining(last_input):
+    while True:
+        wait = sink.wait()  # paced records: when the next may go
+        if stage.done_draining(last_input) and (
+            wait is None or time.monotonic() > stage.stop_deadline
+        ):
+            break
         for inp in inputs:
             inp.inlet.heartbeat()
         if time.monotonic() >= next_notice:
             stage.notify("stats", counters())
             next_notice = time.monotonic() + NOTICE_INTERVAL_S
-        # records held (an outage, a slow reader): retry every 100 ms
+        # records held (an outage, a slow reader): retry every 100 ms; paced: when due
         busy = bool(sink.pending() or any(inp.waiting for inp in inputs))
-        ready = dict(poller.poll(stage.poll_ms(last_input, busy=busy)))
+        timeout = stage.poll_ms(last_input, busy=busy)
+        if wait is not None:
+            timeout = min(timeout, math.ceil(wait * 1000))
+        ready = dict(poller.poll(timeout))
         if not ready:
             if sink.pending():
-                sink.flush()  # an outage or a slow reader: retry now and then
+                sink.flush()  # what the pace allows; an outage or a slow reader: retry
             for inp in inputs:
                 inp.ack(flow)
             continue

@@ -25,6 +25,7 @@ from nfflowd.config import (
     Settings,
     SourceSettings,
 )
+from nfflowd.config.settings import DEFAULT_MAX_RATE
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "config"
 GOOD, BAD = DATA / "good", DATA / "bad"
@@ -435,7 +436,7 @@ def test_unknown_key_in_known_block_and_top_level_key(tmp_path: Path) -> None:
         f"{tmp_path / 'nfflowd.conf'}:2: key 'export.engine-id': unknown key in <export>; did "
         "you mean 'engine_id'? (valid: exaddr, engine_type, engine_id, version, collector, "
         "observation_domain, template_refresh_packets, template_refresh_seconds, "
-        "active_timeout)"
+        "active_timeout, max_rate, max_byte_rate)"
     )
     s = load_text(tmp_path, "rundir /tmp\n")
     assert s.notes[0].endswith("unknown key 'rundir' ignored")
@@ -620,3 +621,85 @@ def test_active_timeout_without_netlink_is_a_note(tmp_path: Path, kind: str, not
     )
     assert (want in s.notes) is noted
     assert not any("active_timeout" in n for n in config.load(None).notes)
+
+
+# ---------------------------------------------------------------- pacing (nfflowd.outputs.pacing)
+
+
+def test_pace_defaults_come_from_export_and_each_collector_may_set_its_own(
+    tmp_path: Path,
+) -> None:
+    assert config.load(None).export.max_rate == DEFAULT_MAX_RATE
+    s = load_text(
+        tmp_path,
+        """<export>
+        max_rate 500
+        max_byte_rate 2M
+        <collector>
+            address 192.0.2.1
+            port 2055
+        </collector>
+        <collector>
+            address 192.0.2.2
+            port 2056
+            max_rate 0
+            max_byte_rate 64KiB
+        </collector>
+    </export>""",
+    )
+    assert (s.export.max_rate, s.export.max_byte_rate) == (500, 2 << 20)
+    assert [(c.max_rate, c.max_byte_rate) for c in s.export.collectors] == [
+        (500, 2 << 20),
+        (0, 64 << 10),
+    ]
+    s = load_text(
+        tmp_path,
+        "<flow_send>\nargs 192.0.2.7\nargs 192.0.2.1\nargs 2055\n</flow_send>\n"
+        "<export>\nmax_rate 1234\n</export>\n",
+    )
+    assert [c.max_rate for c in s.export.collectors] == [1234]
+    s = load_text(
+        tmp_path, "<flow_send>\nargs 192.0.2.7\nargs 192.0.2.1\nargs 2055\n</flow_send>\n"
+    )
+    assert [(c.max_rate, c.max_byte_rate) for c in s.export.collectors] == [(DEFAULT_MAX_RATE, 0)]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key", "got"),
+    [
+        ("<export>\nmax_rate fast\n</export>\n", 2, "export.max_rate", "fast"),
+        ("<export>\nmax_rate -1\n</export>\n", 2, "export.max_rate", "-1"),
+        ("<export>\nmax_byte_rate 1T\n</export>\n", 2, "export.max_byte_rate", "1T"),
+        (
+            "<export>\n<collector>\naddress 192.0.2.1\nport 2055\nmax_rate 1e4\n"
+            "</collector>\n</export>\n",
+            5,
+            "export.collector.max_rate",
+            "1e4",
+        ),
+    ],
+)
+def test_pace_errors_name_the_place(
+    tmp_path: Path, text: str, line: int, key: str, got: str
+) -> None:
+    err = error_of(tmp_path, text)
+    assert (err.line, err.key) == (line, key)
+    assert str(err).startswith(f"{tmp_path / 'nfflowd.conf'}:{line}: key {key!r}: expected ")
+    assert str(err).endswith(f", got {got!r}")
+
+
+def test_syslog_dispatcher_pace_applies_to_udp_only(tmp_path: Path) -> None:
+    udp = """
+        dispatchers far
+        <far>
+            class Log::Dispatch::Syslog
+            facility local6
+            address udp://192.0.2.9:514
+            max_rate 2000
+            max_byte_rate 1M
+        </far>"""
+    (d,) = load_text(tmp_path, ptee(udp)).mirror.dispatchers
+    assert (d.max_rate, d.max_byte_rate) == (2000, 1 << 20)
+    s = load_text(tmp_path, ptee(udp.replace("udp://192.0.2.9:514", "/dev/log")))
+    assert any("max_rate paces udp:// addresses only" in n for n in s.notes)
+    assert Dispatcher("d", "syslog").max_rate == 0  # no pace unless asked for

@@ -74,9 +74,11 @@ STATS = {
                                       "flows.export_unacked": 1, "flows.mirror_unacked": 0}),
     "export": record("export", {"records": 1200, "c0_datagrams_sent": 40, "c0_send_errors": 1,
                                 "c1_datagrams_sent": 41, "c1_records": 1200,
+                                "c1_paced": 300, "c1_held": 25,
                                 "c2_datagrams_sent": 9, "flows.export_duplicates": 0,
                                 "duplicate_records": 6, "brand_new_counter": 12}),
-    "mirror": record("mirror", {"lines": 1200, "d0_pending": 17, "d0_send_errors": 3},
+    "mirror": record("mirror", {"lines": 1200, "d0_pending": 17, "d0_send_errors": 3,
+                                "d0_paced": 8},
                      token="final"),
 }  # fmt: skip
 
@@ -126,6 +128,14 @@ def test_counters_get_conventional_names_labels_types_and_help() -> None:
     }
     assert got["nfflowd_mirror_pending_lines"] == {
         lab(stage="mirror", dispatcher="syslog", kind="syslog"): 17
+    }
+    # pacing: what each collector's pace held back (a counter) and holds now (a gauge)
+    v10 = lab(stage="export", collector="[2001:db8::9]:4739", version="10")
+    assert got["nfflowd_export_paced_datagrams_total"] == {v10: 300}
+    assert got["nfflowd_export_held_datagrams"] == {v10: 25}
+    assert got["types"]["nfflowd_export_held_datagrams"] == "gauge"
+    assert got["nfflowd_mirror_paced_lines_total"] == {
+        lab(stage="mirror", dispatcher="syslog", kind="syslog"): 8
     }
     assert got["nfflowd_duplicate_records_total"] == {lab(stage="export"): 6}
     # an unknown counter is still served, untyped, with its stage in the name
