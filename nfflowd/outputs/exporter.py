@@ -46,7 +46,7 @@ import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from nfflowd.config import Collector, ExportSettings
@@ -141,6 +141,9 @@ class Exporter:
         self.gave_up = [False for _ in exp.collectors]  # refused for REFUSED_HOLD_S
         self.dropped = [0 for _ in exp.collectors]  # given up on after REFUSED_HOLD_S
         self.paced = [0 for _ in exp.collectors]  # datagrams that waited for the pace
+        # called after each datagram has left (the terminal stage records its progress
+        # there: a SIGKILL then repeats at most the one datagram on its way out)
+        self.on_sent: Callable[[], None] | None = None
         if not self.targets:
             log.warning("no collector configured: flow records are only mirrored")
         if len(self.targets) > MAX_STREAMS:
@@ -212,6 +215,8 @@ class Exporter:
                 self.retry_at[i] = now + REFUSED_RETRY_S
                 return
             queue.popleft()
+            if self.on_sent is not None:
+                self.on_sent()
 
     def _hold(self, i: int, now: float) -> bool:
         """Whether collector *i*, which just refused, is still waited for.  Once it has

@@ -148,6 +148,8 @@ class Mirror:
         self.lines = 0  # records mirrored (once each, whatever the number of formats)
         self.invalid = 0  # records a formatter rejected
         self._last_warning = -WARN_INTERVAL_S
+        # (Sink.on_sent: a line's progress is recorded per chunk of CHUNK lines)
+        self.on_sent: Callable[[], None] | None = None
 
     def handle(self, block: bytes) -> None:
         """Format the records of *block* (FLOW_RECORD structs) once per format in use and

@@ -9,7 +9,6 @@ without blocking and may be dropped: they are cumulative, the next one covers.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +27,9 @@ from nfflowd.pipeline.stage import Stage
 log = logging.getLogger("nfflowd")
 
 HEARTBEAT_S = 1.0
+#: An ack that could not be sent (nobody connected yet) is tried again this soon: the
+#: hello of a restarted receiver, after which its sender resends what it holds.
+HELLO_RETRY_S = 0.05
 #: A sender's incarnation is its start time (ns): one later than now by more than
 #: this (clock skew between hosts on a tcp link) is refused.  One within it that no
 #: real sender uses makes the real sender's batches stale until the receiver takes
@@ -299,9 +301,14 @@ class Inlet:
                 pos[0] = self.inbox.incarnation
             pos[1] = self.upto
         msg = Ack(self.stage.name, self.stage.incarnation, self.inbox.incarnation, self.upto)
-        # no sender connected, or its queue is full: the next ack covers this one
-        with contextlib.suppress(zmq.Again):
+        try:
             self.sock.send(codec.encode(msg), zmq.NOBLOCK)
+        except zmq.Again:
+            # no sender connected (yet: a restarted stage binds, and the sender reconnects
+            # within ZeroMQ's reconnect interval), or its queue is full: the next ack
+            # covers this one, and goes soon, so a restart is not a second of silence
+            self._next_heartbeat = time.monotonic() + HELLO_RETRY_S
+            return
         self._next_heartbeat = time.monotonic() + HEARTBEAT_S
 
     def heartbeat(self) -> None:

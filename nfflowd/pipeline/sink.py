@@ -37,7 +37,7 @@ import os
 import struct
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
 
 import zmq
@@ -90,6 +90,13 @@ class Sink(Protocol):
         """Seconds until held records may go (a pace), 0 for now; None when nothing waits
         for a time (nothing held, or held by an outage: retried at each poll)."""
         ...
+
+    #: Set by the terminal stage: a sink that sends records it held (a pace, an outage)
+    #: calls it after each send, so the progress recorded follows what has left
+    #: datagram by datagram (a SIGKILL repeats at most what was on its way out), not
+    #: send burst by send burst.  A sink may leave it uncalled (progress is then
+    #: recorded after each chunk it is handed, and at each poll).
+    on_sent: Callable[[], None] | None
 
 
 class Flow:
@@ -158,6 +165,11 @@ class _Partials:
                 return min(self._get(k, _P_DONE), length), k
         return 0, -1
 
+    def advance(self, done: int) -> None:
+        """More records of the batch `mine` describes have left."""
+        if done > self._get(self.mine, _P_DONE):
+            self._set(self.mine, _P_DONE, done)
+
     def track(
         self,
         key: object,
@@ -170,8 +182,7 @@ class _Partials:
     ) -> None:
         """Let `mine` describe this batch (*key* identifies it in memory)."""
         if self.tracked is key:
-            if done > self._get(self.mine, _P_DONE):
-                self._set(self.mine, _P_DONE, done)
+            self.advance(done)
             return
         k = self.mine
         self._set(k, _P_LEN, 0)
@@ -197,6 +208,7 @@ class _Input:
         for origin in self.ring.pairs():
             self.delivered.add(origin)
         self.waiting: deque[_Waiting] = deque()  # handed over, not all left yet
+        self.current: _Waiting | None = None  # the oldest of them not all left, as last seen
         self.partials = _Partials(self.position)
         self.skipped_records = 0
         self.resumed_records = 0
@@ -247,6 +259,12 @@ class _Input:
         that batch's acknowledgement must not make the successor send it again (the
         slots describe one batch only)."""
         left = flow.left()
+        w = self.current
+        if w is not None and w.end > left and self.partials.tracked is w:
+            # the batch `mine` describes is still the oldest one going (none after it can
+            # have finished: FIFO): only its count moves (per datagram: keep it cheap)
+            self.partials.advance(max(w.resumed_at, left - w.base))
+            return
         finished = [i for i, f in enumerate(self.waiting) if f.end <= left and f.origin]
         for i in finished:
             f = self.waiting[i]
@@ -255,6 +273,7 @@ class _Input:
             self.waiting[i] = f._replace(origin=None)  # remembered: _release adds nothing
         # (the batches before it have left: about to be acknowledged)
         w = next((w for w in self.waiting if w.end > left and w.origin is not None), None)
+        self.current = w
         if w is None or w.origin is None:
             return
         done = max(w.resumed_at, min(w.end - w.base, left - w.base))
@@ -319,6 +338,12 @@ def _consume(stage: Stage, inputs: list[_Input], flow: Flow, watch: DeliveryWatc
         poller.register(sock, zmq.POLLIN)
     last_input = time.monotonic()
     next_notice = 0.0
+
+    def sent() -> None:
+        for inp in inputs:
+            inp.progress(flow)
+
+    sink.on_sent = sent
 
     def counters() -> dict[str, int]:
         out = dict(sink.counters())
