@@ -97,6 +97,7 @@ COLLECTOR_KEYS = (
     "nat_events",
     "nat_event_numbering",
     "records",
+    "coverage",
 )
 #: ``<collector> records``: which flow records a v9/IPFIX collector gets
 #: (nfflowd.formats.netflow_v9's ``per_direction``); v5 always gets the triplet.
@@ -242,6 +243,7 @@ def _export(v: _V) -> ExportSettings:
             )
         )
         collectors[-1] = _records(v, bk, _nat_events(v, bk, collectors[-1]))
+        collectors[-1] = _coverage(v, bk, collectors[-1])
     if v.one((*k, "exaddr")) is not None:
         exaddr = v.address((*k, "exaddr"), v.one((*k, "exaddr")))
     if not collectors:
@@ -329,6 +331,19 @@ def _records(v: _V, key: Key, c: Collector) -> Collector:
             value,
         )
     return dataclasses.replace(c, records=value)
+
+
+def _coverage(v: _V, key: Key, c: Collector) -> Collector:
+    """``coverage`` of a <collector>: the coverage gaps as v9/IPFIX options records
+    (nfflowd.formats.coverage_options); yes by default for 9 and 10, no for 5."""
+    ck = (*key, "coverage")
+    value = v.one(ck)
+    if value is None:
+        return c
+    on = v.boolean(ck, True)
+    if on and c.version == 5:
+        raise v.expected(ck, "no with version 5 (options records need version 9 or 10)", value)
+    return dataclasses.replace(c, coverage=on)
 
 
 def _collector(v: _V, key: Key, addr: str, port: int, version: int, src: str | None) -> Collector:

@@ -85,6 +85,14 @@ class Collector:
     # postNAT* elements) or "triplet" (also the original direction as it left, as v5 sends);
     # None: the version's own, per_direction for 9/10 (v5 always sends the triplet)
     records: str | None = None
+    # v9/IPFIX: coverage gaps as options records (nfflowd.formats.coverage_options);
+    # None: the version's own, yes for 9/10 (v5 has no options records)
+    coverage: bool | None = None
+
+    @property
+    def sends_coverage(self) -> bool:
+        """Whether this collector gets the coverage gaps (when the stages journal them)."""
+        return self.version != 5 and self.coverage is not False
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,12 @@ collector says ``records triplet``.  OPENED records (real-time NAT events, see
 :class:`~nfflowd.messages.EndReason`) go only to collectors with ``nat_events
 realtime``, whose encoders turn them into create events and send no flow record
 for them; the others get the block without them.
+
+Coverage gaps (:meth:`Exporter.send_gaps`, fed by :mod:`nfflowd.outputs.coverage_feed`)
+go to the v9/IPFIX collectors with ``coverage`` on, as options records in their
+streams (:mod:`nfflowd.formats.coverage_options`), when the Exporter is made with
+``coverage`` (the stages journal: a live source); their encoders then announce the
+options template with the data templates.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from nfflowd.config import Collector, ExportSettings
+from nfflowd.formats.coverage_options import GapRow
 from nfflowd.formats.ipfix import IpfixEncoder
 from nfflowd.formats.netflow_v5 import V5Encoder
 from nfflowd.formats.netflow_v9 import V9Encoder
@@ -76,8 +83,9 @@ def restore_sequences(slots: persist.Slots, streams: Sequence[tuple[int, Encoder
     return restored
 
 
-def make_encoder(exp: ExportSettings, c: Collector) -> Encoder:
-    """One encoder per collector: each has its own sequence numbers and template timers."""
+def make_encoder(exp: ExportSettings, c: Collector, coverage: bool = False) -> Encoder:
+    """One encoder per collector: each has its own sequence numbers and template timers;
+    *coverage*: coverage gaps go to the collectors that take them (``sends_coverage``)."""
     if c.version == 5:
         return V5Encoder(engine_type=exp.engine_type, engine_id=exp.engine_id)
     common = {
@@ -86,6 +94,7 @@ def make_encoder(exp: ExportSettings, c: Collector) -> Encoder:
         "nat_events": c.nat_events,
         "nat_event_numbering": c.nat_event_numbering,
         "per_direction": c.records != "triplet",  # None: the default, per_direction
+        "coverage": coverage and c.sends_coverage,
     }
     if c.version == 9:
         return V9Encoder(source_id=exp.observation_domain, **common)  # type: ignore[arg-type]
@@ -96,11 +105,14 @@ class Exporter:
     """Encodes flow records for every collector and sends them; one slow or dead collector
     costs the others nothing but a failed non-blocking send."""
 
-    def __init__(self, exp: ExportSettings, sequences: persist.Slots | None = None) -> None:
+    def __init__(
+        self, exp: ExportSettings, sequences: persist.Slots | None = None, coverage: bool = False
+    ) -> None:
         """*sequences*: where each collector's sequence number survives a restart, so a
-        collector sees the stream go on (templates are sent again, as at any start)."""
+        collector sees the stream go on (templates are sent again, as at any start).
+        *coverage*: the stages journal coverage gaps; :meth:`send_gaps` sends them."""
         self.targets: list[tuple[Encoder, UdpCollector]] = [
-            (make_encoder(exp, c), UdpCollector(c.address, c.port, source=c.source))
+            (make_encoder(exp, c, coverage), UdpCollector(c.address, c.port, source=c.source))
             for c in exp.collectors
         ]
         if not self.targets:
@@ -150,6 +162,21 @@ class Exporter:
             for datagram in datagrams:
                 coll.send(datagram)
 
+    def send_gaps(self, gaps: Sequence[GapRow]) -> None:
+        """Send coverage *gaps* as options records to every collector that takes them;
+        ValueError, nothing sent, when one cannot be encoded."""
+        now = time.time_ns()
+        slots = self.sequences
+        for i, (enc, coll) in enumerate(self.targets):
+            if not getattr(enc, "coverage", False):
+                continue
+            assert isinstance(enc, V9Encoder | IpfixEncoder)
+            datagrams = enc.encode_gaps(gaps, now)
+            if slots is not None and i < MAX_STREAMS:
+                slots[2 * i + 1] = enc.sequence  # before sending, as handle()
+            for datagram in datagrams:
+                coll.send(datagram)
+
     def flush(self) -> None:
         """Every datagram is sent as soon as it is encoded; nothing is held back."""
 
@@ -168,6 +195,7 @@ class Exporter:
                 "split",
                 "clamped",
                 "left_out",
+                "gaps",
             ):
                 value = getattr(enc, name, None)
                 if isinstance(value, int):

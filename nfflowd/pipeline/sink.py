@@ -77,6 +77,15 @@ class Sink(Protocol):
         ...
 
 
+class Periodic(Protocol):
+    """Work a terminal stage does once a second besides its batches (export: the coverage
+    journal to the collectors, nfflowd.outputs.coverage_feed), never per record."""
+
+    def tick(self, force: bool = False) -> None: ...
+
+    def counters(self) -> dict[str, int]: ...
+
+
 class Flow:
     """Records handed to the sink so far, by every input: the FIFO mark of each batch."""
 
@@ -261,7 +270,11 @@ class _Input:
 
 
 def consume(
-    stage: Stage, links: Sequence[str], sink: Sink, watch: DeliveryWatch | None = None
+    stage: Stage,
+    links: Sequence[str],
+    sink: Sink,
+    watch: DeliveryWatch | None = None,
+    periodic: Periodic | None = None,
 ) -> None:
     """The loop of a terminal stage: flow batches in, *sink* does the work, acks go back.
 
@@ -272,13 +285,15 @@ def consume(
     the deadline), so whatever upstream sent before stopping is delivered.
     Counters are published as notices once a second and at exit (summed over
     the links).  *watch*: the coverage journal of what the sink could not deliver
-    (:mod:`nfflowd.pipeline.coverage`), fed the counters at every notice.
+    (:mod:`nfflowd.pipeline.coverage`), fed the counters at every notice.  *periodic*:
+    ticked before every notice and once more at exit (after *watch* closed), its
+    counters published with the stage's.
     """
     inputs: list[_Input] = []
     try:
         for link in links:
             inputs.append(_Input(stage, link))
-        _consume(stage, inputs, Flow(sink), watch)
+        _consume(stage, inputs, Flow(sink), watch, periodic)
     finally:
         for inp in inputs:
             inp.close()
@@ -286,7 +301,13 @@ def consume(
             watch.close()
 
 
-def _consume(stage: Stage, inputs: list[_Input], flow: Flow, watch: DeliveryWatch | None) -> None:
+def _consume(
+    stage: Stage,
+    inputs: list[_Input],
+    flow: Flow,
+    watch: DeliveryWatch | None,
+    periodic: Periodic | None,
+) -> None:
     sink = flow.sink
     by_sock = {inp.inlet.sock: inp for inp in inputs}
     poller = zmq.Poller()
@@ -306,12 +327,16 @@ def _consume(stage: Stage, inputs: list[_Input], flow: Flow, watch: DeliveryWatc
         if watch is not None:
             watch.observe(out)
             out.update(watch.journal.counters)
+        if periodic is not None:
+            out.update(periodic.counters())
         return out
 
     while not stage.done_draining(last_input):
         for inp in inputs:
             inp.inlet.heartbeat()
         if time.monotonic() >= next_notice:
+            if periodic is not None:
+                periodic.tick()
             stage.notify("stats", counters())
             next_notice = time.monotonic() + NOTICE_INTERVAL_S
         # records held (an outage, a slow reader): retry every 100 ms
@@ -342,5 +367,7 @@ def _consume(stage: Stage, inputs: list[_Input], flow: Flow, watch: DeliveryWatc
     if watch is not None:
         watch.observe(sink.counters())
         watch.close()  # a burst still open ends here, in the final counters
+    if periodic is not None:
+        periodic.tick(force=True)  # what was journaled up to now (a final burst included)
     stage.notify("final", counters())
     log.info("stopped; %s", counters())
