@@ -165,6 +165,8 @@ class Follower:
             os.close(fd)
         whole = data.rfind(b"\n") + 1
         for line in data[:whole].splitlines():
+            if not line.strip():
+                continue
             rec = coverage.parse(line)
             if rec is None:
                 self.malformed += 1
