@@ -65,7 +65,9 @@ Decoders: tshark decodes the options template and every field of the data record
 (``cflow.od_id``, ``cflow.observation_time_milliseconds`` twice, the enterprise
 fields as "Enterprise Private entry" hex bytes in IPFIX, "Unknown Field Type" in
 v9); nfdump 1.7 (nfcapd) stores no options record it does not know and goes on
-storing the flows of the same datagrams (tests/integration/test_coverage_options_decoders.py).
+storing the flows of the same stream (tests/integration/test_coverage_options_decoders.py);
+on IPFIX it reports a sequence failure after a gap message, as it does not count the
+options records it ignores (RFC 7011 §3.1 counts every data record, and so do we).
 :mod:`nfflowd.formats.ipfix` and :mod:`nfflowd.formats.netflow_v9` decode the
 template and records like any other (:func:`unpack` turns a decoded record back into
 a :class:`GapRow`); their encoders send them (``encode_gaps``).
