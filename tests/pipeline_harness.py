@@ -539,3 +539,16 @@ def wait_lines(path: Path, n: int, timeout: float = 15) -> None:
         if path.exists() and path.read_text().count("\n") >= n:
             return
         time.sleep(0.1)
+
+
+def fake_conntrack(tmp_path: Path, events: Path | None = None) -> tuple[Path, Path]:
+    """A conntrack program: the listing (-L) is empty; the event stream is *events* (a
+    saved ``conntrack -E`` log), then never ends."""
+    pids = tmp_path / "program.pids"
+    script = tmp_path / "fake-conntrack"
+    play = f"cat {events}\n" if events else ""
+    script.write_text(
+        f'#!/bin/sh\ncase "$*" in *-L*) exit 0 ;; esac\necho $$ >> {pids}\n{play}exec sleep 300\n'
+    )
+    script.chmod(0o755)
+    return script, pids

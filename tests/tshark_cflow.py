@@ -29,8 +29,23 @@ def abs_ms(text: str) -> int:
     return calendar.timegm(time.strptime(stamp, "%b %d, %Y %H:%M:%S")) * 1000 + int(frac[:3])
 
 
-def tshark_packets(dgs: list[bytes], tmp_path: Path) -> list[dict[str, Any]]:
-    """The cflow layer of each datagram, as tshark's JSON output holds it."""
+def _keep_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose repeated keys (a record with an element twice) map to lists."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            had = out[key]
+            out[key] = [*had, value] if isinstance(had, list) else [had, value]
+        else:
+            out[key] = value
+    return out
+
+
+def tshark_packets(
+    dgs: list[bytes], tmp_path: Path, *, duplicates: bool = False
+) -> list[dict[str, Any]]:
+    """The cflow layer of each datagram, as tshark's JSON output holds it (*duplicates*:
+    a key tshark prints more than once in an object maps to the list of its values)."""
     pcap = tmp_path / "nfb-flows.pcap"
     write_pcap(pcap, dgs, PORT)
     argv = ["tshark", "-r", str(pcap), *OPTIONS]
@@ -42,7 +57,8 @@ def tshark_packets(dgs: list[bytes], tmp_path: Path) -> list[dict[str, Any]]:
         check=True,
         env=dict(os.environ, TZ="UTC", LC_ALL="C"),
     )
-    return [p["_source"]["layers"]["cflow"] for p in json.loads(res.stdout)]
+    hook = _keep_duplicates if duplicates else None
+    return [p["_source"]["layers"]["cflow"] for p in json.loads(res.stdout, object_pairs_hook=hook)]
 
 
 def data_records(layer: dict[str, Any], set_ids: range = range(256, 65536)) -> list[dict[str, Any]]:

@@ -1,7 +1,9 @@
 """Stage 3, export: ``flows.export`` link -> NetFlow v5/v9/IPFIX datagrams -> UDP collectors.
 
 The work is :class:`nfflowd.outputs.exporter.Exporter`; the loop is
-:func:`nfflowd.pipeline.sink.consume`.
+:func:`nfflowd.pipeline.sink.consume`.  While the stages journal coverage, the
+journal's gaps go to the v9/IPFIX collectors too
+(:class:`nfflowd.outputs.coverage_feed.CoverageFeed`, once a second).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import logging
 import os
 
 from nfflowd import topology
+from nfflowd.outputs.coverage_feed import CoverageFeed
 from nfflowd.outputs.exporter import MAX_STREAMS, SEQUENCE_FILE, Exporter, shard_settings
 from nfflowd.pipeline import coverage, persist
 from nfflowd.pipeline.sink import consume
@@ -25,11 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     feeds = topology.correlators_of(shard, daemon.correlators, daemon.exporters)
     seq_file = SEQUENCE_FILE if stage.shard is None else f"{stage.name}.sequence"
     sequences = persist.Slots(os.path.join(stage.rundir, seq_file), 2 * MAX_STREAMS)
+    feed = None
     try:
         exp = shard_settings(stage.settings.export, shard)
         links = [topology.link("flows.export", i) for i in feeds]
         watch = None
-        if coverage.journaling(stage.settings):
+        journaling = coverage.journaling(stage.settings)
+        exporter = Exporter(exp, sequences, coverage=journaling)
+        if journaling:
             journal = coverage.Journal(daemon.statedir, stage.name, log)
             watched: dict[str, str] = {}
             for i, c in enumerate(exp.collectors):
@@ -41,8 +47,15 @@ def main(argv: list[str] | None = None) -> int:
                 watched[f"c{i}_refused"] = f"datagrams refused by {target} (port unreachable)"
                 watched[f"c{i}_dropped"] = f"datagrams held for {target} and given up"
             watch = coverage.DeliveryWatch(journal, watched)
-        consume(stage, links, Exporter(exp, sequences), watch)
+            if any(c.sends_coverage for c in exp.collectors):
+                try:
+                    feed = CoverageFeed(daemon.statedir, stage.name, exporter)
+                except OSError as exc:  # as a journal that cannot be written: go on
+                    log.error("coverage feed: %s: %s", daemon.statedir, exc.strerror or exc)
+        consume(stage, links, exporter, watch, feed)
     finally:
+        if feed is not None:
+            feed.close()
         sequences.close()
         stage.close()
     return 0

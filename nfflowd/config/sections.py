@@ -105,6 +105,7 @@ COLLECTOR_KEYS = (
     "records",
     "max_rate",
     "max_byte_rate",
+    "coverage",
 )
 #: ``<collector> records``: which flow records a v9/IPFIX collector gets
 #: (nfflowd.formats.netflow_v9's ``per_direction``); v5 always gets the triplet.
@@ -252,7 +253,7 @@ def _export(v: _V) -> ExportSettings:
             )
         )
         collectors[-1] = dataclasses.replace(
-            _records(v, bk, _nat_events(v, bk, collectors[-1])),
+            _coverage(v, bk, _records(v, bk, _nat_events(v, bk, collectors[-1]))),
             max_rate=pace_rate(v, (*bk, "max_rate"), rate),
             max_byte_rate=pace_byte_rate(v, (*bk, "max_byte_rate"), byte_rate),
         )
@@ -345,6 +346,19 @@ def _records(v: _V, key: Key, c: Collector) -> Collector:
             value,
         )
     return dataclasses.replace(c, records=value)
+
+
+def _coverage(v: _V, key: Key, c: Collector) -> Collector:
+    """``coverage`` of a <collector>: the coverage gaps as v9/IPFIX options records
+    (nfflowd.formats.coverage_options); yes by default for 9 and 10, no for 5."""
+    ck = (*key, "coverage")
+    value = v.one(ck)
+    if value is None:
+        return c
+    on = v.boolean(ck, True)
+    if on and c.version == 5:
+        raise v.expected(ck, "no with version 5 (options records need version 9 or 10)", value)
+    return dataclasses.replace(c, coverage=on)
 
 
 def _collector(v: _V, key: Key, addr: str, port: int, version: int, src: str | None) -> Collector:

@@ -99,6 +99,14 @@ class Collector:
     # pacing (nfflowd.outputs.pacing): datagrams/s and bytes/s at most (0: no limit)
     max_rate: int = DEFAULT_MAX_RATE
     max_byte_rate: int = 0
+    # v9/IPFIX: coverage gaps as options records (nfflowd.formats.coverage_options);
+    # None: the version's own, yes for 9/10 (v5 has no options records)
+    coverage: bool | None = None
+
+    @property
+    def sends_coverage(self) -> bool:
+        """Whether this collector gets the coverage gaps (when the stages journal them)."""
+        return self.version != 5 and self.coverage is not False
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,13 @@ With ``nat_events`` the encoder also sends NAT event records (templates 258/259,
 :mod:`nfflowd.formats.nat_events`) after each batch's flow records; the sequence
 number counts them too.
 
+With ``coverage`` the encoder announces the coverage options template (260,
+:mod:`nfflowd.formats.coverage_options`, an Options Template Set, id 3) with the data
+templates, refreshed with them, and :meth:`IpfixEncoder.encode_gaps` sends coverage
+gaps as its options data records, each message with the options template (a gap is
+rare and a collector that has not seen the template since its restart would drop
+it); the sequence number counts them as data records (§3.1).
+
 With ``per_direction`` the encoder leaves out the ORIGINAL_OUT records (the
 original direction as it left, flowDirection egress; counted in ``left_out``):
 the ORIGINAL_IN record's postNAT* elements already say it, and collectors that
@@ -47,6 +54,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from nfflowd.formats import coverage_options
 from nfflowd.formats.ipfix_ies import (
     FLOW_FIELDS_V4,
     FLOW_FIELDS_V6,
@@ -258,6 +266,7 @@ class IpfixEncoder:
         nat_events: bool = False,
         nat_event_numbering: int = 1,
         per_direction: bool = False,
+        coverage: bool = False,
     ) -> None:
         if not 0 <= observation_domain <= _U32:
             raise ValueError(f"observation_domain {observation_domain} out of range 0..2**32-1")
@@ -267,8 +276,11 @@ class IpfixEncoder:
         self._refresh_ms = int(template_refresh_seconds * 1000)
         self.nat = NatEvents(nat_event_numbering) if nat_events else None
         self.per_direction = per_direction
-        self._template_set = pack_template_set(
-            FLOW_TEMPLATES + (NAT_TEMPLATES if nat_events else ())
+        self.coverage = coverage
+        self._options_set = coverage_options.ipfix_template_set() if coverage else b""
+        self._template_set = (
+            pack_template_set(FLOW_TEMPLATES + (NAT_TEMPLATES if nat_events else ()))
+            + self._options_set
         )
         least = HEADER_SIZE + len(self._template_set) + SET_HEADER_SIZE + RECORD_V6.size
         if not least <= mtu <= 0xFFFF:
@@ -280,6 +292,7 @@ class IpfixEncoder:
         self.records = 0
         self.template_sends = 0
         self.left_out = 0  # ORIGINAL_OUT records not sent (per_direction)
+        self.gaps = 0  # coverage gap records sent (encode_gaps)
         self._since_template: int | None = None  # messages since the last templates
         self._template_ms = 0
         self._buf = bytearray(mtu)
@@ -414,6 +427,34 @@ class IpfixEncoder:
             out.append(self._finish(off, count, with_templates, now_ms, export_time))
         return out
 
+    def encode_gaps(self, gaps: Sequence[coverage_options.GapRow], now_ns: int) -> list[bytes]:
+        """Messages of coverage gap options records, each with the options template (and
+        the data templates when they are due); ValueError without ``coverage``, or for a
+        gap that cannot be encoded (nothing sent then)."""
+        if not self.coverage:
+            raise ValueError("coverage gaps need an encoder made with coverage=True")
+        now_ms = now_ns // 1_000_000
+        export_time = now_ns // 1_000_000_000 & _U32
+        size = coverage_options.RECORD.size
+        coverage_options.pack_records(self.observation_domain, gaps)  # all or nothing
+        out: list[bytes] = []
+        at = 0
+        while at < len(gaps):
+            off, with_templates = self._open(now_ms)
+            if not with_templates:
+                end = off + len(self._options_set)
+                self._buf[off:end] = self._options_set
+                off = end
+            room = max(1, (self.mtu - off - SET_HEADER_SIZE) // size)
+            chunk = gaps[at : at + room]
+            data = coverage_options.pack_data_set(self.observation_domain, chunk, pad=False)
+            self._buf[off : off + len(data)] = data
+            end = off + len(data)
+            out.append(self._finish(end, len(chunk), with_templates, now_ms, export_time, False))
+            self.gaps += len(chunk)
+            at += len(chunk)
+        return out
+
     def _open(self, now_ms: int) -> tuple[int, bool]:
         if self.templates_due(now_ms):
             end = HEADER_SIZE + len(self._template_set)
@@ -422,14 +463,23 @@ class IpfixEncoder:
         return HEADER_SIZE, False
 
     def _finish(
-        self, off: int, count: int, with_templates: bool, now_ms: int, export_time: int
+        self,
+        off: int,
+        count: int,
+        with_templates: bool,
+        now_ms: int,
+        export_time: int,
+        flows: bool = True,
     ) -> bytes:
+        """Write the header of the message in the buffer; *count* data records (flows or,
+        not *flows*, coverage gaps: both take sequence numbers)."""
         HEADER.pack_into(
             self._buf, 0, VERSION, off, export_time, self.sequence, self.observation_domain
         )
         self.sequence = (self.sequence + count) & _U32
         self.datagrams += 1
-        self.records += count
+        if flows:
+            self.records += count
         if with_templates:
             self.template_sends += 1
             self._since_template = 1

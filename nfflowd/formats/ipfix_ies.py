@@ -102,6 +102,7 @@ FLOW_DIRECTION = IE(61, "flowDirection", 1, "B", "unsigned8")
 FLOW_END_REASON = IE(136, "flowEndReason", 1, "B", "unsigned8")
 FLOW_ID = IE(148, "flowId", 8, "Q", "unsigned64")
 ICMP_TYPE_CODE_IPV6 = IE(139, "icmpTypeCodeIPv6", 2, "H", "unsigned16")
+OBSERVATION_DOMAIN_ID = IE(149, "observationDomainId", 4, "I", "unsigned32")
 FLOW_START_MILLISECONDS = IE(152, "flowStartMilliseconds", 8, "Q", "dateTimeMilliseconds")
 FLOW_END_MILLISECONDS = IE(153, "flowEndMilliseconds", 8, "Q", "dateTimeMilliseconds")
 POST_NAT_SOURCE_IPV4_ADDRESS = IE(225, "postNATSourceIPv4Address", 4, "4s", "ipv4Address")
@@ -141,6 +142,7 @@ BY_ID: dict[int, IE] = {
         FLOW_END_REASON,
         FLOW_ID,
         ICMP_TYPE_CODE_IPV6,
+        OBSERVATION_DOMAIN_ID,
         FLOW_START_MILLISECONDS,
         FLOW_END_MILLISECONDS,
         POST_NAT_SOURCE_IPV4_ADDRESS,
@@ -286,6 +288,18 @@ def field_name(f: Field) -> str:
     return ie.name if ie is not None else f"ie{f.id}"
 
 
+def distinct(names: Sequence[str]) -> tuple[str, ...]:
+    """*names* with the n-th repetition of a name called ``name#n`` (a template may carry
+    an element twice, RFC 7011 §8: e.g. the first and last observationTimeMilliseconds
+    of a reliability options record, :mod:`nfflowd.formats.coverage_options`)."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        n = seen[name] = seen.get(name, 0) + 1
+        out.append(name if n == 1 else f"{name}#{n}")
+    return tuple(out)
+
+
 def compile_template(
     template_id: int,
     fields: Sequence[Field],
@@ -320,7 +334,7 @@ def compile_template(
         template_id,
         tuple(fields),
         scope_count,
-        tuple(names) if names is not None else tuple(field_name(f) for f in fields),
+        distinct(names if names is not None else [field_name(f) for f in fields]),
         st,
         tuple(to_int),
         frozenset(numeric_at),

@@ -43,6 +43,13 @@ its v9 table), including postNATSource/DestinationIPv6Address (281/282).
 With ``nat_events`` NAT event records follow each batch's flows (templates
 258/259, :mod:`nfflowd.formats.nat_events`).
 
+With ``coverage`` the templates also carry the coverage options template (260, an
+Options Template FlowSet, id 1, :mod:`nfflowd.formats.coverage_options`), refreshed
+with them, and :meth:`V9Encoder.encode_gaps` sends coverage gaps as its options data
+records, each packet with the options template; ``count`` counts the options
+template and records too (§5.1: "Template and Flow Records (both regular and
+Options)").
+
 One record per direction (``per_direction``): the correlator's ORIGINAL_OUT
 record, the original direction as it left (the v5 triplet's second record,
 flowDirection egress), says nothing the ORIGINAL_IN record's postNAT* elements
@@ -60,6 +67,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from nfflowd.formats import coverage_options
 from nfflowd.formats.ipfix_ies import (
     FLOW_FIELDS_V4,
     FLOW_FIELDS_V6,
@@ -300,6 +308,7 @@ class V9Encoder:
         nat_events: bool = False,
         nat_event_numbering: int = 1,
         per_direction: bool = False,
+        coverage: bool = False,
     ) -> None:
         if not 0 <= source_id <= _U32:
             raise ValueError(f"source_id {source_id} out of range 0..2**32-1")
@@ -311,10 +320,15 @@ class V9Encoder:
         self.nat = NatEvents(nat_event_numbering, flow_id=False) if nat_events else None
         self.per_direction = per_direction
         templates = FLOW_TEMPLATES + (NAT_TEMPLATES if nat_events else ())
-        self._template_count = len(templates)
-        self._template_flowset = pack_datagram(
-            templates=templates, sys_uptime=0, unix_secs=0, sequence=0, source_id=0
-        )[HEADER_SIZE:]
+        self.coverage = coverage
+        self._options_flowset = coverage_options.v9_template_flowset() if coverage else b""
+        self._template_count = len(templates) + (1 if coverage else 0)
+        self._template_flowset = (
+            pack_datagram(templates=templates, sys_uptime=0, unix_secs=0, sequence=0, source_id=0)[
+                HEADER_SIZE:
+            ]
+            + self._options_flowset
+        )
         limit = mtu & ~3  # flowsets end 4-byte aligned
         one = FLOWSET_HEADER_SIZE + RECORD_V6.size
         least = HEADER_SIZE + len(self._template_flowset) + one + _pad(one)
@@ -328,6 +342,7 @@ class V9Encoder:
         self.records = 0
         self.template_sends = 0
         self.left_out = 0  # ORIGINAL_OUT records not sent (per_direction)
+        self.gaps = 0  # coverage gap records sent (encode_gaps)
         self._since_template: int | None = None  # packets since the last templates
         self._template_ms = 0
         self._buf = bytearray(limit)
@@ -461,6 +476,38 @@ class V9Encoder:
             out.append(self._finish(off, count, with_templates, now_ms, uptime, secs))
         return out
 
+    def encode_gaps(self, gaps: Sequence[coverage_options.GapRow], now_ns: int) -> list[bytes]:
+        """Packets of coverage gap options records, each with the options template (and
+        the data templates when they are due); ValueError without ``coverage``, or for a
+        gap that cannot be encoded (nothing sent then)."""
+        if not self.coverage:
+            raise ValueError("coverage gaps need an encoder made with coverage=True")
+        now_ms = now_ns // 1_000_000
+        uptime = (now_ms - self.boot_ms) & _U32
+        secs = now_ns // 1_000_000_000 & _U32
+        size = coverage_options.RECORD.size
+        coverage_options.pack_records(self.source_id, gaps)  # all or nothing
+        out: list[bytes] = []
+        at = 0
+        while at < len(gaps):
+            off, with_templates = self._open(now_ms)
+            extra = 0
+            if not with_templates:
+                end = off + len(self._options_flowset)
+                self._buf[off:end] = self._options_flowset
+                off, extra = end, 1
+            room = max(1, (self._limit - off - FLOWSET_HEADER_SIZE - 3) // size)
+            chunk = gaps[at : at + room]
+            data = coverage_options.pack_data_set(self.source_id, chunk, pad=True)
+            self._buf[off : off + len(data)] = data
+            end = off + len(data)
+            out.append(
+                self._finish(end, len(chunk) + extra, with_templates, now_ms, uptime, secs, False)
+            )
+            self.gaps += len(chunk)
+            at += len(chunk)
+        return out
+
     def _close(self, start: int, set_id: int, off: int) -> int:
         """Pad the open data flowset to 4 bytes and write its header; returns its end."""
         pad = -(off - start) & 3
@@ -477,13 +524,23 @@ class V9Encoder:
         return HEADER_SIZE, False
 
     def _finish(
-        self, off: int, count: int, with_templates: bool, now_ms: int, uptime: int, secs: int
+        self,
+        off: int,
+        count: int,
+        with_templates: bool,
+        now_ms: int,
+        uptime: int,
+        secs: int,
+        flows: bool = True,
     ) -> bytes:
+        """Write the header of the packet in the buffer: *count* records besides the data
+        templates (flows or, not *flows*, coverage gaps and their options template)."""
         total = count + (self._template_count if with_templates else 0)
         HEADER.pack_into(self._buf, 0, VERSION, total, uptime, secs, self.sequence, self.source_id)
         self.sequence = (self.sequence + 1) & _U32
         self.datagrams += 1
-        self.records += count
+        if flows:
+            self.records += count
         if with_templates:
             self.template_sends += 1
             self._since_template = 1

@@ -38,6 +38,12 @@ collector says ``records triplet``.  OPENED records (real-time NAT events, see
 :class:`~nfflowd.messages.EndReason`) go only to collectors with ``nat_events
 realtime``, whose encoders turn them into create events and send no flow record
 for them; the others get the block without them.
+
+Coverage gaps (:meth:`Exporter.send_gaps`, fed by :mod:`nfflowd.outputs.coverage_feed`)
+go to the v9/IPFIX collectors with ``coverage`` on, as options records in their
+streams (:mod:`nfflowd.formats.coverage_options`), when the Exporter is made with
+``coverage`` (the stages journal: a live source); their encoders then announce the
+options template with the data templates.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from nfflowd.config import Collector, ExportSettings
+from nfflowd.formats.coverage_options import GapRow
 from nfflowd.formats.ipfix import IpfixEncoder
 from nfflowd.formats.netflow_v5 import V5Encoder
 from nfflowd.formats.netflow_v9 import V9Encoder
@@ -103,8 +110,9 @@ def restore_sequences(slots: persist.Slots, streams: Sequence[tuple[int, Encoder
     return restored
 
 
-def make_encoder(exp: ExportSettings, c: Collector) -> Encoder:
-    """One encoder per collector: each has its own sequence numbers and template timers."""
+def make_encoder(exp: ExportSettings, c: Collector, coverage: bool = False) -> Encoder:
+    """One encoder per collector: each has its own sequence numbers and template timers;
+    *coverage*: coverage gaps go to the collectors that take them (``sends_coverage``)."""
     if c.version == 5:
         return V5Encoder(engine_type=exp.engine_type, engine_id=exp.engine_id)
     common = {
@@ -113,6 +121,7 @@ def make_encoder(exp: ExportSettings, c: Collector) -> Encoder:
         "nat_events": c.nat_events,
         "nat_event_numbering": c.nat_event_numbering,
         "per_direction": c.records != "triplet",  # None: the default, per_direction
+        "coverage": coverage and c.sends_coverage,
     }
     if c.version == 9:
         return V9Encoder(source_id=exp.observation_domain, **common)  # type: ignore[arg-type]
@@ -127,11 +136,14 @@ class Exporter:
     slowest collector paces the pipeline); one that fails otherwise (no route,
     buffer full) costs the others nothing: the datagram is counted and dropped."""
 
-    def __init__(self, exp: ExportSettings, sequences: persist.Slots | None = None) -> None:
+    def __init__(
+        self, exp: ExportSettings, sequences: persist.Slots | None = None, coverage: bool = False
+    ) -> None:
         """*sequences*: where each collector's sequence number survives a restart, so a
-        collector sees the stream go on (templates are sent again, as at any start)."""
+        collector sees the stream go on (templates are sent again, as at any start).
+        *coverage*: the stages journal coverage gaps; :meth:`send_gaps` sends them."""
         self.targets: list[tuple[Encoder, UdpCollector]] = [
-            (make_encoder(exp, c), UdpCollector(c.address, c.port, source=c.source))
+            (make_encoder(exp, c, coverage), UdpCollector(c.address, c.port, source=c.source))
             for c in exp.collectors
         ]
         self.paces = [Pace(c.max_rate, c.max_byte_rate) for c in exp.collectors]
@@ -141,6 +153,8 @@ class Exporter:
         self.gave_up = [False for _ in exp.collectors]  # refused for REFUSED_HOLD_S
         self.dropped = [0 for _ in exp.collectors]  # given up on after REFUSED_HOLD_S
         self.paced = [0 for _ in exp.collectors]  # datagrams that waited for the pace
+        self.queued = [0 for _ in exp.collectors]  # datagrams ever queued, per collector
+        self.gaps_upto = [0 for _ in exp.collectors]  # `queued` after the last gap datagram
         # called after each datagram has left (the terminal stage records its progress
         # there: a SIGKILL then repeats at most the one datagram on its way out)
         self.on_sent: Callable[[], None] | None = None
@@ -192,6 +206,7 @@ class Exporter:
             queue = self.queues[i]
             queue.append((datagrams[0], mark, enc.sequence))
             queue.extend((d, mark, -1) for d in datagrams[1:])
+            self.queued[i] += len(datagrams)
             self._send(i, clock)
             if queue and clock >= self.retry_at[i]:  # held by the pace, not by a refusal
                 self.paced[i] += min(len(queue), len(datagrams))
@@ -243,6 +258,32 @@ class Exporter:
         self.dropped[i] += dropped + 1
         return False
 
+    def send_gaps(self, gaps: Sequence[GapRow]) -> None:
+        """Queue coverage *gaps* as options records for every collector that takes them,
+        behind its flow datagrams (sequence numbers stay in order; paced and held on
+        refusal like them), and send what the pace allows now; :meth:`gaps_held` says
+        when they have all left.  ValueError, nothing queued, when one cannot be encoded."""
+        now = time.time_ns()
+        for i, (enc, _) in enumerate(self.targets):
+            if not getattr(enc, "coverage", False):
+                continue
+            assert isinstance(enc, V9Encoder | IpfixEncoder)
+            datagrams = enc.encode_gaps(gaps, now)
+            if not datagrams:
+                continue
+            queue = self.queues[i]
+            queue.append((datagrams[0], self.records, enc.sequence))
+            queue.extend((d, self.records, -1) for d in datagrams[1:])
+            self.queued[i] += len(datagrams)
+            self.gaps_upto[i] = self.queued[i]
+            self._send(i, time.monotonic())
+
+    def gaps_held(self) -> bool:
+        """Whether a datagram of the gaps given to :meth:`send_gaps` is still queued."""
+        return any(
+            self.queued[i] - len(queue) < self.gaps_upto[i] for i, queue in enumerate(self.queues)
+        )
+
     def flush(self) -> None:
         """Send what each collector's pace allows now (and try a refusing one again)."""
         now = time.monotonic()
@@ -276,6 +317,7 @@ class Exporter:
                 "split",
                 "clamped",
                 "left_out",
+                "gaps",
             ):
                 value = getattr(enc, name, None)
                 if isinstance(value, int):

@@ -61,7 +61,9 @@ updated on every loop, :mod:`nfflowd.conntrack.checkpoint`).  A window is
 
 Each gap is also one log line at WARNING in the stage's log (:meth:`Gap.line`,
 fixed format: ``coverage gap from=ISO to=ISO ms=N cause=C stage=S detail=...``),
-and counted in the stage's counters (``coverage_gaps``, ``coverage_gap_ms``).
+and counted in the stage's counters (``coverage_gaps``, ``coverage_gap_ms``).  Export
+sends every stage's gaps to its v9/IPFIX collectors as options records
+(:mod:`nfflowd.outputs.coverage_feed`, :mod:`nfflowd.formats.coverage_options`).
 """
 
 from __future__ import annotations

@@ -99,6 +99,15 @@ class Sink(Protocol):
     on_sent: Callable[[], None] | None
 
 
+class Periodic(Protocol):
+    """Work a terminal stage does once a second besides its batches (export: the coverage
+    journal to the collectors, nfflowd.outputs.coverage_feed), never per record."""
+
+    def tick(self, force: bool = False) -> None: ...
+
+    def counters(self) -> dict[str, int]: ...
+
+
 class Flow:
     """Records handed to the sink so far, by every input: the FIFO mark of each batch."""
 
@@ -305,7 +314,11 @@ class _Input:
 
 
 def consume(
-    stage: Stage, links: Sequence[str], sink: Sink, watch: DeliveryWatch | None = None
+    stage: Stage,
+    links: Sequence[str],
+    sink: Sink,
+    watch: DeliveryWatch | None = None,
+    periodic: Periodic | None = None,
 ) -> None:
     """The loop of a terminal stage: flow batches in, *sink* does the work, acks go back.
 
@@ -316,13 +329,15 @@ def consume(
     the deadline), so whatever upstream sent before stopping is delivered.
     Counters are published as notices once a second and at exit (summed over
     the links).  *watch*: the coverage journal of what the sink could not deliver
-    (:mod:`nfflowd.pipeline.coverage`), fed the counters at every notice.
+    (:mod:`nfflowd.pipeline.coverage`), fed the counters at every notice.  *periodic*:
+    ticked before every notice and once more at exit (after *watch* closed), its
+    counters published with the stage's.
     """
     inputs: list[_Input] = []
     try:
         for link in links:
             inputs.append(_Input(stage, link))
-        _consume(stage, inputs, Flow(sink), watch)
+        _consume(stage, inputs, Flow(sink), watch, periodic)
     finally:
         for inp in inputs:
             inp.close()
@@ -330,7 +345,13 @@ def consume(
             watch.close()
 
 
-def _consume(stage: Stage, inputs: list[_Input], flow: Flow, watch: DeliveryWatch | None) -> None:
+def _consume(
+    stage: Stage,
+    inputs: list[_Input],
+    flow: Flow,
+    watch: DeliveryWatch | None,
+    periodic: Periodic | None,
+) -> None:
     sink = flow.sink
     by_sock = {inp.inlet.sock: inp for inp in inputs}
     poller = zmq.Poller()
@@ -356,6 +377,8 @@ def _consume(stage: Stage, inputs: list[_Input], flow: Flow, watch: DeliveryWatc
         if watch is not None:
             watch.observe(out)
             out.update(watch.journal.counters)
+        if periodic is not None:
+            out.update(periodic.counters())
         return out
 
     while True:
@@ -367,6 +390,8 @@ def _consume(stage: Stage, inputs: list[_Input], flow: Flow, watch: DeliveryWatc
         for inp in inputs:
             inp.inlet.heartbeat()
         if time.monotonic() >= next_notice:
+            if periodic is not None:
+                periodic.tick()
             stage.notify("stats", counters())
             next_notice = time.monotonic() + NOTICE_INTERVAL_S
         # records held (an outage, a slow reader): retry every 100 ms; paced: when due
@@ -400,5 +425,7 @@ def _consume(stage: Stage, inputs: list[_Input], flow: Flow, watch: DeliveryWatc
     if watch is not None:
         watch.observe(sink.counters())
         watch.close()  # a burst still open ends here, in the final counters
+    if periodic is not None:
+        periodic.tick(force=True)  # what was journaled up to now (a final burst included)
     stage.notify("final", counters())
     log.info("stopped; %s", counters())

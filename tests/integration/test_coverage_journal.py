@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import pytest
 
 from nfflowd.pipeline import coverage
 from tests.pipeline_harness import (
+    fake_conntrack,
     nfflowd,
     running_pid,
     wait_all_running,
@@ -42,19 +42,6 @@ def wait_for(check: Any, timeout: float, what: str) -> Any:
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def fake_conntrack(tmp_path: Path, events: Path | None = None) -> tuple[Path, Path]:
-    """A conntrack program: the listing (-L) is empty; the event stream is *events* (a
-    saved ``conntrack -E`` log), then never ends."""
-    pids = tmp_path / "program.pids"
-    script = tmp_path / "fake-conntrack"
-    play = f"cat {events}\n" if events else ""
-    script.write_text(
-        f'#!/bin/sh\ncase "$*" in *-L*) exit 0 ;; esac\necho $$ >> {pids}\n{play}exec sleep 300\n'
-    )
-    script.chmod(0o755)
-    return script, pids
 
 
 def records(statedir: Path, kind: str) -> list[dict[str, Any]]:
@@ -147,10 +134,3 @@ def test_a_killed_ingest_is_a_not_listening_gap_and_who_says_so(tmp_path: Path) 
         for text in pids.read_text().split() if pids.exists() else []:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(text), signal.SIGKILL)  # the program a killed ingest left
-
-
-def closed_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port

@@ -510,8 +510,8 @@ def test_with_a_user_each_stage_journals_coverage_in_a_file_of_its_own(
     is root's, export's the user's: its collector's port has no listener, so the
     datagrams refused are an ``undelivered`` gap, which ``who`` reports."""
     from nfflowd.pipeline import coverage
-    from tests.integration.test_coverage_journal import closed_udp_port, fake_conntrack
-    from tests.pipeline_harness import export_block
+    from tests.pipeline_harness import export_block, fake_conntrack
+    from tests.udp_ports import closed_udp_port
 
     user, other = accounts
     log = workdir / "events.log"

@@ -703,3 +703,36 @@ def test_syslog_dispatcher_pace_applies_to_udp_only(tmp_path: Path) -> None:
     s = load_text(tmp_path, ptee(udp.replace("udp://192.0.2.9:514", "/dev/log")))
     assert any("max_rate paces udp:// addresses only" in n for n in s.notes)
     assert Dispatcher("d", "syslog").max_rate == 0  # no pace unless asked for
+
+
+# ---------------------------------------------------------------- coverage options per collector
+
+
+def test_coverage_per_collector(tmp_path: Path) -> None:
+    s = load_text(
+        tmp_path,
+        "<export>\n<collector>\naddress 192.0.2.1\nport 2055\nversion 9\n</collector>\n"
+        "<collector>\naddress 192.0.2.2\nport 4739\nversion 10\ncoverage no\n</collector>\n"
+        "<collector>\naddress 192.0.2.3\nport 2056\nversion 5\ncoverage off\n</collector>\n"
+        "<collector>\naddress 192.0.2.4\nport 2057\n</collector>\n</export>\n",
+    )
+    got = [(c.version, c.coverage, c.sends_coverage) for c in s.export.collectors]
+    assert got == [(9, None, True), (10, False, False), (5, False, False), (5, None, False)]
+    assert config.from_dict(json.loads(json.dumps(config.to_dict(s)))) == s
+
+
+@pytest.mark.parametrize(
+    ("version", "value", "fragment"),
+    [
+        (9, "maybe", "expected a boolean (1/0, yes/no, true/false, on/off)"),
+        (5, "yes", "expected no with version 5 (options records need version 9 or 10)"),
+    ],
+)
+def test_coverage_bad_values(tmp_path: Path, version: int, value: str, fragment: str) -> None:
+    err = error_of(
+        tmp_path,
+        f"<export>\n<collector>\naddress 192.0.2.1\nport 2055\nversion {version}\n"
+        f"coverage {value}\n</collector>\n</export>\n",
+    )
+    assert err.key == "export.collector.coverage" and err.line == 6
+    assert fragment in err.message and str(err).endswith(f", got {value!r}")

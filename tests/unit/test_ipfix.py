@@ -279,7 +279,7 @@ def test_options_template_is_stored() -> None:
     templates: ies.Templates = {}
     _, rs = ipfix.unpack_datagram(message(tmpl, data), templates)
     assert templates[(0, 400)].scope_count == 1
-    assert rs == [{"ie149": b"\0\0\0\x07", "ie41": struct.pack("!Q", 12345)}]
+    assert rs == [{"observationDomainId": 7, "ie41": struct.pack("!Q", 12345)}]
 
 
 def test_unpack_errors_name_the_offset() -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from nfflowd.outputs.collector import DROPPED, REFUSED, SENT, SNDBUF_BYTES, UdpCollector
 from tests.needs import skip_outside_ci
+from tests.udp_ports import closed_udp_port
 
 
 def _ipv6_loopback() -> bool:
@@ -38,12 +39,6 @@ def receiver() -> Iterator[socket.socket]:
     s.settimeout(5)
     yield s
     s.close()
-
-
-def closed_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_datagrams_arrive_intact(receiver: socket.socket) -> None:
@@ -78,7 +73,7 @@ def test_ipv6_collector() -> None:
 
 
 def test_closed_port_never_raises_and_counts_refusals() -> None:
-    coll = UdpCollector("127.0.0.1", closed_port())
+    coll = UdpCollector("127.0.0.1", closed_udp_port())
     results = [coll.send(b"x" * 100) for _ in range(500)]
     coll.close()
     c = coll.counters
@@ -95,7 +90,7 @@ def test_closed_port_never_raises_and_counts_refusals() -> None:
 
 
 def test_first_datagram_after_collector_returns_is_not_lost() -> None:
-    port = closed_port()
+    port = closed_udp_port()
     coll = UdpCollector("127.0.0.1", port)
     results = [coll.send(b"into the void") for _ in range(3)]
     assert REFUSED in results and set(results) <= {SENT, REFUSED}
@@ -164,7 +159,7 @@ def test_oversize_datagram_is_counted_not_raised(receiver: socket.socket) -> Non
 
 
 def test_send_after_close_and_bad_names_do_not_raise() -> None:
-    coll = UdpCollector("127.0.0.1", closed_port())
+    coll = UdpCollector("127.0.0.1", closed_udp_port())
     coll.close()
     assert coll.send(b"late") == DROPPED
     assert coll.last_error is not None and "after close" in coll.last_error

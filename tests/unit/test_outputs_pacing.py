@@ -9,22 +9,26 @@ bound the pace imposes).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 from nfflowd import config
 from nfflowd.config import Collector, ExportSettings
 from nfflowd.config.settings import DEFAULT_MAX_RATE
+from nfflowd.formats import coverage_options, ipfix
+from nfflowd.formats.coverage_options import GapRow
 from nfflowd.messages import FlowRecord, pack_flows
 from nfflowd.outputs import exporter as exporter_mod
 from nfflowd.outputs.exporter import Exporter
 from nfflowd.outputs.mirror import Mirror
 from nfflowd.outputs.pacing import BURST_S, Pace
 from nfflowd.outputs.syslog import SyslogDispatcher
-from tests.unit.test_outputs_collector import closed_port
+from tests.udp_ports import closed_udp_port
 
 # --------------------------------------------------------------------------- the bucket
 
@@ -236,7 +240,7 @@ def test_a_refused_datagram_is_kept_and_retried(
     receiver: socket.socket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(exporter_mod, "REFUSED_RETRY_S", 0.05)
-    port = closed_port()
+    port = closed_udp_port()
     exp = exporter_to((port, 0))
     exp.handle(flow_block(90))  # the first of 3 datagrams is refused, the others wait
     c = exp.counters()
@@ -258,7 +262,7 @@ def test_a_refused_datagram_is_kept_and_retried(
 def test_a_collector_refusing_too_long_is_given_up_on(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(exporter_mod, "REFUSED_RETRY_S", 0.01)
     monkeypatch.setattr(exporter_mod, "REFUSED_HOLD_S", 0.2)
-    port = closed_port()
+    port = closed_udp_port()
     exp = exporter_to((port, 0))
     started = time.monotonic()
     exp.handle(flow_block(90))  # 3 datagrams, held while the collector refuses
@@ -280,7 +284,7 @@ def test_a_collector_refusing_too_long_is_given_up_on(monkeypatch: pytest.Monkey
 
 
 def test_default_pace_of_a_collector() -> None:
-    exp = exporter_to((closed_port(), DEFAULT_MAX_RATE))
+    exp = exporter_to((closed_udp_port(), DEFAULT_MAX_RATE))
     assert exp.paces[0].rate == DEFAULT_MAX_RATE
     assert Collector("127.0.0.1", 2055).max_rate == DEFAULT_MAX_RATE
 
@@ -334,3 +338,29 @@ def test_unix_syslog_is_not_paced() -> None:
     d = SyslogDispatcher("/nonexistent/log", max_rate=5)
     assert d.pace.unlimited
     d.close()
+
+
+def test_coverage_gaps_queue_behind_flow_datagrams_in_sequence(receiver: socket.socket) -> None:
+    """Gap records (options, template 260) wait behind the flow datagrams already held,
+    so the stream's sequence numbers stay in order, and are paced like them;
+    ``gaps_held`` says when they have left (the feed then stores its offsets)."""
+    coll = Collector("127.0.0.1", receiver.getsockname()[1], 10, max_rate=1000)
+    exp = Exporter(ExportSettings(collectors=(coll,)), coverage=True)
+    exp.handle(flow_block(300))  # more datagrams than the bucket holds: some held
+    assert exp.pending() and not exp.gaps_held()
+    gap = GapRow(1_764_000_000_000, 1_764_000_002_000, "not_listening", "ingest")
+    exp.send_gaps([gap])
+    assert exp.gaps_held()
+    run_loop(exp, lambda: not exp.gaps_held())
+    assert exp.pending() == 0
+    receiver.settimeout(0.5)
+    templates: dict[Any, Any] = {}
+    got = []
+    with contextlib.suppress(TimeoutError):
+        while True:
+            got.append(ipfix.unpack_datagram(receiver.recv(65536), templates))
+    sequences = [h.sequence for h, _ in got]
+    assert sequences == sorted(sequences)
+    gaps = [g for _, recs in got for r in recs if (g := coverage_options.unpack(r)) is not None]
+    assert [g for _, g in gaps] == [gap]
+    assert coverage_options.unpack(got[-1][1][-1]) is not None  # the gap came last
