@@ -41,10 +41,9 @@ def main(argv: list[str] | None = None) -> int:
             for i, c in enumerate(exp.collectors):
                 target = f"collector {c.address}:{c.port} v{c.version}"
                 watched[f"c{i}_send_errors"] = f"datagrams to {target}"
-                # ICMP port unreachable: an earlier datagram was not received
-                # (a collector on this host: the refused datagram is held and sent again, so
-                # this may be no loss; the gap says "may have missed", erring on the safe side)
-                watched[f"c{i}_refused"] = f"datagrams refused by {target} (port unreachable)"
+                # ICMP port unreachable for a datagram already gone (a remote collector:
+                # the error comes back late); one known at once (this host) is held, no loss
+                watched[f"c{i}_refused_lost"] = f"datagrams refused by {target} (port unreachable)"
                 watched[f"c{i}_dropped"] = f"datagrams held for {target} and given up"
             watch = coverage.DeliveryWatch(journal, watched)
             if any(c.sends_coverage for c in exp.collectors):

@@ -76,6 +76,7 @@ SECTIONS = {
         "active_timeout",
         "max_rate",
         "max_byte_rate",
+        "refused_hold",
     ),
     "flow_send": ("args", "progname", "format"),
     "flow_import": None,  # obsolete: anything goes
@@ -285,6 +286,7 @@ def _export(v: _V) -> ExportSettings:
         v.integer((*k, "active_timeout"), 0, 0, 2**31, "a number of seconds (0 = off)"),
         rate,
         byte_rate,
+        v.integer((*k, "refused_hold"), 30, 0, 86400, "a number of seconds (0: never hold)"),
     )
 
 

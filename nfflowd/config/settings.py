@@ -122,6 +122,9 @@ class ExportSettings:
     # the pace of collectors that do not set their own (nfflowd.outputs.pacing; 0: no limit)
     max_rate: int = DEFAULT_MAX_RATE
     max_byte_rate: int = 0
+    # s a collector that refuses (ICMP port unreachable) is held for before what it holds
+    # is dropped (nfflowd.outputs.exporter; 0: never held)
+    refused_hold: int = 30
 
     @property
     def nat_realtime(self) -> bool:

@@ -49,6 +49,7 @@ COUNTER_NAMES = (
     "bytes_sent",
     "send_errors",
     "refused",
+    "refused_lost",
     "unbound_source",
     "resolve_errors",
 )
@@ -156,8 +157,10 @@ class UdpCollector:
                 refused = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNREFUSED
             except ConnectionRefusedError:
                 # a refusal of an earlier datagram (a remote collector: the ICMP error came
-                # back late); this one was not sent: once more at once
+                # back late): that one was lost; this one was not sent: once more at once
                 self._refused()
+                if attempt == 1:
+                    self.counters["refused_lost"] += 1
                 if attempt == 1:
                     continue
                 return REFUSED

@@ -19,7 +19,8 @@ datagrams encoded and not yet sent, a :class:`~nfflowd.outputs.pacing.Pace`
 (``max_rate`` datagrams/s, ``max_byte_rate`` bytes/s) that lets them leave a few
 at a time, and a refusal state: a datagram the collector refused (ICMP port
 unreachable, known at once for a collector on this host) stays first in its
-queue and is tried again every REFUSED_RETRY_S, for REFUSED_HOLD_S at most: a
+queue and is tried again every REFUSED_RETRY_S, for ``<export> refused_hold`` s
+(30) at most: a
 collector that still refuses then is given up on (what it holds is dropped,
 counted as ``dropped``, and so is what it refuses from then on, until it
 accepts a datagram again), so a collector that is down for good stalls the
@@ -61,7 +62,7 @@ from nfflowd.formats.ipfix import IpfixEncoder
 from nfflowd.formats.netflow_v5 import V5Encoder
 from nfflowd.formats.netflow_v9 import V9Encoder
 from nfflowd.messages import FLOW_RECORD, FlowRecord, unpack_flows, without_opened
-from nfflowd.outputs.collector import REFUSED, UdpCollector
+from nfflowd.outputs.collector import DROPPED, REFUSED, UdpCollector
 from nfflowd.outputs.pacing import Pace
 from nfflowd.pipeline import persist
 
@@ -81,12 +82,11 @@ class Encoder(Protocol):
 MAX_STREAMS = 64
 #: A collector that refused a datagram is tried again (that datagram first) this often.
 REFUSED_RETRY_S = 0.5
-#: A collector that refuses this long is given up on: what it holds is dropped (counted).
-REFUSED_HOLD_S = 30.0
 #: A datagram waiting to be sent: its bytes, the exporter's record count before the
 #: block it came from (what has left while it waits), and the encoder's sequence after
-#: that block (stored when its first datagram goes; -1 on the others).
-Held = tuple[bytes, int, int]
+#: that block (stored when its first datagram goes; -1 on the others), and whether it
+#: carries coverage gaps (options records), not flow records.
+Held = tuple[bytes, int, int, bool]
 
 
 def stream_identity(exp: ExportSettings, c: Collector) -> int:
@@ -131,7 +131,7 @@ def make_encoder(exp: ExportSettings, c: Collector, coverage: bool = False) -> E
 class Exporter:
     """Encodes flow records for every collector and sends them, paced per collector.
 
-    A collector that is paced, or refuses (for REFUSED_HOLD_S at most), holds back
+    A collector that is paced, or refuses (for ``refused_hold`` s at most), holds back
     the records it has not sent, and so the acknowledgement of their batch (the
     slowest collector paces the pipeline); one that fails otherwise (no route,
     buffer full) costs the others nothing: the datagram is counted and dropped."""
@@ -150,8 +150,10 @@ class Exporter:
         self.queues: list[deque[Held]] = [deque() for _ in exp.collectors]
         self.retry_at = [0.0 for _ in exp.collectors]  # while refused: when to try again
         self.refused_since: list[float | None] = [None for _ in exp.collectors]
-        self.gave_up = [False for _ in exp.collectors]  # refused for REFUSED_HOLD_S
-        self.dropped = [0 for _ in exp.collectors]  # given up on after REFUSED_HOLD_S
+        self.hold_s = float(exp.refused_hold)  # a refusing collector is held this long
+        self.gave_up = [False for _ in exp.collectors]  # refused for hold_s
+        self.dropped = [0 for _ in exp.collectors]  # given up on after hold_s
+        self.gaps_dropped = [0 for _ in exp.collectors]  # gap datagrams among those
         self.paced = [0 for _ in exp.collectors]  # datagrams that waited for the pace
         self.queued = [0 for _ in exp.collectors]  # datagrams ever queued, per collector
         self.gaps_upto = [0 for _ in exp.collectors]  # `queued` after the last gap datagram
@@ -204,8 +206,8 @@ class Exporter:
             if not datagrams:
                 continue
             queue = self.queues[i]
-            queue.append((datagrams[0], mark, enc.sequence))
-            queue.extend((d, mark, -1) for d in datagrams[1:])
+            queue.append((datagrams[0], mark, enc.sequence, False))
+            queue.extend((d, mark, -1, False) for d in datagrams[1:])
             self.queued[i] += len(datagrams)
             self._send(i, clock)
             if queue and clock >= self.retry_at[i]:  # held by the pace, not by a refusal
@@ -218,14 +220,20 @@ class Exporter:
             return
         coll, pace, slots = self.targets[i][1], self.paces[i], self.sequences
         while queue:
-            datagram, _, sequence = queue[0]
+            datagram, _, sequence, gaps = queue[0]
             if not pace.take(len(datagram), now):
                 return
             if sequence >= 0 and slots is not None and i < MAX_STREAMS:
                 # stored before sending: after a crash the stream skips ahead, never back
                 slots[2 * i + 1] = sequence
-            if coll.send(datagram) != REFUSED:
+            result = coll.send(datagram)
+            if result != REFUSED:
                 self.refused_since[i], self.gave_up[i] = None, False
+                if result == DROPPED and gaps:
+                    # a gap record lost is no missed connection: not a send error for the
+                    # coverage watch (it would journal a gap about it, sent here, lost...)
+                    coll.counters["send_errors"] -= 1
+                    self.gaps_dropped[i] += 1
             elif self._hold(i, now):  # kept, first in the queue
                 self.retry_at[i] = now + REFUSED_RETRY_S
                 return
@@ -235,14 +243,14 @@ class Exporter:
 
     def _hold(self, i: int, now: float) -> bool:
         """Whether collector *i*, which just refused, is still waited for.  Once it has
-        refused for REFUSED_HOLD_S, each refusal drops what it holds (the refused
+        refused for ``hold_s``, each refusal drops what it holds (the refused
         datagram too: the caller pops it), until it accepts again."""
         since = self.refused_since[i]
         if since is None:
             self.refused_since[i] = since = now
-        if now - since < REFUSED_HOLD_S:
+        if now - since < self.hold_s:
             return True
-        dropped = len(self.queues[i]) - 1  # the refused datagram: popped by the caller
+        queue = self.queues[i]
         if not self.gave_up[i]:
             self.gave_up[i] = True
             log.warning(
@@ -250,12 +258,17 @@ class Exporter:
                 "and sending on without holding until it accepts again",
                 self.targets[i][1].target,
                 now - since,
-                dropped + 1,
+                len(queue),
             )
-        first = self.queues[i].popleft()
-        self.queues[i].clear()
-        self.queues[i].append(first)
-        self.dropped[i] += dropped + 1
+        # all but the refused datagram (popped by the caller), which is counted here too;
+        # lost gap records are counted apart: they are no missed connections (counting
+        # them as such would journal a gap about them, sent to this collector, refused...)
+        gaps = sum(1 for held in queue if held[3])
+        self.dropped[i] += len(queue) - gaps
+        self.gaps_dropped[i] += gaps
+        first = queue.popleft()
+        queue.clear()
+        queue.append(first)
         return False
 
     def send_gaps(self, gaps: Sequence[GapRow]) -> None:
@@ -272,8 +285,8 @@ class Exporter:
             if not datagrams:
                 continue
             queue = self.queues[i]
-            queue.append((datagrams[0], self.records, enc.sequence))
-            queue.extend((d, self.records, -1) for d in datagrams[1:])
+            queue.append((datagrams[0], self.records, enc.sequence, True))
+            queue.extend((d, self.records, -1, True) for d in datagrams[1:])
             self.queued[i] += len(datagrams)
             self.gaps_upto[i] = self.queued[i]
             self._send(i, time.monotonic())
@@ -327,6 +340,7 @@ class Exporter:
             out[f"c{i}_paced"] = self.paced[i]
             out[f"c{i}_held"] = len(self.queues[i])
             out[f"c{i}_dropped"] = self.dropped[i]
+            out[f"c{i}_gaps_dropped"] = self.gaps_dropped[i]
         return out
 
 

@@ -193,7 +193,15 @@ COLLECTOR_KEYS: dict[str, Spec] = {
     "refused": _c("export_refused", "ICMP port unreachable from the collector (is it down?)"),
     "paced": _c("export_paced_datagrams", "Datagrams held back by the collector's pace (max_rate)"),
     "held": _g("export_held_datagrams", "Datagrams waiting for the pace or a refusing collector"),
-    "dropped": _c("export_dropped_datagrams", "Datagrams dropped: the collector refused for 30 s"),
+    "refused_lost": _c(
+        "export_refused_lost_datagrams", "Datagrams refused after they had gone (a late ICMP)"
+    ),
+    "dropped": _c(
+        "export_dropped_datagrams", "Datagrams dropped: the collector refused for refused_hold s"
+    ),
+    "gaps_dropped": _c(
+        "export_gap_datagrams_dropped", "Coverage gap datagrams not delivered (send error, refused)"
+    ),
     "unbound_source": _c("export_unbound_source", "Sends from a source address not on the host"),
     "resolve_errors": _c("export_resolve_errors", "Failed look-ups of the collector's name"),
     "skipped_ipv6": _c("export_skipped_ipv6_records", "IPv6 records NetFlow v5 cannot carry"),

@@ -123,7 +123,11 @@ def test_create_events_arrive_while_connections_are_open(tmp_path: Path, lab_rea
     try:
         with labmod.running(lab_prefix("rt")) as lab:
             source = netlink_source(lab.fw, "set_sysctls 1")
-            export = f"<export>\n{collector(receiver.port)}{collector(cap.port)}</export>\n"
+            # nfcapd is stopped while connections are open: not held for (README "Pacing")
+            export = (
+                f"<export>\n  refused_hold 0\n{collector(receiver.port)}{collector(cap.port)}"
+                "</export>\n"
+            )
             conf = write_config(rundir, source + export, screen_format="json")
             nfflowd("-c", str(conf), "start")
             try:

@@ -519,9 +519,12 @@ def test_with_a_user_each_stage_journals_coverage_in_a_file_of_its_own(
     program, pids = fake_conntrack(workdir, log)
     run, state = workdir / "run", workdir / "state"
     conf = workdir / "c.conf"
+    # held 1 s, then given up on: the datagrams dropped are the gap
+    export = export_block("192.0.2.1", (closed_udp_port(), 9))
+    export = export.replace("<export>\n", "<export>\n  refused_hold 1\n")
     conf.write_text(
         f"<source>\n  type conntrack\n</source>\n<conntrack>\n  progname {program}\n"
-        "</conntrack>\n" + export_block("192.0.2.1", (closed_udp_port(), 9))
+        "</conntrack>\n" + export
         + f"<daemon>\n  rundir {run}\n  statedir {state}\n  user {user.pw_name}\n</daemon>\n"
     )  # fmt: skip
     try:
@@ -545,7 +548,8 @@ def test_with_a_user_each_stage_journals_coverage_in_a_file_of_its_own(
         assert ("ingest", "started") in kinds and ("ingest", "stopped") in kinds, kinds
         (gap,) = [r for r in found if r["kind"] == "gap"]
         assert gap["stage"] == "export" and gap["cause"] == "undelivered", gap
-        assert "datagrams refused by collector 127.0.0.1:" in gap["detail"], gap
+        assert "datagrams held for collector 127.0.0.1:" in gap["detail"], gap
+        assert "and given up not delivered" in gap["detail"], gap
         assert "cause=undelivered stage=export" in (run / "export.log").read_text()
         empty = workdir / "flows.json"
         empty.write_text("")

@@ -436,7 +436,7 @@ def test_unknown_key_in_known_block_and_top_level_key(tmp_path: Path) -> None:
         f"{tmp_path / 'nfflowd.conf'}:2: key 'export.engine-id': unknown key in <export>; did "
         "you mean 'engine_id'? (valid: exaddr, engine_type, engine_id, version, collector, "
         "observation_domain, template_refresh_packets, template_refresh_seconds, "
-        "active_timeout, max_rate, max_byte_rate)"
+        "active_timeout, max_rate, max_byte_rate, refused_hold)"
     )
     s = load_text(tmp_path, "rundir /tmp\n")
     assert s.notes[0].endswith("unknown key 'rundir' ignored")
@@ -736,3 +736,12 @@ def test_coverage_bad_values(tmp_path: Path, version: int, value: str, fragment:
     )
     assert err.key == "export.collector.coverage" and err.line == 6
     assert fragment in err.message and str(err).endswith(f", got {value!r}")
+
+
+def test_refused_hold(tmp_path: Path) -> None:
+    assert config.load(None).export.refused_hold == 30
+    s = load_text(tmp_path, "<export>\nrefused_hold 0\n</export>\n")
+    assert s.export.refused_hold == 0
+    err = error_of(tmp_path, "<export>\nrefused_hold forever\n</export>\n")
+    assert (err.line, err.key) == (2, "export.refused_hold")
+    assert str(err).endswith(", got 'forever'")

@@ -261,9 +261,9 @@ def test_a_refused_datagram_is_kept_and_retried(
 
 def test_a_collector_refusing_too_long_is_given_up_on(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(exporter_mod, "REFUSED_RETRY_S", 0.01)
-    monkeypatch.setattr(exporter_mod, "REFUSED_HOLD_S", 0.2)
     port = closed_udp_port()
     exp = exporter_to((port, 0))
+    exp.hold_s = 0.2  # <export> refused_hold (whole seconds)
     started = time.monotonic()
     exp.handle(flow_block(90))  # 3 datagrams, held while the collector refuses
     assert exp.pending() == 90
@@ -280,7 +280,7 @@ def test_a_collector_refusing_too_long_is_given_up_on(monkeypatch: pytest.Monkey
         assert int.from_bytes(rx.recv(65536)[16:20], "big") == 120
     assert exp.counters()["c0_dropped"] == 4
     exp.handle(flow_block(30, 150))
-    assert exp.pending() == 30  # refused again: held, for REFUSED_HOLD_S
+    assert exp.pending() == 30  # refused again: held, for refused_hold
 
 
 def test_default_pace_of_a_collector() -> None:
@@ -364,3 +364,19 @@ def test_coverage_gaps_queue_behind_flow_datagrams_in_sequence(receiver: socket.
     gaps = [g for _, recs in got for r in recs if (g := coverage_options.unpack(r)) is not None]
     assert [g for _, g in gaps] == [gap]
     assert coverage_options.unpack(got[-1][1][-1]) is not None  # the gap came last
+
+
+def test_lost_gap_datagrams_are_counted_apart() -> None:
+    """A gap record that cannot be delivered is no missed connection: counted as
+    ``gaps_dropped``, not as ``dropped`` (which the coverage watch journals: a gap about
+    it would be sent to the same collector, lost, journaled...)."""
+    coll = Collector("127.0.0.1", closed_udp_port(), 10, max_rate=0)
+    exp = Exporter(ExportSettings(collectors=(coll,), refused_hold=0), coverage=True)
+    exp.handle(flow_block(30))  # refused, not held (refused_hold 0): dropped
+    c = exp.counters()
+    flows = c["c0_datagrams"]  # the templates' and the records'
+    assert (c["c0_dropped"], c["c0_gaps_dropped"], c["c0_refused"]) == (flows, 0, 1), c
+    exp.send_gaps([GapRow(1_764_000_000_000, 1_764_000_001_000, "enobufs", "ingest")])
+    c = exp.counters()
+    assert (c["c0_dropped"], c["c0_gaps_dropped"], c["c0_send_errors"]) == (flows, 1, 0), c
+    assert not exp.gaps_held() and exp.pending() == 0
