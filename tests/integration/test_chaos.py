@@ -18,8 +18,8 @@ keeps that burst within what nfcapd absorbs.  Meanwhile:
   goes through unharmed;
 * the collector is down OUTAGE_S s (its port answers "port unreachable":
   ``CollectorNetns.reject``; export holds the refused datagrams, backpressure);
-* syslog is down OUTAGE_S s from half-way through the collector's outage (its
-  socket refuses, EPIPE; the mirror holds the lines).
+* then syslog is down OUTAGE_S s (its socket refuses, EPIPE; the mirror holds
+  the lines).
 
 The judges are nfdump and the syslog socket's reader, compared with the records
 the log must produce (computed by a Correlator in another process meanwhile),
@@ -110,11 +110,12 @@ KILL_INTERVAL = 0.5
 KILL_ROUNDS = 20
 #: Duplicates allowed, as a fraction of the expected records.
 DUPLICATE_BOUND = 0.001
-#: How long the collector, and syslog, are down: the collector once it has received
-#: COLLECTOR_DOWN_AFTER datagrams (within OUTAGE_DEADLINE_S), syslog from half-way
-#: through the collector's outage.
+#: How long the collector, then syslog, is down: the collector once it has received
+#: COLLECTOR_DOWN_AFTER datagrams, syslog once SYSLOG_DOWN_AFTER more lines arrived
+#: after the collector came back (each within OUTAGE_DEADLINE_S).
 OUTAGE_S = 10.0
 COLLECTOR_DOWN_AFTER = 5_000
+SYSLOG_DOWN_AFTER = 50_000
 OUTAGE_DEADLINE_S = 240.0
 
 
@@ -125,9 +126,9 @@ def expected_idents(log: str) -> list[Ident]:
 
 class Outages(threading.Thread):
     """The collector down OUTAGE_S s once it has received COLLECTOR_DOWN_AFTER
-    datagrams (so it falls while records flow, whatever the machine's speed), syslog
-    down OUTAGE_S s from half-way through it; how many datagrams the collector's
-    namespace refused meanwhile."""
+    datagrams, then syslog down OUTAGE_S s once SYSLOG_DOWN_AFTER more lines arrived
+    (so both outages fall while records flow, whatever the machine's speed); how many
+    datagrams the collector's namespace refused meanwhile."""
 
     def __init__(self, ns: CollectorNetns, port: int, syslog: PacedSyslog) -> None:
         super().__init__(daemon=True)
@@ -148,20 +149,17 @@ class Outages(threading.Thread):
         try:
             received = lambda: self.ns.snmp()["InDatagrams"]  # noqa: E731
             self._wait("collector datagrams", lambda: received() >= COLLECTOR_DOWN_AFTER)
-            # overlapping: syslog goes down half-way through the collector's outage and
-            # comes back half its outage after the collector, so records flow (to the
-            # mirror) during both, and the run stalls 1.5 outages, not 2 (suite time)
             self.ns.reject(self.port)
             try:
-                time.sleep(OUTAGE_S / 2)
-                self.syslog.down()
-                try:
-                    time.sleep(OUTAGE_S / 2)
-                finally:
-                    self.rejected = self.ns.accept()
-                time.sleep(OUTAGE_S / 2)
+                time.sleep(OUTAGE_S)
             finally:
-                self.rejected = self.rejected or self.ns.accept()
+                self.rejected = self.ns.accept()
+            lines = len(self.syslog.lines)
+            self._wait("syslog lines", lambda: len(self.syslog.lines) >= lines + SYSLOG_DOWN_AFTER)
+            self.syslog.down()
+            try:
+                time.sleep(OUTAGE_S)
+            finally:
                 self.syslog.up()
         except BaseException as exc:  # reported by the fixture
             self.error = exc
