@@ -148,8 +148,19 @@ class Mirror:
         self.lines = 0  # records mirrored (once each, whatever the number of formats)
         self.invalid = 0  # records a formatter rejected
         self._last_warning = -WARN_INTERVAL_S
-        # (Sink.on_sent: a line's progress is recorded per chunk of CHUNK lines)
-        self.on_sent: Callable[[], None] | None = None
+        self._on_sent: Callable[[], None] | None = None
+
+    @property
+    def on_sent(self) -> Callable[[], None] | None:
+        """Sink.on_sent: given to each syslog dispatcher (held lines go in bursts)."""
+        return self._on_sent
+
+    @on_sent.setter
+    def on_sent(self, hook: Callable[[], None] | None) -> None:
+        self._on_sent = hook
+        for d in self.dispatchers:
+            if isinstance(d, SyslogDispatcher):
+                d.on_sent = hook
 
     def handle(self, block: bytes) -> None:
         """Format the records of *block* (FLOW_RECORD structs) once per format in use and

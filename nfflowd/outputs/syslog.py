@@ -49,7 +49,7 @@ import socket
 import sys
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TextIO
 
 from nfflowd.formats.syslog import FACILITIES as FACILITIES
@@ -143,6 +143,10 @@ def connected(
     return sock
 
 
+#: A dispatcher sending held lines tells the terminal stage this often (lines).
+PROGRESS_EVERY = 64
+
+
 class SyslogDispatcher:
     """Sends each line as one BSD-syslog message; holds lines while syslog is unreachable."""
 
@@ -183,6 +187,10 @@ class SyslogDispatcher:
         self._sock: socket.socket | None = None
         self._stream = False  # framing: NUL (unix stream) or LF (tcp) after each message
         self._partial: tuple[bytes, int] | None = None  # (framed message, bytes already sent)
+        # called every PROGRESS_EVERY lines sent (the terminal stage records its progress:
+        # after an outage the held lines go in one burst, and a kill in it must not repeat
+        # the lines of the whole burst, only those since the last call)
+        self.on_sent: Callable[[], None] | None = None
         self._ever_connected = False
         self._retry_at = 0.0
         self._outage_since: float | None = None
@@ -360,6 +368,8 @@ class SyslogDispatcher:
                 continue
             self._partial = None
             self.counters["lines_sent"] += 1
+            if self.on_sent is not None and not self.counters["lines_sent"] % PROGRESS_EVERY:
+                self.on_sent()
         return None
 
     @staticmethod
