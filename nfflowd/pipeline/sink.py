@@ -61,8 +61,12 @@ CHUNK = 30
 #: seq), its origin and length (a batch recomputed by a restarted correlate is the
 #: same one), how many of its records have left.  One entry follows the batch being
 #: delivered; the others keep what predecessors were killed in, until it comes again
-#: (a resent batch can come after newer ones: they are sent as soon as we connect).
-PARTIALS = 4
+#: (a resent batch can come after newer ones: they are sent as soon as we connect, so
+#: a successor killed in that window leaves one more: with 4 entries the oldest were
+#: dropped after a few such kills and their batches went again whole, one or two
+#: batches of duplicates in some chaos runs).  An entry of a batch whose origin is
+#: remembered as delivered (it has all left since) is freed at start.
+PARTIALS = 64
 _P_INC, _P_SEQ, _P_ORIGIN_A, _P_ORIGIN_B, _P_LEN, _P_DONE = range(6)
 _ENTRY = 6
 POSITION_SLOTS = 2 + PARTIALS * _ENTRY
@@ -136,11 +140,11 @@ class _Partials:
     """The PARTIALS entries of the position file (kill-safe: an entry is invalid,
     length 0, while its fields change)."""
 
-    def __init__(self, slots: Slots) -> None:
+    def __init__(self, slots: Slots, delivered: Recent | None = None) -> None:
         self.slots = slots
         # entries a predecessor left: batches that may come again, partly delivered
-        # (not those acknowledged since: they come again only recomputed, and then
-        # their origin is known as delivered)
+        # (not those acknowledged since, nor those whose origin is remembered as
+        # delivered: they come again only recomputed, and are then dropped as such)
         acked_inc, acked_upto = slots[0], slots[1]
         self.inherited = [
             k
@@ -148,6 +152,10 @@ class _Partials:
             if self._get(k, _P_LEN)
             and self._get(k, _P_INC)
             and not (self._get(k, _P_INC) == acked_inc and self._get(k, _P_SEQ) <= acked_upto)
+            and not (
+                delivered is not None
+                and (self._get(k, _P_ORIGIN_A), self._get(k, _P_ORIGIN_B)) in delivered
+            )
         ]
         free = [k for k in range(PARTIALS) if k not in self.inherited]
         # the entry that follows our own batch (the oldest inherited one if none is free)
@@ -218,7 +226,7 @@ class _Input:
             self.delivered.add(origin)
         self.waiting: deque[_Waiting] = deque()  # handed over, not all left yet
         self.current: _Waiting | None = None  # the oldest of them not all left, as last seen
-        self.partials = _Partials(self.position)
+        self.partials = _Partials(self.position, self.delivered)
         self.skipped_records = 0
         self.resumed_records = 0
 
