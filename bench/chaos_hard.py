@@ -7,8 +7,8 @@ machine)::
     CI=true .venv/bin/python -m pytest -s -p no:cacheprovider bench/chaos_hard.py
 
 (pytest collects a file named on its command line whatever its name; the suite's own
-chaos test, tests/integration/test_chaos.py, is the 200,000-event one.)  Its duplicate
-bound is not met reliably yet: see README, "Pacing".
+chaos test, tests/integration/test_chaos.py, is the 200,000-event one: this one would
+take the suite past its 15 minutes.)  Figures: README, "Crash isolation".
 
 `nfflowd replay` feeds a generated log (2,000,000 events: 1,000,000 connections
 of mixed protocols and NAT kinds, nfflowd.lab.events) through the real
