@@ -1,9 +1,10 @@
-"""A local UDP port nobody listens on (a collector that is down: the kernel answers
-ICMP port unreachable)."""
+"""Loopback UDP for tests: a port nobody listens on (a collector that is down: the kernel
+answers ICMP port unreachable), and a receiver on a free port."""
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 
 
 def closed_udp_port() -> int:
@@ -12,3 +13,13 @@ def closed_udp_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
     return port
+
+
+def udp_receiver() -> Iterator[socket.socket]:
+    """A UDP socket on a free loopback port, 5 s receive timeout (a pytest fixture's body:
+    ``yield from udp_receiver()``)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.settimeout(5)
+    yield s
+    s.close()

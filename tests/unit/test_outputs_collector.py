@@ -14,7 +14,7 @@ import pytest
 
 from nfflowd.outputs.collector import DROPPED, REFUSED, SENT, SNDBUF_BYTES, UdpCollector
 from tests.needs import skip_outside_ci
-from tests.udp_ports import closed_udp_port
+from tests.udp_ports import closed_udp_port, udp_receiver
 
 
 def _ipv6_loopback() -> bool:
@@ -34,11 +34,7 @@ needs_ipv6_loopback = skip_outside_ci(
 
 @pytest.fixture
 def receiver() -> Iterator[socket.socket]:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    s.settimeout(5)
-    yield s
-    s.close()
+    yield from udp_receiver()
 
 
 def test_datagrams_arrive_intact(receiver: socket.socket) -> None:

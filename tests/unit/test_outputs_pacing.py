@@ -28,7 +28,7 @@ from nfflowd.outputs.exporter import Exporter
 from nfflowd.outputs.mirror import Mirror
 from nfflowd.outputs.pacing import BURST_S, Pace
 from nfflowd.outputs.syslog import SyslogDispatcher
-from tests.udp_ports import closed_udp_port
+from tests.udp_ports import closed_udp_port, udp_receiver
 
 # --------------------------------------------------------------------------- the bucket
 
@@ -148,11 +148,7 @@ def flow_block(count: int, base: int = 0) -> bytes:
 
 @pytest.fixture
 def receiver() -> Iterator[socket.socket]:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    s.settimeout(5)
-    yield s
-    s.close()
+    yield from udp_receiver()
 
 
 def exporter_to(*collectors: tuple[int, int]) -> Exporter:
@@ -294,11 +290,7 @@ def test_default_pace_of_a_collector() -> None:
 
 @pytest.fixture
 def syslog_rx() -> Iterator[socket.socket]:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    s.settimeout(5)
-    yield s
-    s.close()
+    yield from udp_receiver()
 
 
 def test_udp_syslog_is_paced_and_holds_the_rest(syslog_rx: socket.socket) -> None:
