@@ -36,6 +36,11 @@ import time
 #: A bucket holds this long a run of tokens: the largest burst after a pause.
 BURST_S = 0.004
 
+#: Tokens short by less than this many seconds' worth count as there: ``now -
+#: stamp`` on a monotonic clock of hours loses its last bits (about 1e-11 s), and
+#: a datagram due at ``stamp + 1/rate`` must not wait another loop turn for that.
+EPSILON_S = 1e-6
+
 
 class Pace:
     """A token bucket: at most *rate* datagrams/s and *byte_rate* bytes/s (0: no limit)."""
@@ -71,7 +76,9 @@ class Pace:
         if not (self.rate or self.byte_rate):
             return True
         self._refill(now)
-        if (self.rate and self.tokens < 1.0) or (self.byte_rate and self.byte_tokens < 0.0):
+        if (self.rate and self.tokens < 1.0 - EPSILON_S * self.rate) or (
+            self.byte_rate and self.byte_tokens < -EPSILON_S * self.byte_rate
+        ):
             return False
         self.tokens -= 1.0
         self.byte_tokens -= size
@@ -83,8 +90,8 @@ class Pace:
             return 0.0
         self._refill(now)
         wait = 0.0
-        if self.rate and self.tokens < 1.0:
+        if self.rate and self.tokens < 1.0 - EPSILON_S * self.rate:
             wait = (1.0 - self.tokens) / self.rate
-        if self.byte_rate and self.byte_tokens < 0.0:
+        if self.byte_rate and self.byte_tokens < -EPSILON_S * self.byte_rate:
             wait = max(wait, -self.byte_tokens / self.byte_rate)
         return wait

@@ -59,6 +59,18 @@ def test_a_burst_is_the_bucket_then_one_per_interval() -> None:
     assert not pace.take(100, t + 0.001)
 
 
+def test_a_datagram_due_exactly_on_time_goes_whatever_the_clock_reads() -> None:
+    # CI failed once: at monotonic 32845.467319381, (t + 0.001) - t is 0.000999999...,
+    # one token short by 1e-13, and the datagram waited a turn it did not owe.
+    for stamp in (32845.467319381, 1e6 + 0.1, 0.3, 123456.789):
+        for rate in (1000, 4000, 100_000):
+            pace = Pace(rate)
+            pace.stamp, pace.tokens = stamp, 0.0
+            assert not pace.take(1, stamp)
+            assert pace.take(1, stamp + 1.0 / rate), (stamp, rate)
+            assert pace.wait(stamp + 1.0 / rate) > 0.0
+
+
 def test_a_slow_rate_still_has_a_bucket_of_one() -> None:
     pace = Pace(10)  # 10 * BURST_S < 1: one datagram may always go after a pause
     t = pace.stamp
