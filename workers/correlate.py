@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, newest in acked.items():
                 ledger.output_acked(name, newest)
             if acked:
-                inlet.ack(min(ledger.ackable(), inlet.inbox.contiguous))
+                inlet.ack(ledger.ackable(inlet.inbox.contiguous))
             if inlet.sock not in ready or (msg := inlet.receive()) is None:
                 continue
             last_input = time.monotonic()
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                 for name, out in outs.items():
                     out.send_encoded(flow_seq, mirror_data if name == "mirror" else data)
             ledger.record(msg.seq, flow_seq)
-            inlet.ack(min(ledger.ackable(), inlet.inbox.contiguous))
+            inlet.ack(ledger.ackable(inlet.inbox.contiguous))
         stage.notify("final", counters())
         log.info("stopped; %s", counters())
     finally:

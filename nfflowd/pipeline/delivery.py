@@ -175,19 +175,30 @@ class Ledger:
 
     Every accepted event batch is recorded with the seq of the flow batch it
     produced (0 when it produced none).  An event batch is acknowledged once it
-    and every earlier one are covered: its flow batch (if any) acknowledged by
-    every output.
+    and every earlier one are covered: received, and its flow batch (if any)
+    acknowledged by every output.
+
+    Entries are in the order batches arrived, which is not always their seq order:
+    after a restart the batches ZeroMQ kept queued come before the resend of those
+    the dead peer's socket lost.  So what may be acknowledged is bounded by the
+    oldest entry not covered yet, whatever its place, and by what was received
+    without a gap (:meth:`ackable`'s *received*) — never by the last entry popped,
+    which would acknowledge the older batches still on their way.
     """
 
     outputs: tuple[str, ...] = ("export", "mirror")
     entries: deque[tuple[int, int]] = field(default_factory=deque)  # (event seq, flow seq)
     acked: dict[str, int] = field(default_factory=dict)  # output -> flow seq acked upto
-    event_acked: int = 0
     highest_flow: int = 0  # the newest flow batch recorded
     barrier: int = 0  # flow batches of an earlier ingest incarnation still to be acked
+    in_order: bool = True  # entries' event seqs increase (the usual case: no scan)
 
     def record(self, event_seq: int, flow_seq: int) -> None:
         self.highest_flow = max(self.highest_flow, flow_seq)
+        if not self.entries:
+            self.in_order = True
+        elif event_seq < self.entries[-1][0]:
+            self.in_order = False
         # an event batch of a new ingest incarnation waits for every flow batch made
         # before it: its events may repeat ones already turned into those batches
         self.entries.append((event_seq, max(flow_seq, self.barrier)))
@@ -195,12 +206,17 @@ class Ledger:
     def output_acked(self, output: str, upto: int) -> None:
         self.acked[output] = max(self.acked.get(output, 0), upto)
 
-    def ackable(self) -> int:
-        """The cumulative event seq that can be acknowledged now (0: none yet)."""
+    def ackable(self, received: int) -> int:
+        """The cumulative event seq that can be acknowledged now (0: none yet), given
+        that every seq up to *received* has arrived (``Inbox.contiguous``)."""
         floor = min(self.acked.get(o, 0) for o in self.outputs)
-        while self.entries and self.entries[0][1] <= floor:
-            self.event_acked = self.entries.popleft()[0]
-        return self.event_acked
+        entries = self.entries
+        while entries and entries[0][1] <= floor:
+            entries.popleft()
+        if not entries:
+            return received
+        oldest = entries[0][0] if self.in_order else min(e for e, _ in entries)
+        return min(received, oldest - 1)
 
     def reset(self) -> None:
         """The event sender restarted: its old batches will never be acknowledged.
@@ -213,7 +229,6 @@ class Ledger:
         could still lose.
         """
         self.entries.clear()
-        self.event_acked = 0
         self.barrier = self.highest_flow
 
 

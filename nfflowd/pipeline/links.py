@@ -38,6 +38,10 @@ FUTURE_INCARNATION_NS = 60 * 10**9
 #: A receiver whose acks are about another sender this long gets our unacknowledged
 #: batches again (:meth:`Outlet._follows_another`).
 FOREIGN_ACKS_S = 5.0
+#: A receiver whose acks have not released our oldest batch for this long gets that
+#: batch again (:meth:`Outlet._head_of_line`): a batch lost on its way without a
+#: restart to say so (no hello follows) would otherwise hold every later one back.
+RETRANSMIT_S = 5.0
 #: No real sender has more batches in flight than ``<daemon> max_unacked`` allows.
 MAX_IN_FLIGHT = MAX_UNACKED
 
@@ -142,6 +146,7 @@ class Outlet:
         )
         self._disconnected = False
         self._foreign_since = 0.0  # since when the receiver's acks are about another sender
+        self._stuck_since = 0.0  # since when acks of ours release nothing while we hold some
 
     def _follows_another(self, ack: Ack) -> None:
         """The receiver acknowledges another sender than us: for a moment after either of
@@ -160,6 +165,22 @@ class Outlet:
             self.outbox.resent += len(self.outbox.unacked)
             for data in list(self.outbox.unacked.values()):
                 self.stage.send(self.sock, data)
+
+    def _head_of_line(self, released: int, now: float) -> None:
+        """An ack of ours arrived: if acks have released nothing for RETRANSMIT_S while we
+        hold batches, the oldest goes again (every RETRANSMIT_S).  The receiver either
+        has it (its records are still on their way: a slow or held sink; it drops the
+        copy as a duplicate, one batch per RETRANSMIT_S) or lost it, and then its
+        acknowledgement was stuck below it for good: a safety net under the hellos,
+        which resend everything after a restart of either end."""
+        if released or not self.outbox.unacked:
+            self._stuck_since = 0.0
+        elif not self._stuck_since:
+            self._stuck_since = now
+        elif now - self._stuck_since >= RETRANSMIT_S:
+            self._stuck_since = now
+            self.outbox.resent += 1
+            self.stage.send(self.sock, next(iter(self.outbox.unacked.values())))
 
     def full(self) -> bool:
         return self.outbox.full()
@@ -229,9 +250,14 @@ class Outlet:
                     detail = f"ack of batch {msg.upto}, last sent {self.outbox.next_seq - 1}"
                     self.stage.count_malformed("implausible", detail, f"{self.name} acks")
                     continue
-                self.outbox.ack(msg.upto)
+                released = self.outbox.ack(msg.upto)
+                if msg.incarnation == self.outbox.peer:  # (a new receiver: hello below)
+                    self._head_of_line(released, time.monotonic())
                 newest = msg.upto if newest is None else max(newest, msg.upto)
-            for data in self.outbox.hello(msg.incarnation):
+            resend = self.outbox.hello(msg.incarnation)
+            if resend:
+                self._stuck_since = 0.0  # all of it goes again now
+            for data in resend:
                 self.stage.send(self.sock, data)
 
     def counters(self) -> dict[str, int]:

@@ -296,24 +296,35 @@ class _Input:
         done = max(w.resumed_at, min(w.end - w.base, left - w.base))
         self.partials.track(w, w.incarnation, w.seq, w.origin, w.end - w.base, done, w.entry)
 
-    def _release(self, w: _Waiting) -> int:
-        """Remember a delivered batch's origin; its seq if it may be acknowledged (else 0)."""
+    def _release(self, w: _Waiting) -> None:
+        """Remember a delivered batch's origin."""
         if w.origin is not None:
             self.ring.add(*w.origin)
-        return w.seq if w.incarnation == self.inlet.inbox.incarnation else 0
 
     def ack(self, flow: Flow) -> None:
-        """Acknowledge (and remember the origins of) every batch whose records have left."""
+        """Acknowledge (and remember the origins of) every batch whose records have left.
+
+        The acknowledgement is cumulative: every batch of the current sender up to
+        the last one received without a gap (``Inbox.contiguous``), except from the
+        oldest one still held on.  It is computed from that state, not from the
+        batches released by this call: batches that arrive after newer ones (a
+        resend of what a killed predecessor lost, behind the originals ZeroMQ kept
+        queued) fill the gap that held the newer ones' acknowledgement back, and
+        the newer ones, released long before, are covered then (else the sender
+        keeps them, its correlator stops acknowledging ingest, and the run stalls:
+        CI saw it once, after correlate-1 and export-0 were SIGKILLed together).
+        """
         self.progress(flow)
-        left, upto = flow.left(), 0
+        left = flow.left()
         while self.waiting and self.waiting[0].end <= left:
-            upto = max(upto, self._release(self.waiting.popleft()))
-        if upto:
-            # cumulative: never past a batch not received, or received and still held
-            current = self.inlet.inbox.incarnation
-            held = [w.seq for w in self.waiting if w.incarnation == current]
-            limit = min(held, default=upto + 1) - 1
-            self.inlet.ack(min(upto, limit, self.inlet.inbox.contiguous))
+            self._release(self.waiting.popleft())
+        inbox = self.inlet.inbox
+        upto = inbox.contiguous
+        for w in self.waiting:
+            if w.incarnation == inbox.incarnation and w.seq <= upto:
+                upto = w.seq - 1
+        if upto > self.inlet.upto:
+            self.inlet.ack(upto)
 
     def close(self) -> None:
         self.inlet.sock.close(linger=1000)

@@ -14,7 +14,7 @@ from typing import Any
 import zmq
 
 from nfflowd.messages import Ack, EventBatch, Message, Payload
-from nfflowd.pipeline import codec
+from nfflowd.pipeline import codec, links
 from nfflowd.pipeline.links import Outlet
 
 
@@ -101,6 +101,42 @@ def test_a_reconnected_receiver_gets_the_unacknowledged_batches_again() -> None:
         assert batches(rx) == [2, 3]
         assert out.counters()["events_reconnects"] == 1
         assert stage.malformed == []
+        rx.close(linger=0)
+        out.sock.close(linger=0)
+    finally:
+        ctx.destroy(linger=0)
+
+
+def test_a_batch_lost_without_a_restart_goes_again_once_acks_stop_at_it() -> None:
+    """No hello, no reconnection: the receiver's acks stay below batch 2 (lost on the
+    way).  After RETRANSMIT_S of acks that release nothing, the oldest unacknowledged
+    batch goes again — that one only, not before, then every RETRANSMIT_S."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        rx = ctx.socket(zmq.DEALER)
+        rx.setsockopt(zmq.LINGER, 0)
+        address = f"tcp://127.0.0.1:{rx.bind_to_random_port('tcp://127.0.0.1')}"
+        stage: Any = LoopbackStage(ctx, address)
+        out = Outlet(stage, "events", limit=64)
+        for _ in range(3):
+            out.send(lambda seq, acked: EventBatch("ingest", 111, seq, acked, Payload.TEXT, b"", 0))
+        assert batches(rx) == [1, 2, 3]
+        out.outbox.ack(1)
+        t = 1000.0
+        out._head_of_line(1, t)  # an ack released batch 1: not stuck
+        out._head_of_line(0, t + 1.0)  # acks from here on release nothing
+        out._head_of_line(0, t + 1.0 + links.RETRANSMIT_S - 0.1)
+        assert batches(rx, timeout_s=0.5) == []
+        out._head_of_line(0, t + 1.0 + links.RETRANSMIT_S)
+        assert batches(rx) == [2]  # the head only
+        out._head_of_line(0, t + 1.0 + 1.5 * links.RETRANSMIT_S)
+        assert batches(rx, timeout_s=0.5) == []
+        out._head_of_line(0, t + 1.0 + 2 * links.RETRANSMIT_S)
+        assert batches(rx) == [2] and out.outbox.resent == 2
+        out.outbox.ack(3)
+        out._head_of_line(2, t + 100.0)
+        out._head_of_line(0, t + 200.0)  # nothing held: nothing goes again
+        assert batches(rx, timeout_s=0.5) == []
         rx.close(linger=0)
         out.sock.close(linger=0)
     finally:

@@ -191,6 +191,30 @@ def test_killed_mid_batch_the_resent_batch_resumes_where_records_stopped_leaving
     assert t2.acked() == 3
 
 
+def test_batches_that_left_before_an_older_one_arrived_are_acknowledged_with_it(
+    tmp_path: Path,
+    ctx: zmq.Context,  # type: ignore[type-arg]
+) -> None:
+    """A restarted stage gets the batches ZeroMQ kept queued (3, 4) before the resend of
+    those its predecessor's socket lost (1, 2).  3 and 4 leave first but cannot be
+    acknowledged (1, 2 missing); once 1 and 2 have left too, the acknowledgement covers
+    all four.  It stopped at 2 once (CI): the sender kept 3 and 4 forever, the run
+    stalled."""
+    out: list[int] = []
+    t = Terminal(tmp_path, ctx, out)
+    t.receive(batch(CORRELATE_A, 3, 12, 200, 100))
+    t.receive(batch(CORRELATE_A, 4, 13, 300, 100))
+    t.let(200)
+    assert t.acked() == 0  # 1 and 2 not received
+    t.receive(batch(CORRELATE_A, 1, 10, 0, 100))
+    t.receive(batch(CORRELATE_A, 2, 11, 100, 100))
+    t.let(150)
+    assert t.acked() == 1  # 2 still held
+    t.let(50)
+    assert t.acked() == 4
+    assert sorted(out) == list(range(400))
+
+
 def test_a_kill_in_a_send_burst_repeats_only_the_record_on_its_way_out(
     tmp_path: Path,
     ctx: zmq.Context,  # type: ignore[type-arg]
