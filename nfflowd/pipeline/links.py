@@ -9,6 +9,7 @@ without blocking and may be dropped: they are cumulative, the next one covers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -41,7 +42,10 @@ FOREIGN_ACKS_S = 5.0
 #: A receiver whose acks have not released our oldest batch for this long gets that
 #: batch again (:meth:`Outlet._head_of_line`): a batch lost on its way without a
 #: restart to say so (no hello follows) would otherwise hold every later one back.
+#: The wait doubles after each such resend, up to RETRANSMIT_MAX_S (an outage
+#: downstream that holds acks for an hour costs ~60 duplicate batches, not 720).
 RETRANSMIT_S = 5.0
+RETRANSMIT_MAX_S = 60.0
 #: No real sender has more batches in flight than ``<daemon> max_unacked`` allows.
 MAX_IN_FLIGHT = MAX_UNACKED
 
@@ -147,6 +151,7 @@ class Outlet:
         self._disconnected = False
         self._foreign_since = 0.0  # since when the receiver's acks are about another sender
         self._stuck_since = 0.0  # since when acks of ours release nothing while we hold some
+        self._retransmit_s = RETRANSMIT_S
 
     def _follows_another(self, ack: Ack) -> None:
         """The receiver acknowledges another sender than us: for a moment after either of
@@ -168,19 +173,22 @@ class Outlet:
 
     def _head_of_line(self, released: int, now: float) -> None:
         """An ack of ours arrived: if acks have released nothing for RETRANSMIT_S while we
-        hold batches, the oldest goes again (every RETRANSMIT_S).  The receiver either
-        has it (its records are still on their way: a slow or held sink; it drops the
-        copy as a duplicate, one batch per RETRANSMIT_S) or lost it, and then its
+        hold batches, the oldest goes again (then after 2x, 4x ... RETRANSMIT_MAX_S).
+        The receiver either has it (its records are still on their way: a slow or held
+        sink; it drops the copy as a duplicate) or lost it, and then its
         acknowledgement was stuck below it for good: a safety net under the hellos,
-        which resend everything after a restart of either end."""
+        which resend everything after a restart of either end.  Never blocks: a
+        receiver that does not read (its own backpressure) has the batch already."""
         if released or not self.outbox.unacked:
-            self._stuck_since = 0.0
+            self._stuck_since, self._retransmit_s = 0.0, RETRANSMIT_S
         elif not self._stuck_since:
             self._stuck_since = now
-        elif now - self._stuck_since >= RETRANSMIT_S:
+        elif now - self._stuck_since >= self._retransmit_s:
             self._stuck_since = now
-            self.outbox.resent += 1
-            self.stage.send(self.sock, next(iter(self.outbox.unacked.values())))
+            self._retransmit_s = min(2 * self._retransmit_s, RETRANSMIT_MAX_S)
+            with contextlib.suppress(zmq.Again):
+                self.sock.send(next(iter(self.outbox.unacked.values())), zmq.NOBLOCK)
+                self.outbox.resent += 1
 
     def full(self) -> bool:
         return self.outbox.full()

@@ -110,7 +110,7 @@ def test_a_reconnected_receiver_gets_the_unacknowledged_batches_again() -> None:
 def test_a_batch_lost_without_a_restart_goes_again_once_acks_stop_at_it() -> None:
     """No hello, no reconnection: the receiver's acks stay below batch 2 (lost on the
     way).  After RETRANSMIT_S of acks that release nothing, the oldest unacknowledged
-    batch goes again — that one only, not before, then every RETRANSMIT_S."""
+    batch goes again — that one only, not before; then after twice as long."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
         rx = ctx.socket(zmq.DEALER)
@@ -122,17 +122,25 @@ def test_a_batch_lost_without_a_restart_goes_again_once_acks_stop_at_it() -> Non
             out.send(lambda seq, acked: EventBatch("ingest", 111, seq, acked, Payload.TEXT, b"", 0))
         assert batches(rx) == [1, 2, 3]
         out.outbox.ack(1)
+        rto = links.RETRANSMIT_S
         t = 1000.0
         out._head_of_line(1, t)  # an ack released batch 1: not stuck
         out._head_of_line(0, t + 1.0)  # acks from here on release nothing
-        out._head_of_line(0, t + 1.0 + links.RETRANSMIT_S - 0.1)
+        out._head_of_line(0, t + 1.0 + rto - 0.1)
         assert batches(rx, timeout_s=0.5) == []
-        out._head_of_line(0, t + 1.0 + links.RETRANSMIT_S)
+        t += 1.0 + rto
+        out._head_of_line(0, t)
         assert batches(rx) == [2]  # the head only
-        out._head_of_line(0, t + 1.0 + 1.5 * links.RETRANSMIT_S)
+        out._head_of_line(0, t + 1.5 * rto)  # the wait doubled
         assert batches(rx, timeout_s=0.5) == []
-        out._head_of_line(0, t + 1.0 + 2 * links.RETRANSMIT_S)
+        out._head_of_line(0, t + 2 * rto)
         assert batches(rx) == [2] and out.outbox.resent == 2
+        t += 2 * rto
+        for _ in range(10):  # never waits longer than RETRANSMIT_MAX_S
+            t += links.RETRANSMIT_MAX_S
+            out._head_of_line(0, t)
+        assert out.outbox.resent == 12
+        assert len(batches(rx)) == 10
         out.outbox.ack(3)
         out._head_of_line(2, t + 100.0)
         out._head_of_line(0, t + 200.0)  # nothing held: nothing goes again
