@@ -1,4 +1,4 @@
-"""Export stopped for 60 s at full input rate: every stage's memory stays bounded.
+"""Export stopped for 30 s at full input rate: every stage's memory stays bounded.
 
 Backpressure instead of buffering: correlate keeps at most ``<daemon>
 max_unacked`` flow batches per output, then stops reading events; ingest keeps
@@ -49,7 +49,7 @@ from tests.replay_harness import judge_delivery
 
 EVENTS = 300_000
 MAX_UNACKED = 16
-STOP_S = 60
+STOP_S = 30  # backpressure reaches the source within the first 10 s (asserted)
 #: The interpreter's own growth under load (pymalloc arenas kept after decoding a
 #: batch, zmq's I/O buffers, lazily imported encoders): a constant, not per batch.
 MARGIN_KB = 16 * 1024
@@ -120,7 +120,7 @@ def idle_rss(tmp_path: Path) -> dict[str, int]:
 @needs("nfcapd", "nfdump")
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_export_stopped_for_a_minute_memory_stays_bounded(tmp_path: Path) -> None:
+def test_export_stopped_for_half_a_minute_memory_stays_bounded(tmp_path: Path) -> None:
     log, _ = event_log(tmp_path, EVENTS)
     expected = expected_records(log)
     ev_kb, flow_kb = (n // 1024 + 1 for n in batch_sizes(log))
