@@ -76,17 +76,26 @@ def pump(out: Outlet, sock: zmq.Socket[bytes], upto: int, seconds: float = 1.5) 
         time.sleep(0.1)
 
 
+def three_batches_sent(
+    ctx: zmq.Context[zmq.Socket[bytes]],
+) -> tuple[zmq.Socket[bytes], str, Any, Outlet]:
+    """A receiver bound on a loopback port, and an outlet that has sent it batches 1-3
+    (received): (receiver, address, stage, outlet)."""
+    rx = ctx.socket(zmq.DEALER)
+    rx.setsockopt(zmq.LINGER, 0)
+    address = f"tcp://127.0.0.1:{rx.bind_to_random_port('tcp://127.0.0.1')}"
+    stage: Any = LoopbackStage(ctx, address)
+    out = Outlet(stage, "events", limit=64)
+    for _ in range(3):
+        out.send(lambda seq, acked: EventBatch("ingest", 111, seq, acked, Payload.TEXT, b"", 0))
+    assert batches(rx) == [1, 2, 3]
+    return rx, address, stage, out
+
+
 def test_a_reconnected_receiver_gets_the_unacknowledged_batches_again() -> None:
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
-        rx = ctx.socket(zmq.DEALER)
-        rx.setsockopt(zmq.LINGER, 0)
-        address = f"tcp://127.0.0.1:{rx.bind_to_random_port('tcp://127.0.0.1')}"
-        stage: Any = LoopbackStage(ctx, address)
-        out = Outlet(stage, "events", limit=64)
-        for _ in range(3):
-            out.send(lambda seq, acked: EventBatch("ingest", 111, seq, acked, Payload.TEXT, b"", 0))
-        assert batches(rx) == [1, 2, 3]
+        rx, address, stage, out = three_batches_sent(ctx)
         pump(out, rx, upto=1)  # the first Ack is a hello: 2 and 3 go once more
         assert batches(rx) == [2, 3]
         pump(out, rx, upto=1)  # same receiver, same connection: nothing again
@@ -113,14 +122,7 @@ def test_a_batch_lost_without_a_restart_goes_again_once_acks_stop_at_it() -> Non
     batch goes again — that one only, not before; then after twice as long."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
-        rx = ctx.socket(zmq.DEALER)
-        rx.setsockopt(zmq.LINGER, 0)
-        address = f"tcp://127.0.0.1:{rx.bind_to_random_port('tcp://127.0.0.1')}"
-        stage: Any = LoopbackStage(ctx, address)
-        out = Outlet(stage, "events", limit=64)
-        for _ in range(3):
-            out.send(lambda seq, acked: EventBatch("ingest", 111, seq, acked, Payload.TEXT, b"", 0))
-        assert batches(rx) == [1, 2, 3]
+        rx, _, _, out = three_batches_sent(ctx)
         out.outbox.ack(1)
         rto = links.RETRANSMIT_S
         t = 1000.0
