@@ -499,8 +499,8 @@ class CollectorNetns:
             timeout=15,
         )
 
-    def accept(self) -> int:
-        """End :meth:`reject`; the number of datagrams it refused."""
+    def refused(self) -> int:
+        """How many datagrams :meth:`reject`'s rule has refused so far."""
         listing = subprocess.run(
             ["ip", "netns", "exec", self.name, "nft", "list", "table", "inet", "nfc_down"],
             capture_output=True,
@@ -508,12 +508,17 @@ class CollectorNetns:
             check=True,
             timeout=15,
         ).stdout
+        found = re.search(r"counter packets (\d+)", listing)
+        if found is None:
+            raise NfcapdError(f"no counter in the reject rule: {listing}")
+        return int(found[1])
+
+    def accept(self) -> int:
+        """End :meth:`reject`; the number of datagrams it refused."""
+        refused = self.refused()
         subprocess.run(
             ["ip", "netns", "exec", self.name, "nft", "delete", "table", "inet", "nfc_down"],
             check=True,
             timeout=15,
         )
-        found = re.search(r"counter packets (\d+)", listing)
-        if found is None:
-            raise NfcapdError(f"no counter in the reject rule: {listing}")
-        return int(found[1])
+        return refused

@@ -41,6 +41,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -111,14 +112,15 @@ KILL_ROUNDS = 20
 DUPLICATE_BOUND = 0.001
 #: How long the collector, and syslog, are down: the collector once it has received
 #: COLLECTOR_DOWN_AFTER datagrams (within OUTAGE_DEADLINE_S), syslog from half-way
-#: through the collector's outage, and until the mirror has met it (at most
-#: SYSLOG_MET_DEADLINE_S more): while the collector is down the pipeline may only be
-#: re-reading, after ingest kills, batches delivered before (dropped as such), and
-#: the mirror then has nothing new to send (one CI run: no line in 10 s).
+#: through the collector's outage; each until it has met the outage (a datagram
+#: refused, a mirror send failed: at most MET_DEADLINE_S more): during an outage the
+#: pipeline may only be re-reading, after ingest kills, batches delivered before
+#: (dropped as such), and then has nothing new to send (CI runs: no syslog line in
+#: 10 s once; no datagram for 15 s, 17:14:04-19, once).
 OUTAGE_S = 10.0
 COLLECTOR_DOWN_AFTER = 5_000
 OUTAGE_DEADLINE_S = 240.0
-SYSLOG_MET_DEADLINE_S = 60.0
+MET_DEADLINE_S = 60.0
 
 
 def syslog_refusals(mirror_log: str) -> list[str]:
@@ -134,9 +136,10 @@ def expected_idents(log: str) -> list[Ident]:
 
 class Outages(threading.Thread):
     """The collector down OUTAGE_S s once it has received COLLECTOR_DOWN_AFTER
-    datagrams (so it falls while records flow, whatever the machine's speed), syslog
-    down OUTAGE_S s from half-way through it; how many datagrams the collector's
-    namespace refused meanwhile."""
+    datagrams (so it falls while records flow, whatever the machine's speed), and
+    until it has refused a datagram; syslog down OUTAGE_S s from half-way through
+    it, and until the mirror has met it; how many datagrams the collector's
+    namespace refused meanwhile, and when each step happened (``timeline``)."""
 
     def __init__(self, ns: CollectorNetns, port: int, syslog: PacedSyslog, rundir: Path) -> None:
         super().__init__(daemon=True)
@@ -145,6 +148,11 @@ class Outages(threading.Thread):
         self.error: BaseException | None = None
         self.done = threading.Event()
         self.stop = threading.Event()
+        self.timeline: list[str] = []
+        self._collector_down = self._syslog_down = False
+
+    def _step(self, what: str) -> None:
+        self.timeline.append(f"{datetime.now().strftime('%H:%M:%S.%f')[:-3]} {what}")
 
     def _mirror_met_the_outage(self) -> bool:
         with contextlib.suppress(FileNotFoundError):
@@ -159,32 +167,51 @@ class Outages(threading.Thread):
             if self.stop.is_set() or time.monotonic() > deadline:
                 raise AssertionError(f"no outage: {what} not reached")
             time.sleep(0.25)
+        self._step(f"{what}: reached")
+
+    def _collector_up(self) -> None:
+        if self._collector_down:
+            self._collector_down = False
+            self.rejected = self.ns.accept()
+            self._step(f"collector up ({self.rejected} datagrams refused)")
+
+    def _syslog_up(self) -> None:
+        if self._syslog_down:
+            self._syslog_down = False
+            self.syslog.up()
+            self._step("syslog up")
+
+    def _outages(self) -> None:
+        received = lambda: self.ns.snmp()["InDatagrams"]  # noqa: E731
+        self._wait("collector datagrams", lambda: received() >= COLLECTOR_DOWN_AFTER)
+        # overlapping: syslog goes down half-way through the collector's outage and
+        # comes back half its outage after the collector, so records flow (to the
+        # mirror) during both, and the run stalls 1.5 outages, not 2 (suite time)
+        self.ns.reject(self.port)
+        self._collector_down = True
+        self._step("collector down")
+        time.sleep(OUTAGE_S / 2)
+        self.syslog.down()
+        self._syslog_down = True
+        self._step("syslog down")
+        time.sleep(OUTAGE_S / 2)
+        self._wait("a datagram refused", lambda: self.ns.refused() > 0, MET_DEADLINE_S)
+        self._collector_up()
+        time.sleep(OUTAGE_S / 2)
+        self._wait("a mirror send to syslog", self._mirror_met_the_outage, MET_DEADLINE_S)
+        self._syslog_up()
 
     def run(self) -> None:
         try:
-            received = lambda: self.ns.snmp()["InDatagrams"]  # noqa: E731
-            self._wait("collector datagrams", lambda: received() >= COLLECTOR_DOWN_AFTER)
-            # overlapping: syslog goes down half-way through the collector's outage and
-            # comes back half its outage after the collector, so records flow (to the
-            # mirror) during both, and the run stalls 1.5 outages, not 2 (suite time)
-            self.ns.reject(self.port)
-            try:
-                time.sleep(OUTAGE_S / 2)
-                self.syslog.down()
-                try:
-                    time.sleep(OUTAGE_S / 2)
-                finally:
-                    self.rejected = self.ns.accept()
-                time.sleep(OUTAGE_S / 2)
-                self._wait(
-                    "a mirror send to syslog", self._mirror_met_the_outage, SYSLOG_MET_DEADLINE_S
-                )
-            finally:
-                self.rejected = self.rejected or self.ns.accept()
-                self.syslog.up()
+            self._outages()
         except BaseException as exc:  # reported by the fixture
             self.error = exc
         finally:
+            for end in (self._collector_up, self._syslog_up):
+                try:
+                    end()
+                except BaseException as exc:
+                    self.error = self.error or exc
             self.done.set()
 
 
@@ -271,6 +298,7 @@ def chaos_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         print(chaos.summary())
         print(f"kills for {killing:.1f} s; replay done after {replayed:.1f} s")
         print(out)
+        print("\n".join(outages.timeline))
         assert outages.error is None, outages.error
         assert proc.returncode == 0, err
         syslog.drain()
