@@ -311,6 +311,7 @@ class FwNfcapd(Nfcapd):
         return None
 
     def _wait_listening(self) -> bool:
+        assert self.netns is not None  # set by __init__
         self._tx = open_in_netns(self.netns, socket.AF_INET, socket.SOCK_DGRAM, 0)
         assert self.proc is not None
         proc = self.proc

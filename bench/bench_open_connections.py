@@ -53,7 +53,7 @@ from nfflowd.config import load
 from nfflowd.conntrack.text import parse_line
 from nfflowd.correlate.correlator import Correlator, tuple_key
 from nfflowd.lab.events import generate
-from nfflowd.messages import ConntrackEvent, FlowRecord
+from nfflowd.messages import ConntrackEvent
 from nfflowd.ops import replay
 
 HERE = Path(__file__).resolve().parent
@@ -109,7 +109,7 @@ def child_correlator(path: str) -> dict[str, float]:
     gc.collect()
     rss0, hwm0 = _status_kb("VmRSS"), _status_kb("VmHWM")
     corr = Correlator()
-    out: list[FlowRecord] = []
+    out = bytearray()
     t0 = time.perf_counter()
     for ev in _events(path):
         corr.feed(ev, out)  # NEWs yield no records
@@ -159,7 +159,7 @@ def _deep_size(obj: object) -> int:
 def child_profile(path: str, n: int) -> dict[str, object]:
     """tracemalloc: which source lines allocated the memory a Correlator keeps."""
     corr = Correlator()
-    out: list[FlowRecord] = []
+    out = bytearray()
     for _ in _events(path, 2000):
         pass
     tracemalloc.start()

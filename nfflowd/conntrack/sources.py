@@ -27,7 +27,7 @@ import select
 import shlex
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import IO, Protocol
 
 from nfflowd.config import Settings, SourceSettings
@@ -478,7 +478,7 @@ class NetlinkSource:
 CONDITIONS = {"acct": "no_counters", "timestamp": "no_timestamps"}
 
 
-def conditions(sysctls: dict[str, str | None]) -> list[str]:
+def conditions(sysctls: Mapping[str, str | None]) -> list[str]:
     """The coverage conditions of these kernel settings: the accounting and timestamp
     sysctls that are not on (an unreadable one: not known to be off, not listed)."""
     out = []

@@ -18,6 +18,7 @@ import pytest
 from nfflowd import lab as labmod
 from nfflowd.conntrack.sources import ProgramSource
 from nfflowd.lab.nfcapd import Nfcapd
+from nfflowd.messages import ConntrackEvent
 from tests.lab_names import end_connections, lab_prefix
 from tests.pipeline_harness import daemon, write_config
 from tests.source_events import SourceEvents
@@ -97,7 +98,7 @@ def test_program_source_keeps_reading_a_program_that_fills_its_stderr(tmp_path: 
         "done\n"
         "exec sleep 60\n",
     )
-    events = []
+    events: list[ConntrackEvent] = []
     deadline = time.monotonic() + 30
     try:
         while len(events) < 50 and time.monotonic() < deadline:

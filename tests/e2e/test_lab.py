@@ -22,7 +22,7 @@ from nfflowd.lab.traffic import Expected, expected, listeners, mix
 from tests.lab_names import lab_prefix
 
 if TYPE_CHECKING:  # fixtures' types (pytest loads conftest.py itself)
-    from conftest import ConntrackText, Event, MixRun
+    from tests.e2e.conftest import ConntrackText, Event, MixRun
 
 root = pytest.mark.root
 ROOT = Path(__file__).resolve().parents[2]

@@ -181,8 +181,8 @@ def test_who_finds_each_lab_connection_from_every_source(
         new = news[(f.proto, f.orig_src, f.orig_dst, f.orig_sport, f.orig_dport)]
         before = f"{new.time - 60:.3f}"
         for name, args in sources.items():
-            public = point(f.reply_dst, f.reply_dport)
-            rc, doc = who(capsys, "-c", str(conf), "who", public, "--at", before, *args)
+            asked_for = point(f.reply_dst, f.reply_dport)
+            rc, doc = who(capsys, "-c", str(conf), "who", asked_for, "--at", before, *args)
             assert rc == 1 and doc["matches"] == [], (name, doc)
             # before the first start: not recorded, so not found is no proof
             cov = doc["coverage"]

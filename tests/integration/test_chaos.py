@@ -182,8 +182,9 @@ class Outages(threading.Thread):
             self._step("syslog up")
 
     def _outages(self) -> None:
-        received = lambda: self.ns.snmp()["InDatagrams"]  # noqa: E731
-        self._wait("collector datagrams", lambda: received() >= COLLECTOR_DOWN_AFTER)
+        self._wait(
+            "collector datagrams", lambda: self.ns.snmp()["InDatagrams"] >= COLLECTOR_DOWN_AFTER
+        )
         # overlapping: syslog goes down half-way through the collector's outage and
         # comes back half its outage after the collector, so records flow (to the
         # mirror) during both, and the run stalls 1.5 outages, not 2 (suite time)
@@ -340,7 +341,8 @@ def _chaos(test: TestFunction) -> TestFunction:
     """The marks of the tests that share the chaos run."""
     for mark in (needs("nfcapd", "nfdump", "nft"), needs_root(), pytest.mark.slow):
         test = mark(test)
-    return pytest.mark.timeout(600)(test)
+    marked: TestFunction = pytest.mark.timeout(600)(test)
+    return marked
 
 
 @_chaos

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from nfflowd.formats.json_lines import iso_ms
 from nfflowd.pipeline import coverage
 from tests.pipeline_harness import (
     fake_conntrack,
@@ -92,7 +93,7 @@ def test_a_killed_ingest_is_a_not_listening_gap_and_who_says_so(tmp_path: Path) 
         assert gap["to_ms"] == starts[1]["at_ms"] and gap["to_ms"] > killed
         assert gap["to_ms"] - gap["from_ms"] < 15_000
         log = (rundir / "ingest.log").read_text()
-        line = f"coverage gap from={coverage.iso_ms(gap['from_ms'])} to="
+        line = f"coverage gap from={iso_ms(gap['from_ms'])} to="
         assert line in log and "cause=not_listening stage=ingest" in log
         stats = json.loads((rundir / "stats" / "ingest.json").read_text())
         assert stats["counters"]["coverage_gaps"] == 1
@@ -116,9 +117,7 @@ def test_a_killed_ingest_is_a_not_listening_gap_and_who_says_so(tmp_path: Path) 
 
         shown = nfflowd("-c", str(conf), "status").stdout
         assert f"coverage journal {statedir}: 1 gap; ingest recording since " in shown, shown
-        assert (
-            f"{coverage.iso_ms(gap['from_ms'])} .. " in shown and "not_listening (ingest)" in shown
-        )
+        assert f"{iso_ms(gap['from_ms'])} .. " in shown and "not_listening (ingest)" in shown
         doc = json.loads(nfflowd("-c", str(conf), "status", "--json").stdout)
         assert doc["coverage"]["last_gaps"][0]["from_ms"] == gap["from_ms"]
 

@@ -88,12 +88,12 @@ def test_tshark_decodes_the_options_template_and_records(fmt: str, tmp_path: Pat
                          ("1", "1", "32473"), ("2", "16", "32473")]  # fmt: skip
     else:
         assert (tmpl["cflow.option_scope_length"], tmpl["cflow.option_length"]) == ("4", "16")
-        types = [
+        v9_types = [
             (f.get("cflow.scope_field_type") or f["cflow.template_field_type"],
              f["cflow.template_field_length"])
             for f in fields
         ]  # fmt: skip
-        assert types == [("1", "4"), ("323", "8"), ("323", "8"), ("32769", "1"), ("32770", "16")]
+        assert v9_types == [("1", "4"), ("323", "8"), ("323", "8"), ("32769", "1"), ("32770", "16")]
     recs = data_records(layer, range(260, 261))
     assert len(recs) == len(GAPS)
     for rec, gap in zip(recs, GAPS, strict=True):

@@ -91,7 +91,7 @@ def test_a_killed_shard_is_restarted_and_nothing_is_lost(tmp_path: Path) -> None
     proc = start_replay(conf, rundir, log)
     try:
         pids = [
-            wait_for(lambda v=v: working_pid(rundir, v), 30, f"{v} at work")  # type: ignore[misc]
+            wait_for(lambda v=v: working_pid(rundir, v), 30, f"{v} at work")
             for v in ("correlate-1", "export-0")
         ]
         time.sleep(0.5)  # in the middle of the replay

@@ -27,8 +27,10 @@ from nfflowd.pipeline import codec
 
 RECORD = FlowRecord(1, 2, 4, 6, b"\n\0\1\2", b"\xcb\0q\2", 40000, 80, 10, 2**40, b"\xcb\0q\1",
                     b"\xcb\0q\2", 40000, 80, 1, 3, 0, 0, 42)  # fmt: skip
-V6 = {"src": b"\xfd" + b"\0" * 15, "dst": b"\x20\x01" + b"\1" * 14}
-RECORD6 = RECORD._replace(family=6, post_src=b"\x20\x01" + b"\2" * 14, post_dst=V6["dst"], **V6)
+V6_SRC, V6_DST = b"\xfd" + b"\0" * 15, b"\x20\x01" + b"\1" * 14
+RECORD6 = RECORD._replace(
+    family=6, src=V6_SRC, dst=V6_DST, post_src=b"\x20\x01" + b"\2" * 14, post_dst=V6_DST
+)
 LINES = b"[1700000000.123456]\t[NEW] tcp 6 120 SYN_SENT src=10.0.0.1 dst=203.0.113.2 ...\n"
 
 
@@ -101,7 +103,8 @@ def test_bad_messages_have_a_reason(data: bytes, reason: str) -> None:
 
 #: What the fuzzer found the codec accepting or crashing on (issue 13): every field of the
 #: batches, with values a real sender never produces.
-HOSTILE = [None, -1, 2**64 - 1, 2**63, 1.5, float("nan"), float("inf"), "12", b"12", [], {}, True]
+HOSTILE: list[object] = [None, -1, 2**64 - 1, 2**63, 1.5, float("nan"), float("inf"), "12",
+                         b"12", [], {}, True]  # fmt: skip
 
 
 @pytest.mark.parametrize("good", [GOOD_EVENTS, GOOD_FLOWS], ids=["events", "flows"])

@@ -10,6 +10,7 @@ the export stage (which collector gets what, the counter as a metric).
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,6 @@ from nfflowd.formats import ipfix, netflow_v9
 from nfflowd.formats import ipfix_ies as ies
 from nfflowd.formats.netflow_v5 import V5Encoder
 from nfflowd.messages import Direction, FlowRecord, pack_flows
-from nfflowd.outputs import exporter as exporter_module
 from nfflowd.outputs import prometheus
 from nfflowd.outputs.exporter import Exporter, make_encoder
 from tests.conntrack_events import feed
@@ -221,7 +221,7 @@ def test_exporter_sends_v9_ipfix_one_record_per_direction_and_v5_the_triplet(
     sent: list[list[bytes]] = [[] for _ in exporter.targets]
     for out, (_enc, coll) in zip(sent, exporter.targets, strict=True):
         monkeypatch.setattr(coll, "send", out.append)
-    monkeypatch.setattr(exporter_module.time, "time_ns", lambda: NOW_NS)
+    monkeypatch.setattr(time, "time_ns", lambda: NOW_NS)  # the exporter's clock
     recs = lab_records()
     exporter.handle(pack_flows(recs))
     # v5: what it always sent, the triplet (its IPv4 part)

@@ -35,7 +35,12 @@ def lines(path: Path) -> list[dict[str, object]]:
 def test_records_are_whole_fsynced_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     synced: list[int] = []
     real = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd)))
+
+    def fsync(fd: int) -> None:
+        synced.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
     j = journal(tmp_path)
     j.started(T, "netlink", ["no_counters"])
     j.gap(Gap(T + 10, T + 500, "enobufs", "ingest", "ENOBUFS #1"))

@@ -3,6 +3,7 @@ once, across rotations, a restart (offsets in the state directory) and a reused 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -116,7 +117,7 @@ def test_a_fresh_offsets_file_sends_the_journal_once(tmp_path: Path) -> None:
 
 def test_half_lines_wait_and_a_new_file_on_an_old_inode_is_read_whole(tmp_path: Path) -> None:
     path = tmp_path / "coverage.ingest.jsonl"
-    line = coverage.json.dumps(gap(1).record(5)).encode() + b"\n"
+    line = json.dumps(gap(1).record(5)).encode() + b"\n"
     path.write_bytes(line + line[:20])
     sent = Sent()
     f = feed(tmp_path, sent)
@@ -127,7 +128,7 @@ def test_half_lines_wait_and_a_new_file_on_an_old_inode_is_read_whole(tmp_path: 
     f.tick(force=True)
     assert sent.gaps == [row(1), row(1)]  # the second record, once whole
     # the same inode, other contents (a removed file's inode reused): read from 0
-    other = coverage.json.dumps(gap(7).record(6)).encode() + b"\n"
+    other = json.dumps(gap(7).record(6)).encode() + b"\n"
     with path.open("r+b") as fh:
         fh.write(other + b"\n" * (2 * len(line) - len(other)))
     os.truncate(path, 2 * len(line) + 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 
@@ -32,7 +33,7 @@ def settings(realtime: bool = False, **source: object) -> Settings:
     ],
 )
 def test_the_subscription_and_its_cost_are_stated(
-    source: dict[str, object], sysctls: dict[str, str | None], level: str, says: str
+    source: dict[str, Any], sysctls: dict[str, str | None], level: str, says: str
 ) -> None:
     got_level, text = subscription_finding(settings(**source), sysctls)
     assert (got_level, says in text) == (level, True), text

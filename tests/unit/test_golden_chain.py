@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import netflow.v5
+import netflow.v5  # type: ignore[import-untyped]
 
 from nfflowd.conntrack.text import parse_line
 from nfflowd.correlate.correlator import Correlator

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from nfflowd.formats.netflow_v5 import HEADER as V5_HEADER
 from nfflowd.formats.netflow_v5 import V5Encoder
 from nfflowd.formats.netflow_v9 import HEADER as V9_HEADER
 from nfflowd.formats.netflow_v9 import V9Encoder
-from nfflowd.messages import FlowRecord, pack_flows
+from nfflowd.messages import FlowRecord, pack_flows, unpack_flows
 from nfflowd.outputs import exporter as exporter_module
 from nfflowd.outputs.exporter import Exporter, make_encoder, restore_sequences, stream_identity
 from nfflowd.pipeline import persist
@@ -121,14 +122,14 @@ def test_exporter_sends_what_each_encoder_gives(monkeypatch: pytest.MonkeyPatch)
     for out, (_enc, coll) in zip(sent, exporter.targets, strict=True):
         monkeypatch.setattr(coll, "send", out.append)
     decoded = []
-    real_unpack = exporter_module.unpack_flows
+    real_unpack = unpack_flows
 
     def unpack(block: bytes) -> list[FlowRecord]:
         decoded.append(block)
         return real_unpack(block)
 
     monkeypatch.setattr(exporter_module, "unpack_flows", unpack)
-    monkeypatch.setattr(exporter_module.time, "time_ns", lambda: 3_000_000_000)
+    monkeypatch.setattr(time, "time_ns", lambda: 3_000_000_000)  # the exporter's clock
     recs = [rec(i) for i in range(40)]
     exporter.handle(pack_flows(recs))
     assert decoded == [pack_flows(recs)]

@@ -114,12 +114,12 @@ def test_a_text_payload_is_split_where_shard_of_sends_each_event(tmp_path: Path)
     parts = split(Payload.TEXT, data, 3)
     assert sum(n for _, n in parts) == data.count(b"\n")
     for i, (part, _) in enumerate(parts):
-        for line in part.decode().splitlines():
+        for text in part.decode().splitlines():
             try:
-                ev = parse_line(line)
+                ev = parse_line(text)
             except ParseError:
                 ev = None
-            assert (shards.shard_of(ev, 3) if ev is not None else 0) == i, line
+            assert (shards.shard_of(ev, 3) if ev is not None else 0) == i, text
     for line in data.splitlines():
         ct_id = line_ct_id(line)
         if ct_id is not None:

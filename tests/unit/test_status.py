@@ -142,8 +142,8 @@ def test_uptime_text() -> None:
 def test_shards_sit_with_their_stage_and_are_summarised_like_it() -> None:
     names = ("mirror", "correlate-1", "ingest", "correlate-0", "export-0")
     stats = {n: {"counters": {"records": 5}, "time": 0.0} for n in names}
-    names = [r["stage"] for r in status.rows(None, stats, now=1.0)]
-    assert names == ["ingest", "correlate-0", "correlate-1", "export-0", "mirror"]
+    shown = [r["stage"] for r in status.rows(None, stats, now=1.0)]
+    assert shown == ["ingest", "correlate-0", "correlate-1", "export-0", "mirror"]
     assert status.summary("correlate-1", {"new": 2, "destroy": 3, "records": 5}).startswith(
         "events 5, records 5"
     )

@@ -10,8 +10,9 @@ files in the run directory.  The successor is a new object on the same files.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeAlias
 
 import pytest
 import zmq
@@ -23,6 +24,7 @@ from nfflowd.pipeline.sink import PARTIALS, Flow, _Input
 CORRELATE_A = 1_000
 CORRELATE_B = 2_000  # a restarted correlate
 STREAM = 77  # the origin stream (a saved log's identity)
+Ctx: TypeAlias = "zmq.Context[zmq.Socket[bytes]]"
 
 
 def record(n: int) -> FlowRecord:
@@ -89,6 +91,9 @@ class SlowSink:
     def pending(self) -> int:
         return len(self.held)
 
+    def wait(self) -> float | None:
+        return None  # let() and burst() decide when records leave
+
 
 class FakeStage:
     """What _Input needs from a Stage: a run directory and an (unconnected) socket."""
@@ -96,7 +101,7 @@ class FakeStage:
     name = "mirror"
     incarnation = 5
 
-    def __init__(self, rundir: Path, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    def __init__(self, rundir: Path, ctx: Ctx) -> None:
         self.rundir, self.ctx = str(rundir), ctx
         self.malformed: list[str] = []
 
@@ -112,7 +117,7 @@ class FakeStage:
 class Terminal:
     """One incarnation of a terminal stage with one input."""
 
-    def __init__(self, rundir: Path, ctx: zmq.Context[zmq.Socket[bytes]], out: list[int]):
+    def __init__(self, rundir: Path, ctx: Ctx, out: list[int]):
         self.stage = FakeStage(rundir, ctx)
         self.inp = _Input(self.stage, "flows.mirror")  # type: ignore[arg-type]
         self.sink = SlowSink(out)
@@ -134,7 +139,7 @@ class Terminal:
 
 def killed_in_first_batch(
     tmp_path: Path,
-    ctx: zmq.Context,  # type: ignore[type-arg]
+    ctx: Ctx,
     seq: int,
     left: int,
 ) -> tuple[Terminal, list[int]]:
@@ -148,15 +153,13 @@ def killed_in_first_batch(
 
 
 @pytest.fixture
-def ctx() -> zmq.Context[zmq.Socket[bytes]]:
-    c: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    yield c  # type: ignore[misc]
+def ctx() -> Iterator[Ctx]:
+    c: Ctx = zmq.Context()
+    yield c
     c.destroy(linger=0)  # closes what a failed test left open (term would wait)
 
 
-def test_a_batch_is_acknowledged_once_its_records_have_left(
-    tmp_path: Path, ctx: zmq.Context
-) -> None:  # type: ignore[type-arg]
+def test_a_batch_is_acknowledged_once_its_records_have_left(tmp_path: Path, ctx: Ctx) -> None:
     out: list[int] = []
     t = Terminal(tmp_path, ctx, out)
     t.receive(batch(CORRELATE_A, 1, 10, 0, 100))
@@ -173,7 +176,7 @@ def test_a_batch_is_acknowledged_once_its_records_have_left(
 
 def test_killed_mid_batch_the_resent_batch_resumes_where_records_stopped_leaving(
     tmp_path: Path,
-    ctx: zmq.Context,  # type: ignore[type-arg]
+    ctx: Ctx,
 ) -> None:
     out: list[int] = []
     t = Terminal(tmp_path, ctx, out)
@@ -193,7 +196,7 @@ def test_killed_mid_batch_the_resent_batch_resumes_where_records_stopped_leaving
 
 def test_batches_that_left_before_an_older_one_arrived_are_acknowledged_with_it(
     tmp_path: Path,
-    ctx: zmq.Context,  # type: ignore[type-arg]
+    ctx: Ctx,
 ) -> None:
     """A restarted stage gets the batches ZeroMQ kept queued (3, 4) before the resend of
     those its predecessor's socket lost (1, 2).  3 and 4 leave first but cannot be
@@ -217,7 +220,7 @@ def test_batches_that_left_before_an_older_one_arrived_are_acknowledged_with_it(
 
 def test_a_kill_in_a_send_burst_repeats_only_the_record_on_its_way_out(
     tmp_path: Path,
-    ctx: zmq.Context,  # type: ignore[type-arg]
+    ctx: Ctx,
 ) -> None:
     """A paced sink sends what it held in bursts between two turns of the loop: the
     progress follows each send (on_sent), so a kill in the middle of a burst (before
@@ -242,7 +245,7 @@ def test_a_kill_in_a_send_burst_repeats_only_the_record_on_its_way_out(
 
 def test_a_batch_recomputed_by_a_restarted_correlate_resumes_too(
     tmp_path: Path,
-    ctx: zmq.Context,  # type: ignore[type-arg]
+    ctx: Ctx,
 ) -> None:
     t2, out = killed_in_first_batch(
         tmp_path, ctx, seq=7, left=40
@@ -254,7 +257,7 @@ def test_a_batch_recomputed_by_a_restarted_correlate_resumes_too(
 
 def test_a_batch_whose_records_all_left_is_never_delivered_again(
     tmp_path: Path,
-    ctx: zmq.Context,  # type: ignore[type-arg]
+    ctx: Ctx,
 ) -> None:
     t2, out = killed_in_first_batch(tmp_path, ctx, seq=1, left=100)
     # recomputed by a restarted correlate, or made again from a re-read saved log
@@ -265,7 +268,7 @@ def test_a_batch_whose_records_all_left_is_never_delivered_again(
     assert t2.acked() == 1  # acknowledged, so the sender lets it go
 
 
-def test_repeated_kills_keep_every_partial_batch(tmp_path: Path, ctx: zmq.Context) -> None:  # type: ignore[type-arg]
+def test_repeated_kills_keep_every_partial_batch(tmp_path: Path, ctx: Ctx) -> None:
     """Each incarnation is killed inside a different batch before the earlier ones
     come again; up to PARTIALS - 1 such batches are remembered."""
     out: list[int] = []
@@ -286,7 +289,7 @@ def test_repeated_kills_keep_every_partial_batch(tmp_path: Path, ctx: zmq.Contex
     assert sorted(out) == list(range(100 * (PARTIALS - 1)))
 
 
-def test_unknown_progress_repeats_rather_than_loses(tmp_path: Path, ctx: zmq.Context) -> None:  # type: ignore[type-arg]
+def test_unknown_progress_repeats_rather_than_loses(tmp_path: Path, ctx: Ctx) -> None:
     """A recomputed batch of another length (the restarted correlate's table differed)
     goes again whole: duplicates, never a loss."""
     t2, out = killed_in_first_batch(tmp_path, ctx, seq=1, left=40)
@@ -310,7 +313,7 @@ def test_ring_remembers_the_newest_pairs(tmp_path: Path) -> None:
 
 def test_partial_batches_of_many_killed_predecessors_are_all_kept(
     tmp_path: Path,
-    ctx: zmq.Context,  # type: ignore[type-arg]
+    ctx: Ctx,
 ) -> None:
     """A restarted stage is sent the sender's new batches as soon as it connects, and
     the unacknowledged ones only after its hello: a new batch can start leaving before

@@ -18,11 +18,12 @@ def test_no_test_module_imports_another() -> None:
     offenders = []
     for path in sorted(TESTS.rglob("test_*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = []
             if isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
             elif isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
+            else:
+                continue
             for name in names:
                 if name.startswith("tests.") and name.split(".")[-1].startswith("test_"):
                     offenders.append(f"{path.relative_to(TESTS)}:{node.lineno}: {name}")

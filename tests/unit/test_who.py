@@ -126,10 +126,13 @@ def _flow(
 
 def snat_records(first: int = T0 - 1000, last: int = T0 + 1000) -> list[Flow]:
     """One record per direction of PRIV -> REMOTE source-NATed to PUB."""
-    times = {"first": first, "last": last}
     return [
-        _flow(PRIV, REMOTE, (PUB, REMOTE), (6, 600), reply=False, ref="orig", **times),
-        _flow(REMOTE, PUB, (REMOTE, PRIV), (5, 500), reply=True, ref="reply", **times),
+        _flow(
+            PRIV, REMOTE, (PUB, REMOTE), (6, 600), reply=False, ref="orig", first=first, last=last
+        ),
+        _flow(
+            REMOTE, PUB, (REMOTE, PRIV), (5, 500), reply=True, ref="reply", first=first, last=last
+        ),
     ]
 
 
