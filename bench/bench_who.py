@@ -6,7 +6,9 @@ asserts nothing.
 Makes *connections* (default 1,000,000) source-NATed TCP connections spread over a
 day behind one public address (each public port taken again and again), as nfflowd
 records them: the v5 triplet into a private nfcapd (``-B 8 MiB``; 3 records per
-connection) and the three JSON mirror lines into a file.  Then asks for one
+connection), the three JSON mirror lines into a file, and the three flow-tools CSV
+lines into a file as a syslog daemon writes them (``Dec  6 10:00:01 fw nfflowd: ...``,
+``RSYSLOG_TraditionalFileFormat``).  Then asks for one
 connection in the middle of the day, from each source, with ``/usr/bin/time``
 (elapsed time, peak RSS of the ``nfflowd who`` process and, for nfcapd, of nfdump),
 and prints what was found.  All records land in one or two nfcapd files (nfcapd
@@ -25,7 +27,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from nfflowd.formats import json_lines, netflow_v5
+from nfflowd.formats import flowtools_csv, json_lines, netflow_v5
 from nfflowd.lab.nfcapd import Nfcapd
 from nfflowd.messages import FlowRecord
 
@@ -34,6 +36,8 @@ DAY_MS = 86_400_000
 #: Records encoded and sent per step (a multiple of v5's 30 per datagram).
 CHUNK = 3000
 TIME_FORMAT = "%e %M"  # elapsed seconds, peak RSS KiB
+#: The prefix rsyslog's traditional file format puts before the mirror's line.
+SYSLOG_PREFIX = "Dec  6 10:00:01 fw nfflowd: "
 
 
 def connection(i: int, day0: int, n: int) -> list[FlowRecord]:
@@ -99,7 +103,12 @@ def ask(base: Path, n: int, day0: int) -> None:
     public = f"203.0.113.1:{asked.post_sport}"
     at = f"{(asked.first_ms + 500) / 1000:.3f}"
     print(f"asking: who {public} --at {at} (connection {i}: 10.x:{asked.sport} expected)")
-    for name, path in (("nfcapd (v5)", base / "nfcapd"), ("JSON lines", base / "mirror.out")):
+    sources = (
+        ("nfcapd (v5)", base / "nfcapd"),
+        ("JSON lines", base / "mirror.out"),
+        ("CSV syslog", base / "syslog"),
+    )
+    for name, path in sources:
         secs, kib, stdout = timed([public, "--at", at, "--from", str(path)])
         found = [ln.strip() for ln in stdout.splitlines() if ln.strip().startswith("tcp")]
         print(f"{name:12} {secs:6.1f} s, peak RSS of nfflowd who {kib / 1024:.0f} MiB: {found}")
@@ -112,19 +121,30 @@ def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
     base = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(tempfile.mkdtemp(prefix="who-bench-"))
     day0 = (int(time.time() * 1000) // DAY_MS - 2) * DAY_MS  # the day before yesterday, UTC
-    capdir, jsonl = base / "nfcapd", base / "mirror.out"
+    capdir, jsonl, syslog = base / "nfcapd", base / "mirror.out", base / "syslog"
     t0 = time.monotonic()
-    with Nfcapd(capdir, extra_args=["-B", "8388608"]) as cap, open(jsonl, "w") as out:
+    with (
+        Nfcapd(capdir, extra_args=["-B", "8388608"]) as cap,
+        open(jsonl, "w") as out,
+        open(syslog, "w") as log,
+    ):
         enc = netflow_v5.V5Encoder()
         for chunk in records(n, day0):
             cap.send(enc.encode(chunk, time.time_ns()), window=64)
             out.writelines(json_lines.format_line(r, exaddr="192.0.2.1") + "\n" for r in chunk)
+            log.writelines(
+                SYSLOG_PREFIX
+                + flowtools_csv.format_line(r, exaddr="192.0.2.1", boot_ms=day0)
+                + "\n"
+                for r in chunk
+            )
         cap.stop()
         stored = sum(p.stat().st_size for p in capdir.glob("nfcapd.*"))
     print(
         f"{n:,} connections = {3 * n:,} records: nfcapd {stored / 2**20:.0f} MiB in "
         f"{len(list(capdir.glob('nfcapd.*')))} file(s), JSON lines "
-        f"{jsonl.stat().st_size / 2**20:.0f} MiB; made in {time.monotonic() - t0:.0f} s"
+        f"{jsonl.stat().st_size / 2**20:.0f} MiB, CSV syslog {syslog.stat().st_size / 2**20:.0f} "
+        f"MiB; made in {time.monotonic() - t0:.0f} s"
     )
     ask(base, n, day0)
     print(f"data kept in {base}")

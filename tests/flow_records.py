@@ -3,7 +3,8 @@
 The fixed clock the encoders are run at (:data:`NOW_NS`, a host booted at
 :data:`BOOT`), builders from the most explicit (:func:`flow`, every field) to
 the ones with defaults (:func:`plain_record`, a flow no NAT changed;
-:func:`snat_record`, a source-NATed one), the hypothesis strategy :data:`FLOWS`
+:func:`snat_record`, a source-NATed one; :func:`snat_connection` and
+:func:`dnat_connection`, the triplets of a connection), the hypothesis strategy :data:`FLOWS`
 over any encodable source-NATed record, and :func:`load_records` for the
 records of the golden cases under tests/data.
 """
@@ -109,6 +110,35 @@ def snat_record(
     pre = (src, dst, sport, dport)
     r = flow(first, last, proto, *pre, packets, octets, psrc, dst, post_sport, dport)
     return r._replace(direction=direction, end_reason=end_reason, mark=5, zone=zone, ct_id=ct_id)
+
+
+Endpoint = tuple[str, int]
+
+
+def snat_connection(
+    first: int, last: int, private: Endpoint, public: Endpoint, remote: Endpoint
+) -> list[FlowRecord]:
+    """The three records nfflowd makes of *private* -> *remote* source-NATed to *public*:
+    the original as it arrived, as it left, the reply as it arrived."""
+    (pv, pp), (pb, pbp), (r, rp) = private, public, remote
+    return [
+        flow(first, last, 6, pv, r, pp, rp, 6, 600, pb, r, pbp, rp, 1),
+        flow(first, last, 6, pb, r, pbp, rp, 6, 600, pb, r, pbp, rp, 2),
+        flow(first, last, 6, r, pb, rp, pbp, 5, 500, r, pv, rp, pp, 3),
+    ]
+
+
+def dnat_connection(
+    first: int, last: int, remote: Endpoint, public: Endpoint, private: Endpoint
+) -> list[FlowRecord]:
+    """The three records nfflowd makes of *remote* -> *public* forwarded (DNAT) to
+    *private*: the original as it arrived, as it left, the reply as it arrived."""
+    (r, rp), (pb, pbp), (pv, pp) = remote, public, private
+    return [
+        flow(first, last, 6, r, pb, rp, pbp, 4, 400, r, pv, rp, pp, 1),
+        flow(first, last, 6, r, pv, rp, pp, 4, 400, r, pv, rp, pp, 2),
+        flow(first, last, 6, pv, r, pp, rp, 7, 700, pb, r, pbp, rp, 3),
+    ]
 
 
 #: Any source-NATed record v9 and IPFIX can carry: every counter and time to 64 bits,

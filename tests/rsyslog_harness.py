@@ -9,6 +9,8 @@ Files it writes (rsyslog templates)::
     local6.log   local6.* only, "%syslogtag%%msg%" -> exactly "nfflowd: <line>"
     other.log    every facility but local6 (proves the facility filter), "full" template
     all.log      everything, "full" template: "PRI facility.severity host prog|msg"
+    syslog       everything, as a distribution's /var/log/syslog has it (rsyslog's
+                 RSYSLOG_TraditionalFileFormat: "Dec  6 10:00:00 host nfflowd: <line>")
 
 Use::
 
@@ -48,6 +50,7 @@ template(name="full" type="string" string="{full}")
 local6.* action(type="omfile" file="{dir}/local6.log" template="msgonly")
 *.*;local6.none action(type="omfile" file="{dir}/other.log" template="full")
 *.* action(type="omfile" file="{dir}/all.log" template="full")
+*.* action(type="omfile" file="{dir}/syslog" template="RSYSLOG_TraditionalFileFormat")
 """
 UDP_INPUT = """\
 module(load="imudp")
@@ -97,6 +100,7 @@ class RsyslogHarness:
         self.local6_log = self.dir / "local6.log"
         self.other_log = self.dir / "other.log"
         self.all_log = self.dir / "all.log"
+        self.syslog_file = self.dir / "syslog"
         self.output = self.dir / "rsyslogd.out"
         self.udp_port = free_port(socket.SOCK_DGRAM) if udp else None
         self.tcp_port = free_port(socket.SOCK_STREAM) if tcp else None

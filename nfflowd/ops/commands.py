@@ -401,8 +401,9 @@ def cmd_who(config: str | None, foreground: bool, args: list[str]) -> int:
         action="append",
         default=[],
         metavar="PATH",
-        help="an nfcapd directory or file, or a JSON-lines file (.gz too); repeatable "
-        "(default: <who> from, else the configuration's JSON mirror files)",
+        help="an nfcapd directory or file, or a mirror file: JSON or flow-tools CSV lines, "
+        "syslog-prefixed or not (.gz too); repeatable (default: <who> from, else the "
+        "configuration's screen dispatcher files)",
     )
     p.add_argument(
         "--coverage",

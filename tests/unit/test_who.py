@@ -30,7 +30,7 @@ from nfflowd.ops.who.question import (
     parse_time,
 )
 from nfflowd.ops.who.sources import Source, SourceError, choose, mirror_files, nfdump_filter
-from tests.flow_records import flow
+from tests.flow_records import snat_connection as snat_records_of
 
 #: No coverage journal here (tests/unit/test_coverage.py has the journal's own tests).
 NO_JOURNAL = "/nonexistent/nfflowd-state"
@@ -309,13 +309,7 @@ def lines_of(records: list[FlowRecord]) -> list[str]:
 
 def snat_connection(first: int, last: int, priv: str, port: int, pub_port: int) -> list[FlowRecord]:
     """The three records nfflowd makes of PRIV:port -> REMOTE source-NATed to PUB:pub_port."""
-    r, rp = REMOTE
-    pub = PUB[0]
-    return [
-        flow(first, last, 6, priv, r, port, rp, 6, 600, pub, r, pub_port, rp, 1),
-        flow(first, last, 6, pub, r, pub_port, rp, 6, 600, pub, r, pub_port, rp, 2),
-        flow(first, last, 6, r, pub, rp, pub_port, 5, 500, r, priv, rp, port, 3),
-    ]
+    return snat_records_of(first, last, (priv, port), (PUB[0], pub_port), REMOTE)
 
 
 def test_json_lines_rotated_gzip_syslog_prefixed_and_malformed(tmp_path: Path) -> None:
@@ -413,6 +407,16 @@ SCREEN_JSON = """<ptee>
   </conf>
 </ptee>
 """
+SYSLOG_ONLY = """<ptee>
+  <conf>
+    dispatchers syslog
+    <syslog>
+      class Log::Dispatch::Syslog
+      format json
+    </syslog>
+  </conf>
+</ptee>
+"""
 
 
 def test_sources_from_the_command_line_then_who_then_the_mirror(tmp_path: Path) -> None:
@@ -423,11 +427,16 @@ def test_sources_from_the_command_line_then_who_then_the_mirror(tmp_path: Path) 
     s = _settings(tmp_path, SCREEN_JSON)
     inferred = [Source(f"{tmp_path}/run/mirror.err", "dispatcher screen (format json)")]
     assert choose(s, []) == inferred
+    # a screen dispatcher of the seed's format: its CSV lines (the built-in default too)
     s = _settings(tmp_path, SCREEN_JSON.replace("format json\n    </screen>", "</screen>"))
-    with pytest.raises(SourceError, match=r"dispatcher syslog sends JSON lines to syslog"):
-        choose(s, [])
-    with pytest.raises(SourceError, match=r"no screen dispatcher with format json"):
-        choose(config.load(None), [])
+    assert choose(s, []) == [Source(f"{tmp_path}/run/mirror.err", "dispatcher screen (format csv)")]
+    default = config.load(None)
+    assert choose(default, []) == [
+        Source(f"{default.daemon.rundir}/mirror.out", "dispatcher screen (format csv)")
+    ]
+    with pytest.raises(SourceError, match=r"dispatcher syslog sends json lines to syslog") as e:
+        choose(_settings(tmp_path, SYSLOG_ONLY), [])
+    assert "has no <who> from and no screen dispatcher" in str(e.value)
 
 
 @pytest.mark.parametrize(
@@ -461,8 +470,8 @@ def test_nfdump_filters() -> None:
 def test_command_exit_statuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     log = tmp_path / "flows.json"
     log.write_text("\n".join(lines_of(snat_connection(T0, T0 + 10, "10.0.1.2", 1, 2))) + "\n")
-    conf = tmp_path / "none.conf"
-    conf.write_text("")
+    conf = tmp_path / "nfflowd.conf"  # the built-in defaults but the run directory
+    conf.write_text(f"<daemon>\n  rundir {tmp_path}/run\n</daemon>\n")
     run = commands.cmd_who
     assert run(str(conf), False, ["203.0.113.1:2", "--at", "1796551200", "--from", str(log)]) == 0
     out = capsys.readouterr().out
@@ -472,8 +481,11 @@ def test_command_exit_statuses(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "nope: no such file or directory" in capsys.readouterr().err
     assert run(str(conf), False, ["203.0.113.1:2", "--window", "3", "--from", str(log)]) == 2
     assert "--window needs --at" in capsys.readouterr().err
+    # no --from: the built-in screen dispatcher's file, not there yet
     assert run(str(conf), False, ["203.0.113.1:2"]) == 2
-    assert "no source" in capsys.readouterr().err
+    assert f"{tmp_path}/run/mirror.out: no such file or directory (written by the dispatcher" in (
+        capsys.readouterr().err
+    )
 
 
 # --- nfdump's JSON, read as it streams (a stand-in nfdump printing what 1.7.1 prints) -----
@@ -609,5 +621,5 @@ def test_check_says_where_who_would_look(tmp_path: Path) -> None:
             "from dispatcher screen (format json)",
         )
     ]
-    ((level, text),) = who_findings(config.load(None))
-    assert level == "note" and "no source" in text
+    ((level, text),) = who_findings(_settings(tmp_path, SYSLOG_ONLY))
+    assert level == "note" and "no source" in text and "give the file your syslog" in text

@@ -1,11 +1,12 @@
 """``nfflowd who``: which private host had public address A, port P at time T?
 
 The abuse report's question, answered from what nfflowd exported: nfcapd files
-(through nfdump) and its own JSON mirror lines.  The parts:
+(through nfdump) and its own mirror lines (JSON, or the flow-tools CSV the 2009 tool
+sent to syslog).  The parts:
 
 * :mod:`~nfflowd.ops.who.question` — the question: endpoint, time, window, protocol;
 * :mod:`~nfflowd.ops.who.sources` — which sources, and reading them without loading
-  them (nfdump with a filter built from the question, JSON lines streamed);
+  them (nfdump with a filter built from the question, JSON and CSV lines streamed);
 * :mod:`~nfflowd.ops.who.join` — records to connections: the private, public and
   remote endpoints, v5 triplets joined, v9/IPFIX/JSON records read alone;
 * :mod:`~nfflowd.ops.who.coverage` — whether nfflowd was recording over the window,

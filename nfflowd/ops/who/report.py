@@ -59,9 +59,10 @@ def _source_lines(r: SourceReport) -> list[str]:
         return [f"source {r.path} ({r.origin}): ERROR: {r.error}"]
     skipped = f", {r.skipped_files} skipped by time" if r.skipped_files else ""
     unit = "records matched the filter" if r.kind == "nfcapd" else "lines"
+    other = f", {r.other} of other programs (no CSV record)" if r.other else ""
     lines = [
         f"source {r.path} ({r.origin}; {r.kind}): {r.files} file{'s' * (r.files != 1)} read"
-        f"{skipped}, {r.records} {unit}, {r.malformed} malformed"
+        f"{skipped}, {r.records} {unit}, {r.malformed} malformed{other}"
     ]
     lines += [f"  malformed: {e}" for e in r.examples]
     if r.malformed > len(r.examples):
@@ -145,6 +146,7 @@ def document(a: Answer) -> dict[str, Any]:
                 "records": r.records,
                 "malformed": r.malformed,
                 "malformed_examples": list(r.examples),
+                "other_lines": r.other,
                 "warnings": list(r.warnings),
                 "error": r.error,
             }

@@ -4,13 +4,13 @@ Which sources, in order of precedence:
 
 1. ``--from PATH`` (repeatable);
 2. ``<who> from`` in the configuration (:mod:`nfflowd.config.who`);
-3. what the configuration implies: the files of every ``screen`` dispatcher with
-   ``format json`` (``<rundir>/mirror.out``, or ``mirror.err`` with ``stderr 1``),
-   with the mirror's own rotations (``mirror.out.1`` ...) and logrotate's
-   (``mirror.out-YYYYMMDD``, gzip'ed or not).  A syslog dispatcher's JSON lines are
-   wherever the syslog daemon files them, which the configuration does not say, and
-   nfcapd directories are the collector host's: name those with ``--from`` or
-   ``<who> from``.
+3. what the configuration implies: the file of every ``screen`` dispatcher
+   (``<rundir>/mirror.out``, or ``mirror.err`` with ``stderr 1``; JSON or CSV lines,
+   as its ``format`` says), with the mirror's own rotations (``mirror.out.1`` ...)
+   and logrotate's (``mirror.out-YYYYMMDD``, gzip'ed or not).  A syslog dispatcher's
+   lines are wherever the syslog daemon files them, which the configuration does not
+   say, and nfcapd directories are the collector host's: name those with ``--from``
+   or ``<who> from``.
 
 What a path is:
 
@@ -18,10 +18,15 @@ What a path is:
   ``nfcapd.`` (``nfcapd.YYYYmmddHHMM``, ``nfcapd.current.PID``, any ``-S`` subdirectory
   layout);
 * a file starting with nfdump's magic (``0xA50C``, :data:`NFCAPD_MAGIC`): one nfcapd file;
-* any other file: JSON lines (:mod:`nfflowd.formats.json_lines`), gzip'ed when it
-  starts with gzip's magic, read with its rotations as :func:`mirror_files` finds them
-  (``FILE.N``, ``FILE-DATE[.gz]``; a rotated file named itself has none).  A line may
-  carry a syslog prefix: the object starts at its first ``{``.
+* any other file: the mirror's lines, gzip'ed when it starts with gzip's magic, read
+  with its rotations as :func:`mirror_files` finds them (``FILE.N``,
+  ``FILE-DATE[.gz]``; a rotated file named itself has none).  Each file is JSON lines
+  (:mod:`nfflowd.formats.json_lines`) or flow-tools CSV lines
+  (:mod:`nfflowd.formats.flowtools_csv`, the 2009 tool's syslog line and the mirror's
+  default), as the first of its first :data:`SNIFF_LINES` lines that is either says
+  (a format changed between rotations is read file by file).  A line may carry a
+  syslog prefix: a JSON object starts at its first ``{``, a CSV record is the line's
+  last word, so a distribution's whole ``/var/log/syslog`` can be named.
 
 **nfcapd files** are read by nfdump (``nfdump -r FILE -o json FILTER``, ``TZ=UTC``),
 one file at a time, its output parsed one record at a time as it streams: the filter
@@ -39,6 +44,15 @@ post-NAT side (v5) need a second pass: the asked endpoint's records name the rem
 end, and the remote end's records (``ip in [...]``) hold the private one
 (:mod:`nfflowd.ops.who.join`).
 
+**CSV lines** are v5's triplets (no post-NAT side), read in two passes as nfcapd's v5
+records are: the lines whose source or destination address is the asked one, then,
+for the groups those name, the lines of their remote ends.  A line is split, and
+parsed in full (:func:`~nfflowd.formats.flowtools_csv.parse_line`) only when one of
+those addresses is its source or destination; its times are exact (the end is
+``unix_secs``/``unix_nsecs``, ``sysuptime`` after the uptime base).  In a CSV file,
+lines that end with no CSV record (other programs' syslog lines) are counted as
+``other``, not malformed.
+
 **JSON-lines files** are streamed line by line; a line that does not hold the asked
 address's text and port (as some key's value) is not decoded (only checked to be a
 whole ``{...}`` line): a NATed public address is in every line of its connections, so
@@ -55,6 +69,7 @@ from __future__ import annotations
 import calendar
 import glob
 import gzip
+import itertools
 import json
 import os
 import re
@@ -62,12 +77,12 @@ import subprocess
 import tempfile
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from nfflowd.config import Settings
-from nfflowd.formats import json_lines
+from nfflowd.formats import flowtools_csv, json_lines
 from nfflowd.ops.who.join import Flow, Point, mentions
 from nfflowd.ops.who.question import Endpoint, Question, normal_address
 from nfflowd.outputs.screen_file import screen_path
@@ -90,6 +105,14 @@ EGRESS = "original_out"
 REPLY = "reply_in"
 #: nfdump's flowDirection value for egress.
 NFDUMP_EGRESS = 1
+#: What a text file holds (SourceReport.kind), told by its first lines (SNIFF_LINES).
+JSON_LINES, CSV_LINES = "json lines", "flow-tools csv lines"
+SNIFF_LINES = 1000
+#: A flow-tools CSV record is the line's last word (after a syslog prefix, if any)
+#: with this many commas; its source and destination addresses and ports are these
+#: fields (:data:`nfflowd.formats.flowtools_csv.FIELDS`).
+CSV_COMMAS = len(flowtools_csv.FIELDS) - 1
+CSV_SRC, CSV_DST = flowtools_csv.FIELDS.index("srcaddr"), flowtools_csv.FIELDS.index("dstaddr")
 
 
 class SourceError(Exception):
@@ -113,6 +136,7 @@ class SourceReport:
     skipped_files: int = 0  # files skipped by their modification time
     records: int = 0  # records nfdump gave / lines read
     malformed: int = 0
+    other: int = 0  # lines of a CSV file that are no CSV record (other programs' syslog)
     examples: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
@@ -127,23 +151,27 @@ def choose(settings: Settings | None, given: Sequence[str]) -> list[Source]:
     if settings.who.sources:
         return [Source(p, "<who> from") for p in settings.who.sources]
     out = [
-        Source(screen_path(settings.daemon.rundir, d.stderr), f"dispatcher {d.name} (format json)")
+        Source(
+            screen_path(settings.daemon.rundir, d.stderr),
+            f"dispatcher {d.name} (format {d.format})",
+        )
         for d in settings.mirror.dispatchers
-        if d.kind == "screen" and d.format == "json"
+        if d.kind == "screen"
     ]
     if out:
         return out
     syslog = [
-        f"dispatcher {d.name} sends JSON lines to syslog ({d.address}): give the file your "
-        "syslog daemon keeps them in"
+        f"dispatcher {d.name} sends {d.format} lines to syslog ({d.address}): give the file "
+        "your syslog daemon keeps them in"
         for d in settings.mirror.dispatchers
-        if d.kind == "syslog" and d.format == "json"
+        if d.kind == "syslog"
     ]
     where = settings.path or "the built-in defaults"
     raise SourceError(
-        f"no source: {where} has no <who> from and no screen dispatcher with format json; "
+        f"no source: {where} has no <who> from and no screen dispatcher; "
         + ("; ".join(syslog) + "; " if syslog else "")
-        + "give --from PATH (an nfcapd directory or file, a JSON-lines file) or a <who> block"
+        + "give --from PATH (an nfcapd directory or file, a JSON-lines or CSV file) or a "
+        "<who> block"
     )
 
 
@@ -202,8 +230,24 @@ def _read(q: Question, src: Source, report: SourceReport, nfdump: str) -> list[F
         inferred = src.origin.startswith("dispatcher ")
         hint = f" (written by the {src.origin} once nfflowd runs)" if inferred else ""
         raise SourceError(f"{path}: no such file or directory{hint}")
-    report.kind = "json lines"
-    return [f for p in _recent(q, files, report) for f in _json_file(q, p, report)]
+    files = _recent(q, files, report)
+    kinds = {p: _kind_of(p) for p in files}
+    report.kind = ", ".join(sorted(set(kinds.values()))) or JSON_LINES
+    flows = [f for p in files if kinds[p] == JSON_LINES for f in _json_file(q, p, report)]
+    return flows + _csv(q, [p for p in files if kinds[p] == CSV_LINES], report)
+
+
+def _kind_of(path: str) -> str:
+    """JSON_LINES or CSV_LINES: what the first of its first SNIFF_LINES lines that is
+    either holds (JSON lines when none is)."""
+    with _open_text(path) as fh:
+        for raw in itertools.islice(fh, SNIFF_LINES):
+            line = raw.strip()
+            if "{" in line and line.endswith("}"):
+                return JSON_LINES
+            if _csv_record(line) is not None:
+                return CSV_LINES
+    return JSON_LINES
 
 
 def _recent(q: Question, files: list[str], report: SourceReport) -> list[str]:
@@ -282,6 +326,94 @@ def _json_flow(j: dict[str, int | str], ref: str) -> Flow:
     )
 
 
+# --- flow-tools CSV lines (the syslog mirror's) -----------------------------------------
+
+
+def _csv_record(line: str) -> str | None:
+    """The CSV record a line ends with (after a syslog prefix, if any), else None."""
+    words = line.rsplit(None, 1)
+    return words[-1] if words and words[-1].count(",") == CSV_COMMAS else None
+
+
+def _csv(q: Question, files: list[str], report: SourceReport) -> list[Flow]:
+    """The flows of *files* (CSV lines, v5's triplets: no post-NAT side) that answer *q*:
+    those naming the asked endpoint, then, as for nfcapd files, the remote ends'."""
+    if not files:
+        return []
+    flows: list[Flow] = []
+    remotes: dict[tuple[int, int, int], set[Point]] = {}
+    for path in files:
+        report.files += 1
+        for flow in _csv_flows(q, path, {q.public.address}, report):
+            other = mentions(q, flow)
+            if other is not None:
+                flows.append(flow)
+                remotes.setdefault(flow.group, set()).add(other)
+    if remotes:  # second pass: the records of the remote ends, for the groups that need them
+        addresses = {p[0] for points in remotes.values() for p in points}
+        for path in files:
+            flows += _of_remotes(_csv_flows(q, path, addresses, None), remotes)
+    return flows
+
+
+def _csv_flows(
+    q: Question, path: str, addresses: set[str], report: SourceReport | None
+) -> Iterator[Flow]:
+    """The flows of *path*'s CSV lines from or to one of *addresses* (text as the lines
+    write it: inet_ntop's), within *q*'s window and protocol; lines and malformed lines
+    counted in *report* (None: a second pass, counted already)."""
+    with _open_text(path) as fh:
+        for n, raw in enumerate(fh, 1):
+            record = _csv_record(raw)
+            if report is not None:
+                report.records += 1
+                report.other += record is None and bool(raw.strip())
+            if record is None:
+                continue
+            parts = record.split(",")
+            if parts[CSV_SRC] not in addresses and parts[CSV_DST] not in addresses:
+                continue
+            try:
+                fields = flowtools_csv.parse_line(record)
+            except ValueError as exc:
+                if report is not None:
+                    _malformed(report, path, n, str(exc))
+                continue
+            flow = _csv_flow(fields, f"{path}:{n}")
+            if q.wants_proto(flow.proto) and q.in_window(flow.first_ms, flow.last_ms):
+                yield flow
+
+
+def _csv_flow(c: dict[str, int | str], ref: str) -> Flow:
+    """One CSV line's flow; its times are exact: the end is unix_secs/nsecs, which is
+    ``sysuptime`` after the uptime base (:mod:`nfflowd.formats.flowtools_csv`)."""
+    base = int(c["unix_secs"]) * 1000 + int(c["unix_nsecs"]) // 1_000_000 - int(c["sysuptime"])
+    src = (str(c["srcaddr"]), int(c["srcport"]))
+    dst = (str(c["dstaddr"]), int(c["dstport"]))
+    return Flow(
+        proto=int(c["prot"]),
+        first_ms=base + int(c["first"]),
+        last_ms=base + int(c["last"]),
+        src=src,
+        dst=dst,
+        packets=int(c["dpkts"]),
+        bytes=int(c["doctets"]),
+        post=None,
+        ref=f"{ref} (flow-tools CSV: {_show(src)} > {_show(dst)})",
+    )
+
+
+def _of_remotes(
+    flows: Iterable[Flow], remotes: dict[tuple[int, int, int], set[Point]]
+) -> Iterator[Flow]:
+    """The second pass's keepers: records without their post-NAT side, of a group whose
+    asked-for records named a remote end, from or to that end."""
+    for flow in flows:
+        ends = remotes.get(flow.group)
+        if flow.post is None and ends is not None and (flow.src in ends or flow.dst in ends):
+            yield flow
+
+
 # --- nfcapd files, through nfdump ------------------------------------------------------
 
 
@@ -349,12 +481,9 @@ def _nfcapd(q: Question, files: list[str], report: SourceReport, nfdump: str) ->
     for i in range(0, len(addresses), REMOTES_PER_PASS):
         filt = nfdump_filter(q, addresses[i : i + REMOTES_PER_PASS], protos)
         for path in files:
-            for rec in _nfdump_records(nfdump, path, filt, report, count=False):
-                flow = _nfdump_flow(rec, path)
-                if flow is None or flow.post is not None or flow.group not in remotes:
-                    continue
-                if {flow.src, flow.dst} & remotes[flow.group]:
-                    flows.append(flow)
+            records = _nfdump_records(nfdump, path, filt, report, count=False)
+            decoded = (_nfdump_flow(rec, path) for rec in records)
+            flows += _of_remotes((f for f in decoded if f is not None), remotes)
     return flows
 
 
