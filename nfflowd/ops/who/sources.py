@@ -47,8 +47,9 @@ end, and the remote end's records (``ip in [...]``) hold the private one
 **CSV lines** are v5's triplets (no post-NAT side), read in two passes as nfcapd's v5
 records are: the lines whose source or destination address is the asked one, then,
 for the groups those name, the lines of their remote ends.  A line is split, and
-parsed in full (:func:`~nfflowd.formats.flowtools_csv.parse_line`) only when one of
-those addresses is its source or destination; its times are exact (the end is
+parsed in full (:func:`~nfflowd.formats.flowtools_csv.parse_line`) only when its
+source or destination is an endpoint looked for (the asked address and port, a remote
+end's): a NATed public address is in most lines of its file; its times are exact (the end is
 ``unix_secs``/``unix_nsecs``, ``sysuptime`` after the uptime base).  In a CSV file,
 lines that end with no CSV record (other programs' syslog lines) are counted as
 ``other``, not malformed.
@@ -109,10 +110,16 @@ NFDUMP_EGRESS = 1
 JSON_LINES, CSV_LINES = "json lines", "flow-tools csv lines"
 SNIFF_LINES = 1000
 #: A flow-tools CSV record is the line's last word (after a syslog prefix, if any)
-#: with this many commas; its source and destination addresses and ports are these
-#: fields (:data:`nfflowd.formats.flowtools_csv.FIELDS`).
+#: with this many commas; its source and destination endpoints are these fields
+#: (:data:`nfflowd.formats.flowtools_csv.FIELDS`).
 CSV_COMMAS = len(flowtools_csv.FIELDS) - 1
-CSV_SRC, CSV_DST = flowtools_csv.FIELDS.index("srcaddr"), flowtools_csv.FIELDS.index("dstaddr")
+CSV_SIDES = tuple(
+    (flowtools_csv.FIELDS.index(f"{side}addr"), flowtools_csv.FIELDS.index(f"{side}port"))
+    for side in ("src", "dst")
+)
+#: The endpoints a pass over CSV lines looks for, as the lines write them: address ->
+#: port texts (None: any port).
+Wanted = dict[str, set[str] | None]
 
 
 class SourceError(Exception):
@@ -342,26 +349,31 @@ def _csv(q: Question, files: list[str], report: SourceReport) -> list[Flow]:
         return []
     flows: list[Flow] = []
     remotes: dict[tuple[int, int, int], set[Point]] = {}
+    port = q.public.port
+    asked: Wanted = {q.public.address: None if port is None else {str(port)}}
     for path in files:
         report.files += 1
-        for flow in _csv_flows(q, path, {q.public.address}, report):
+        for flow in _csv_flows(q, path, asked, report):
             other = mentions(q, flow)
             if other is not None:
                 flows.append(flow)
                 remotes.setdefault(flow.group, set()).add(other)
     if remotes:  # second pass: the records of the remote ends, for the groups that need them
-        addresses = {p[0] for points in remotes.values() for p in points}
+        ends: Wanted = {}
+        for address, remote_port in set().union(*remotes.values()):
+            ends[address] = (ends.get(address) or set()) | {str(remote_port)}
         for path in files:
-            flows += _of_remotes(_csv_flows(q, path, addresses, None), remotes)
+            flows += _of_remotes(_csv_flows(q, path, ends, None), remotes)
     return flows
 
 
 def _csv_flows(
-    q: Question, path: str, addresses: set[str], report: SourceReport | None
+    q: Question, path: str, wanted: Wanted, report: SourceReport | None
 ) -> Iterator[Flow]:
-    """The flows of *path*'s CSV lines from or to one of *addresses* (text as the lines
-    write it: inet_ntop's), within *q*'s window and protocol; lines and malformed lines
-    counted in *report* (None: a second pass, counted already)."""
+    """The flows of *path*'s CSV lines from or to a *wanted* endpoint, within *q*'s
+    window and protocol; lines and malformed lines counted in *report* (None: a second
+    pass, counted already).  A line is only split until then: most lines of a NATed
+    public address's file name that address, few its port."""
     with _open_text(path) as fh:
         for n, raw in enumerate(fh, 1):
             record = _csv_record(raw)
@@ -371,7 +383,7 @@ def _csv_flows(
             if record is None:
                 continue
             parts = record.split(",")
-            if parts[CSV_SRC] not in addresses and parts[CSV_DST] not in addresses:
+            if not any(_wanted(wanted, parts[a], parts[p]) for a, p in CSV_SIDES):
                 continue
             try:
                 fields = flowtools_csv.parse_line(record)
@@ -382,6 +394,13 @@ def _csv_flows(
             flow = _csv_flow(fields, f"{path}:{n}")
             if q.wants_proto(flow.proto) and q.in_window(flow.first_ms, flow.last_ms):
                 yield flow
+
+
+def _wanted(wanted: Wanted, address: str, port: str) -> bool:
+    if address not in wanted:
+        return False
+    ports = wanted[address]
+    return ports is None or port in ports
 
 
 def _csv_flow(c: dict[str, int | str], ref: str) -> Flow:
