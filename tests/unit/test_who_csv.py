@@ -107,3 +107,23 @@ def test_rotations_of_either_format_are_read_together(tmp_path: Path) -> None:
         0,
         0,
     )
+
+
+def test_an_address_without_port_or_time_finds_every_connection_through_it(tmp_path: Path) -> None:
+    """Many remote ends (the second pass looks for several endpoints at once)."""
+    remotes = [(f"198.51.100.{i + 1}", 443 + i % 2) for i in range(6)]
+    hosts = [(f"10.0.1.{i + 1}", 40000 + i) for i in range(6)]
+    records = [
+        r
+        for i, (host, remote) in enumerate(zip(hosts, remotes, strict=True))
+        for r in snat_connection(T0 + 1000 * i, T0 + 1000 * i + 50, host, (PUB, 50000), remote)
+    ]
+    records += dnat_connection(T0, T0 + 9, remotes[0], (PUB, 8080), ("10.0.1.99", 80))
+    other = snat_connection(T0 + 500, T0 + 550, ("10.0.2.1", 1), ("203.0.113.7", 50000), remotes[0])
+    log = tmp_path / "mirror.out"
+    log.write_text("".join(ln + "\n" for ln in csv(records + other)))
+    got = ask(Question(Endpoint(PUB)), log)
+    assert sorted((m.private, m.remote) for m in got.matches) == sorted(
+        [*zip(hosts, remotes, strict=True), (("10.0.1.99", 80), remotes[0])]
+    )
+    assert got.reports[0].records == 3 * 8

@@ -78,7 +78,7 @@ import subprocess
 import tempfile
 import time
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -374,13 +374,18 @@ def _csv_flows(
     window and protocol; lines and malformed lines counted in *report* (None: a second
     pass, counted already).  A line is only split until then: most lines of a NATed
     public address's file name that address, few its port."""
+    named = _prefilter(wanted)
     with _open_text(path) as fh:
         for n, raw in enumerate(fh, 1):
-            record = _csv_record(raw)
-            if report is not None:
+            if report is not None:  # every line is told: counted as a record or other
+                record = _csv_record(raw)
                 report.records += 1
                 report.other += record is None and bool(raw.strip())
-            if record is None:
+            elif named is not None and not named(raw):
+                continue
+            else:
+                record = _csv_record(raw)
+            if record is None or (named is not None and not named(record)):
                 continue
             parts = record.split(",")
             if not any(_wanted(wanted, parts[a], parts[p]) for a, p in CSV_SIDES):
@@ -394,6 +399,33 @@ def _csv_flows(
             flow = _csv_flow(fields, f"{path}:{n}")
             if q.wants_proto(flow.proto) and q.in_window(flow.first_ms, flow.last_ms):
                 yield flow
+
+
+#: Above this many addresses a CSV pass splits every line (no search first).
+PREFILTER_MAX = 64
+
+
+def _prefilter(wanted: Wanted) -> Callable[[str], bool] | None:
+    """A test true of every CSV record naming a *wanted* endpoint, and of few others,
+    run before a line is split (None for many addresses): an address, and one of its
+    ports, each between commas (in a record the addresses come before the ports).
+    One endpoint (the usual question, and its one remote end): two substring tests."""
+    if len(wanted) > PREFILTER_MAX:
+        return None
+    if len(wanted) == 1:
+        ((address, ports),) = wanted.items()
+        a = f",{address},"
+        if ports is None:
+            return lambda line: a in line
+        if len(ports) == 1:
+            p = f",{next(iter(ports))},"
+            return lambda line: p in line and a in line
+    each = []
+    for address, ports in wanted.items():
+        port = "" if ports is None else ".*,(?:" + "|".join(sorted(ports)) + "),"
+        each.append(f",{re.escape(address)},{port}")
+    search = re.compile("|".join(each)).search
+    return lambda line: search(line) is not None
 
 
 def _wanted(wanted: Wanted, address: str, port: str) -> bool:
