@@ -372,8 +372,8 @@ def _csv_flows(
 ) -> Iterator[Flow]:
     """The flows of *path*'s CSV lines from or to a *wanted* endpoint, within *q*'s
     window and protocol; lines and malformed lines counted in *report* (None: a second
-    pass, counted already).  A line is only split until then: most lines of a NATed
-    public address's file name that address, few its port."""
+    pass, counted already).  A line is tested (:func:`_prefilter`) before it is split:
+    most lines of a NATed public address's file name that address, few its port."""
     named = _prefilter(wanted)
     with _open_text(path) as fh:
         for n, raw in enumerate(fh, 1):
